@@ -1,0 +1,29 @@
+# Two entry points, each doing its own set-up (idempotent: a stamp file records what is installed).
+#   make train   fine-tune GPT-2 medium on E2E with LoRA r=4 on W_q, W_v (the paper's recipe)
+#   make test    install the test references and run the whole suite on CPU
+# Extra flags for train.py go in ARGS, e.g. make train ARGS="--max-steps 100".
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: train test clean
+
+$(VENV)/.run-deps: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-deps: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $(VENV)/.run-deps $@
+
+train: $(VENV)/.run-deps
+	$(PY) train.py --rank 4 --targets q,v $(ARGS)
+
+test: $(VENV)/.dev-deps
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache

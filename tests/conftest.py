@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny random GPT-2 checkpoints written by transformers, the reference.
+
+../shared (beside the repository) holds the E2E data and tiktoken's GPT-2 vocabulary; with
+TIKTOKEN_CACHE_DIR pointing there, tiktoken works without network.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+if (SHARED / "tiktoken_cache").is_dir():
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
+
+# A tiny GPT-2 with the real vocabulary, so real tiktoken tokens are valid inputs.
+TINY = dict(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=50257)
+
+
+def random_gpt2(seed: int = 0, std: float = 0.3, **shape):
+    """A transformers GPT2LMHeadModel with all weights drawn at random (std 0.3, not GPT-2's
+    0.02: at that init a tiny model's greedy output repeats one token, which proves nothing)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(**{**TINY, **shape})).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(1.0 if (".ln_" in name and name.endswith("weight")) else 0.0, std)
+    return model
+
+
+@pytest.fixture(scope="session")
+def hf_model():
+    return random_gpt2()
+
+
+@pytest.fixture(scope="session")
+def hf_dir(hf_model, tmp_path_factory):
+    """config.json + model.safetensors, exactly as transformers' save_pretrained writes them."""
+    path = tmp_path_factory.mktemp("hf_safetensors")
+    hf_model.save_pretrained(path)
+    assert (path / "model.safetensors").is_file()
+    return path
+
+
+@pytest.fixture(scope="session")
+def hf_bin_dir(hf_model, tmp_path_factory):
+    """config.json + pytorch_model.bin: the older pickle format (a state dict saved by torch)."""
+    path = tmp_path_factory.mktemp("hf_bin")
+    hf_model.config.save_pretrained(path)
+    torch.save(hf_model.state_dict(), path / "pytorch_model.bin")
+    return path
+
+
+@pytest.fixture(scope="session")
+def official_layout_dir(hf_model, tmp_path_factory):
+    """model.safetensors laid out like the official GPT-2 repositories on the hub: no
+    'transformer.' prefix, no lm_head, and the causal-mask buffers attn.bias / attn.masked_bias."""
+    from safetensors.torch import save_file
+
+    n = hf_model.config.n_positions
+    state = {k.removeprefix("transformer."): v.contiguous()
+             for k, v in hf_model.state_dict().items() if k != "lm_head.weight"}
+    for i in range(hf_model.config.n_layer):
+        state[f"h.{i}.attn.bias"] = torch.tril(torch.ones(n, n)).view(1, 1, n, n)
+        state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    path = tmp_path_factory.mktemp("official")
+    hf_model.config.save_pretrained(path)
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    return path

@@ -9,6 +9,7 @@ adapts W_q and W_v separately, so here they are four plain nn.Linear layers `q`,
 `from_pretrained` splits and transposes the official weights and `save_pretrained` fuses them back.
 """
 
+import contextlib
 import http.client
 import json
 import math
@@ -151,6 +152,7 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
+        self.name_or_path = None  # set by from_pretrained
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
             wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
@@ -231,9 +233,9 @@ class GPT(nn.Module):
             logits = self(next_token, cache=cache)[:, -1, :]
         return idx
 
-    def num_params(self) -> int:
+    def num_params(self, trainable_only: bool = False) -> int:
         """Number of parameters (the tied lm_head counts once, as in the GPT-2 paper's sizes)."""
-        return sum(p.numel() for p in self.parameters())
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     # ---------------------------------------------------------------------------------------------
     # Official checkpoints (Hugging Face GPT-2 format) in and out
@@ -254,7 +256,7 @@ class GPT(nn.Module):
         else:
             raise ValueError(f"unknown model '{name_or_path}': not a local path and not a preset "
                              f"({', '.join(PRESETS)})")
-        hf = _read_weights(weights_file)
+        hf = load_tensors(weights_file)
         if config is None:
             config = _config_from_weights(hf, weights_file)
         if dropout is not None:
@@ -265,19 +267,22 @@ class GPT(nn.Module):
         state["lm_head.weight"] = state["transformer.wte.weight"]
         model.load_state_dict(state, strict=True, assign=True)
         model.lm_head.weight = model.transformer.wte.weight  # re-tie after assign
+        model.name_or_path = name_or_path  # recorded in adapter checkpoints as their base model
         return model
 
     def save_pretrained(self, directory: str):
         """Write config.json + model.safetensors in HF's GPT-2 format (GPT2LMHeadModel loads it)."""
-        from safetensors.torch import save_file
-
-        os.makedirs(directory, exist_ok=True)
         state = {k: v for k, v in self.state_dict().items() if k != "lm_head.weight"}  # tied
+        with torch.device("meta"):
+            plain = set(GPT(self.config).state_dict())
+        if extra := sorted(set(state) - plain):
+            raise ValueError(f"cannot save as GPT-2: {_short_list(extra)} are not GPT-2 weights; "
+                             "merge LoRA into the weights first (lora.merge) or save the adapter "
+                             "on its own")
         hf = {"transformer." + k: v.detach().cpu().contiguous()
               for k, v in _ours_to_hf(state, self.config.n_layer).items()}
-        weights = os.path.join(directory, "model.safetensors")
-        save_file(hf, weights + ".tmp", metadata={"format": "pt"})
-        os.replace(weights + ".tmp", weights)
+        os.makedirs(directory, exist_ok=True)
+        save_tensors(os.path.join(directory, "model.safetensors"), hf, {"format": "pt"})
         _write_atomic(os.path.join(directory, "config.json"),
                       json.dumps(_hf_config(self.config), indent=2) + "\n")
 
@@ -426,16 +431,12 @@ def _resolve_local(path: str):
     return (_config_from_hf(config_file) if os.path.isfile(config_file) else None), weights
 
 
-def _read_weights(path: str) -> dict:
+def load_tensors(path: str) -> dict:
     """Tensors from a .safetensors file or, with torch.load(weights_only=True), a .bin file."""
     if path.endswith(".safetensors"):
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        try:
+        with _readable_safetensors(path):
             return load_file(path)
-        except (SafetensorError, OSError) as e:
-            raise ValueError(f"{path} is not a readable safetensors file ({e}); it may be truncated "
-                             "or corrupted: delete it and download or save it again") from None
     try:  # weights_only: a .bin is a pickle, and a pickle can run code; this refuses anything else
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged or non-tensor file
@@ -443,6 +444,24 @@ def _read_weights(path: str) -> dict:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
     return state
+
+
+def load_metadata(path: str) -> dict:
+    """The string-to-string metadata in a .safetensors header ({} when there is none)."""
+    from safetensors import safe_open
+    with _readable_safetensors(path), safe_open(path, "pt") as f:
+        return f.metadata() or {}
+
+
+@contextlib.contextmanager
+def _readable_safetensors(path: str):
+    """Turns safetensors' errors on a damaged file into one message that says what to do."""
+    from safetensors import SafetensorError
+    try:
+        yield
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e}); it may be truncated "
+                         "or corrupted: delete it and download or save it again") from None
 
 
 def _config_from_weights(hf: dict, path: str) -> GPTConfig:
@@ -458,6 +477,14 @@ def _config_from_weights(hf: dict, path: str) -> GPTConfig:
                          "put its config.json beside it")
     return GPTConfig(block_size=hf["wpe.weight"].shape[0], vocab_size=vocab_size,
                      n_layer=n_layer, n_head=heads[n_embd], n_embd=n_embd)
+
+
+def save_tensors(path: str, tensors: dict, metadata: dict | None = None):
+    """Write a .safetensors file atomically: into path + '.tmp', then renamed over path."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, path + ".tmp", metadata=metadata)
+    os.replace(path + ".tmp", path)
 
 
 def _write_atomic(path: str, text: str):

@@ -12,7 +12,7 @@ import threading
 import pytest
 import tiktoken
 import torch
-from conftest import random_gpt2
+from conftest import assert_close, random_gpt2
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -154,8 +154,7 @@ def test_kv_cache_one_token_at_a_time_equals_full_forward(hf_dir):
         cache = KVCache(ours.config.n_layer)
         steps = torch.cat([ours(idx[:, t:t + 1], cache=cache) for t in range(idx.size(1))], dim=1)
     assert len(cache) == idx.size(1)
-    # Same values up to fp32 round-off (the sums run in another order): |diff| <= 1e-5 (1 + |x|)
-    torch.testing.assert_close(steps, full, rtol=1e-5, atol=1e-5)
+    assert_close(steps, full)
 
 
 def test_kv_cache_in_chunks_equals_full_forward(hf_dir):
@@ -166,7 +165,7 @@ def test_kv_cache_in_chunks_equals_full_forward(hf_dir):
         full = ours(idx)
         cache = KVCache(ours.config.n_layer)
         chunks = [ours(idx[:, a:b], cache=cache) for a, b in [(0, 5), (5, 8), (8, 9), (9, 17)]]
-    torch.testing.assert_close(torch.cat(chunks, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert_close(torch.cat(chunks, dim=1), full)
 
 
 def test_kv_cache_reorder_follows_the_chosen_rows(hf_dir):
@@ -178,7 +177,7 @@ def test_kv_cache_reorder_follows_the_chosen_rows(hf_dir):
         cache.reorder(torch.tensor([1, 1, 0]))  # e.g. beams: two children of row 1, one of row 0
         step = ours(idx[[1, 1, 0], -1:], cache=cache)
         full = ours(idx[[1, 1, 0]])
-    torch.testing.assert_close(step[:, -1], full[:, -1], rtol=1e-5, atol=1e-5)
+    assert_close(step[:, -1], full[:, -1])
 
 
 # --- bad input: each error names the problem -------------------------------------------------

@@ -223,8 +223,15 @@ def save_adapter_file(model: GPT, path: str, tensors: dict, metadata: dict):
     n = sum(t.numel() for t in tensors.values())
     ours = {id(t) for t in tensors.values()}
     full = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in ours)
-    print(f"saved {path}: {os.path.getsize(path) / 1e6:.1f} MB ({n:,} parameters) "
-          f"instead of {full / 1e9:.2f} GB for the full model")
+    print(f"saved {path}: {_size(os.path.getsize(path))} ({n:,} parameters) "
+          f"instead of {_size(full)} for the full model")
+
+
+def _size(n_bytes: float) -> str:
+    for unit, scale, digits in (("GB", 1e9, 2), ("MB", 1e6, 1), ("kB", 1e3, 1)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.{digits}f} {unit}"
+    return f"{n_bytes:.0f} B"
 
 
 def _lora_params(model: GPT) -> dict:

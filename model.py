@@ -175,13 +175,8 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx, targets=None, cache: KVCache | None = None):
-        """Logits (B, T, vocab_size) for every position of idx (B, T).
-
-        targets: (B, T) next-token ids (targets[:, t] is the token after idx[:, t]); -100 marks
-        positions left out of the loss. With targets, returns (logits, mean cross-entropy loss).
-        cache: a KVCache; idx then holds only the new tokens, placed after the cached ones.
-        """
+    def features(self, idx, cache: KVCache | None = None):
+        """The final hidden states (B, T, n_embd): everything but the LM head."""
         B, T = idx.shape
         past = len(cache) if cache is not None else 0
         if past + T > self.config.block_size:
@@ -191,7 +186,16 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer)
-        logits = self.lm_head(self.transformer.ln_f(x))
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None, cache: KVCache | None = None):
+        """Logits (B, T, vocab_size) for every position of idx (B, T).
+
+        targets: (B, T) next-token ids (targets[:, t] is the token after idx[:, t]); -100 marks
+        positions left out of the loss. With targets, returns (logits, mean cross-entropy loss).
+        cache: a KVCache; idx then holds only the new tokens, placed after the cached ones.
+        """
+        logits = self.lm_head(self.features(idx, cache))
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),

@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import os
+import random
 import sys
 import time
 
@@ -139,7 +140,8 @@ def beam_search(model, prompts: torch.Tensor, beam: int = 10, length_penalty: fl
     return [best_seq[i, :best_len[i]].tolist() for i in range(n)]
 
 
-def decode(model, prompts: list[list[int]], args, progress: bool = True) -> list[list[int]]:
+def decode(model, prompts: list[list[int]], args, progress: bool = True,
+           stop_tokens=STOP_TOKENS) -> list[list[int]]:
     """Beam-search many prompts: batched by prompt length (no padding), in the input order."""
     from tqdm import tqdm
 
@@ -155,7 +157,7 @@ def decode(model, prompts: list[list[int]], args, progress: bool = True) -> list
             batch = torch.tensor([prompts[i] for i in chunk], device=device)
             with autocast(device, args):
                 results = beam_search(model, batch, args.beam, args.length_penalty,
-                                      args.no_repeat_ngram, args.max_new_tokens,
+                                      args.no_repeat_ngram, args.max_new_tokens, stop_tokens,
                                       use_cache=not args.no_cache)
             for i, tokens in zip(chunk, results):
                 outputs[i] = tokens
@@ -285,17 +287,20 @@ TABLE1 = {  # (batch, sequence) -> (|Theta| of the adapters, paper ms: base, Ada
 }
 
 
-def latency(args, device) -> dict:
+def latency(args, device, config: GPTConfig | None = None) -> dict:
     """Forward-pass latency of GPT-2 (medium, as in the paper) and its variants, timed in turn,
-    trial by trial, so drift on a busy machine hits them all alike. Random weights time like
-    trained ones: no operation depends on the values."""
+    trial by trial and in a shuffled order, so drift on a busy machine and the position in the
+    round hit them all alike. Random weights time like trained ones: no operation depends on
+    the values."""
     import copy
     import functools
 
     grid = [tuple(int(x) for x in cell.split("x")) for cell in args.grid.split(",")]
     trials = args.trials or (100 if device.type == "cuda" else 10)
     warmup = args.warmup_trials or (10 if device.type == "cuda" else 2)
-    config = GPTConfig.from_preset(args.latency_model, dropout=0.0)
+    config = config or GPTConfig.from_preset(args.latency_model, dropout=0.0)
+    name = args.latency_model if config == GPTConfig.from_preset(args.latency_model, dropout=0.0) \
+        else f"GPT-2 shape n_layer={config.n_layer} n_embd={config.n_embd}"
     torch.manual_seed(0)
     base = GPT(config).to(device).eval()
 
@@ -317,18 +322,20 @@ def latency(args, device) -> dict:
         times = {name: [] for name in models}
         with torch.inference_mode(), autocast(device, args):
             for trial in range(warmup + trials):
-                for name, model in models.items():
-                    ms = _time_forward(model, x, device)
+                order = list(models)
+                random.Random(trial).shuffle(order)  # no variant always runs first or last
+                for variant in order:
+                    ms = _time_forward(models[variant], x, device)
                     if trial >= warmup:
-                        times[name].append(ms)
+                        times[variant].append(ms)
         row = {"batch": batch, "seq": seq, "adapter_params": budget, "ms": {}}
         base_mean = sum(times["base (FT)"]) / trials
-        for name, values in times.items():
+        for variant, values in times.items():
             mean = sum(values) / trials
             std = math.sqrt(sum((v - mean) ** 2 for v in values) / max(trials - 1, 1))
-            row["ms"][name] = {"mean": mean, "std": std, "over_base": mean / base_mean - 1}
+            row["ms"][variant] = {"mean": mean, "std": std, "over_base": mean / base_mean - 1}
         results.append(row)
-    report = {"model": args.latency_model,
+    report = {"model": name,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "trials": trials, "warmup": warmup,
               "dtype": str(amp_dtype(device, args) or torch.float32), "rows": results}

@@ -32,7 +32,7 @@ import lora
 import sample
 import train
 from data.e2e import prepare as e2e
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, write_atomic
 
 SMALL = dict(n_layer=4, n_head=4, n_embd=256)  # --small: GPT-2's vocabulary, a small body
 RECIPE_STEPS = 26_290  # 5 epochs of 5,258 steps at batch 8 (paper Table 11)
@@ -353,9 +353,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(setup.folder, ignore_errors=True)
     if args.json:
-        with open(args.json + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2, default=str)
-        os.replace(args.json + ".tmp", args.json)
+        write_atomic(args.json, json.dumps(results, indent=2, default=str))
     return 0
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import GPT, PRESETS, load_metadata, load_tensors, save_tensors
+from model import GPT, PRESETS, load_metadata, load_tensors, save_tensors, write_atomic
 
 # Which matrices of each block LoRA can adapt, by the names used on the command line.
 TARGETS = {
@@ -316,10 +316,7 @@ def export_peft(model: GPT, directory: str):
     }
     os.makedirs(directory, exist_ok=True)
     save_tensors(os.path.join(directory, "adapter_model.safetensors"), tensors, {"format": "pt"})
-    tmp = os.path.join(directory, "adapter_config.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-    os.replace(tmp, os.path.join(directory, "adapter_config.json"))
+    write_atomic(os.path.join(directory, "adapter_config.json"), json.dumps(config, indent=2))
 
 
 # PEFT options that change what the adapter computes beyond W0 + scaling B A; refused on import.

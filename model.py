@@ -287,7 +287,7 @@ class GPT(nn.Module):
               for k, v in _ours_to_hf(state, self.config.n_layer).items()}
         os.makedirs(directory, exist_ok=True)
         save_tensors(os.path.join(directory, "model.safetensors"), hf, {"format": "pt"})
-        _write_atomic(os.path.join(directory, "config.json"),
+        write_atomic(os.path.join(directory, "config.json"),
                       json.dumps(_hf_config(self.config), indent=2) + "\n")
 
 
@@ -491,8 +491,10 @@ def save_tensors(path: str, tensors: dict, metadata: dict | None = None):
     os.replace(path + ".tmp", path)
 
 
-def _write_atomic(path: str, text: str):
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+def write_atomic(path: str, text: str):
+    """Write a text file atomically: into path + '.tmp', then renamed over path, so a crash
+    never leaves half a file (or destroys the previous one)."""
+    with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
         f.write(text)
     os.replace(path + ".tmp", path)
 

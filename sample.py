@@ -13,6 +13,7 @@ adapter and scored with metrics.py, the official E2E metrics.
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -27,7 +28,7 @@ import adapter
 import lora
 import metrics
 from data.e2e import prepare as e2e
-from model import GPT, PRESETS, GPTConfig, KVCache, load_metadata
+from model import GPT, PRESETS, GPTConfig, KVCache, load_metadata, write_atomic
 
 STOP_TOKENS = (e2e.EOT, 628)  # <|endoftext|>, and "\n\n" (a blank line)
 
@@ -243,21 +244,18 @@ def evaluate(model, kind: str, args) -> dict:
         (f"-first{args.limit}" if args.limit else "")
     path = os.path.join(folder, stem + ".tsv")
     os.makedirs(folder, exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(["mr", "output"])
-        writer.writerows((mr, text) for (mr, _), text in zip(groups, texts))
-    os.replace(path + ".tmp", path)
+    table = io.StringIO()
+    writer = csv.writer(table, delimiter="\t", lineterminator="\n")
+    writer.writerow(["mr", "output"])
+    writer.writerows((mr, text) for (mr, _), text in zip(groups, texts))
+    write_atomic(path, table.getvalue())
     print(f"wrote {path}")
 
     scores = metrics.score([refs for _, refs in groups], texts, meteor=not args.no_meteor)
     report = {"split": args.split, "mrs": len(groups), "predictions": path, "scores": scores,
               "decoding": {"beam": args.beam, "length_penalty": args.length_penalty,
                            "no_repeat_ngram": args.no_repeat_ngram, "seconds": seconds}}
-    with open(os.path.join(folder, stem + ".scores.json.tmp"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    os.replace(os.path.join(folder, stem + ".scores.json.tmp"),
-               os.path.join(folder, stem + ".scores.json"))
+    write_atomic(os.path.join(folder, stem + ".scores.json"), json.dumps(report, indent=2))
     print(table3(scores, base_name(args), kind, args))
     return scores
 
@@ -340,9 +338,7 @@ def latency(args, device, config: GPTConfig | None = None) -> dict:
               "torch": torch.__version__, "trials": trials, "warmup": warmup,
               "dtype": str(amp_dtype(device, args) or torch.float32), "rows": results}
     print(latency_table(report))
-    with open(args.latency_out + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    os.replace(args.latency_out + ".tmp", args.latency_out)
+    write_atomic(args.latency_out, json.dumps(report, indent=2))
     print(f"wrote {args.latency_out}")
     return report
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import adapter
 import lora
 from data.e2e import prepare as e2e
-from model import GPT, load_metadata, load_tensors, save_tensors
+from model import GPT, load_metadata, load_tensors, save_tensors, write_atomic
 
 METHODS = ("lora", "full", "adapter_h", "adapter_l")
 
@@ -252,12 +252,6 @@ def load_state(path: str, model, optimizer, scaler) -> dict:
     if scaler and meta["scaler"]:
         scaler.load_state_dict(meta["scaler"])
     return meta
-
-
-def write_json(path: str, data: dict):
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(path + ".tmp", path)
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -493,9 +487,9 @@ def main(argv=None) -> int:
         fail(str(e))
     if not resume:
         os.makedirs(run_dir, exist_ok=True)
-        write_json(os.path.join(run_dir, "config.json"), {
+        write_atomic(os.path.join(run_dir, "config.json"), json.dumps({
             "args": vars(args), "data_format": e2e.FORMAT, "torch": torch.__version__,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
     return train(args, device, model, train_set, dev_set, run_dir,
                  resume_from=os.path.join(run_dir, "state.safetensors") if resume else None)
 

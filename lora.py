@@ -25,7 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import GPT, PRESETS, load_metadata, load_tensors, save_tensors, write_atomic
+from model import (GPT, PRESETS, load_metadata, load_tensors, save_tensors, tensor_mismatch,
+                   write_atomic)
 
 # Which matrices of each block LoRA can adapt, by the names used on the command line.
 TARGETS = {
@@ -204,13 +205,9 @@ def read_adapter_metadata(path: str, method: str, model: GPT) -> dict:
 def copy_tensors(path: str, params: dict):
     """Copy a file's tensors into params (name -> tensor), strictly: same names, same shapes."""
     tensors = load_tensors(path)
-    missing = sorted(set(params) - set(tensors))
-    unexpected = sorted(set(tensors) - set(params))
-    wrong = [f"{k} {tuple(tensors[k].shape)} (expected {tuple(params[k].shape)})"
-             for k in sorted(set(params) & set(tensors)) if tensors[k].shape != params[k].shape]
-    if missing or unexpected or wrong:
-        raise ValueError(f"{path} does not fit this model: missing {missing[:4]}, unexpected "
-                         f"{unexpected[:4]}, wrongly shaped {wrong[:4]}")
+    problems = tensor_mismatch(tensors, params)
+    if problems:
+        raise ValueError(f"{path} does not fit this model: {problems}")
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(tensors[name])

@@ -351,21 +351,26 @@ def _check_hf_state(hf: dict, model: GPT, source: str) -> dict:
     hf = {k: v for k, v in hf.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     lm_head = hf.pop("lm_head.weight", None)
     state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    expected = {k: tuple(v.shape) for k, v in _ours_to_hf(state, model.config.n_layer).items()}
-    missing = sorted(set(expected) - set(hf))
-    unexpected = sorted(set(hf) - set(expected))
-    wrong_shape = [f"{k} {tuple(hf[k].shape)} (expected {expected[k]})"
-                   for k in sorted(set(hf) & set(expected)) if tuple(hf[k].shape) != expected[k]]
-    if lm_head is not None and "wte.weight" in hf and not torch.equal(lm_head, hf["wte.weight"]):
-        unexpected.append("lm_head.weight (differs from wte.weight: GPT-2 ties them)")
-    if missing or unexpected or wrong_shape:
-        problems = [f"{len(missing)} missing: {_short_list(missing)}" if missing else "",
-                    f"{len(unexpected)} unexpected: {_short_list(unexpected)}" if unexpected else "",
-                    f"{len(wrong_shape)} wrongly shaped: {_short_list(wrong_shape)}"
-                    if wrong_shape else ""]
-        raise ValueError(f"{source} does not match GPT-2 {_shape_name(model.config)}: "
-                         + "; ".join(p for p in problems if p))
+    untied = (["lm_head.weight (differs from wte.weight: GPT-2 ties them)"]
+              if lm_head is not None and "wte.weight" in hf
+              and not torch.equal(lm_head, hf["wte.weight"]) else [])
+    problems = tensor_mismatch(hf, _ours_to_hf(state, model.config.n_layer), untied)
+    if problems:
+        raise ValueError(f"{source} does not match GPT-2 {_shape_name(model.config)}: {problems}")
     return {k: v.float() for k, v in hf.items()}
+
+
+def tensor_mismatch(found: dict, expected: dict, also_unexpected: list = ()) -> str:
+    """'' when found has exactly expected's names and shapes; else every difference, listed
+    ('2 missing: ...; 1 unexpected: ...; 1 wrongly shaped: name (3,) (expected (4,))')."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected)) + list(also_unexpected)
+    wrong_shape = [f"{k} {tuple(found[k].shape)} (expected {tuple(expected[k].shape)})"
+                   for k in sorted(set(found) & set(expected))
+                   if tuple(found[k].shape) != tuple(expected[k].shape)]
+    return "; ".join(f"{len(items)} {what}: {_short_list(items)}" for what, items in
+                     (("missing", missing), ("unexpected", unexpected),
+                      ("wrongly shaped", wrong_shape)) if items)
 
 
 def _short_list(items: list, limit: int = 8) -> str:

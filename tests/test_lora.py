@@ -312,6 +312,19 @@ def test_loading_into_lora_layers_of_other_targets_is_refused(base, hf_dir, tmp_
         lora.load(other, str(tmp_path / "a.safetensors"))
 
 
+def test_an_adapter_file_missing_a_tensor_lists_it(base, hf_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+    lora.save(lora.apply(base, "q,v", r=2), str(tmp_path / "a.safetensors"))
+    with safe_open(str(tmp_path / "a.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(tmp_path / "a.safetensors"))
+    del tensors["transformer.h.1.attn.v.B"]
+    save_file(tensors, str(tmp_path / "a.safetensors"), metadata=metadata)
+    with pytest.raises(ValueError, match=r"a.safetensors does not fit this model: 1 missing: "
+                                         r"transformer\.h\.1\.attn\.v\.B$"):
+        lora.load(GPT.from_pretrained(str(hf_dir)), str(tmp_path / "a.safetensors"))
+
+
 def test_loading_while_merged_or_a_foreign_file_is_refused(base, hf_dir, tmp_path):
     lora.save(lora.apply(base, "q,v", r=2), str(tmp_path / "a.safetensors"))
     lora.merge(base)

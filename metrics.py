@@ -22,7 +22,6 @@ output per line, in the same MR order.
 import argparse
 import csv
 import functools
-import importlib.util
 import io
 import math
 import os
@@ -132,8 +131,10 @@ def load(refs_path: str, preds_path: str) -> tuple[list[list[str]], list[str]]:
 # BLEU and NIST: NIST mteval-v13a as the E2E challenge runs it (mteval-v13a-sig.pl)
 #
 # Every MR's references are written as parallel "reference systems", padded with empty strings to
-# the largest number of references; empty references are skipped for the brevity penalty, but NIST
-# still divides the total reference length by that padded count. BLEU is corpus BLEU-4 with the
+# the largest number of references; the empty ones are skipped. NIST's length penalty compares the
+# prediction words with the average reference length: all reference words divided by the average
+# number of (non-empty) references per MR, mteval's $cum_ref_count / $cum_seg_count (4,693 / 630
+# on the test set), not by the padded count (45). BLEU is corpus BLEU-4 with the
 # closest reference length (ties: the shorter); NIST-5 weighs each matched n-gram by its
 # information, -log2(count(w1..wn) / count(w1..wn-1)), counted over all references.
 
@@ -168,7 +169,6 @@ def bleu_nist(refs: list[list[str]], preds: list[str]) -> tuple[float, float]:
     refs = [[mteval_tokenize(r) for r in group] for group in refs]
     preds = [mteval_tokenize(p) for p in preds]
     ref_ngrams = [[_ngrams(ref, 5) for ref in group] for group in refs]
-    n_ref_systems = max(len(group) for group in refs)
 
     # n-gram information from all references (Perl quirk kept: an (n-1)-gram that is the single
     # word "0" counts as false, so such n-grams use the unigram formula)
@@ -219,7 +219,8 @@ def bleu_nist(refs: list[list[str]], preds: list[str]) -> tuple[float, float]:
     bleu = math.exp(log_precision / 4) * brevity
 
     # NIST, with its length penalty on (prediction words / average reference words)
-    ratio = hyp_count[1] / (ref_count[1] / n_ref_systems)
+    refs_per_mr = sum(1 for group in refs for ref in group if ref) / len(refs)
+    ratio = hyp_count[1] / (ref_count[1] / refs_per_mr)
     beta = -math.log(0.5) / math.log(1.5) ** 2
     penalty = 1.0 if ratio >= 1 else 0.0 if ratio <= 0 else math.exp(-beta * math.log(ratio) ** 2)
     nist = sum(hyp_info[n] / max(hyp_count[n], 1) for n in range(1, 6)) * penalty
@@ -499,16 +500,37 @@ def cider_d(refs: list[list[str]], preds: list[str], n: int = 4, sigma: float = 
 # METEOR 1.5: the official jar (shipped in pycocoevalcap) through its stdio protocol
 
 
+def meteor_missing() -> str | None:
+    """Why the METEOR jar cannot run here (what to install), or None when it can."""
+    missing = []
+    if shutil.which("java") is None:
+        missing.append("Java")
+    try:
+        import pycocoevalcap  # a namespace package: it ships the jar and its paraphrase table
+        folders = list(pycocoevalcap.__path__)
+    except ImportError:
+        folders = []
+        missing.append("the Python package pycocoevalcap")
+    if folders and not os.path.isfile(os.path.join(folders[0], "meteor", "meteor-1.5.jar")):
+        missing.append("pycocoevalcap's meteor-1.5.jar (reinstall pycocoevalcap)")
+    return f"needs {' and '.join(missing)}" if missing else None
+
+
 def meteor_jar() -> str | None:
     """Path of meteor-1.5.jar when Java and pycocoevalcap are installed, else None."""
-    spec = importlib.util.find_spec("pycocoevalcap")
-    if shutil.which("java") is None or spec is None or not spec.submodule_search_locations:
+    if meteor_missing():
         return None
-    jar = os.path.join(spec.submodule_search_locations[0], "meteor", "meteor-1.5.jar")
-    return jar if os.path.isfile(jar) else None
+    import pycocoevalcap
+    return os.path.join(list(pycocoevalcap.__path__)[0], "meteor", "meteor-1.5.jar")
 
 
-METEOR_NA = "n/a (needs Java and pycocoevalcap)"
+def meteor_note(requested: bool = True) -> str:
+    """What to print instead of a METEOR score: skipped on request, or n/a and what it needs."""
+    return "skipped (--no-meteor)" if not requested else f"n/a ({meteor_missing() or 'not run'})"
+
+
+class MeteorError(RuntimeError):
+    """The METEOR jar started but did not answer (a broken Java, or too little memory)."""
 
 
 class Meteor:
@@ -521,24 +543,38 @@ class Meteor:
             cwd=os.path.dirname(jar), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, text=True, encoding="utf-8")
 
-    def _ask(self, line: str) -> str:
-        self.process.stdin.write(line + "\n")
-        self.process.stdin.flush()
-        return self.process.stdout.readline().strip()
+    def _send(self, line: str):
+        try:
+            self.process.stdin.write(line + "\n")
+            self.process.stdin.flush()
+        except OSError:  # the jar has exited: _receive says so
+            pass
+
+    def _receive(self) -> str:
+        answer = self.process.stdout.readline().strip()
+        if not re.fullmatch(r"[0-9.eE+\- ]+", answer):
+            raise MeteorError(f"the METEOR jar did not answer (exit code {self.process.poll()}, "
+                              f"output {answer[:60]!r}); check `java -version`, or skip METEOR "
+                              "with --no-meteor")
+        return answer
 
     def score(self, refs: list[list[str]], preds: list[str]) -> float:
         """Corpus METEOR of COCO-tokenized predictions, as pycocoevalcap's meteor.py asks it:
         statistics per MR ("SCORE"), then one "EVAL" over all of them."""
-        stats = [self._ask(" ||| ".join(["SCORE", *group, pred.replace("|||", "").replace("  ", " ")]))
-                 for group, pred in zip(refs, preds)]
-        self.process.stdin.write(" ||| ".join(["EVAL", *stats]) + "\n")
-        self.process.stdin.flush()
+        stats = []
+        for group, pred in zip(refs, preds):
+            self._send(" ||| ".join(["SCORE", *group, pred.replace("|||", "").replace("  ", " ")]))
+            stats.append(self._receive())
+        self._send(" ||| ".join(["EVAL", *stats]))
         for _ in stats:  # one score per MR, then the corpus score
-            self.process.stdout.readline()
-        return float(self.process.stdout.readline())
+            self._receive()
+        return float(self._receive())
 
     def close(self):
-        self.process.stdin.close()
+        try:
+            self.process.stdin.close()
+        except OSError:  # what was still buffered could not reach a jar that has exited
+            pass
         self.process.wait()
 
     def __enter__(self):
@@ -556,14 +592,15 @@ NAMES = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 
 def score(refs: list[list[str]], preds: list[str], meteor: bool | Meteor = True) -> dict:
     """The five metrics for predictions (one per MR) against references (a list per MR).
-    METEOR is None without Java and pycocoevalcap, or with meteor=False; pass a running Meteor
-    to score several sets with one jar."""
+    METEOR is None with meteor=False or where the jar cannot run (meteor_missing() says why);
+    pass a running Meteor to score several sets with one jar. A jar that starts but does not
+    answer raises MeteorError."""
     if len(refs) != len(preds):
         raise ValueError(f"{len(preds)} predictions for {len(refs)} MRs")
     if not all(refs):
         raise ValueError("every MR needs at least one reference")
     jar = meteor_jar() if meteor is True else None
-    running = Meteor(jar) if jar else meteor or None
+    running = Meteor(jar) if jar else (meteor if isinstance(meteor, Meteor) else None)
     try:
         bleu, nist = bleu_nist(refs, preds)
         flat = iter(coco_tokenize([r for group in refs for r in group]))
@@ -577,8 +614,10 @@ def score(refs: list[list[str]], preds: list[str], meteor: bool | Meteor = True)
             running.close()
 
 
-def format_scores(scores: dict) -> str:
-    return "\n".join(f"{name}: {METEOR_NA if scores[name] is None else format(scores[name], '.4f')}"
+def format_scores(scores: dict, meteor_requested: bool = True) -> str:
+    """The official script's lines; a missing METEOR says why (meteor_note)."""
+    note = meteor_note(meteor_requested)
+    return "\n".join(f"{name}: {note if scores[name] is None else format(scores[name], '.4f')}"
                      for name in NAMES)
 
 
@@ -590,15 +629,16 @@ def main(argv=None) -> int:
                                      "MRs separated by an empty line)")
     parser.add_argument("preds", help="predictions: CSV/TSV (MR, output) or text (one per line)")
     parser.add_argument("--no-meteor", action="store_true",
-                        help="skip METEOR (it needs Java and about 15 s)")
+                        help="skip METEOR (it needs Java and pycocoevalcap, and about 20 s)")
     args = parser.parse_args(argv)
     try:
         refs, preds = load(args.refs, args.preds)
-    except InputError as e:
+        scores = score(refs, preds, meteor=not args.no_meteor)
+    except (InputError, MeteorError) as e:
         print(f"metrics.py: {e}", file=sys.stderr)
         return 2
     print("SCORES:\n==============")
-    print(format_scores(score(refs, preds, meteor=not args.no_meteor)))
+    print(format_scores(scores, meteor_requested=not args.no_meteor))
     return 0
 
 

@@ -1,8 +1,10 @@
 """metrics.py against the official E2E scorer.
 
-Ground truth: ../shared/data/e2e-metrics/SCORES.md, the five scores the official script printed for
-three cases. Also compared with the reference code itself where it runs here: pycocoevalcap's
-ROUGE-L and CIDEr (Python), and the Stanford PTBTokenizer and METEOR jars it ships (Java).
+Ground truth: tests/fixtures/e2e-metrics/SCORES.md and SCORES-short.md, the five scores the
+official script printed for six cases. Also compared with the reference code itself where it runs
+here: pycocoevalcap's ROUGE-L and CIDEr (Python), and the Stanford PTBTokenizer and METEOR jars it
+ships (Java). The cases scored against the whole test set read its references from the official
+testset_w_refs.csv (the e2e_data fixture) and skip without it.
 """
 
 import csv
@@ -14,29 +16,43 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, SHARED
+from conftest import FIXTURES, REPO, SHARED
 
 import metrics
 
-CASES = SHARED / "data" / "e2e-metrics"
-E2E = SHARED / "data" / "e2e"
+CASES = FIXTURES / "e2e-metrics"
 METEOR_JAR = metrics.meteor_jar()  # None without Java and pycocoevalcap
-needs_jar = pytest.mark.skipif(METEOR_JAR is None, reason=f"the jars are {metrics.METEOR_NA}")
+needs_jar = pytest.mark.skipif(METEOR_JAR is None, reason=f"METEOR jar: {metrics.meteor_note()}")
 HAVE_COCO = importlib.util.find_spec("pycocoevalcap") is not None
 
 
 def official_scores():
-    """The rows of SCORES.md: case -> (references file, predictions file, {metric: score})."""
+    """The rows of SCORES.md and SCORES-short.md: case -> (references, predictions, scores)."""
     rows = {}
-    for line in (CASES / "SCORES.md").read_text(encoding="utf-8").splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 8 and re.fullmatch(r"[\d.]+", cells[3]):
-            rows[cells[0]] = (cells[1], cells[2], dict(zip(metrics.NAMES, map(float, cells[3:]))))
-    assert set(rows) == {"dev-10", "test-tgen", "test-sclstm"}
+    for table in ("SCORES.md", "SCORES-short.md"):
+        for line in (CASES / table).read_text(encoding="utf-8").splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if len(cells) == 8 and re.fullmatch(r"[\d.]+", cells[3]):
+                rows[cells[0]] = (cells[1], cells[2],
+                                  dict(zip(metrics.NAMES, map(float, cells[3:]))))
+    assert set(rows) == {"dev-10", "test-tgen", "test-sclstm",
+                         "short-firstsent", "short-alternate", "short-dev10"}
     return rows
 
 
 OFFICIAL = official_scores()
+
+
+def references(name: str, e2e_dir) -> str:
+    """test-refs.txt is the E2E test set: read the same references from testset_w_refs.csv."""
+    return os.path.join(e2e_dir(), "testset_w_refs.csv") if name == "test-refs.txt" \
+        else str(CASES / name)
+
+
+@pytest.fixture
+def e2e_dir(request):
+    """A function returning the E2E folder: only the cases that need it ask (and maybe skip)."""
+    return lambda: request.getfixturevalue("e2e_data")
 
 
 @pytest.fixture(scope="module")
@@ -50,30 +66,45 @@ def meteor():
 
 
 @pytest.mark.parametrize("case", list(OFFICIAL))
-def test_equal_to_the_official_scores(case, meteor):
+def test_equal_to_the_official_scores(case, meteor, e2e_dir):
     refs_file, preds_file, expected = OFFICIAL[case]
-    refs, preds = metrics.load(str(CASES / refs_file), str(CASES / preds_file))
+    refs, preds = metrics.load(references(refs_file, e2e_dir), str(CASES / preds_file))
     got = metrics.score(refs, preds, meteor=meteor or False)
     for name in ("BLEU", "NIST", "ROUGE_L", "CIDEr"):
         assert round(got[name], 4) == expected[name], name
     if meteor is None:
-        pytest.skip(f"METEOR {metrics.METEOR_NA}; the other four metrics matched")
+        pytest.skip(f"METEOR {metrics.meteor_note()}; the other four metrics matched")
     assert abs(got["METEOR"] - expected["METEOR"]) < 0.005
     assert round(got["METEOR"], 4) == expected["METEOR"]  # in fact exact: the same jar
 
 
-def test_csv_references_and_tsv_predictions_give_the_same_scores(tmp_path):
-    # testset_w_refs.csv holds the same references as test-refs.txt, with their MRs.
-    mrs, refs = metrics.read_references(str(E2E / "testset_w_refs.csv"))
+@pytest.mark.skipif(not (SHARED / "data" / "e2e-metrics").is_dir(),
+                    reason="no ../shared/data/e2e-metrics to compare the fixtures with")
+def test_fixtures_are_the_shared_files():
+    for path in CASES.iterdir():
+        if path.name != "README.md":
+            assert path.read_bytes() == (SHARED / "data" / "e2e-metrics" / path.name).read_bytes()
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "e2e-metrics").is_dir(),
+                    reason="no ../shared/data/e2e-metrics/test-refs.txt to compare with")
+def test_testset_csv_holds_the_references_of_test_refs_txt(e2e_data):
+    # what lets the cases above read testset_w_refs.csv where the scorer was given test-refs.txt
+    mrs, refs = metrics.read_references(os.path.join(e2e_data, "testset_w_refs.csv"))
     assert (len(mrs), sum(map(len, refs))) == (630, 4693)
-    _, text_refs = metrics.read_references(str(CASES / "test-refs.txt"))
+    _, text_refs = metrics.read_references(str(SHARED / "data" / "e2e-metrics" / "test-refs.txt"))
     assert refs == text_refs
+
+
+def test_csv_references_and_tsv_predictions_give_the_same_scores(tmp_path, e2e_data):
+    refs_csv = os.path.join(e2e_data, "testset_w_refs.csv")
+    mrs, _ = metrics.read_references(refs_csv)
     _, preds = metrics.read_predictions(str(CASES / "test-tgen-std.run0.txt"))
     with open(tmp_path / "predictions.tsv", "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t")
         writer.writerow(["MR", "output"])
         writer.writerows(zip(mrs, preds))
-    refs2, preds2 = metrics.load(str(E2E / "testset_w_refs.csv"), str(tmp_path / "predictions.tsv"))
+    refs2, preds2 = metrics.load(refs_csv, str(tmp_path / "predictions.tsv"))
     got = metrics.score(refs2, preds2, meteor=False)
     for name in ("BLEU", "NIST", "ROUGE_L", "CIDEr"):
         assert round(got[name], 4) == OFFICIAL["test-tgen"][2][name]
@@ -82,20 +113,20 @@ def test_csv_references_and_tsv_predictions_give_the_same_scores(tmp_path):
 # --- the pieces, against the reference implementations ---------------------------------------
 
 
-def _coco_inputs(case="test-tgen"):
+def _coco_inputs(case, e2e_dir):
     refs_file, preds_file, _ = OFFICIAL[case]
-    refs, preds = metrics.load(str(CASES / refs_file), str(CASES / preds_file))
+    refs, preds = metrics.load(references(refs_file, e2e_dir), str(CASES / preds_file))
     flat = iter(metrics.coco_tokenize([r for g in refs for r in g]))
     return [[next(flat) for _ in g] for g in refs], metrics.coco_tokenize(preds)
 
 
 @pytest.mark.skipif(not HAVE_COCO, reason="pycocoevalcap is not installed")
 @pytest.mark.parametrize("case", ["test-tgen", "test-sclstm"])
-def test_rouge_and_cider_equal_pycocoevalcap(case):
+def test_rouge_and_cider_equal_pycocoevalcap(case, e2e_dir):
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
-    refs, preds = _coco_inputs(case)
+    refs, preds = _coco_inputs(case, e2e_dir)
     gts = {i: group for i, group in enumerate(refs)}
     res = {i: [pred] for i, pred in enumerate(preds)}
     assert metrics.rouge_l(refs, preds) == pytest.approx(Rouge().compute_score(gts, res)[0], abs=1e-12)
@@ -144,10 +175,10 @@ def test_coco_tokenize_drops_punctuation_but_keeps_lowercased_brackets():
 
 
 @needs_jar
-def test_ptb_tokenizer_equals_the_jar_on_all_e2e_text(tmp_path):
+def test_ptb_tokenizer_equals_the_jar_on_all_e2e_text(tmp_path, e2e_data):
     lines = []
     for name in ("trainset.csv", "devset.csv", "testset_w_refs.csv"):
-        with open(E2E / name, encoding="utf-8", newline="") as f:
+        with open(os.path.join(e2e_data, name), encoding="utf-8", newline="") as f:
             lines += [row[1].replace("\r", " ").replace("\n", " ") for row in list(csv.reader(f))[1:]]
     for name in ("test-tgen-std.run0.txt", "test-sclstm.run0.txt", "baseline-output.txt"):
         lines += (CASES / name).read_text(encoding="utf-8").splitlines()
@@ -193,7 +224,8 @@ while (my $t = <STDIN>) {
 
 @pytest.mark.skipif(shutil.which("perl") is None, reason="perl is not installed")
 def test_mteval_tokenize_equals_perl():
-    lines = [r for group in metrics.read_references(str(CASES / "test-refs.txt"))[1] for r in group]
+    lines = [r for group in metrics.read_references(str(CASES / "devel-conc.txt"))[1] for r in group]
+    lines += (CASES / "test-tgen-std.run0.txt").read_text(encoding="utf-8").splitlines()
     lines += (CASES / "test-sclstm.run0.txt").read_text(encoding="utf-8").splitlines()
     lines += ["The Eagle's price: £20-25, 3.5 stars. A&B &amp; [x] {y} <z> \"q\" 5-star.Cheap",
               "ÉCLAIR Café 1,000.5 .5 5. ,a a,b -- a--b 20£-25 ~^_`|@#$%*+=?!;:/\\"]
@@ -222,7 +254,7 @@ def test_cli_prints_the_official_format():
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "SCORES:", "==============", "BLEU: 0.7203", "NIST: 7.8212",
-        "METEOR: n/a (needs Java and pycocoevalcap)", "ROUGE_L: 0.7910", "CIDEr: 2.3039"]
+        "METEOR: skipped (--no-meteor)", "ROUGE_L: 0.7910", "CIDEr: 2.3039"]
 
 
 def one_line_error(result, *fragments):
@@ -260,10 +292,38 @@ def test_missing_file(tmp_path):
 
 
 def test_predictions_for_other_mrs(tmp_path):
-    mrs, _ = metrics.read_references(str(E2E / "testset_w_refs.csv"))
+    (tmp_path / "refs.csv").write_text("mr,ref\n" + "".join(
+        f"name[Place {i}],Place {i} is a pub.\nname[Place {i}],It is a pub.\n" for i in range(8)))
+    mrs, _ = metrics.read_references(str(tmp_path / "refs.csv"))
+    assert len(mrs) == 8
     with open(tmp_path / "p.csv", "w", encoding="utf-8", newline="") as f:
         rows = [[mr, "A place."] for mr in mrs]
         rows[4][0] = "name[Somewhere else]"
         csv.writer(f).writerows([["mr", "output"], *rows])
-    one_line_error(run(E2E / "testset_w_refs.csv", tmp_path / "p.csv", "--no-meteor"),
+    one_line_error(run(tmp_path / "refs.csv", tmp_path / "p.csv", "--no-meteor"),
                    "the MR of prediction 5 is not the MR of reference group 5")
+
+
+def test_plain_install_without_java_and_pycocoevalcap_scores_the_rest(user_env):
+    hidden = subprocess.run([sys.executable, "-c", "import pycocoevalcap"], env=user_env,
+                            capture_output=True, text=True)
+    assert hidden.returncode == 1 and "No module named 'pycocoevalcap'" in hidden.stderr
+    result = subprocess.run([sys.executable, str(REPO / "metrics.py"), CASES / "devel-conc.txt",
+                             CASES / "baseline-output.txt"], env=user_env, capture_output=True,
+                            text=True, encoding="utf-8")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[2:] == [
+        "BLEU: 0.7203", "NIST: 7.8212", "METEOR: n/a (needs Java and the Python package "
+        "pycocoevalcap)", "ROUGE_L: 0.7910", "CIDEr: 2.3039"]
+
+
+def test_a_jar_that_does_not_answer_is_one_line(tmp_path, monkeypatch):
+    # a "java" that exits at once, as a broken Java install would
+    (tmp_path / "java").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "java").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    jar = tmp_path / "meteor-1.5.jar"
+    jar.write_bytes(b"")
+    with pytest.raises(metrics.MeteorError, match="did not answer .* --no-meteor"):
+        with metrics.Meteor(str(jar)) as running:
+            running.score([["A pub."]], ["A pub."])

@@ -530,9 +530,12 @@ def download_checkpoint(preset: str) -> str:
     return path
 
 
-def download(url: str, path: str, chunk_size: int = 1 << 20):
+def download(url: str, path: str, chunk_size: int = 1 << 20,
+             hint: str = "or download model.safetensors and config.json yourself into a folder "
+                         "and pass that folder instead of the preset name"):
     """Fetch url into path with a progress bar. Bytes land in path + '.part' first and the file is
-    renamed only when complete; an interrupted download resumes from the partial file."""
+    renamed only when complete; an interrupted download resumes from the partial file. `hint`
+    ends the error message: what to do instead."""
     from tqdm import tqdm
 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -541,14 +544,12 @@ def download(url: str, path: str, chunk_size: int = 1 << 20):
     request = urllib.request.Request(url, headers={"User-Agent": "lora-gpt2"})
     if have:
         request.add_header("Range", f"bytes={have}-")
-    hint = ("or download model.safetensors and config.json yourself into a folder and pass that "
-            "folder instead of the preset name")
     try:
         response = urllib.request.urlopen(request, timeout=60)
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # the partial file is not a prefix we can extend: start over
             os.remove(part)
-            return download(url, path, chunk_size)
+            return download(url, path, chunk_size, hint)
         raise RuntimeError(f"downloading {url} failed: HTTP {e.code} {e.reason}; {hint}") from None
     except OSError as e:  # URLError, timeouts, refused connections
         raise RuntimeError(f"cannot download {url} ({getattr(e, 'reason', e)}): no network? "

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import adapter
 import lora
 import metrics
+from cli import HelpFormatter
 from data.e2e import prepare as e2e
 from model import GPT, PRESETS, GPTConfig, KVCache, load_metadata, write_atomic
 
@@ -251,12 +252,21 @@ def evaluate(model, kind: str, args) -> dict:
     write_atomic(path, table.getvalue())
     print(f"wrote {path}")
 
-    scores = metrics.score([refs for _, refs in groups], texts, meteor=not args.no_meteor)
+    try:
+        scores = metrics.score([refs for _, refs in groups], texts, meteor=not args.no_meteor)
+    except metrics.MeteorError as e:
+        raise UserError(f"{e} (the predictions are saved in {path})") from None
     report = {"split": args.split, "mrs": len(groups), "predictions": path, "scores": scores,
               "decoding": {"beam": args.beam, "length_penalty": args.length_penalty,
                            "no_repeat_ngram": args.no_repeat_ngram, "seconds": seconds}}
-    write_atomic(os.path.join(folder, stem + ".scores.json"), json.dumps(report, indent=2))
+    if scores["METEOR"] is None:
+        report["meteor"] = metrics.meteor_note(not args.no_meteor)
+    scores_path = os.path.join(folder, stem + ".scores.json")
+    write_atomic(scores_path, json.dumps(report, indent=2))
     print(table3(scores, base_name(args), kind, args))
+    if scores["METEOR"] is None:
+        print(f"METEOR: {report['meteor']}")
+    print(f"wrote {scores_path}")
     return scores
 
 
@@ -383,23 +393,25 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Decode with a fine-tuned GPT-2 (E2E test set, one MR, or free text), or "
                     "time the forward pass (paper Table 1).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.error = lambda message: fail(f"{message} (see --help)")
     p.add_argument("--adapter", help="adapter.safetensors from train.py (its base model is "
                                      "read from the file)")
     p.add_argument("--model", help="base model (overrides the adapter's), or a full fine-tuned "
                                    "checkpoint to decode without an adapter")
-    p.add_argument("--data", help="folder with the E2E CSVs (default: data/e2e/, downloaded)")
-    p.add_argument("--split", default="test", choices=("test", "dev"))
+    p.add_argument("--data", help="folder with the E2E CSVs (default: $E2E_DATA_DIR, else data/e2e/, "
+                                  "downloaded on first use)")
+    p.add_argument("--split", default="test", choices=("test", "dev"), help="E2E split to decode")
     p.add_argument("--limit", type=int, default=0, help="decode only the first N MRs")
     p.add_argument("--out", help="folder for predictions and scores (default: the adapter's)")
-    p.add_argument("--no-meteor", action="store_true", help="skip METEOR (Java)")
+    p.add_argument("--no-meteor", action="store_true",
+                   help="skip METEOR (it needs Java and pycocoevalcap, and about 20 s)")
     g = p.add_argument_group("decoding")
-    g.add_argument("--beam", type=int, default=10)
+    g.add_argument("--beam", type=int, default=10, help="beam width (1: greedy)")
     g.add_argument("--length-penalty", type=float, default=0.9,
                    help="score = log p / length ** penalty (the original README used 0.8)")
     g.add_argument("--no-repeat-ngram", type=int, default=4, help="0 allows repeats")
-    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--max-new-tokens", type=int, default=64, help="longest output, in tokens")
     g.add_argument("--batch-size", type=int, default=32, help="MRs decoded together")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole sequence at "
                                                            "every step (slow; for comparison)")
@@ -413,7 +425,7 @@ def parse_args(argv=None):
     g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     g.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
     g.add_argument("--top-p", type=float, help="sample among the most likely tokens holding p")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="random seed of --temperature sampling")
     g = p.add_argument_group("latency (Table 1)")
     g.add_argument("--latency", action="store_true", help="time one forward pass of GPT-2 "
                                                           "medium and its adapted variants")

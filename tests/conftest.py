@@ -1,7 +1,11 @@
-"""Shared fixtures: tiny random GPT-2 checkpoints written by transformers, the reference.
+"""Shared fixtures: tiny random GPT-2 checkpoints written by transformers, the reference, and
+the E2E data and GPT-2 vocabulary, found wherever this clone can find them.
 
-../shared (beside the repository) holds the E2E data and tiktoken's GPT-2 vocabulary; with
-TIKTOKEN_CACHE_DIR pointing there, tiktoken works without network.
+The E2E CSVs come from $E2E_DATA_DIR if set, else ../shared/data/e2e beside the repository (the
+project's CI), else the project's own verified download into data/e2e/; the tests that need them
+skip, with the reason, when none of these works (no network). tiktoken's GPT-2 vocabulary comes
+from $TIKTOKEN_CACHE_DIR (set to ../shared/tiktoken_cache when that exists) or tiktoken's own
+download, with the same skip.
 """
 
 import os
@@ -12,8 +16,36 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+FIXTURES = REPO / "tests" / "fixtures"
 if (SHARED / "tiktoken_cache").is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
+
+
+@pytest.fixture(scope="session")
+def e2e_data() -> str:
+    """The folder with the official E2E CSVs (a failure is cached: one attempt per session)."""
+    from data.e2e import prepare
+
+    if os.environ.get("E2E_DATA_DIR"):  # set on purpose: a wrong folder is an error, not a skip
+        return prepare.locate()
+    if (SHARED / "data" / "e2e").is_dir():
+        return str(SHARED / "data" / "e2e")
+    try:
+        return prepare.locate()  # data/e2e/, downloaded and checked on first use
+    except prepare.DataError as e:
+        pytest.skip(f"no E2E data (set E2E_DATA_DIR to a folder with the official CSVs): {e}")
+
+
+@pytest.fixture(scope="session")
+def gpt2_vocab():
+    """tiktoken's "gpt2" encoding, or a skip that says how to provide it."""
+    from data.e2e import prepare
+
+    try:
+        return prepare.tokenizer()
+    except prepare.DataError as e:
+        pytest.skip(str(e))
+
 
 # A tiny GPT-2 with the real vocabulary, so real tiktoken tokens are valid inputs.
 TINY = dict(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=50257)
@@ -79,3 +111,34 @@ def assert_close(actual, expected):
     Plain max-abs 1e-5 is too tight once logits reach ~5 (fp32 spacing there is ~5e-7 and a
     forward pass sums thousands of terms in a different order than the reference does)."""
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+# The user's environment: `make train` installs requirements.txt alone, so the test-only packages
+# (transformers, peft, pycocoevalcap) are absent there, and Java may be too. A subprocess started
+# with this environment cannot import them (sitecustomize hides them) and finds no `java`.
+_HIDE_TEST_PACKAGES = '''
+import sys
+
+
+class HideTestPackages:
+    names = {"transformers", "peft", "pycocoevalcap"}
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, HideTestPackages())
+'''
+
+
+@pytest.fixture
+def user_env(tmp_path):
+    """os.environ for a subprocess as a plain install sees it: no reference packages, no Java
+    (PATH holds only an empty folder; scripts run as sys.executable, an absolute path)."""
+    site = tmp_path / "user_site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_HIDE_TEST_PACKAGES)
+    (tmp_path / "empty_bin").mkdir()
+    return {**os.environ, "PYTHONPATH": str(site), "PATH": str(tmp_path / "empty_bin")}

@@ -7,28 +7,33 @@ import io
 import shutil
 import threading
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED
 
 from data.e2e import prepare as e2e
 from train import collate, loss_positions
 
-DATA = SHARED / "data" / "e2e"
+
+
+@pytest.fixture(scope="module")
+def data(e2e_data, gpt2_vocab):
+    """The E2E folder (a Path), with the vocabulary known to load."""
+    return Path(e2e_data)
 
 
 @pytest.mark.parametrize("split, rows, mrs", [("train", 42_061, 4_862), ("dev", 4_672, 547),
                                               ("test", 4_693, 630)])
-def test_counts_of_the_official_files(split, rows, mrs):
-    groups = e2e.load_mrs(split, str(DATA))
-    assert sum(len(refs) for _, refs in groups) == rows == len(e2e.load_examples(split, str(DATA)))
+def test_counts_of_the_official_files(data, split, rows, mrs):
+    groups = e2e.load_mrs(split, str(data))
+    assert sum(len(refs) for _, refs in groups) == rows == len(e2e.load_examples(split, str(data)))
     assert len(groups) == mrs
 
 
-def test_every_training_example_is_context_separator_reference_end():
-    rows = e2e.read_split(str(DATA / "trainset.csv"))
-    examples = e2e.load_examples("train", str(DATA))
+def test_every_training_example_is_context_separator_reference_end(data):
+    rows = e2e.read_split(str(data / "trainset.csv"))
+    examples = e2e.load_examples("train", str(data))
     enc = e2e.tokenizer()
     for i, (mr, ref) in enumerate(rows):
         tokens, prompt_length = examples[i]
@@ -38,8 +43,8 @@ def test_every_training_example_is_context_separator_reference_end():
         assert e2e.EOT not in tokens[prompt_length:-1]
 
 
-def test_the_loss_mask_covers_exactly_the_reference_and_the_end_token():
-    examples = e2e.load_examples("dev", str(DATA))
+def test_the_loss_mask_covers_exactly_the_reference_and_the_end_token(data):
+    examples = e2e.load_examples("dev", str(data))
     batch = [examples[i] for i in (0, 5, 77, 4000)]  # different lengths: padding in between
     inputs, targets = collate(batch)
     positions, labels = loss_positions(targets)
@@ -53,7 +58,7 @@ def test_the_loss_mask_covers_exactly_the_reference_and_the_end_token():
     assert torch.equal(positions, (targets.flatten() != -100).nonzero().squeeze(1))
 
 
-def test_context_is_the_linearised_mr():
+def test_context_is_the_linearised_mr(gpt2_vocab):
     mr = "name[The Vaults], eatType[pub], priceRange[more than £30], near[Café Adriatic]"
     assert e2e.context(mr) == ("name : The Vaults | eatType : pub | priceRange : more than £30 | "
                                "near : Café Adriatic")
@@ -63,9 +68,9 @@ def test_context_is_the_linearised_mr():
 # --- bad data: each error names the file and the row -----------------------------------------
 
 
-def damaged_copy(tmp_path, row, new_row=None, header=None):
+def damaged_copy(data, tmp_path, row, new_row=None, header=None):
     """devset.csv with one record replaced (row numbers count the header as row 1)."""
-    with open(DATA / "devset.csv", encoding="utf-8", newline="") as f:
+    with open(data / "devset.csv", encoding="utf-8", newline="") as f:
         records = list(csv.reader(f))
     if header:
         records[0] = header
@@ -85,31 +90,34 @@ def damaged_copy(tmp_path, row, new_row=None, header=None):
      r"devset.csv, row 12: the MR does not parse as key\[value\]"),
     (15, ["name[The Eagle]"], None, r"devset.csv, row 15: 1 fields, expected 2"),
 ])
-def test_malformed_rows_name_file_and_row(tmp_path, row, new_row, header, message):
-    path = damaged_copy(tmp_path, row, new_row, header)
+def test_malformed_rows_name_file_and_row(data, tmp_path, row, new_row, header, message):
+    path = damaged_copy(data, tmp_path, row, new_row, header)
     with pytest.raises(e2e.DataError, match=message):
         e2e.read_split(path)
 
 
-def test_not_utf8_names_file_and_line(tmp_path):
-    data = (DATA / "devset.csv").read_bytes().replace("£".encode(), b"\xa3", 1)
-    (tmp_path / "devset.csv").write_bytes(data)
-    line = data[:data.index(b"\xa3")].count(b"\n") + 1
+def test_not_utf8_names_file_and_line(data, tmp_path):
+    raw = (data / "devset.csv").read_bytes().replace("£".encode(), b"\xa3", 1)
+    (tmp_path / "devset.csv").write_bytes(raw)
+    line = raw[:raw.index(b"\xa3")].count(b"\n") + 1
     with pytest.raises(e2e.DataError, match=rf"devset.csv is not UTF-8 \(byte 0xa3 on line {line}\)"):
         e2e.read_split(str(tmp_path / "devset.csv"))
 
 
-def test_a_folder_without_the_files(tmp_path):
+def test_a_folder_without_the_files(tmp_path, monkeypatch):
     with pytest.raises(e2e.DataError, match="lacks trainset.csv, devset.csv, testset_w_refs.csv"):
         e2e.locate(str(tmp_path))
+    monkeypatch.setenv("E2E_DATA_DIR", str(tmp_path))  # the environment variable, same check
+    with pytest.raises(e2e.DataError, match=f"{tmp_path} lacks trainset.csv"):
+        e2e.locate()
 
 
 # --- the cache -------------------------------------------------------------------------------
 
 
-def test_tokens_are_cached_and_a_changed_file_gets_its_own(tmp_path, monkeypatch):
+def test_tokens_are_cached_and_a_changed_file_gets_its_own(data, tmp_path, monkeypatch):
     for name in e2e.SPLITS.values():
-        shutil.copy(DATA / name, tmp_path / name)
+        shutil.copy(data / name, tmp_path / name)
     monkeypatch.setattr(e2e, "HERE", str(tmp_path / "repo_data"))  # where the cache lives
     first = e2e.load_examples("dev", str(tmp_path))
     assert len(list((tmp_path / "repo_data" / "cache").glob("dev-*.npz"))) == 1
@@ -120,7 +128,7 @@ def test_tokens_are_cached_and_a_changed_file_gets_its_own(tmp_path, monkeypatch
     monkeypatch.setattr(e2e, "encode", no_tokenizing)
     again = e2e.load_examples("dev", str(tmp_path))
     assert (again.tokens == first.tokens).all() and len(again) == len(first)
-    damaged_copy(tmp_path, 3, ["name[The Eagle]", "A new reference."])
+    damaged_copy(data, tmp_path, 3, ["name[The Eagle]", "A new reference."])
     with pytest.raises(AssertionError, match="tokenized again"):
         e2e.load_examples("dev", str(tmp_path))
 
@@ -128,12 +136,12 @@ def test_tokens_are_cached_and_a_changed_file_gets_its_own(tmp_path, monkeypatch
 # --- the download (served locally: this machine has no network) ------------------------------
 
 
-def release_zip(tweak=None) -> bytes:
+def release_zip(data, tweak=None) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z:
         for name in e2e.SHA256:
-            data = (DATA / name).read_bytes()
-            z.writestr(f"e2e-dataset/{name}", tweak(name, data) if tweak else data)
+            raw = (data / name).read_bytes()
+            z.writestr(f"e2e-dataset/{name}", tweak(name, raw) if tweak else raw)
     return buffer.getvalue()
 
 
@@ -161,19 +169,21 @@ def serve():
     server.shutdown()
 
 
-def test_download_extracts_and_checks_the_release(tmp_path, monkeypatch, serve):
-    monkeypatch.setattr(e2e, "URL", serve(release_zip()))
+def test_download_extracts_and_checks_the_release(data, tmp_path, monkeypatch, serve):
+    monkeypatch.setattr(e2e, "URL", serve(release_zip(data)))
     monkeypatch.setattr(e2e, "HERE", str(tmp_path))
+    monkeypatch.delenv("E2E_DATA_DIR", raising=False)
     assert e2e.locate() == str(tmp_path)
     for name, digest in e2e.SHA256.items():
         assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == digest
 
 
-def test_download_with_a_wrong_sha256_deletes_the_files(tmp_path, monkeypatch, serve):
-    def tweak(name, data):
-        return data + b"\n" if name == "devset.csv" else data  # one byte more
-    monkeypatch.setattr(e2e, "URL", serve(release_zip(tweak)))
+def test_download_with_a_wrong_sha256_deletes_the_files(data, tmp_path, monkeypatch, serve):
+    def tweak(name, raw):
+        return raw + b"\n" if name == "devset.csv" else raw  # one byte more
+    monkeypatch.setattr(e2e, "URL", serve(release_zip(data, tweak)))
     monkeypatch.setattr(e2e, "HERE", str(tmp_path))
+    monkeypatch.delenv("E2E_DATA_DIR", raising=False)
     with pytest.raises(e2e.DataError, match="devset.csv from .* has SHA-256 .* not fc26b78c.*deleted"):
         e2e.locate()
     assert list(tmp_path.iterdir()) == []
@@ -182,6 +192,7 @@ def test_download_with_a_wrong_sha256_deletes_the_files(tmp_path, monkeypatch, s
 def test_no_data_and_no_network_says_how_to_pass_a_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(e2e, "URL", "http://127.0.0.1:9/e2e-dataset.zip")  # nothing listens
     monkeypatch.setattr(e2e, "HERE", str(tmp_path))
+    monkeypatch.delenv("E2E_DATA_DIR", raising=False)
     with pytest.raises(e2e.DataError, match="cannot download .*no network.*pass --data DIR"):
         e2e.locate()
     assert not (tmp_path / "e2e-dataset.zip").exists()

@@ -8,13 +8,11 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, SHARED, assert_close, random_gpt2
+from conftest import REPO, assert_close, random_gpt2
 
 import lora
 from model import GPT, GPTConfig
 from sample import banned_tokens, beam_search
-
-DATA = str(SHARED / "data" / "e2e")
 
 
 def tiny_vocab_model(seed=0):
@@ -145,14 +143,14 @@ def test_merged_decoding_model_equals_the_unmerged_one(tiny_run):
         assert_close(merged(idx), unmerged(idx))
 
 
-def run(*args):
+def run(*args, env=None):
     return subprocess.run([sys.executable, str(REPO / "sample.py"), *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
 
 
-def test_limit_5_writes_5_predictions_and_scores(tiny_run):
+def test_limit_5_writes_5_predictions_and_scores(tiny_run, e2e_data, gpt2_vocab):
     adapter = tiny_run / "run" / "adapter.safetensors"
-    result = run("--adapter", adapter, "--data", DATA, "--limit", "5", "--no-meteor",
+    result = run("--adapter", adapter, "--data", e2e_data, "--limit", "5", "--no-meteor",
                  "--beam", "3", "--max-new-tokens", "16", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "merged LoRA" in result.stdout and "decoded 5 MRs" in result.stdout
@@ -163,6 +161,22 @@ def test_limit_5_writes_5_predictions_and_scores(tiny_run):
     report = json.loads((tiny_run / "run" / "predictions-first5.scores.json").read_text())
     assert report["mrs"] == 5 and set(report["scores"]) == {"BLEU", "NIST", "METEOR", "ROUGE_L",
                                                             "CIDEr"}
+    assert report["scores"]["METEOR"] is None and report["meteor"] == "skipped (--no-meteor)"
+    assert "METEOR: skipped (--no-meteor)" in result.stdout
+
+
+def test_plain_install_decodes_and_scores_without_meteor(tiny_run, e2e_data, gpt2_vocab, user_env,
+                                                         tmp_path):
+    # requirements.txt only (no transformers, peft, pycocoevalcap) and no Java: METEOR is n/a,
+    # the other four are scored, the predictions are kept
+    result = run("--adapter", tiny_run / "run" / "adapter.safetensors", "--data", e2e_data,
+                 "--limit", "3", "--beam", "2", "--max-new-tokens", "8", "--device", "cpu",
+                 "--out", tmp_path, env=user_env)
+    assert result.returncode == 0, result.stderr
+    assert "METEOR: n/a (needs Java and the Python package pycocoevalcap)" in result.stdout
+    assert len((tmp_path / "predictions-first3.tsv").read_text().splitlines()) == 4
+    report = json.loads((tmp_path / "predictions-first3.scores.json").read_text())
+    assert report["scores"]["METEOR"] is None and report["scores"]["BLEU"] is not None
 
 
 def main(capsys, *args):
@@ -178,7 +192,7 @@ def main(capsys, *args):
     return code, out, err
 
 
-def test_one_mr_and_free_text(tiny_run, capsys):
+def test_one_mr_and_free_text(tiny_run, gpt2_vocab, capsys):
     base = tiny_run / "base"
     code, out, err = main(capsys, "--model", base, "--mr", "name[The Eagle], eatType[pub]",
                           "--beam", "2", "--max-new-tokens", "8", "--device", "cpu")

@@ -8,14 +8,13 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, SHARED, random_gpt2
+from conftest import REPO, random_gpt2
 from safetensors import safe_open
 
 import lora
 import train
 from model import GPT
 
-DATA = str(SHARED / "data" / "e2e")
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +26,15 @@ def tiny(tmp_path_factory):
     return str(path)
 
 
-def quick(tiny, out, *extra):
+@pytest.fixture(scope="module")
+def data(e2e_data, gpt2_vocab):
+    """The E2E folder, with the vocabulary known to load (else the module's tests skip)."""
+    return e2e_data
+
+
+def quick(tiny, data, out, *extra):
     """Flags for a quick run: 64 examples (8 steps per epoch), no warmup, a log line per step."""
-    return ["--model", tiny, "--data", DATA, "--device", "cpu", "--out", str(out), "--limit", "64",
+    return ["--model", tiny, "--data", data, "--device", "cpu", "--out", str(out), "--limit", "64",
             "--warmup", "0", "--log-interval", "1", *extra]
 
 
@@ -55,8 +60,8 @@ def assert_loss_falls(run_dir):
 
 
 @pytest.mark.parametrize("method, lr", [("lora", "2e-2"), ("adapter_h", "2e-2")])
-def test_lora_and_adapter_training_moves_only_their_tensors(tiny, tmp_path, method, lr):
-    rc, model, frozen = run_in_process(quick(tiny, tmp_path / "run", "--method", method,
+def test_lora_and_adapter_training_moves_only_their_tensors(tiny, data, tmp_path, method, lr):
+    rc, model, frozen = run_in_process(quick(tiny, data, tmp_path / "run", "--method", method,
                                              "--max-steps", "30", "--lr", lr,
                                              "--label-smoothing", "0", "--rank", "4"))
     assert rc == 0
@@ -72,8 +77,8 @@ def test_lora_and_adapter_training_moves_only_their_tensors(tiny, tmp_path, meth
         assert all(k.endswith((".A", ".B")) for k in keys) and len(keys) == 2 * 2 * 2
 
 
-def test_full_fine_tuning_saves_a_gpt2_checkpoint(tiny, tmp_path):
-    rc, model, frozen = run_in_process(quick(tiny, tmp_path / "run", "--method", "full",
+def test_full_fine_tuning_saves_a_gpt2_checkpoint(tiny, data, tmp_path):
+    rc, model, frozen = run_in_process(quick(tiny, data, tmp_path / "run", "--method", "full",
                                              "--max-steps", "30", "--lr", "2e-3",
                                              "--label-smoothing", "0"))
     assert rc == 0 and frozen == {}
@@ -84,15 +89,15 @@ def test_full_fine_tuning_saves_a_gpt2_checkpoint(tiny, tmp_path):
                            GPT.from_pretrained(tiny).state_dict()["transformer.h.0.attn.q.weight"])
 
 
-def test_gradient_accumulation_gives_the_same_steps(tiny, tmp_path):
+def test_gradient_accumulation_gives_the_same_steps(tiny, data, tmp_path):
     args = ["--max-steps", "3", "--dropout", "0"]
-    run_in_process(quick(tiny, tmp_path / "a", *args))
-    run_in_process(quick(tiny, tmp_path / "b", *args, "--grad-accum", "4"))
+    run_in_process(quick(tiny, data, tmp_path / "a", *args))
+    run_in_process(quick(tiny, data, tmp_path / "b", *args, "--grad-accum", "4"))
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert a.keys() == b.keys() and all(abs(a[s] - b[s]) < 1e-5 for s in a)
 
 
-def test_a_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch,
+def test_a_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, data, tmp_path, monkeypatch,
                                                                     capsys):
     calls = {"n": 0}
     real = train.token_loss
@@ -102,7 +107,7 @@ def test_a_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_pat
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] > 8 + 64 // 8 else loss  # 8 steps + dev batches
     monkeypatch.setattr(train, "token_loss", nan_after_epoch_1)
-    rc, _, _ = run_in_process(quick(tiny, tmp_path / "run", "--max-steps", "20"))
+    rc, _, _ = run_in_process(quick(tiny, data, tmp_path / "run", "--max-steps", "20"))
     assert rc == 1
     assert "the loss became nan at step 9; stopped, the last good checkpoint (step 8)" in \
         capsys.readouterr().err
@@ -118,13 +123,13 @@ def cli(*args, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_run(tiny, tmp_path):
+def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_run(tiny, data, tmp_path):
     flags = ["--max-steps", "24", "--lr", "1e-2", "--warmup", "4", "--dropout", "0.1"]
-    whole = cli(*quick(tiny, tmp_path / "whole", *flags))
+    whole = cli(*quick(tiny, data, tmp_path / "whole", *flags))
     whole.communicate()
     assert whole.returncode == 0
 
-    run = cli(*quick(tiny, tmp_path / "cut", *flags))
+    run = cli(*quick(tiny, data, tmp_path / "cut", *flags))
     for line in run.stdout:  # interrupt in the middle of epoch 2
         if line.startswith("step 11/"):
             run.send_signal(signal.SIGINT)
@@ -155,8 +160,8 @@ def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_run(tiny, tmp_path):
     (["--method", "prefix"], "argument --method: invalid choice: 'prefix'"),
     (["--resume", "/nowhere"], "/nowhere holds no resumable run"),
 ])
-def test_user_errors_are_one_line_and_write_nothing(tiny, tmp_path, flags, message):
-    argv = quick(tiny, tmp_path / "run")
+def test_user_errors_are_one_line_and_write_nothing(tiny, data, tmp_path, flags, message):
+    argv = quick(tiny, data, tmp_path / "run")
     for flag, value in zip(flags[::2], flags[1::2]):
         if flag in argv:
             argv[argv.index(flag) + 1] = value
@@ -169,8 +174,8 @@ def test_user_errors_are_one_line_and_write_nothing(tiny, tmp_path, flags, messa
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_device_cuda_without_cuda(tiny, tmp_path):
-    argv = quick(tiny, tmp_path / "run")
+def test_device_cuda_without_cuda(tiny, data, tmp_path):
+    argv = quick(tiny, data, tmp_path / "run")
     argv[argv.index("--device") + 1] = "cuda"
     proc = cli(*argv)
     out, err = proc.communicate()
@@ -178,18 +183,18 @@ def test_device_cuda_without_cuda(tiny, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_an_existing_run_is_never_overwritten(tiny, tmp_path):
+def test_an_existing_run_is_never_overwritten(tiny, data, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "mine.txt").write_text("keep me")
-    proc = cli(*quick(tiny, tmp_path / "run"))
+    proc = cli(*quick(tiny, data, tmp_path / "run"))
     _, err = proc.communicate()
     assert proc.returncode == 2 and "already holds files" in err
     assert (tmp_path / "run" / "mine.txt").read_text() == "keep me"
 
 
-def test_the_readme_command_runs_end_to_end(tiny, tmp_path):
+def test_the_readme_command_runs_end_to_end(tiny, data, tmp_path):
     # The README's quick run: python train.py --rank 4 --targets q,v --model <tiny> --data ...
-    proc = cli("--rank", "4", "--targets", "q,v", "--model", tiny, "--data", DATA,
+    proc = cli("--rank", "4", "--targets", "q,v", "--model", tiny, "--data", data,
                "--max-steps", "50", "--device", "cpu", "--out", tmp_path / "run")
     out, err = proc.communicate()
     assert proc.returncode == 0, err

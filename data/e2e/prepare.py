@@ -12,7 +12,8 @@ the separator and writes until <|endoftext|>.
     python -m data.e2e.prepare [--data DIR]     # download (if needed), check, tokenize, print counts
 
 The official CSVs are downloaded into data/e2e/ on first use and checked against their SHA-256;
-`--data DIR` (in train.py and sample.py too) reads them from another folder instead. Token arrays
+`--data DIR` (in train.py and sample.py too), or the environment variable E2E_DATA_DIR, reads them
+from another folder instead. Token arrays
 are cached in data/e2e/cache/, keyed by the format and the CSV's content.
 """
 
@@ -49,7 +50,9 @@ class DataError(ValueError):
 
 
 def locate(data_dir: str | None = None) -> str:
-    """The folder holding the CSVs: data_dir as given, else data/e2e/ (downloaded if missing)."""
+    """The folder holding the CSVs: data_dir as given, else $E2E_DATA_DIR, else data/e2e/
+    (downloaded if missing)."""
+    data_dir = data_dir or os.environ.get("E2E_DATA_DIR") or None
     if data_dir is not None:
         missing = [name for name in SPLITS.values() if not os.path.isfile(os.path.join(data_dir, name))]
         if missing:
@@ -67,10 +70,10 @@ def download_release(folder: str):
     archive = os.path.join(folder, "e2e-dataset.zip")
     if not os.path.isfile(archive):
         try:
-            download(URL, archive)
+            download(URL, archive, hint=f"or pass --data DIR (or set E2E_DATA_DIR), a folder with "
+                                        f"{', '.join(SPLITS.values())}")
         except RuntimeError as e:
-            raise DataError(f"{e}. Or pass --data DIR, a folder with {', '.join(SPLITS.values())}") \
-                from None
+            raise DataError(str(e)) from None
     try:
         with zipfile.ZipFile(archive) as z:
             for name in SHA256:
@@ -174,13 +177,15 @@ def tokenizer():
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # tiktoken fetches its vocabulary files on first use
-        raise DataError(f"cannot load tiktoken's gpt2 vocabulary ({type(e).__name__}: {e}); without "
-                        "network, set TIKTOKEN_CACHE_DIR to a folder that holds it") from None
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+        raise DataError(f"cannot load tiktoken's gpt2 vocabulary ({reason}); without network, set "
+                        "TIKTOKEN_CACHE_DIR to a folder that holds it") from None
 
 
 def prompt_tokens(mr: str) -> list[int]:
     """What the model is given at test time: the context, then the separator."""
-    return tokenizer().encode(context(mr)) + [EOT]
+    text = context(mr)  # a malformed MR is reported before the vocabulary is needed
+    return tokenizer().encode(text) + [EOT]
 
 
 def encode(rows: list[tuple[str, str]]) -> dict:

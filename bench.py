@@ -1,8 +1,8 @@
 """Benchmarks: ours against transformers + peft, same weights, same E2E batches, same dtype.
 
-    python bench.py all --small --device cpu   # CPU: a small GPT-2 shape; about 5 minutes here
-    python bench.py all                        # GPU: GPT-2 medium in bf16, the figures of record
-    python bench.py train|memory|decode|latency|cache
+    python bench.py --small --device cpu   # all sections, CPU: a small GPT-2 shape (minutes)
+    python bench.py                        # all sections, GPU: GPT-2 medium in bf16
+    python bench.py train|memory|decode|latency|cache [--small --device cpu]   # one section
 
 - train:   training-step throughput at batch 8 on real E2E batches: ours (LoRA r=4 on q,v; and
            --method full) against transformers' GPT2LMHeadModel + peft LoRA (r=4 on c_attn)
@@ -31,6 +31,7 @@ import torch
 import lora
 import sample
 import train
+from cli import HelpFormatter
 from data.e2e import prepare as e2e
 from model import GPT, GPTConfig, write_atomic
 
@@ -200,7 +201,7 @@ def bench_memory(setup) -> dict:
     rows = {}
     args = setup.args
     for method in ("lora", "full"):
-        argv = [sys.executable, os.path.abspath(__file__), "_peak", "--method", method,
+        argv = [sys.executable, os.path.abspath(__file__), "--peak-worker", method,
                 "--device", str(setup.device), "--model", args.model, "--weights", setup.folder]
         argv += (["--small"] if args.small else []) + (["--compile"] if args.compile else [])
         argv += ["--data", args.data] if args.data else []
@@ -314,31 +315,39 @@ SECTIONS = {"train": bench_train, "memory": bench_memory, "decode": bench_decode
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Benchmarks for BENCHMARKS.md.")
-    p.add_argument("what", choices=["all", *SECTIONS, "_peak"])
-    p.add_argument("--device", default="auto")
+    class Formatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+        pass  # the module docstring, which describes the sections, as it is laid out
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
+    p.add_argument("what", nargs="?", default="all", choices=["all", *SECTIONS],
+                   help="the section to run (see above)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
     p.add_argument("--model", default="gpt2-medium", help="the shape timed (random weights)")
     p.add_argument("--small", action="store_true", help="a small GPT-2 shape, for CPUs")
-    p.add_argument("--data", help="folder with the E2E CSVs (default: data/e2e/)")
+    p.add_argument("--data", help="folder with the E2E CSVs (default: $E2E_DATA_DIR, else "
+                                  "data/e2e/, downloaded on first use)")
     p.add_argument("--steps", type=int, default=0, help="timed training steps (default 50 on "
                                                         "CUDA, 10 on CPU)")
-    p.add_argument("--warmup", type=int, default=0, help="untimed first steps (10 CUDA, 2 CPU)")
+    p.add_argument("--warmup", type=int, default=0, help="untimed first steps (default 10 CUDA, "
+                                                         "2 CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile our loss function")
-    p.add_argument("--mrs", type=int, default=0, help="test MRs decoded (630 CUDA, 16 CPU)")
+    p.add_argument("--mrs", type=int, default=0, help="test MRs decoded (default 630 CUDA, 16 CPU)")
     p.add_argument("--decode-batch", type=int, default=32, help="MRs decoded together")
     p.add_argument("--grid", help="latency cells, e.g. 1x128,16x256")
-    p.add_argument("--trials", type=int, default=0, help="latency trials (100 CUDA, 30 CPU)")
-    p.add_argument("--method", default="lora", help=argparse.SUPPRESS)  # for _peak
-    p.add_argument("--weights", help=argparse.SUPPRESS)  # _peak: the parent's saved model
+    p.add_argument("--trials", type=int, default=0, help="latency trials (default 100 CUDA, "
+                                                         "30 CPU)")
     p.add_argument("--json", help="also write the results here")
+    # internal: bench_memory runs each method in a fresh process with these
+    p.add_argument("--peak-worker", choices=("lora", "full"), help=argparse.SUPPRESS)
+    p.add_argument("--weights", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
     args.steps = args.steps or (50 if cuda else 10)
     args.warmup = args.warmup or (10 if cuda else 2)
     args.mrs = args.mrs or (630 if cuda else 16)
     setup = Setup(args)
-    if args.what == "_peak":
-        print(json.dumps(peak_memory_worker(setup, args.method)))
+    if args.peak_worker:
+        print(json.dumps(peak_memory_worker(setup, args.peak_worker)))
         return 0
     import peft
     import transformers

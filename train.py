@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 import adapter
 import lora
+from cli import HelpFormatter
 from data.e2e import prepare as e2e
 from model import GPT, load_metadata, load_tensors, save_tensors, write_atomic
 
@@ -44,13 +45,14 @@ def fail(message: str):
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Fine-tune GPT-2 on E2E NLG (defaults: the paper's GPT-2 M + LoRA recipe).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.error = lambda message: fail(f"{message} (see --help)")
     p.add_argument("--model", default="gpt2-medium",
                    help="GPT-2 preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or local checkpoint")
     p.add_argument("--method", default="lora", choices=METHODS,
                    help="lora, full fine-tuning, or the Adapter^H / Adapter^L baselines")
-    p.add_argument("--data", help="folder with the E2E CSVs (default: data/e2e/, downloaded)")
+    p.add_argument("--data", help="folder with the E2E CSVs (default: $E2E_DATA_DIR, else data/e2e/, "
+                                  "downloaded on first use)")
     p.add_argument("--out", help="run directory (default: runs/e2e-<method>-<model>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     g = p.add_argument_group("LoRA / adapters")
@@ -63,16 +65,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--dropout", type=float, default=0.1,
                    help="dropout of the model and of the LoRA path")
     g = p.add_argument_group("optimization")
-    g.add_argument("--epochs", type=int, default=5)
+    g.add_argument("--epochs", type=int, default=5, help="passes over the training set")
     g.add_argument("--max-steps", type=int, default=0,
                    help="stop after this many optimizer steps (0: run all epochs)")
     g.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step")
     g.add_argument("--grad-accum", type=int, default=1,
                    help="split each batch into this many micro-batches (same result, less memory)")
-    g.add_argument("--lr", type=float, default=2e-4)
+    g.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (AdamW)")
     g.add_argument("--warmup", type=int, default=500, help="linear warmup steps")
-    g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--weight-decay", type=float, default=0.01,
+                   help="AdamW's decoupled weight decay, on matrices only")
+    g.add_argument("--label-smoothing", type=float, default=0.1,
+                   help="of the training loss (the dev loss has none)")
     g.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm (0: off)")
     g.add_argument("--seed", type=int, default=110, help="the seed of the paper's released code")
     g = p.add_argument_group("hardware and logging")

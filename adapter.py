@@ -15,7 +15,7 @@ Same shape of API as lora.py: apply, count (describe), save, load.
 
 import torch.nn as nn
 
-from lora import adapter_metadata, copy_tensors, read_adapter_metadata, save_adapter_file
+import checkpoint
 from model import GPT
 
 KINDS = ("houlsby", "lin")  # Adapter^H, Adapter^L
@@ -116,16 +116,16 @@ def _params(model: GPT) -> dict:
 
 def save(model: GPT, path: str):
     """Save only the adapters' tensors, with kind and r in the metadata."""
-    save_adapter_file(model, path, _params(model), adapter_metadata(model, "adapter",
-                                                                     **settings(model)))
+    checkpoint.save_adapter_file(model, path, _params(model),
+                                 checkpoint.adapter_metadata(model, "adapter", **settings(model)))
 
 
 def load(model: GPT, path: str) -> dict:
     """Load adapters saved by save(), inserting them first if the model has none."""
-    s = read_adapter_metadata(path, "adapter", model)
+    s = checkpoint.read_adapter_metadata(path, "adapter", model)
     if not adapters(model):
         apply(model, s["kind"], s["r"])
     if settings(model) != s:
-        raise ValueError(f"{path} holds {s}, but this model has {settings(model)}")
-    copy_tensors(path, _params(model))
+        raise checkpoint.CheckpointError(f"{path} holds {s}, but this model has {settings(model)}")
+    checkpoint.copy_tensors(path, _params(model))
     return s

@@ -28,12 +28,14 @@ import time
 
 import torch
 
+import latency
 import lora
-import sample
-import train
+import training
+from checkpoint import write_atomic
 from cli import HelpFormatter
 from data.e2e import prepare as e2e
-from model import GPT, GPTConfig, write_atomic
+from decoding import beam_search, decode
+from model import GPT, GPTConfig
 
 SMALL = dict(n_layer=4, n_head=4, n_embd=256)  # --small: GPT-2's vocabulary, a small body
 RECIPE_STEPS = 26_290  # 5 epochs of 5,258 steps at batch 8 (paper Table 11)
@@ -84,21 +86,21 @@ class Setup:
 
 
 def ours_trainer(setup, method: str):
-    """A train.py step: its model set-up, loss (LM head at the loss positions only) and AdamW."""
+    """A train.py step: its model set-up, loss (LM head at the loss positions only) and AdamW
+    (training.py)."""
     device = setup.device
     model = GPT.from_pretrained(setup.folder)
     if method == "lora":
         lora.apply(model, "q,v", r=4, alpha=32, dropout=0.1)
     model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.01, eps=1e-6,
-                                  fused=device.type == "cuda")
-    loss_fn = torch.compile(train.token_loss, dynamic=True) if setup.args.compile \
-        else train.token_loss
+    optimizer = training.make_optimizer(model, lr=2e-4, weight_decay=0.01,
+                                        fused=device.type == "cuda")
+    loss_fn = torch.compile(training.token_loss, dynamic=True) if setup.args.compile \
+        else training.token_loss
 
     def step(batch):
-        inputs, targets = train.collate(batch)
-        positions, labels = train.loss_positions(targets)
+        inputs, targets = e2e.collate(batch)
+        positions, labels = e2e.loss_positions(targets)
         with amp(device):
             loss = loss_fn(model, inputs.to(device), positions.to(device), labels.to(device),
                            0.1) / len(labels)
@@ -227,12 +229,11 @@ def bench_decode(setup) -> dict:
     args, device = setup.args, setup.device
     prompts = [e2e.prompt_tokens(mr) for mr, _ in e2e.load_mrs("test", args.data)[:args.mrs]]
     ours = GPT.from_pretrained(setup.folder).to(device).eval()
-    decode_args = argparse.Namespace(beam=10, length_penalty=0.9, no_repeat_ngram=4,
-                                     max_new_tokens=64, batch_size=args.decode_batch,
-                                     no_cache=False, dtype="auto")
+    amp_dtype = torch.bfloat16 if device.type == "cuda" else None
 
     def beam_search_ours():
-        sample.decode(ours, prompts, decode_args, progress=False, stop_tokens=())
+        decode(ours, prompts, beam=10, length_penalty=0.9, no_repeat_ngram=4, max_new_tokens=64,
+               batch_size=args.decode_batch, amp_dtype=amp_dtype, stop_tokens=(), progress=False)
     seconds_ours = timed(beam_search_ours, device)
     theirs = GPT2LMHeadModel.from_pretrained(setup.folder, attn_implementation="sdpa")
     theirs = theirs.to(device).eval()
@@ -266,15 +267,19 @@ def bench_decode(setup) -> dict:
 
 
 def bench_latency(setup) -> dict:
-    args = setup.args
-    latency_args = argparse.Namespace(
-        grid=args.grid or ("32x512,16x256,1x128" if setup.device.type == "cuda" else "1x32,1x8"),
-        trials=args.trials or (100 if setup.device.type == "cuda" else 30), warmup_trials=0, latency_model=args.model, dtype="auto",
-        latency_out=os.path.join(setup.folder, "latency.json"))
+    """The paper's Table 1 grid (latency.py, as sample.py --latency runs it)."""
+    args, device = setup.args, setup.device
+    cells = args.grid or ("32x512,16x256,1x128" if device.type == "cuda" else "1x32,1x8")
+    config = (GPTConfig(**{**setup.config.__dict__, "dropout": 0.0}) if args.small
+              else GPTConfig.from_preset(args.model, dropout=0.0))
+    report = latency.measure(config, [tuple(map(int, c.split("x"))) for c in cells.split(",")],
+                             device, trials=args.trials or (100 if device.type == "cuda" else 30),
+                             warmup=10 if device.type == "cuda" else 2,
+                             amp_dtype=torch.bfloat16 if device.type == "cuda" else None,
+                             name=args.model if not args.small else setup.describe())
     print()
-    return sample.latency(latency_args, setup.device,
-                          None if not args.small else GPTConfig(**{**setup.config.__dict__,
-                                                                   "dropout": 0.0}))
+    print(latency.latency_table(report))
+    return report
 
 
 def bench_cache(setup) -> dict:
@@ -291,9 +296,9 @@ def bench_cache(setup) -> dict:
         seconds = {}
         for use_cache in (True, False):
             def run():
-                return sample.beam_search(model, prompts, beam=beam, length_penalty=0.0,
-                                          no_repeat_ngram=0, max_new_tokens=64, stop_tokens=(),
-                                          use_cache=use_cache)
+                return beam_search(model, prompts, beam=beam, length_penalty=0.0,
+                                   no_repeat_ngram=0, max_new_tokens=64, stop_tokens=(),
+                                   use_cache=use_cache)
             if device.type == "cuda":
                 run()  # warm-up: kernels, allocator
             seconds[use_cache] = min(timed(run, device) for _ in range(2))

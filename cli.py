@@ -1,6 +1,33 @@
-"""What the command-line scripts (train.py, sample.py, bench.py) share: help text, one-line errors."""
+"""What the command-line scripts (train.py, sample.py, bench.py) share: one-line user errors, the
+device and mixed-precision choice, and --help that shows each default once.
+
+A user error (a bad flag, a missing or wrong file, no data) ends with one line on stderr and exit
+code 2. Anything else is a bug in our code and keeps its traceback.
+"""
 
 import argparse
+import sys
+
+import torch
+
+from checkpoint import CheckpointError, DownloadError
+from data.e2e.metrics import InputError, MeteorError
+from data.e2e.prepare import DataError
+
+
+class UserError(ValueError):
+    """A bad flag or input, reported as one line (exit code 2)."""
+
+
+# The errors a user can cause; scripts turn these, and only these, into one line.
+USER_ERRORS = (UserError, CheckpointError, DownloadError, DataError, InputError, MeteorError,
+               FileNotFoundError)
+
+
+def fail(prog: str, message) -> None:
+    """One line on stderr, exit code 2."""
+    print(f"{prog}: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -12,3 +39,44 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False or "default" in text:
             return text
         return super()._get_help_string(action) if text else "(default: %(default)s)"
+
+
+def parser(prog: str, **kwargs) -> argparse.ArgumentParser:
+    """An ArgumentParser whose errors are one line (exit 2) and whose help shows defaults."""
+    p = argparse.ArgumentParser(formatter_class=kwargs.pop("formatter_class", HelpFormatter),
+                                **kwargs)
+    p.error = lambda message: fail(prog, f"{message} (see --help)")
+    return p
+
+
+def pick_device(name: str) -> torch.device:
+    """--device: auto (cuda if available), cpu, cuda, cuda:N; refused when not usable here."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cuda", "cpu"):
+        raise UserError(f"--device {name}: only cpu and cuda are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}, but this torch ({torch.__version__}) sees no CUDA "
+                        "GPU; use --device cpu")
+    return device
+
+
+def amp_dtype(device: torch.device, dtype: str, what: str,
+              auto: torch.dtype | None = torch.bfloat16):
+    """--dtype: the autocast dtype, or None for fp32. 'auto' is `auto` on CUDA, fp32 on CPU;
+    bf16 / fp16 are mixed precision for CUDA and refused on CPU ("on CPU {what} runs in fp32")."""
+    if device.type != "cuda":
+        if dtype in ("bf16", "fp16"):
+            raise UserError(f"--dtype {dtype} is mixed precision for CUDA; on CPU {what} runs in "
+                            "fp32 (drop --dtype)")
+        return None
+    return {"auto": auto, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[dtype]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision where dtype is set, a no-op (fp32) where it is None."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)

@@ -5,33 +5,32 @@
     python sample.py --model gpt2 --prompt "The Eagle is" --temperature 0.8 --top-p 0.9
     python sample.py --latency                                     # the Table 1 latency grid
 
-Decoding follows the paper (Table 11): beam search with 10 beams, length penalty 0.9 and no
-repeated 4-grams, at most 64 new tokens, stopping at <|endoftext|> or a blank line. Each distinct
-MR of the test set (630) is decoded once; predictions.tsv (MR, output) is written beside the
-adapter and scored with metrics.py, the official E2E metrics.
+Decoding follows the paper (Table 11): beam search (decoding.py) with 10 beams, length penalty
+0.9 and no repeated 4-grams, at most 64 new tokens, stopping at <|endoftext|> or a blank line.
+Each distinct MR of the test set (630) is decoded once; the predictions (MR, output) are written
+beside the adapter before they are scored with the official E2E metrics (data/e2e/metrics.py).
+`--latency` times the forward pass of the Table 1 variants (latency.py).
 """
 
-import argparse
 import csv
 import io
 import json
-import math
 import os
-import random
 import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 import adapter
+import cli
+import latency
 import lora
-import metrics
-from cli import HelpFormatter
+from checkpoint import ADAPTER_FORMAT, load_metadata, write_atomic
+from cli import UserError
+from data.e2e import metrics
 from data.e2e import prepare as e2e
-from model import GPT, PRESETS, GPTConfig, KVCache, load_metadata, write_atomic
-
-STOP_TOKENS = (e2e.EOT, 628)  # <|endoftext|>, and "\n\n" (a blank line)
+from decoding import decode
+from model import GPT, PRESETS, GPTConfig
 
 # Table 3 of the paper (E2E test set; BLEU, METEOR, ROUGE-L are x100 there, as printed below).
 PAPER = {
@@ -42,142 +41,6 @@ PAPER = {
     ("gpt2-large", "lora"): ("GPT-2 L (LoRA, 0.77M)", 70.4, 8.89, 46.8, 72.0, 2.47),
     ("gpt2-large", "full"): ("GPT-2 L (FT, 774.03M)", 68.5, 8.78, 46.0, 69.9, 2.45),
 }
-
-
-class UserError(ValueError):
-    """A bad flag or input, reported as one line (exit code 2)."""
-
-
-def fail(message: str):
-    print(f"sample.py: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-# --- beam search ---------------------------------------------------------------------------------
-
-
-def banned_tokens(seqs: torch.Tensor, n: int, vocab_size: int) -> torch.Tensor:
-    """(..., vocab_size) True where a token would repeat an n-gram already in seqs (..., t):
-    the n-grams whose first n-1 tokens equal the last n-1 tokens ban their last token."""
-    windows = seqs.unfold(-1, n, 1)  # (..., t-n+1, n): every n-gram
-    match = (windows[..., :-1] == seqs[..., None, -(n - 1):]).all(-1)
-    mask = torch.zeros(*seqs.shape[:-1], vocab_size, device=seqs.device)
-    return mask.scatter_reduce_(-1, windows[..., -1], match.float(), "amax").bool()
-
-
-@torch.no_grad()
-def beam_search(model, prompts: torch.Tensor, beam: int = 10, length_penalty: float = 0.9,
-                no_repeat_ngram: int = 4, max_new_tokens: int = 64,
-                stop_tokens=STOP_TOKENS, use_cache: bool = True) -> list[list[int]]:
-    """Beam search for prompts of one length (n, T); returns each prompt's best continuation
-    (without its stop token). A hypothesis y scores log p(y | prompt) / len(y) ** length_penalty,
-    len counting the stop token; it ends when a stop token is among the step's `beam` best
-    candidates (so beam 1 is greedy decoding), or after max_new_tokens. A prompt's search stops
-    as soon as no live beam can still beat its best ended hypothesis."""
-    n, T = prompts.shape
-    K, M, device = beam, max_new_tokens, prompts.device
-    stops = torch.tensor(stop_tokens, device=device)
-    cache = KVCache(model.config.n_layer) if use_cache else None
-    logits = model(prompts, cache=cache)[:, -1].float()
-    rows = torch.arange(n, device=device).repeat_interleave(K)  # K beams per prompt
-    if cache is not None:
-        cache.reorder(rows)
-    logits = logits[rows]
-    scores = torch.full((n, K), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # one live beam at first, so the K beams do not start as copies
-    seqs = torch.zeros(n, K, M, dtype=torch.long, device=device)
-    best = torch.full((n,), float("-inf"), device=device)  # best ended hypothesis of each prompt
-    best_seq = torch.zeros(n, M, dtype=torch.long, device=device)
-    best_len = torch.zeros(n, dtype=torch.long, device=device)
-    active = torch.arange(n, device=device)  # prompts still searched, as rows of the above
-    longest = max(M ** length_penalty, 1 ** length_penalty)  # largest possible len ** penalty
-
-    def record(value, parent, length):  # keep value/parent's sequence where it beats the best
-        better = value > best[active]
-        best[active] = torch.where(better, value, best[active])
-        chosen = seqs[torch.arange(len(active), device=device), parent]
-        best_seq[active] = torch.where(better[:, None], chosen, best_seq[active])
-        best_len[active] = torch.where(better, length, best_len[active])
-
-    for t in range(M):
-        logp = F.log_softmax(logits, dim=-1).view(len(active), K, -1)
-        vocab_size = logp.size(-1)
-        if no_repeat_ngram and t >= no_repeat_ngram:
-            logp = logp.masked_fill(banned_tokens(seqs[:, :, :t], no_repeat_ngram, vocab_size),
-                                    float("-inf"))
-        top, index = (scores[..., None] + logp).flatten(1).topk(min(3 * K, K * vocab_size))
-        parent, token = index // vocab_size, index % vocab_size
-        ends = torch.isin(token, stops)
-        # hypotheses ending here, among the K best candidates (length t + 1 with the stop token)
-        ended = torch.where(ends[:, :K], top[:, :K], float("-inf")) / (t + 1) ** length_penalty
-        value, j = ended.max(1)
-        record(value, parent.gather(1, j[:, None]).squeeze(1), t)
-        # the K best candidates that go on (the 3K best hold K that do not stop: 2 stop tokens)
-        top, j = torch.where(ends, float("-inf"), top).topk(K)
-        parent, token = parent.gather(1, j), token.gather(1, j)
-        seqs = seqs.gather(1, parent[..., None].expand(-1, -1, M)).clone()
-        seqs[:, :, t] = token
-        scores = top
-        if t + 1 == M:  # out of room: an unfinished hypothesis counts as it is
-            value, j = (scores / M ** length_penalty).max(1)
-            record(value, j, M)
-            break
-        # stop where no live beam can beat the best ended one: later tokens only lower a score,
-        # and the most favourable length normalisation is `longest`
-        still_open = scores.max(1).values / longest > best[active]
-        rows = (torch.arange(len(active), device=device)[:, None] * K + parent)
-        if not bool(still_open.all()):
-            keep = still_open.nonzero().squeeze(1)
-            active, scores, seqs, token, rows = (active[keep], scores[keep], seqs[keep],
-                                                 token[keep], rows[keep])
-            if len(active) == 0:
-                break
-        if cache is not None:  # follow the chosen beams, then feed only the new tokens
-            cache.reorder(rows.flatten())
-            logits = model(token.view(-1, 1), cache=cache)[:, -1].float()
-        else:  # the whole sequence again (to check the cache, and to measure what it saves)
-            full = torch.cat([prompts[active].repeat_interleave(K, 0),
-                              seqs[:, :, :t + 1].flatten(0, 1)], dim=1)
-            logits = model(full)[:, -1].float()
-    return [best_seq[i, :best_len[i]].tolist() for i in range(n)]
-
-
-def decode(model, prompts: list[list[int]], args, progress: bool = True,
-           stop_tokens=STOP_TOKENS) -> list[list[int]]:
-    """Beam-search many prompts: batched by prompt length (no padding), in the input order."""
-    from tqdm import tqdm
-
-    device = next(model.parameters()).device
-    by_length = {}
-    for i, p in enumerate(prompts):
-        by_length.setdefault(len(p), []).append(i)
-    outputs = [None] * len(prompts)
-    bar = tqdm(total=len(prompts), unit="MR", disable=not (progress and sys.stderr.isatty()))
-    for indices in by_length.values():
-        for s in range(0, len(indices), args.batch_size):
-            chunk = indices[s:s + args.batch_size]
-            batch = torch.tensor([prompts[i] for i in chunk], device=device)
-            with autocast(device, args):
-                results = beam_search(model, batch, args.beam, args.length_penalty,
-                                      args.no_repeat_ngram, args.max_new_tokens, stop_tokens,
-                                      use_cache=not args.no_cache)
-            for i, tokens in zip(chunk, results):
-                outputs[i] = tokens
-            bar.update(len(chunk))
-    bar.close()
-    return outputs
-
-
-def amp_dtype(device, args):
-    """The autocast dtype: bf16 on CUDA unless --dtype says otherwise; None (fp32) on CPU."""
-    if device.type != "cuda":
-        return None
-    return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
-
-
-def autocast(device, args):
-    dtype = amp_dtype(device, args)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -192,7 +55,7 @@ def load_model(args, device) -> tuple[GPT, str]:
     if not os.path.isfile(args.adapter):
         raise UserError(f"no such adapter file: {args.adapter}")
     meta = load_metadata(args.adapter)
-    if meta.get("format") != lora.FORMAT:
+    if meta.get("format") != ADAPTER_FORMAT:
         raise UserError(f"{args.adapter} is not an adapter saved by train.py")
     base = args.model or meta["base_model"]
     if not base:
@@ -224,14 +87,22 @@ def base_name(args) -> str:
 # --- the E2E test set ----------------------------------------------------------------------------
 
 
-def evaluate(model, kind: str, args) -> dict:
+def decoding(args, device) -> dict:
+    """The decoding flags as decode()'s keyword arguments."""
+    return dict(beam=args.beam, length_penalty=args.length_penalty,
+                no_repeat_ngram=args.no_repeat_ngram, max_new_tokens=args.max_new_tokens,
+                batch_size=args.batch_size, use_cache=not args.no_cache,
+                amp_dtype=cli.amp_dtype(device, args.dtype, "decoding"))
+
+
+def evaluate(model, kind: str, args, device) -> dict:
     """Decode every distinct MR of the split once, write the predictions, score them."""
     groups = e2e.load_mrs(args.split, args.data)
     if args.limit:
         groups = groups[:args.limit]
     enc = e2e.tokenizer()
     start = time.time()
-    outputs = decode(model, [e2e.prompt_tokens(mr) for mr, _ in groups], args)
+    outputs = decode(model, [e2e.prompt_tokens(mr) for mr, _ in groups], **decoding(args, device))
     seconds = time.time() - start
     texts = [enc.decode(tokens).strip() for tokens in outputs]
     n_tokens = sum(len(tokens) for tokens in outputs)
@@ -288,113 +159,24 @@ def table3(scores: dict, base: str, kind: str, args) -> str:
 
 # --- the latency of one forward pass (Table 1) ---------------------------------------------------
 
-TABLE1 = {  # (batch, sequence) -> (|Theta| of the adapters, paper ms: base, Adapter^L, Adapter^H)
-    (32, 512): (0.5e6, 1449.4, 1482.0, 1492.2),
-    (16, 256): (11e6, 338.0, 354.0, 366.3),
-    (1, 128): (11e6, 19.8, 23.9, 25.8),
-}
 
-
-def latency(args, device, config: GPTConfig | None = None) -> dict:
-    """Forward-pass latency of GPT-2 (medium, as in the paper) and its variants, timed in turn,
-    trial by trial and in a shuffled order, so drift on a busy machine and the position in the
-    round hit them all alike. Random weights time like trained ones: no operation depends on
-    the values."""
-    import copy
-    import functools
-
-    grid = [tuple(int(x) for x in cell.split("x")) for cell in args.grid.split(",")]
-    trials = args.trials or (100 if device.type == "cuda" else 10)
-    warmup = args.warmup_trials or (10 if device.type == "cuda" else 2)
-    config = config or GPTConfig.from_preset(args.latency_model, dropout=0.0)
-    name = args.latency_model if config == GPTConfig.from_preset(args.latency_model, dropout=0.0) \
-        else f"GPT-2 shape n_layer={config.n_layer} n_embd={config.n_embd}"
-    torch.manual_seed(0)
-    base = GPT(config).to(device).eval()
-
-    @functools.lru_cache(maxsize=1)  # the variants for one adapter budget, built once
-    def variants(budget):
-        r_h = adapter.rank_for(budget, config.n_layer, config.n_embd, "houlsby")
-        r_l = adapter.rank_for(budget, config.n_layer, config.n_embd, "lin")
-        return {"base (FT)": base,
-                "LoRA merged": lora.merge(lora.apply(copy.deepcopy(base), "q,v", r=4)),
-                "LoRA unmerged": lora.apply(copy.deepcopy(base), "q,v", r=4),
-                f"Adapter^L r={r_l}": adapter.apply(copy.deepcopy(base), "lin", r=r_l),
-                f"Adapter^H r={r_h}": adapter.apply(copy.deepcopy(base), "houlsby", r=r_h)}
-
-    results = []
-    for batch, seq in grid:
-        budget = TABLE1.get((batch, seq), (11e6,))[0]
-        models = variants(budget)
-        x = torch.randint(0, config.vocab_size, (batch, seq), device=device)
-        times = {name: [] for name in models}
-        with torch.inference_mode(), autocast(device, args):
-            for trial in range(warmup + trials):
-                order = list(models)
-                random.Random(trial).shuffle(order)  # no variant always runs first or last
-                for variant in order:
-                    ms = _time_forward(models[variant], x, device)
-                    if trial >= warmup:
-                        times[variant].append(ms)
-        row = {"batch": batch, "seq": seq, "adapter_params": budget, "ms": {}}
-        base_mean = sum(times["base (FT)"]) / trials
-        for variant, values in times.items():
-            mean = sum(values) / trials
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / max(trials - 1, 1))
-            row["ms"][variant] = {"mean": mean, "std": std, "over_base": mean / base_mean - 1}
-        results.append(row)
-    report = {"model": name,
-              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "trials": trials, "warmup": warmup,
-              "dtype": str(amp_dtype(device, args) or torch.float32), "rows": results}
-    print(latency_table(report))
+def run_latency(args, device):
+    """Time the Table 1 variants (latency.py), print the table, write the JSON."""
+    config = GPTConfig.from_preset(args.latency_model, dropout=0.0)
+    report = latency.measure(config, args.grid, device, trials=args.trials, warmup=args.warmup_trials,
+                             amp_dtype=cli.amp_dtype(device, args.dtype, "decoding"),
+                             name=args.latency_model)
+    print(latency.latency_table(report))
     write_atomic(args.latency_out, json.dumps(report, indent=2))
     print(f"wrote {args.latency_out}")
-    return report
-
-
-def _time_forward(model, x, device) -> float:
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        model(x)
-        end.record()
-        torch.cuda.synchronize(device)
-        return start.elapsed_time(end)
-    start = time.perf_counter()
-    model(x)
-    return (time.perf_counter() - start) * 1000
-
-
-def latency_table(report: dict) -> str:
-    names = list(report["rows"][0]["ms"])
-    lines = [f"Forward pass of {report['model']}, ms (mean +- std over {report['trials']} trials), "
-             f"{report['device']}, {report['dtype']}:", "",
-             "| batch x seq | adapter params | " + " | ".join(names) + " |",
-             "|---" * (len(names) + 2) + "|"]
-    for row in report["rows"]:
-        cells = [f"{v['mean']:.1f} +- {v['std']:.1f}"
-                 + ("" if name.startswith("base") else f" ({v['over_base']:+.1%})")
-                 for name, v in row["ms"].items()]
-        lines.append(f"| {row['batch']} x {row['seq']} | {row['adapter_params'] / 1e6:g}M | "
-                     + " | ".join(cells) + " |")
-        paper = TABLE1.get((row["batch"], row["seq"]))
-        if paper and report["model"] == "gpt2-medium":
-            _, b, l, h = paper
-            lines.append(f"| paper (RTX8000) | | {b} | | | {l} ({l / b - 1:+.1%}) | "
-                         f"{h} ({h / b - 1:+.1%}) |")
-    return "\n".join(lines)
 
 
 # --- command line --------------------------------------------------------------------------------
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description="Decode with a fine-tuned GPT-2 (E2E test set, one MR, or free text), or "
-                    "time the forward pass (paper Table 1).",
-        formatter_class=HelpFormatter)
-    p.error = lambda message: fail(f"{message} (see --help)")
+    p = cli.parser("sample.py", description="Decode with a fine-tuned GPT-2 (E2E test set, one "
+                   "MR, or free text), or time the forward pass (paper Table 1).")
     p.add_argument("--adapter", help="adapter.safetensors from train.py (its base model is "
                                      "read from the file)")
     p.add_argument("--model", help="base model (overrides the adapter's), or a full fine-tuned "
@@ -440,6 +222,7 @@ def parse_args(argv=None):
 
 
 def check(args) -> torch.device:
+    """Refuse bad flags before anything is loaded; returns the device."""
     for flag, value in {"--beam": args.beam, "--max-new-tokens": args.max_new_tokens,
                         "--batch-size": args.batch_size}.items():
         if value < 1:
@@ -448,24 +231,39 @@ def check(args) -> torch.device:
         raise UserError("--no-repeat-ngram, --limit and --temperature must not be negative")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}, but this torch sees no CUDA GPU; use --device cpu")
-    if device.type == "cpu" and args.dtype in ("bf16", "fp16"):
-        raise UserError(f"--dtype {args.dtype} is mixed precision for CUDA; on CPU decoding runs "
-                        "in fp32 (drop --dtype)")
+    device = cli.pick_device(args.device)
+    cli.amp_dtype(device, args.dtype, "decoding")
     if args.latency:
-        args.grid = args.grid or ("32x512,16x256,1x128" if device.type == "cuda" else "1x32,1x8")
-        for cell in args.grid.split(","):
-            if not (cell.count("x") == 1 and all(x.isdigit() and int(x) > 0
-                                                 for x in cell.split("x"))):
-                raise UserError(f"--grid {args.grid!r}: give cells like 1x128,16x256")
+        cells = args.grid or ("32x512,16x256,1x128" if device.type == "cuda" else "1x32,1x8")
+        if not all(cell.count("x") == 1 and all(x.isdigit() and int(x) > 0 for x in cell.split("x"))
+                   for cell in cells.split(",")):
+            raise UserError(f"--grid {cells!r}: give cells like 1x128,16x256")
+        args.grid = [tuple(int(x) for x in cell.split("x")) for cell in cells.split(",")]
+        args.trials = args.trials or (100 if device.type == "cuda" else 10)
+        args.warmup_trials = args.warmup_trials or (10 if device.type == "cuda" else 2)
     elif not (args.adapter or args.model):
         raise UserError("give --adapter RUN_DIR/adapter.safetensors (or --model for a plain or "
                         "fully fine-tuned checkpoint)")
     return device
+
+
+def one_input(model, args, device):
+    """--prompt: continue free text (greedy, or sampled); --mr: beam-search one MR."""
+    enc = e2e.tokenizer()
+    if args.prompt is not None:
+        idx = torch.tensor([enc.encode(args.prompt)], device=device)
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        with cli.autocast(device, cli.amp_dtype(device, args.dtype, "decoding")):
+            out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k,
+                                 args.top_p, stop_token=e2e.EOT, generator=generator)
+        print(enc.decode(out[0].tolist()))
+        return
+    try:
+        e2e.parse_mr(args.mr)
+    except ValueError as e:
+        raise UserError(f"--mr {e}") from None
+    prompt = e2e.prompt_tokens(args.mr)
+    print(enc.decode(decode(model, [prompt], **decoding(args, device), progress=False)[0]).strip())
 
 
 def main(argv=None) -> int:
@@ -473,29 +271,15 @@ def main(argv=None) -> int:
     try:
         device = check(args)
         if args.latency:
-            latency(args, device)
+            run_latency(args, device)
             return 0
         model, kind = load_model(args, device)
-        if args.prompt is not None:
-            enc = e2e.tokenizer()
-            idx = torch.tensor([enc.encode(args.prompt)], device=device)
-            generator = torch.Generator(device=device).manual_seed(args.seed)
-            with autocast(device, args):
-                out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k,
-                                     args.top_p, stop_token=e2e.EOT, generator=generator)
-            print(enc.decode(out[0].tolist()))
-            return 0
-        if args.mr is not None:
-            try:
-                prompt = e2e.prompt_tokens(args.mr)
-            except ValueError as e:
-                raise UserError(f"--mr {e}") from None
-            print(e2e.tokenizer().decode(decode(model, [prompt], args, progress=False)[0]).strip())
-            return 0
-        evaluate(model, kind, args)
-    except (UserError, e2e.DataError, metrics.InputError, ValueError, FileNotFoundError,
-            RuntimeError) as e:
-        fail(str(e))
+        if args.prompt is not None or args.mr is not None:
+            one_input(model, args, device)
+        else:
+            evaluate(model, kind, args, device)
+    except cli.USER_ERRORS as e:
+        cli.fail("sample.py", e)
     return 0
 
 

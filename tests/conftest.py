@@ -8,7 +8,9 @@ from $TIKTOKEN_CACHE_DIR (set to ../shared/tiktoken_cache when that exists) or t
 download, with the same skip.
 """
 
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -105,6 +107,48 @@ def official_layout_dir(hf_model, tmp_path_factory):
     return path
 
 
+VOCAB = 50257  # GPT-2's
+
+
+@pytest.fixture
+def base(hf_dir):
+    """Our GPT-2, loaded from the tiny checkpoint transformers wrote."""
+    from model import GPT
+    return GPT.from_pretrained(str(hf_dir)).eval()
+
+
+def batch(seed=0, shape=(2, 13), vocab=VOCAB):
+    """Random token ids, the same for the same seed."""
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def trained(model, seed=0, std=0.3):
+    """Give every LoRA layer non-zero A and B, as training would (B starts at zero)."""
+    import lora
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in lora.lora_layers(model).values():
+            layer.B.copy_(torch.randn(layer.B.shape, generator=g) * std)
+            layer.A.copy_(torch.randn(layer.A.shape, generator=g) * std)
+    return model
+
+
+def tiny_vocab_model(seed=0):
+    """Our GPT with 6 tokens (5 is the stop token), weights large enough for peaked
+    distributions: small enough to search every continuation exhaustively."""
+    from model import GPT, GPTConfig
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(block_size=16, vocab_size=6, n_layer=2, n_head=2, n_embd=16, dropout=0))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    return model.eval()
+
+
+def max_diff(a, b):
+    return (a - b).abs().max().item()
+
+
 def assert_close(actual, expected):
     """Equal up to fp32 round-off: |actual - expected| <= 1e-5 (1 + |expected|) everywhere.
 
@@ -142,3 +186,39 @@ def user_env(tmp_path):
     (site / "sitecustomize.py").write_text(_HIDE_TEST_PACKAGES)
     (tmp_path / "empty_bin").mkdir()
     return {**os.environ, "PYTHONPATH": str(site), "PATH": str(tmp_path / "empty_bin")}
+
+
+# A local HTTP server standing in for the Hugging Face hub and the E2E release (no network here).
+
+
+class FileServer(http.server.BaseHTTPRequestHandler):
+    """Serves one payload at any path, honours Range, and can cut the first response short."""
+    payload = b""
+    cut_after = None  # bytes sent before the connection drops (once), or None
+    requests = []  # the start offset of each request
+
+    def do_GET(self):
+        start = 0
+        if "Range" in self.headers:
+            start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-"))
+        type(self).requests.append(start)
+        body = self.payload[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.cut_after is not None:
+            body, type(self).cut_after = body[: self.cut_after], None
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def file_server():
+    """(server, handler class): set handler.payload, then fetch http://127.0.0.1:PORT/any."""
+    FileServer.payload, FileServer.cut_after, FileServer.requests = b"", None, []
+    server = http.server.HTTPServer(("127.0.0.1", 0), FileServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, FileServer
+    server.shutdown()

@@ -1,11 +1,9 @@
-"""data/e2e/prepare.py: the official E2E CSVs in ../shared, parsed, checked and tokenized."""
+"""data/e2e/prepare.py: the official E2E CSVs, parsed, checked, tokenized and batched."""
 
 import csv
 import hashlib
-import http.server
 import io
 import shutil
-import threading
 import zipfile
 from pathlib import Path
 
@@ -13,8 +11,6 @@ import pytest
 import torch
 
 from data.e2e import prepare as e2e
-from train import collate, loss_positions
-
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +42,8 @@ def test_every_training_example_is_context_separator_reference_end(data):
 def test_the_loss_mask_covers_exactly_the_reference_and_the_end_token(data):
     examples = e2e.load_examples("dev", str(data))
     batch = [examples[i] for i in (0, 5, 77, 4000)]  # different lengths: padding in between
-    inputs, targets = collate(batch)
-    positions, labels = loss_positions(targets)
+    inputs, targets = e2e.collate(batch)
+    positions, labels = e2e.loss_positions(targets)
     for row, (tokens, prompt_length) in enumerate(batch):
         T = len(tokens)
         assert inputs[row, :T - 1].tolist() == tokens[:-1].tolist()
@@ -146,27 +142,14 @@ def release_zip(data, tweak=None) -> bytes:
 
 
 @pytest.fixture
-def serve():
-    class Handler(http.server.BaseHTTPRequestHandler):
-        payload = b""
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(self.payload)))
-            self.end_headers()
-            self.wfile.write(self.payload)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def serve(file_server):
+    """A function: serve(payload) -> the URL the payload is served at."""
+    server, handler = file_server
 
     def start(payload):
-        Handler.payload = payload
+        handler.payload = payload
         return f"http://127.0.0.1:{server.server_port}/e2e-dataset.zip"
-    yield start
-    server.shutdown()
+    return start
 
 
 def test_download_extracts_and_checks_the_release(data, tmp_path, monkeypatch, serve):

@@ -1,47 +1,19 @@
-"""lora.py: the LoRA layer, apply/freeze, merge/unmerge, adapter files, and PEFT interop.
+"""lora.py: the LoRA layer, apply/freeze, merge/unmerge, and adapter files.
 
-References: Eq. 3 computed by hand, `peft` (loads our export, and writes what we import) and
-`transformers` (loads the merged model).
+References: Eq. 3 computed by hand, and `transformers` (loads the merged model).
 """
 
 import copy
-import json
+import re
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from conftest import VOCAB, assert_close, batch, max_diff, trained
 from safetensors import safe_open
 from transformers import GPT2LMHeadModel
 
-from conftest import assert_close
-
 import lora
 from model import GPT, GPTConfig
-
-VOCAB = 50257
-
-
-@pytest.fixture
-def base(hf_dir):
-    return GPT.from_pretrained(str(hf_dir)).eval()
-
-
-def trained(model, seed=0, std=0.3):
-    """Give every LoRA layer a non-zero B, as training would (B starts at zero)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in lora.lora_layers(model).values():
-            layer.B.copy_(torch.randn(layer.B.shape, generator=g) * std)
-            layer.A.copy_(torch.randn(layer.A.shape, generator=g) * std)
-    return model
-
-
-def batch(seed=0, shape=(2, 13)):
-    return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
-
-
-def max_diff(a, b):
-    return (a - b).abs().max().item()
 
 
 # --- the layer and apply ---------------------------------------------------------------------
@@ -168,7 +140,14 @@ def test_save_load_round_trip(base, hf_dir, tmp_path, capsys):
     trained(lora.apply(base, "q,v", r=4, alpha=32, dropout=0.1))
     path = tmp_path / "run" / "adapter.safetensors"
     lora.save(base, str(path))
-    assert "MB" in capsys.readouterr().out
+    # the one line printed: the file's real size and count, next to the full model's size
+    m = re.fullmatch(r"saved (.+): ([\d.]+) kB \(([\d,]+) parameters\) instead of ([\d.]+) MB "
+                     r"for the full model\n", capsys.readouterr().out)
+    assert m and m[1] == str(path)
+    assert float(m[2]) == round(path.stat().st_size / 1e3, 1)
+    n = 2 * 2 * base.config.n_layer * base.config.n_embd * 4  # A and B, q and v, every layer
+    assert int(m[3].replace(",", "")) == n
+    assert float(m[4]) == round(4 * (base.num_params() - n) / 1e6, 1)  # fp32, tied head once
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
         assert sorted(f.keys())[:2] == ["transformer.h.0.attn.q.A", "transformer.h.0.attn.q.B"]
@@ -195,77 +174,6 @@ def test_adapter_for_gpt2_medium_is_about_1_6_mb(tmp_path, capsys):
     size = (tmp_path / "adapter.safetensors").stat().st_size
     assert 1.57e6 < size < 1.65e6  # 393,216 fp32 numbers + the header
     assert "1.6 MB (393,216 parameters) instead of 1.42 GB for the full model" in capsys.readouterr().out
-
-
-# --- PEFT interop ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("targets", ["q,v", "q,k,v,o,fc,proj", "v,o", "fc,proj"])
-def test_peft_loads_our_export_with_equal_logits(base, hf_dir, tmp_path, targets):
-    trained(lora.apply(base, targets, r=3, alpha=6, dropout=0.1))
-    lora.export_peft(base, str(tmp_path / "peft"))
-    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
-    assert config["fan_in_fan_out"] is True
-    ref = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(str(hf_dir)),
-                                    str(tmp_path / "peft")).eval()
-    with torch.no_grad():
-        for seed in range(2):
-            assert_close(ref(batch(seed)).logits, base(batch(seed)))
-
-
-def test_export_of_q_v_is_rank_2r_block_diagonal(base, tmp_path):
-    trained(lora.apply(base, "q,v", r=2, alpha=4))
-    lora.export_peft(base, str(tmp_path))
-    config = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert (config["r"], config["lora_alpha"], config["target_modules"]) == (4, 8, ["c_attn"])
-    with safe_open(str(tmp_path / "adapter_model.safetensors"), "pt") as f:
-        B = f.get_tensor("base_model.model.transformer.h.0.attn.c_attn.lora_B.weight")
-        A = f.get_tensor("base_model.model.transformer.h.0.attn.c_attn.lora_A.weight")
-    q, v = base.transformer.h[0].attn.q, base.transformer.h[0].attn.v
-    assert torch.equal(A, torch.cat([q.A, v.A]).detach())
-    assert torch.equal(B[32:64], torch.zeros(32, 4))  # k rows
-    assert torch.equal(B[:32, :2], q.B.detach()) and torch.equal(B[64:, 2:], v.B.detach())
-
-
-@pytest.mark.parametrize("options", [
-    dict(target_modules=["c_attn"]),
-    dict(target_modules=["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]),
-    dict(target_modules=["c_attn", "mlp.c_fc"], rank_pattern={"c_attn": 5},
-         alpha_pattern={"mlp.c_fc": 3}),
-    dict(target_modules=["c_attn", "mlp.c_proj"], use_rslora=True),
-    dict(target_modules=["c_attn"], layers_to_transform=[1]),
-])
-def test_import_of_a_peft_adapter_equals_peft_forward(base, hf_dir, tmp_path, options):
-    torch.manual_seed(0)
-    ref = get_peft_model(GPT2LMHeadModel.from_pretrained(str(hf_dir)),
-                         LoraConfig(r=2, lora_alpha=7, fan_in_fan_out=True, **options)).eval()
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.3)  # PEFT starts B at zero too; give it something to carry
-    ref.save_pretrained(str(tmp_path))
-    lora.import_peft(base, str(tmp_path))
-    with torch.no_grad():
-        assert_close(base(batch()), ref(batch()).logits)
-        with ref.disable_adapter():
-            assert max_diff(ref(batch()).logits, base(batch())) > 0.1  # the adapter matters
-
-
-def test_export_then_import_round_trip(base, hf_dir, tmp_path):
-    trained(lora.apply(base, "q,v,o", r=2, alpha=4))
-    lora.export_peft(base, str(tmp_path))
-    back = lora.import_peft(GPT.from_pretrained(str(hf_dir)).eval(), str(tmp_path))
-    assert_close(back(batch()), base(batch()))
-
-
-def test_import_refuses_what_plain_lora_does_not_cover(base, tmp_path):
-    (tmp_path / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "use_dora": True, "target_modules": ["c_attn"]}))
-    with pytest.raises(ValueError, match="uses use_dora"):
-        lora.import_peft(base, str(tmp_path))
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3"}))
-    with pytest.raises(ValueError, match="peft_type 'IA3'"):
-        lora.import_peft(base, str(tmp_path))
 
 
 # --- bad input -------------------------------------------------------------------------------

@@ -4,25 +4,16 @@ Every claim that model.py "is GPT-2" is checked by loading a checkpoint transfor
 comparing logits and greedy generations, and by loading what we write back into transformers.
 """
 
-import http.server
 import os
 import shutil
-import threading
 
 import pytest
 import torch
-from conftest import assert_close, random_gpt2
+from conftest import VOCAB, assert_close, max_diff, random_gpt2
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-import model as model_module
 from model import GPT, PRESETS, GPTConfig, KVCache
-
-VOCAB = 50257
-
-
-def max_diff(a, b):
-    return (a - b).abs().max().item()
 
 
 def random_batches(seed=0):
@@ -286,77 +277,3 @@ def test_untied_lm_head_is_refused(hf_bin_dir, tmp_path):
     torch.save(state, tmp_path / "pytorch_model.bin")
     with pytest.raises(ValueError, match="lm_head.weight .differs from wte.weight"):
         GPT.from_pretrained(str(tmp_path))
-
-
-# --- download from the hub (served locally: this machine has no network) ---------------------
-
-
-class _FileServer(http.server.BaseHTTPRequestHandler):
-    """Serves one payload at any path, honours Range, and can cut the first response short."""
-    payload = b""
-    cut_after = None  # bytes sent before the connection drops (once), or None
-    requests = []
-
-    def do_GET(self):
-        start = 0
-        if "Range" in self.headers:
-            start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-"))
-        type(self).requests.append(start)
-        body = self.payload[start:]
-        self.send_response(206 if start else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.cut_after is not None:
-            body, type(self).cut_after = body[: self.cut_after], None
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def file_server():
-    _FileServer.requests = []
-    server = http.server.HTTPServer(("127.0.0.1", 0), _FileServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server, _FileServer
-    server.shutdown()
-
-
-def test_download_resumes_after_an_interruption(file_server, tmp_path):
-    server, handler = file_server
-    handler.payload = os.urandom(300_000)
-    handler.cut_after = 120_000
-    url = f"http://127.0.0.1:{server.server_port}/openai-community/gpt2/resolve/main/x"
-    dest = tmp_path / "gpt2" / "model.safetensors"
-    with pytest.raises(RuntimeError, match="run again to resume"):
-        model_module.download(url, str(dest), chunk_size=4096)
-    assert not dest.exists()  # nothing half-written under the final name
-    assert (tmp_path / "gpt2" / "model.safetensors.part").stat().st_size == 120_000
-    model_module.download(url, str(dest), chunk_size=4096)
-    assert dest.read_bytes() == handler.payload
-    assert handler.requests == [0, 120_000]  # the second request asked only for the rest
-    assert not (tmp_path / "gpt2" / "model.safetensors.part").exists()
-
-
-def test_preset_download_lands_in_the_cache_dir(file_server, tmp_path, monkeypatch, hf_dir):
-    # The preset's file on the "hub" here is our tiny checkpoint, so only the download is tested.
-    server, handler = file_server
-    handler.payload = (hf_dir / "model.safetensors").read_bytes()
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
-    monkeypatch.setenv("GPT2_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    path = model_module.download_checkpoint("gpt2-medium")
-    assert path == str(tmp_path / "cache" / "gpt2-medium" / "model.safetensors")
-    assert open(path, "rb").read() == handler.payload
-    assert model_module.download_checkpoint("gpt2-medium") == path
-    assert handler.requests == [0]  # the second call used the cached file
-
-
-def test_preset_without_network_says_so_and_how_to_pass_a_path(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9
-    monkeypatch.setenv("GPT2_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    with pytest.raises(RuntimeError, match="cannot download .*no network.*pass that folder"):
-        GPT.from_pretrained("gpt2")
-    assert not (tmp_path / "cache" / "gpt2" / "model.safetensors").exists()

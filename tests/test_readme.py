@@ -18,12 +18,13 @@ def code_blocks(text: str) -> list[str]:
     return re.findall(r"```(?:python|bash)\n(.*?)```", text, flags=re.S)
 
 
-@pytest.mark.parametrize("title, source_file", [
-    ("GPT-2, as model.py builds it", "model.py"),
-    ("LoRA in 40 lines", "lora.py"),
+@pytest.mark.parametrize("title, source_files", [
+    ("GPT-2, as model.py builds it", ["model.py", "checkpoint.py"]),
+    ("LoRA in 40 lines", ["lora.py"]),
 ])
-def test_walkthroughs_quote_lines_that_exist_in_the_code(title, source_file):
-    source = {line.strip() for line in (REPO / source_file).read_text().splitlines()}
+def test_walkthroughs_quote_lines_that_exist_in_the_code(title, source_files):
+    source = {line.strip() for name in source_files
+              for line in (REPO / name).read_text().splitlines()}
     quoted = [line.strip() for block in code_blocks(section(title))
               for line in block.splitlines() if line.strip()]
     assert len(quoted) >= 10

@@ -11,8 +11,9 @@ import torch
 from conftest import REPO, random_gpt2
 from safetensors import safe_open
 
-import lora
+import checkpoint
 import train
+import training
 from model import GPT
 
 
@@ -45,10 +46,10 @@ def losses(run_dir):
 
 def run_in_process(argv):
     """train.py's own setup and loop, keeping the model object to look at afterwards."""
-    args, device, model, train_set, dev_set, run_dir, _ = train.setup(train.parse_args(argv))
+    args, device, amp, model, train_set, dev_set, run_dir, _ = train.setup(train.parse_args(argv))
     os.makedirs(run_dir)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    rc = train.train(args, device, model, train_set, dev_set, run_dir)
+    rc = train.Trainer(args, device, amp, model, train_set, dev_set, run_dir).run()
     return rc, model, frozen
 
 
@@ -100,13 +101,13 @@ def test_gradient_accumulation_gives_the_same_steps(tiny, data, tmp_path):
 def test_a_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, data, tmp_path, monkeypatch,
                                                                     capsys):
     calls = {"n": 0}
-    real = train.token_loss
+    real = training.token_loss
 
     def nan_after_epoch_1(*args, **kwargs):  # steps 1-8 fine (epoch 1 ends, saved), then NaN
         calls["n"] += 1
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] > 8 + 64 // 8 else loss  # 8 steps + dev batches
-    monkeypatch.setattr(train, "token_loss", nan_after_epoch_1)
+    monkeypatch.setattr(training, "token_loss", nan_after_epoch_1)
     rc, _, _ = run_in_process(quick(tiny, data, tmp_path / "run", "--max-steps", "20"))
     assert rc == 1
     assert "the loss became nan at step 9; stopped, the last good checkpoint (step 8)" in \
@@ -152,10 +153,10 @@ def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_run(tiny, data, tmp_pat
 
 @pytest.mark.parametrize("flags, message", [
     (["--targets", "q,x"], "unknown LoRA target 'x': choose from q, k, v, o"),
-    (["--rank", "0"], "--rank must be at least 1, got 0"),
+    (["--rank", "0"], "rank r must be an integer >= 1, got 0"),
     (["--model", "/nowhere/gpt2"], "no such file or directory: /nowhere/gpt2"),
     (["--data", "/nowhere"], "/nowhere lacks trainset.csv"),
-    (["--dropout", "1.5"], "--dropout must be in [0, 1), got 1.5"),
+    (["--dropout", "1.5"], "dropout must be in [0, 1), got 1.5"),
     (["--dtype", "bf16"], "--dtype bf16 is mixed precision for CUDA; on CPU training runs in fp32"),
     (["--method", "prefix"], "argument --method: invalid choice: 'prefix'"),
     (["--resume", "/nowhere"], "/nowhere holds no resumable run"),
@@ -192,14 +193,15 @@ def test_an_existing_run_is_never_overwritten(tiny, data, tmp_path):
     assert (tmp_path / "run" / "mine.txt").read_text() == "keep me"
 
 
-def test_the_readme_command_runs_end_to_end(tiny, data, tmp_path):
-    # The README's quick run: python train.py --rank 4 --targets q,v --model <tiny> --data ...
+def test_the_readme_command_runs_end_to_end(tiny, data, tmp_path, user_env):
+    # The README's quick run: python train.py --rank 4 --targets q,v --model <tiny> --data ...,
+    # as `make train` installs it: no transformers, peft or pycocoevalcap
     proc = cli("--rank", "4", "--targets", "q,v", "--model", tiny, "--data", data,
-               "--max-steps", "50", "--device", "cpu", "--out", tmp_path / "run")
+               "--max-steps", "50", "--device", "cpu", "--out", tmp_path / "run", env=user_env)
     out, err = proc.communicate()
     assert proc.returncode == 0, err
     assert "LoRA r=4 alpha=32 on q,v" in out and "step 50/50" in out
-    assert lora.read_adapter_metadata(str(tmp_path / "run" / "adapter.safetensors"), "lora",
+    assert checkpoint.read_adapter_metadata(str(tmp_path / "run" / "adapter.safetensors"), "lora",
                                       GPT.from_pretrained(tiny))["r"] == 4
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["args"]["lr"] == 2e-4 and config["args"]["label_smoothing"] == 0.1

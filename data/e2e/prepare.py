@@ -9,7 +9,7 @@ tokenized with tiktoken's "gpt2" encoding. The loss covers the reference tokens 
 <|endoftext|> only: the model learns p(reference | MR), and at test time it is given the context and
 the separator and writes until <|endoftext|>.
 
-    python -m data.e2e.prepare [--data DIR]     # download (if needed), check, tokenize, print counts
+    python data/e2e/prepare.py [--data DIR]     # download (if needed), check, tokenize, print counts
 
 The official CSVs are downloaded into data/e2e/ on first use and checked against their SHA-256;
 `--data DIR` (in train.py and sample.py too), or the environment variable E2E_DATA_DIR, reads them
@@ -28,6 +28,10 @@ import sys
 import zipfile
 
 import numpy as np
+import torch
+
+if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 URL = "https://github.com/tuetschek/e2e-dataset/releases/download/v1.0.0/e2e-dataset.zip"
@@ -65,7 +69,7 @@ def locate(data_dir: str | None = None) -> str:
 
 def download_release(folder: str):
     """Download the official zip, extract the four CSVs into folder, check their SHA-256."""
-    from model import download  # the resumable downloader the checkpoints use
+    from checkpoint import download  # the resumable downloader the GPT-2 checkpoints use
 
     archive = os.path.join(folder, "e2e-dataset.zip")
     if not os.path.isfile(archive):
@@ -229,6 +233,31 @@ def load_examples(split: str, data_dir: str | None = None) -> Examples:
         np.savez(f, **arrays)
     os.replace(cache + ".tmp", cache)
     return Examples(arrays)
+
+
+# --- batches: padding, and where the loss is taken ------------------------------------------------
+
+
+def collate(examples: list[tuple], pad: int = EOT) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad a batch to its longest example. targets[i, t] is the token after inputs[i, t], or -100
+    where no loss is taken: over the context and separator, and over the padding."""
+    longest = max(len(tokens) for tokens, _ in examples) - 1
+    inputs = torch.full((len(examples), longest), pad, dtype=torch.long)
+    targets = torch.full((len(examples), longest), -100, dtype=torch.long)
+    for i, (tokens, prompt_length) in enumerate(examples):
+        tokens = torch.as_tensor(tokens, dtype=torch.long)
+        inputs[i, :len(tokens) - 1] = tokens[:-1]
+        # the first position that predicts a reference token is the separator's
+        targets[i, prompt_length - 1:len(tokens) - 1] = tokens[prompt_length:]
+    return inputs, targets
+
+
+def loss_positions(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the loss is taken, as flat indices into (B*T), and the labels there. Computed on
+    the CPU next to collate, so the GPU never waits to find them."""
+    flat = targets.flatten()
+    positions = (flat != -100).nonzero().squeeze(1)
+    return positions, flat[positions]
 
 
 def load_mrs(split: str, data_dir: str | None = None) -> list[tuple[str, list[str]]]:

@@ -1,0 +1,405 @@
+"""Checkpoint plumbing: the official GPT-2 layout <-> ours, strict checks, reading and writing
+safetensors (and reading .bin), atomic writes, adapter files, and the download from the hub.
+
+model.py, lora.py and adapter.py hold the ideas; this file holds what it takes to store them.
+Nothing here builds a model: it works on dicts of tensors and plain config fields, so model.py can
+call it without a circle of imports.
+"""
+
+import contextlib
+import http.client
+import json
+import os
+import urllib.error
+import urllib.request
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A file that is not what it should be (unreadable, another shape or format), named, with
+    what to do about it."""
+
+
+class DownloadError(RuntimeError):
+    """A download that failed or stopped, with what to do instead."""
+
+
+# -------------------------------------------------------------------------------------------------
+# Converting between the official layout and ours.
+#   official (HF GPT2LMHeadModel)                 ours (model.py)
+#   h.{i}.attn.c_attn   Conv1D (C, 3C), q|k|v     h.{i}.attn.q / .k / .v   Linear (C, C) each
+#   h.{i}.attn.c_proj   Conv1D (C, C)             h.{i}.attn.o             Linear
+#   h.{i}.mlp.c_fc      Conv1D (C, 4C)            h.{i}.mlp.fc             Linear (4C, C)
+#   h.{i}.mlp.c_proj    Conv1D (4C, C)            h.{i}.mlp.proj           Linear (C, 4C)
+# A Conv1D computes x @ W + b with W of shape (in, out): the transpose of nn.Linear's (out, in).
+# Everything else (wte, wpe, ln_1, ln_2, ln_f) has the same name and layout in both.
+
+_CONV1D_RENAMES = {"attn.c_proj": "attn.o", "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}
+_LAYER_NORMS = ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias")
+
+
+def hf_to_ours(hf: dict, n_layer: int) -> dict:
+    """Official GPT-2 tensors (keys without 'transformer.') -> our state dict (without lm_head)."""
+    ours = {"transformer." + k: v for k, v in hf.items() if not k.startswith("h.")}
+    for i in range(n_layer):
+        h, p = f"h.{i}.", f"transformer.h.{i}."
+        for name in _LAYER_NORMS:
+            ours[p + name] = hf[h + name]
+        # c_attn's output columns are [q | k | v]: split them into three Linear layers
+        weights = hf[h + "attn.c_attn.weight"].t().chunk(3, dim=0)
+        biases = hf[h + "attn.c_attn.bias"].chunk(3, dim=0)
+        for name, w, b in zip("qkv", weights, biases):
+            ours[p + f"attn.{name}.weight"] = w.contiguous()
+            ours[p + f"attn.{name}.bias"] = b.contiguous()
+        for old, new in _CONV1D_RENAMES.items():
+            ours[p + f"{new}.weight"] = hf[h + f"{old}.weight"].t().contiguous()
+            ours[p + f"{new}.bias"] = hf[h + f"{old}.bias"]
+    return ours
+
+
+def ours_to_hf(state: dict, n_layer: int) -> dict:
+    """Our state dict (without lm_head) -> official GPT-2 tensors, keys without 'transformer.'."""
+    hf = {k.removeprefix("transformer."): v for k, v in state.items()
+          if not k.startswith("transformer.h.")}
+    for i in range(n_layer):
+        p = f"transformer.h.{i}."
+        for name in _LAYER_NORMS:
+            hf[f"h.{i}.{name}"] = state[p + name]
+        hf[f"h.{i}.attn.c_attn.weight"] = torch.cat(
+            [state[p + f"attn.{n}.weight"] for n in "qkv"], dim=0).t()
+        hf[f"h.{i}.attn.c_attn.bias"] = torch.cat([state[p + f"attn.{n}.bias"] for n in "qkv"])
+        for old, new in _CONV1D_RENAMES.items():
+            hf[f"h.{i}.{old}.weight"] = state[p + f"{new}.weight"].t()
+            hf[f"h.{i}.{old}.bias"] = state[p + f"{new}.bias"]
+    return hf
+
+
+def official_to_ours(hf: dict, expected: dict, config: dict, source: str) -> dict:
+    """An official state dict, checked against our model's (expected: its state dict, shapes
+    only) and converted to it, lm_head tied to wte. Every problem is listed in one error.
+
+    Accepted variations: the 'transformer.' prefix (present in files saved from GPT2LMHeadModel,
+    absent in OpenAI's originals), the causal-mask buffers attn.bias / attn.masked_bias (constants,
+    not weights), and an lm_head.weight that equals wte (the tie made explicit).
+    """
+    hf = {k.removeprefix("transformer."): v for k, v in hf.items()}
+    hf = {k: v for k, v in hf.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    lm_head = hf.pop("lm_head.weight", None)
+    expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}
+    untied = (["lm_head.weight (differs from wte.weight: GPT-2 ties them)"]
+              if lm_head is not None and "wte.weight" in hf
+              and not torch.equal(lm_head, hf["wte.weight"]) else [])
+    problems = tensor_mismatch(hf, ours_to_hf(expected, config["n_layer"]), untied)
+    if problems:
+        shape = ", ".join(f"{k}={config[k]}" for k in ("n_layer", "n_head", "n_embd",
+                                                        "vocab_size", "block_size"))
+        raise CheckpointError(f"{source} does not match GPT-2 ({shape}): {problems}")
+    state = hf_to_ours({k: v.float() for k, v in hf.items()}, config["n_layer"])
+    state["lm_head.weight"] = state["transformer.wte.weight"]
+    return state
+
+
+def tensor_mismatch(found: dict, expected: dict, also_unexpected: list = ()) -> str:
+    """'' when found has exactly expected's names and shapes; else every difference, listed
+    ('2 missing: ...; 1 unexpected: ...; 1 wrongly shaped: name (3,) (expected (4,))')."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected)) + list(also_unexpected)
+    wrong_shape = [f"{k} {tuple(found[k].shape)} (expected {tuple(expected[k].shape)})"
+                   for k in sorted(set(found) & set(expected))
+                   if tuple(found[k].shape) != tuple(expected[k].shape)]
+    return "; ".join(f"{len(items)} {what}: {short_list(items)}" for what, items in
+                     (("missing", missing), ("unexpected", unexpected),
+                      ("wrongly shaped", wrong_shape)) if items)
+
+
+def short_list(items: list, limit: int = 8) -> str:
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+# -------------------------------------------------------------------------------------------------
+# config.json (HF's GPT-2 fields) <-> the fields of model.GPTConfig
+
+# HF GPT-2 config fields that would change the computation; we implement only GPT-2's values.
+_HF_FIXED = {"activation_function": ("gelu_new", "gelu_pytorch_tanh"), "n_inner": (None,),
+             "scale_attn_weights": (True,), "scale_attn_by_inverse_layer_idx": (False,),
+             "add_cross_attention": (False,), "tie_word_embeddings": (True,)}
+
+
+def read_hf_config(path: str) -> dict:
+    """GPTConfig fields from an HF config.json, refusing what is not plain GPT-2."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            hf = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    if hf.get("model_type") != "gpt2":
+        raise CheckpointError(f"{path} describes a '{hf.get('model_type')}' model, not GPT-2")
+    required = ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd")
+    if missing := [k for k in required if k not in hf]:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+    if hf.get("n_inner") == 4 * hf["n_embd"]:
+        hf["n_inner"] = None
+    unsupported = [f"{k}={hf[k]!r}" for k, ok in _HF_FIXED.items() if k in hf and hf[k] not in ok]
+    if unsupported:
+        raise CheckpointError(f"{path}: this GPT-2 implementation does not support "
+                              f"{', '.join(unsupported)}")
+    return dict(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
+                n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=hf.get("resid_pdrop", 0.1),
+                layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5))
+
+
+def hf_config(c: dict) -> dict:
+    """An HF config.json for GPTConfig fields c."""
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+            "vocab_size": c["vocab_size"], "n_positions": c["block_size"],
+            "n_ctx": c["block_size"], "n_embd": c["n_embd"], "n_layer": c["n_layer"],
+            "n_head": c["n_head"], "n_inner": None, "activation_function": "gelu_new",
+            "resid_pdrop": c["dropout"], "embd_pdrop": c["dropout"], "attn_pdrop": c["dropout"],
+            "layer_norm_epsilon": c["layer_norm_eps"], "initializer_range": 0.02,
+            "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": True}
+
+
+def find_weights(path: str) -> tuple[dict | None, str]:
+    """A directory or a weights file -> (its config.json's fields or None, the weights file)."""
+    if os.path.isdir(path):
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if os.path.isfile(os.path.join(path, name)):
+                weights = os.path.join(path, name)
+                break
+        else:
+            raise FileNotFoundError(f"{path} holds neither model.safetensors nor pytorch_model.bin")
+    else:
+        weights = path
+    config_file = os.path.join(os.path.dirname(weights), "config.json")
+    return (read_hf_config(config_file) if os.path.isfile(config_file) else None), weights
+
+
+def shape_from_weights(hf: dict, path: str, heads_by_width: dict) -> dict:
+    """GPTConfig fields of a bare weights file, from its shapes; the number of heads comes from
+    heads_by_width (the official sizes: width -> heads)."""
+    hf = {k.removeprefix("transformer."): v for k, v in hf.items()}
+    if "wte.weight" not in hf or "wpe.weight" not in hf:
+        raise CheckpointError(f"{path} is not a GPT-2 checkpoint: it has no wte/wpe embeddings")
+    vocab_size, n_embd = hf["wte.weight"].shape
+    n_layer = 1 + max((int(k.split(".")[1]) for k in hf if k.startswith("h.")), default=-1)
+    if n_embd not in heads_by_width:
+        raise CheckpointError(f"cannot tell the number of heads of {path} (n_embd={n_embd}); "
+                              "put its config.json beside it")
+    return dict(block_size=hf["wpe.weight"].shape[0], vocab_size=vocab_size, n_layer=n_layer,
+                n_head=heads_by_width[n_embd], n_embd=n_embd)
+
+
+def save_official(directory: str, state: dict, config: dict):
+    """Our state dict (without lm_head) as config.json + model.safetensors in HF's GPT-2 format."""
+    hf = {"transformer." + k: v.detach().cpu().contiguous()
+          for k, v in ours_to_hf(state, config["n_layer"]).items()}
+    os.makedirs(directory, exist_ok=True)
+    save_tensors(os.path.join(directory, "model.safetensors"), hf, {"format": "pt"})
+    write_atomic(os.path.join(directory, "config.json"),
+                 json.dumps(hf_config(config), indent=2) + "\n")
+
+
+# -------------------------------------------------------------------------------------------------
+# Tensor files: safetensors (read and written), .bin (read only, without running pickled code)
+
+
+def load_tensors(path: str) -> dict:
+    """Tensors from a .safetensors file or, with torch.load(weights_only=True), a .bin file."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        with _readable_safetensors(path):
+            return load_file(path)
+    try:  # weights_only: a .bin is a pickle, and a pickle can run code; this refuses anything else
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a damaged or non-tensor file
+        raise CheckpointError(f"{path} is not a readable PyTorch weights file ({e})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def load_metadata(path: str) -> dict:
+    """The string-to-string metadata in a .safetensors header ({} when there is none)."""
+    from safetensors import safe_open
+    with _readable_safetensors(path), safe_open(path, "pt") as f:
+        return f.metadata() or {}
+
+
+@contextlib.contextmanager
+def _readable_safetensors(path: str):
+    """Turns safetensors' errors on a damaged file into one message that says what to do."""
+    from safetensors import SafetensorError
+    try:
+        yield
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be "
+                              "truncated or corrupted: delete it and download or save it "
+                              "again") from None
+
+
+def save_tensors(path: str, tensors: dict, metadata: dict | None = None):
+    """Write a .safetensors file atomically: into path + '.tmp', then renamed over path."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, path + ".tmp", metadata=metadata)
+    os.replace(path + ".tmp", path)
+
+
+def write_atomic(path: str, text: str):
+    """Write a text file atomically: into path + '.tmp', then renamed over path, so a crash
+    never leaves half a file (or destroys the previous one)."""
+    with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+# -------------------------------------------------------------------------------------------------
+# Adapter files (lora.py, adapter.py): only the trained tensors, with the settings and the base
+# model in the safetensors metadata
+
+ADAPTER_FORMAT, ADAPTER_FORMAT_VERSION = "lora-gpt2", 1
+
+
+def _base_shape(model) -> dict:
+    c = model.config
+    return dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size,
+                block_size=c.block_size)
+
+
+def adapter_metadata(model, method: str, **settings) -> dict:
+    """What an adapter file records besides its tensors (safetensors metadata: strings only)."""
+    return {"format": ADAPTER_FORMAT, "format_version": str(ADAPTER_FORMAT_VERSION),
+            "method": method, "base_model": model.name_or_path or "",
+            "base_shape": json.dumps(_base_shape(model)),
+            **{k: json.dumps(v) for k, v in settings.items()}}
+
+
+def read_adapter_metadata(path: str, method: str, model) -> dict:
+    """The settings stored with an adapter, after checking the file is a `method` adapter for
+    model's shape."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such adapter file: {path}")
+    meta = load_metadata(path)
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise CheckpointError(f"{path} is not an adapter file saved by this project (lora.save "
+                              "or adapter.save)")
+    if meta.get("method") != method:
+        raise CheckpointError(f"{path} holds a {meta.get('method')!r} adapter, not a {method!r} "
+                              f"one; load it with {meta.get('method')}.load")
+    if int(meta["format_version"]) > ADAPTER_FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {meta['format_version']}; this code "
+                              f"reads up to {ADAPTER_FORMAT_VERSION}: update the code")
+    if json.loads(meta["base_shape"]) != _base_shape(model):
+        raise CheckpointError(f"{path} was trained on base model '{meta['base_model']}' "
+                              f"{meta['base_shape']}, but this model is "
+                              f"{json.dumps(_base_shape(model))}; load the adapter onto its own "
+                              "base model")
+    known = {"format", "format_version", "method", "base_model", "base_shape"}
+    return {k: json.loads(v) for k, v in meta.items() if k not in known}
+
+
+def copy_tensors(path: str, params: dict):
+    """Copy a file's tensors into params (name -> tensor), strictly: same names, same shapes."""
+    tensors = load_tensors(path)
+    problems = tensor_mismatch(tensors, params)
+    if problems:
+        raise CheckpointError(f"{path} does not fit this model: {problems}")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[name])
+
+
+def save_adapter_file(model, path: str, tensors: dict, metadata: dict):
+    """Write the adapter atomically and print its size next to the full model's."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    save_tensors(path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata)
+    n = sum(t.numel() for t in tensors.values())
+    ours = {id(t) for t in tensors.values()}
+    full = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in ours)
+    print(f"saved {path}: {_size(os.path.getsize(path))} ({n:,} parameters) "
+          f"instead of {_size(full)} for the full model")
+
+
+def _size(n_bytes: float) -> str:
+    for unit, scale, digits in (("GB", 1e9, 2), ("MB", 1e6, 1), ("kB", 1e3, 1)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.{digits}f} {unit}"
+    return f"{n_bytes:.0f} B"
+
+
+# -------------------------------------------------------------------------------------------------
+# The download of the official checkpoints from the Hugging Face hub
+
+
+def cache_dir() -> str:
+    """Where downloaded checkpoints live: $GPT2_CACHE_DIR, else ~/.cache/lora-gpt2."""
+    default = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                           "lora-gpt2")
+    return os.environ.get("GPT2_CACHE_DIR", default)
+
+
+def download_checkpoint(preset: str) -> str:
+    """Path of the preset's model.safetensors, downloaded from the hub the first time.
+
+    A copy already in the Hugging Face cache (from transformers) is used as it is.
+    $HF_ENDPOINT points at a mirror (default https://huggingface.co), as in Hugging Face's tools.
+    """
+    path = os.path.join(cache_dir(), preset, "model.safetensors")
+    if os.path.isfile(path):
+        return path
+    hf_home = os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface"))
+    snapshots = os.path.join(hf_home, "hub", f"models--openai-community--{preset}", "snapshots")
+    for snapshot in sorted(os.listdir(snapshots)) if os.path.isdir(snapshots) else []:
+        if os.path.isfile(os.path.join(snapshots, snapshot, "model.safetensors")):
+            return os.path.join(snapshots, snapshot, "model.safetensors")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    download(f"{endpoint}/openai-community/{preset}/resolve/main/model.safetensors", path)
+    return path
+
+
+def download(url: str, path: str, chunk_size: int = 1 << 20,
+             hint: str = "or download model.safetensors and config.json yourself into a folder "
+                         "and pass that folder instead of the preset name"):
+    """Fetch url into path with a progress bar. Bytes land in path + '.part' first and the file is
+    renamed only when complete; an interrupted download resumes from the partial file. `hint`
+    ends the error message: what to do instead."""
+    from tqdm import tqdm
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    part = path + ".part"
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "lora-gpt2"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # the partial file is not a prefix we can extend: start over
+            os.remove(part)
+            return download(url, path, chunk_size, hint)
+        raise DownloadError(f"downloading {url} failed: HTTP {e.code} {e.reason}; {hint}") from None
+    except OSError as e:  # URLError, timeouts, refused connections
+        raise DownloadError(f"cannot download {url} ({getattr(e, 'reason', e)}): no network? "
+                            f"Connect and run again, {hint}") from None
+    with response:
+        if have and response.status != 206:  # the server ignored the Range header: start over
+            have = 0
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length else None
+        try:
+            with open(part, "ab" if have else "wb") as f, tqdm(
+                    total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                    desc=f"downloading {os.path.basename(os.path.dirname(path))}") as bar:
+                while chunk := response.read(chunk_size):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        except (OSError, http.client.HTTPException) as e:
+            raise DownloadError(f"download of {url} was interrupted ({e!r}); run again to resume "
+                                f"from {part}") from None
+    size = os.path.getsize(part)
+    if total is not None and size != total:
+        raise DownloadError(f"download of {url} stopped at {size} of {total} bytes; "
+                            f"run again to resume from {part}")
+    os.replace(part, path)

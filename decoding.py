@@ -1,0 +1,140 @@
+"""Beam search as the paper decodes E2E (Table 11): 10 beams, length penalty 0.9, no repeated
+4-grams, at most 64 new tokens, stopping at <|endoftext|> or a blank line.
+
+- A hypothesis y scores log p(y | MR) / |y|^0.9, |y| counting its stop token.
+- It ends when its stop token is among the step's 10 best candidates (so beam 1 is greedy
+  decoding), or after 64 tokens; each step keeps the 10 best candidates that go on.
+- A batch of MRs is searched together, all beams at once through the KV cache: the prompt is
+  encoded once and each step feeds only the new tokens.
+- An MR leaves the batch as soon as none of its live beams can still beat its best ended
+  hypothesis (a bound, not a heuristic: later tokens only lower a score).
+- Repeated 4-grams are checked on the generated tokens only, since the output has to copy the MR's
+  phrases. MRs are batched by prompt length, so nothing is padded.
+
+tests/test_decoding.py checks it against an exhaustive search (every continuation over a 6-token
+vocabulary), greedy decoding, and decoding without the cache.
+"""
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from data.e2e.prepare import EOT
+from model import KVCache
+
+STOP_TOKENS = (EOT, 628)  # <|endoftext|>, and "\n\n" (a blank line)
+
+
+def banned_tokens(seqs: torch.Tensor, n: int, vocab_size: int) -> torch.Tensor:
+    """(..., vocab_size) True where a token would repeat an n-gram already in seqs (..., t):
+    the n-grams whose first n-1 tokens equal the last n-1 tokens ban their last token."""
+    windows = seqs.unfold(-1, n, 1)  # (..., t-n+1, n): every n-gram
+    match = (windows[..., :-1] == seqs[..., None, -(n - 1):]).all(-1)
+    mask = torch.zeros(*seqs.shape[:-1], vocab_size, device=seqs.device)
+    return mask.scatter_reduce_(-1, windows[..., -1], match.float(), "amax").bool()
+
+
+@torch.no_grad()
+def beam_search(model, prompts: torch.Tensor, beam: int = 10, length_penalty: float = 0.9,
+                no_repeat_ngram: int = 4, max_new_tokens: int = 64,
+                stop_tokens=STOP_TOKENS, use_cache: bool = True) -> list[list[int]]:
+    """Beam search for prompts of one length (n, T); returns each prompt's best continuation
+    (without its stop token). A hypothesis y scores log p(y | prompt) / len(y) ** length_penalty,
+    len counting the stop token; it ends when a stop token is among the step's `beam` best
+    candidates (so beam 1 is greedy decoding), or after max_new_tokens. A prompt's search stops
+    as soon as no live beam can still beat its best ended hypothesis."""
+    n, T = prompts.shape
+    K, M, device = beam, max_new_tokens, prompts.device
+    stops = torch.tensor(stop_tokens, device=device)
+    cache = KVCache(model.config.n_layer) if use_cache else None
+    logits = model(prompts, cache=cache)[:, -1].float()
+    rows = torch.arange(n, device=device).repeat_interleave(K)  # K beams per prompt
+    if cache is not None:
+        cache.reorder(rows)
+    logits = logits[rows]
+    scores = torch.full((n, K), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # one live beam at first, so the K beams do not start as copies
+    seqs = torch.zeros(n, K, M, dtype=torch.long, device=device)
+    best = torch.full((n,), float("-inf"), device=device)  # best ended hypothesis of each prompt
+    best_seq = torch.zeros(n, M, dtype=torch.long, device=device)
+    best_len = torch.zeros(n, dtype=torch.long, device=device)
+    active = torch.arange(n, device=device)  # prompts still searched, as rows of the above
+    longest = max(M ** length_penalty, 1 ** length_penalty)  # largest possible len ** penalty
+
+    def record(value, parent, length):  # keep value/parent's sequence where it beats the best
+        better = value > best[active]
+        best[active] = torch.where(better, value, best[active])
+        chosen = seqs[torch.arange(len(active), device=device), parent]
+        best_seq[active] = torch.where(better[:, None], chosen, best_seq[active])
+        best_len[active] = torch.where(better, length, best_len[active])
+
+    for t in range(M):
+        logp = F.log_softmax(logits, dim=-1).view(len(active), K, -1)
+        vocab_size = logp.size(-1)
+        if no_repeat_ngram and t >= no_repeat_ngram:
+            logp = logp.masked_fill(banned_tokens(seqs[:, :, :t], no_repeat_ngram, vocab_size),
+                                    float("-inf"))
+        top, index = (scores[..., None] + logp).flatten(1).topk(min(3 * K, K * vocab_size))
+        parent, token = index // vocab_size, index % vocab_size
+        ends = torch.isin(token, stops)
+        # hypotheses ending here, among the K best candidates (length t + 1 with the stop token)
+        ended = torch.where(ends[:, :K], top[:, :K], float("-inf")) / (t + 1) ** length_penalty
+        value, j = ended.max(1)
+        record(value, parent.gather(1, j[:, None]).squeeze(1), t)
+        # the K best candidates that go on (the 3K best hold K that do not stop: 2 stop tokens)
+        top, j = torch.where(ends, float("-inf"), top).topk(K)
+        parent, token = parent.gather(1, j), token.gather(1, j)
+        seqs = seqs.gather(1, parent[..., None].expand(-1, -1, M)).clone()
+        seqs[:, :, t] = token
+        scores = top
+        if t + 1 == M:  # out of room: an unfinished hypothesis counts as it is
+            value, j = (scores / M ** length_penalty).max(1)
+            record(value, j, M)
+            break
+        # stop where no live beam can beat the best ended one: later tokens only lower a score,
+        # and the most favourable length normalisation is `longest`
+        still_open = scores.max(1).values / longest > best[active]
+        rows = (torch.arange(len(active), device=device)[:, None] * K + parent)
+        if not bool(still_open.all()):
+            keep = still_open.nonzero().squeeze(1)
+            active, scores, seqs, token, rows = (active[keep], scores[keep], seqs[keep],
+                                                 token[keep], rows[keep])
+            if len(active) == 0:
+                break
+        if cache is not None:  # follow the chosen beams, then feed only the new tokens
+            cache.reorder(rows.flatten())
+            logits = model(token.view(-1, 1), cache=cache)[:, -1].float()
+        else:  # the whole sequence again (to check the cache, and to measure what it saves)
+            full = torch.cat([prompts[active].repeat_interleave(K, 0),
+                              seqs[:, :, :t + 1].flatten(0, 1)], dim=1)
+            logits = model(full)[:, -1].float()
+    return [best_seq[i, :best_len[i]].tolist() for i in range(n)]
+
+
+def decode(model, prompts: list[list[int]], *, beam: int = 10, length_penalty: float = 0.9,
+           no_repeat_ngram: int = 4, max_new_tokens: int = 64, batch_size: int = 32,
+           use_cache: bool = True, amp_dtype: torch.dtype | None = None,
+           stop_tokens=STOP_TOKENS, progress: bool = True) -> list[list[int]]:
+    """Beam-search many prompts: batched by prompt length (no padding), in the input order,
+    under autocast to amp_dtype (None: fp32)."""
+    from tqdm import tqdm
+
+    device = next(model.parameters()).device
+    by_length = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    outputs = [None] * len(prompts)
+    bar = tqdm(total=len(prompts), unit="MR", disable=not (progress and sys.stderr.isatty()))
+    for indices in by_length.values():
+        for s in range(0, len(indices), batch_size):
+            chunk = indices[s:s + batch_size]
+            batch = torch.tensor([prompts[i] for i in chunk], device=device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                results = beam_search(model, batch, beam, length_penalty, no_repeat_ngram,
+                                      max_new_tokens, stop_tokens, use_cache=use_cache)
+            for i, tokens in zip(chunk, results):
+                outputs[i] = tokens
+            bar.update(len(chunk))
+    bar.close()
+    return outputs

@@ -1,0 +1,156 @@
+"""LoRA adapters in Hugging Face PEFT's format, both ways, with the same outputs.
+
+PEFT adapts GPT-2's own modules: q, k, v share one fused c_attn (C -> 3C), and every module is a
+Conv1D (fan_in_fan_out). On disk: adapter_config.json + adapter_model.safetensors, with keys like
+base_model.model.transformer.h.0.attn.c_attn.lora_A.weight in nn.Linear's (out, in) layout.
+
+    peft_interop.export_peft(model, "peft_adapter/")   # for peft.PeftModel.from_pretrained
+    peft_interop.import_peft(GPT.from_pretrained("gpt2-medium"), "peft_adapter/")
+
+(Not named peft.py: that would shadow the peft package itself.)
+"""
+
+import json
+import math
+import os
+import re
+
+import torch
+import torch.nn.functional as F
+
+import checkpoint
+import lora
+from model import GPT, PRESETS
+
+_MODULES = {"o": "attn.c_proj", "fc": "mlp.c_fc", "proj": "mlp.c_proj"}  # q,k,v: attn.c_attn
+_KEY = re.compile(r"base_model\.model\.transformer\.h\.(\d+)\."
+                  r"(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.lora_([AB])\.weight")
+
+
+def export_peft(model: GPT, directory: str):
+    """Write adapter_config.json + adapter_model.safetensors that peft.PeftModel loads onto
+    transformers' GPT2LMHeadModel with the same outputs as ours.
+
+    Adapting q and v inside the fused c_attn is exact with rank 2r: A = [A_q; A_v] stacked, and
+    B = [[B_q, 0], [0, 0], [0, B_v]] block-diagonal (the k rows are zero), so B A = [B_q A_q; 0;
+    B_v A_v]. alpha doubles with the rank to keep alpha/r. Other modules are padded to the same
+    rank with zeros (which add nothing to B A), so one r and lora_alpha describe the whole file.
+    """
+    s, layers = lora.settings(model), lora.lora_layers(model)
+    C, r = model.config.n_embd, s["r"]
+    fused = [t for t in "qkv" if t in s["targets"]]
+    R = max(1, len(fused)) * r
+    tensors = {}
+    for i in range(model.config.n_layer):
+        prefix = f"base_model.model.transformer.h.{i}."
+        if fused:
+            parts = [layers[f"transformer.h.{i}.{lora.TARGETS[t]}"] for t in fused]
+            B = torch.zeros(3 * C, R, dtype=parts[0].B.dtype)
+            for j, (t, layer) in enumerate(zip(fused, parts)):
+                row = "qkv".index(t) * C
+                B[row:row + C, j * r:(j + 1) * r] = layer.B.detach().cpu()
+            tensors[prefix + "attn.c_attn.lora_A.weight"] = torch.cat([p.A.detach().cpu()
+                                                                       for p in parts])
+            tensors[prefix + "attn.c_attn.lora_B.weight"] = B
+        for t in [t for t in s["targets"] if t in _MODULES]:
+            layer = layers[f"transformer.h.{i}.{lora.TARGETS[t]}"]
+            tensors[prefix + f"{_MODULES[t]}.lora_A.weight"] = F.pad(layer.A.detach().cpu(),
+                                                                     (0, 0, 0, R - r))
+            tensors[prefix + f"{_MODULES[t]}.lora_B.weight"] = F.pad(layer.B.detach().cpu(),
+                                                                     (0, R - r))
+    alpha = s["alpha"] * R / r
+    base = model.name_or_path or ""
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": f"openai-community/{base}" if base in PRESETS else base,
+        "r": R, "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
+        "lora_dropout": s["dropout"], "fan_in_fan_out": True, "bias": "none",
+        "target_modules": (["c_attn"] if fused else []) + [_MODULES[t] for t in s["targets"]
+                                                            if t in _MODULES],
+        "inference_mode": True,
+    }
+    os.makedirs(directory, exist_ok=True)
+    checkpoint.save_tensors(os.path.join(directory, "adapter_model.safetensors"), tensors,
+                            {"format": "pt"})
+    checkpoint.write_atomic(os.path.join(directory, "adapter_config.json"),
+                            json.dumps(config, indent=2))
+
+
+# PEFT options that change what the adapter computes beyond W0 + scaling B A; refused on import.
+_UNSUPPORTED = ("use_dora", "lora_bias", "modules_to_save", "layer_replication",
+                "trainable_token_indices", "alora_invocation_tokens", "target_parameters")
+
+
+def _read(directory: str, n_layer: int) -> tuple[dict, dict]:
+    """(adapter_config.json, factors): (layer, module) -> {"A": ..., "B": ...}, checked."""
+    config_file = os.path.join(directory, "adapter_config.json")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"{directory} holds no adapter_config.json (not a PEFT adapter)")
+    with open(config_file, encoding="utf-8") as f:
+        config = json.load(f)
+    if config.get("peft_type") != "LORA":
+        raise checkpoint.CheckpointError(f"{config_file}: peft_type {config.get('peft_type')!r}, "
+                                         "expected 'LORA'")
+    bad = [k for k in _UNSUPPORTED if config.get(k)]
+    bad += [f"bias={config['bias']!r}"] if config.get("bias", "none") != "none" else []
+    if bad:
+        raise checkpoint.CheckpointError(f"{config_file} uses {', '.join(bad)}, which plain LoRA "
+                                         "does not cover")
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if os.path.isfile(os.path.join(directory, name)):
+            tensors = checkpoint.load_tensors(os.path.join(directory, name))
+            break
+    else:
+        raise FileNotFoundError(f"{directory} holds no adapter_model.safetensors or .bin")
+    factors, unknown = {}, []
+    for key, t in tensors.items():
+        m = _KEY.fullmatch(key)
+        if m is None or int(m[1]) >= n_layer:
+            unknown.append(key)
+        else:
+            factors.setdefault((int(m[1]), m[2]), {})[m[3]] = t.float()
+    if unknown or not factors:
+        raise checkpoint.CheckpointError(f"{directory}: cannot map {unknown[:4] or 'no tensors'} "
+                                         "onto GPT-2's c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj")
+    return config, factors
+
+
+def _scaling(config: dict, module: str, r: int) -> float:
+    """A module's alpha / r as PEFT computes it (alpha_pattern, rsLoRA's alpha / sqrt(r))."""
+    alpha = config.get("lora_alpha", 8)
+    for pattern, value in (config.get("alpha_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            alpha = value
+            break
+    return alpha / (math.sqrt(r) if config.get("use_rslora") else r)
+
+
+def import_peft(model: GPT, directory: str) -> GPT:
+    """Load a PEFT LoRA adapter for GPT-2 (on c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj) into our
+    model with the same outputs: c_attn's update B A splits by rows into q, k, v, each keeping the
+    whole A. Per-module ranks and scalings (rank_pattern, alpha_pattern, use_rslora) are brought to
+    one r by zero padding and one alpha by folding each module's scaling into its B."""
+    config, factors = _read(directory, model.config.n_layer)
+    R = max(f["A"].shape[0] for f in factors.values())
+    first = next(iter(factors))
+    s = _scaling(config, f"transformer.h.{first[0]}.{first[1]}", factors[first]["A"].shape[0])
+    targets = set()
+    for (_, module) in factors:
+        targets |= set("qkv") if module == "attn.c_attn" else {
+            t for t, m in _MODULES.items() if m == module}
+    lora.apply(model, sorted(targets), r=R, alpha=s * R, dropout=config.get("lora_dropout", 0.0))
+    C = model.config.n_embd
+    with torch.no_grad():
+        for (i, module), f in factors.items():
+            A, B, r = f["A"], f["B"], f["A"].shape[0]
+            B = B * (_scaling(config, f"transformer.h.{i}.{module}", r) / s)  # its own scaling
+            A, B = F.pad(A, (0, 0, 0, R - r)), F.pad(B, (0, R - r))
+            if module == "attn.c_attn":
+                pieces = {t: B[j * C:(j + 1) * C] for j, t in enumerate("qkv")}
+            else:
+                pieces = {t: B for t, m in _MODULES.items() if m == module}
+            for t, B_t in pieces.items():
+                layer = model.get_submodule(f"transformer.h.{i}.{lora.TARGETS[t]}")
+                layer.A.copy_(A)
+                layer.B.copy_(B_t)
+    return model

@@ -1,0 +1,108 @@
+"""decoding.py: beam search checked against exhaustive search, greedy decoding, and itself
+without the KV cache."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import random_gpt2, tiny_vocab_model
+
+from decoding import banned_tokens, beam_search, decode
+from model import GPT
+
+
+def exhaustive_best(model, prompt, stop, max_new, length_penalty):
+    """Every continuation (ended by the stop token, or cut at max_new tokens), each scored by a
+    full forward pass: log p / len ** length_penalty, len counting the stop token."""
+    best = (float("-inf"), None)
+
+    def walk(seq, logp_so_far):
+        nonlocal best
+        with torch.no_grad():
+            logp = F.log_softmax(model(torch.tensor([prompt + seq]))[0, -1].double(), -1)
+        for token in range(model.config.vocab_size):
+            s = logp_so_far + logp[token].item()
+            if token == stop:
+                best = max(best, (s / (len(seq) + 1) ** length_penalty, seq))
+            elif len(seq) + 1 == max_new:
+                best = max(best, (s / max_new ** length_penalty, seq + [token]))
+            else:
+                walk(seq + [token], s)
+    walk([], 0.0)
+    return best[1]
+
+
+@pytest.mark.parametrize("length_penalty", [0.9, 0.0, 2.0, -0.5])
+def test_beam_search_equals_exhaustive_search_when_the_beam_holds_everything(length_penalty):
+    model = tiny_vocab_model()
+    prompts = torch.tensor([[0, 1, 2], [3, 3, 4], [4, 0, 1]])
+    # 6 * 5**3 = 750 candidates at the last step: a beam of 1000 keeps every one
+    got = beam_search(model, prompts, beam=1000, length_penalty=length_penalty,
+                      no_repeat_ngram=0, max_new_tokens=4, stop_tokens=(5,))
+    for prompt, tokens in zip(prompts.tolist(), got):
+        assert tokens == exhaustive_best(model, prompt, 5, 4, length_penalty)
+
+
+def test_beam_1_is_greedy_decoding(hf_dir):
+    model = GPT.from_pretrained(str(hf_dir)).eval()
+    prompts = torch.randint(0, 50257, (4, 5), generator=torch.Generator().manual_seed(3))
+    greedy = model.generate(prompts, 20, stop_token=50256)[:, 5:].tolist()
+    beamed = beam_search(model, prompts, beam=1, length_penalty=0.0, no_repeat_ngram=0,
+                         max_new_tokens=20, stop_tokens=(50256,))
+    for g, b in zip(greedy, beamed):
+        assert b == (g[:g.index(50256)] if 50256 in g else g)
+
+
+def test_a_small_beam_finds_at_least_what_greedy_finds(hf_dir):
+    model = GPT.from_pretrained(str(hf_dir)).eval()
+    prompts = torch.randint(0, 50257, (6, 5), generator=torch.Generator().manual_seed(4))
+
+    def logp(prompt, tokens):
+        with torch.no_grad():
+            lp = F.log_softmax(model(torch.tensor([prompt + tokens]))[0].double(), -1)
+        return sum(lp[len(prompt) - 1 + i, t].item() for i, t in enumerate(tokens))
+
+    one = beam_search(model, prompts, 1, 0.0, 0, 12, stop_tokens=())
+    five = beam_search(model, prompts, 5, 0.0, 0, 12, stop_tokens=())
+    for prompt, a, b in zip(prompts.tolist(), one, five):
+        assert len(a) == len(b) == 12 and logp(prompt, b) >= logp(prompt, a) - 1e-6
+
+
+def repeated_ngram(tokens, n=4):
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def test_no_repeated_4_grams(tmp_path):
+    random_gpt2(std=0.02).save_pretrained(tmp_path)  # at GPT-2's init it loops on a few tokens
+    model = GPT.from_pretrained(str(tmp_path)).eval()
+    prompts = torch.randint(0, 50257, (8, 5), generator=torch.Generator().manual_seed(5))
+    free = beam_search(model, prompts, 3, 0.9, 0, 40, stop_tokens=())
+    assert any(repeated_ngram(t) for t in free)  # this model repeats itself when allowed to
+    ruled = beam_search(model, prompts, 3, 0.9, 4, 40, stop_tokens=())
+    assert not any(repeated_ngram(t) for t in ruled)
+
+
+def test_banned_tokens():
+    seqs = torch.tensor([[1, 2, 3, 4, 1, 2, 3], [1, 2, 3, 4, 5, 6, 7]])
+    banned = banned_tokens(seqs, 4, 10)
+    assert banned[0].nonzero().flatten().tolist() == [4]  # (1, 2, 3) was followed by 4
+    assert not banned[1].any()
+
+
+def test_decoding_with_the_cache_equals_decoding_without(hf_dir):
+    model = GPT.from_pretrained(str(hf_dir)).eval()
+    prompts = torch.randint(0, 50257, (5, 6), generator=torch.Generator().manual_seed(6))
+    kwargs = dict(beam=4, length_penalty=0.9, no_repeat_ngram=4, max_new_tokens=24,
+                  stop_tokens=(50256, 628))
+    assert beam_search(model, prompts, use_cache=True, **kwargs) == \
+        beam_search(model, prompts, use_cache=False, **kwargs)
+
+
+def test_decode_batches_by_length_and_keeps_the_input_order(hf_dir):
+    model = GPT.from_pretrained(str(hf_dir)).eval()
+    g = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(0, 50257, (n,), generator=g).tolist() for n in (5, 3, 5, 4, 3)]
+    kwargs = dict(beam=3, length_penalty=0.9, no_repeat_ngram=4, max_new_tokens=10)
+    together = decode(model, prompts, batch_size=2, progress=False, **kwargs)
+    alone = [beam_search(model, torch.tensor([p]), **kwargs)[0] for p in prompts]
+    assert together == alone

@@ -1,0 +1,83 @@
+"""peft_interop.py: our LoRA adapters in PEFT's format and back. The reference is `peft`
+itself: it loads our export with our logits, and what it writes, we import with its outputs."""
+
+import json
+
+import pytest
+import torch
+from conftest import assert_close, batch, max_diff, trained
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import safe_open
+from transformers import GPT2LMHeadModel
+
+import lora
+from model import GPT
+from peft_interop import export_peft, import_peft
+
+
+@pytest.mark.parametrize("targets", ["q,v", "q,k,v,o,fc,proj", "v,o", "fc,proj"])
+def test_peft_loads_our_export_with_equal_logits(base, hf_dir, tmp_path, targets):
+    trained(lora.apply(base, targets, r=3, alpha=6, dropout=0.1))
+    export_peft(base, str(tmp_path / "peft"))
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["fan_in_fan_out"] is True
+    ref = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(str(hf_dir)),
+                                    str(tmp_path / "peft")).eval()
+    with torch.no_grad():
+        for seed in range(2):
+            assert_close(ref(batch(seed)).logits, base(batch(seed)))
+
+
+def test_export_of_q_v_is_rank_2r_block_diagonal(base, tmp_path):
+    trained(lora.apply(base, "q,v", r=2, alpha=4))
+    export_peft(base, str(tmp_path))
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["target_modules"]) == (4, 8, ["c_attn"])
+    with safe_open(str(tmp_path / "adapter_model.safetensors"), "pt") as f:
+        B = f.get_tensor("base_model.model.transformer.h.0.attn.c_attn.lora_B.weight")
+        A = f.get_tensor("base_model.model.transformer.h.0.attn.c_attn.lora_A.weight")
+    q, v = base.transformer.h[0].attn.q, base.transformer.h[0].attn.v
+    assert torch.equal(A, torch.cat([q.A, v.A]).detach())
+    assert torch.equal(B[32:64], torch.zeros(32, 4))  # k rows
+    assert torch.equal(B[:32, :2], q.B.detach()) and torch.equal(B[64:, 2:], v.B.detach())
+
+
+@pytest.mark.parametrize("options", [
+    dict(target_modules=["c_attn"]),
+    dict(target_modules=["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]),
+    dict(target_modules=["c_attn", "mlp.c_fc"], rank_pattern={"c_attn": 5},
+         alpha_pattern={"mlp.c_fc": 3}),
+    dict(target_modules=["c_attn", "mlp.c_proj"], use_rslora=True),
+    dict(target_modules=["c_attn"], layers_to_transform=[1]),
+])
+def test_import_of_a_peft_adapter_equals_peft_forward(base, hf_dir, tmp_path, options):
+    torch.manual_seed(0)
+    ref = get_peft_model(GPT2LMHeadModel.from_pretrained(str(hf_dir)),
+                         LoraConfig(r=2, lora_alpha=7, fan_in_fan_out=True, **options)).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)  # PEFT starts B at zero too; give it something to carry
+    ref.save_pretrained(str(tmp_path))
+    import_peft(base, str(tmp_path))
+    with torch.no_grad():
+        assert_close(base(batch()), ref(batch()).logits)
+        with ref.disable_adapter():
+            assert max_diff(ref(batch()).logits, base(batch())) > 0.1  # the adapter matters
+
+
+def test_export_then_import_round_trip(base, hf_dir, tmp_path):
+    trained(lora.apply(base, "q,v,o", r=2, alpha=4))
+    export_peft(base, str(tmp_path))
+    back = import_peft(GPT.from_pretrained(str(hf_dir)).eval(), str(tmp_path))
+    assert_close(back(batch()), base(batch()))
+
+
+def test_import_refuses_what_plain_lora_does_not_cover(base, tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "use_dora": True, "target_modules": ["c_attn"]}))
+    with pytest.raises(ValueError, match="uses use_dora"):
+        import_peft(base, str(tmp_path))
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3"}))
+    with pytest.raises(ValueError, match="peft_type 'IA3'"):
+        import_peft(base, str(tmp_path))

@@ -1,0 +1,152 @@
+"""The pieces of fine-tuning that train.py puts together (and bench.py times): the loss at the
+reference tokens, AdamW with the paper's settings, the learning-rate schedule, the epoch's batches,
+the dev loss, the resumable training state, and the run's log.
+
+Every function takes explicit arguments; the loop itself, with its flags, is train.py.
+"""
+
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from checkpoint import load_metadata, load_tensors, save_tensors
+from data.e2e.prepare import collate, loss_positions
+
+
+def token_loss(model, inputs, positions, labels, label_smoothing: float = 0.0):
+    """Summed cross-entropy at the given positions: the LM head (50,257 outputs per position)
+    runs only where the loss is, about half of the positions of an E2E batch."""
+    hidden = model.features(inputs).flatten(0, 1).index_select(0, positions)
+    logits = model.lm_head(hidden).float()
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum")
+
+
+def make_optimizer(model, lr: float, weight_decay: float, fused: bool = False):
+    """AdamW over the trainable parameters, betas 0.9/0.999 and eps 1e-6 as the paper's released
+    code; weight decay on matrices only (not on biases and LayerNorms)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-6, fused=fused)
+
+
+def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
+    """Linear warmup over `warmup` steps, then linear decay to 0 at the last step."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def epoch_batches(examples, epoch: int, batch_size: int, seed: int,
+                  bucket: bool = False) -> list[list[int]]:
+    """The batches of one epoch: a seeded shuffle, so a resumed run sees the same order. bucket
+    sorts by length within windows of 100 batches, then shuffles the batches (less padding)."""
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(len(examples), generator=g).tolist()
+    if bucket:
+        window = 100 * batch_size
+        order = [i for s in range(0, len(order), window)
+                 for i in sorted(order[s:s + window], key=lambda i: len(examples[i][0]))]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if bucket:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+    return batches
+
+
+@torch.no_grad()
+def dev_loss(model, loss_fn, examples, batch_size: int, device, amp_dtype) -> float:
+    """Mean cross-entropy per reference token on the dev examples (no label smoothing)."""
+    model.eval()
+    total, count = torch.zeros((), device=device), 0
+    for start in range(0, len(examples), batch_size):
+        inputs, targets = collate([examples[i] for i in range(start, min(start + batch_size,
+                                                                           len(examples)))])
+        positions, labels = loss_positions(targets)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            total += loss_fn(model, inputs.to(device), positions.to(device), labels.to(device))
+        count += len(labels)
+    model.train()
+    return total.item() / count
+
+
+# --- the resumable state -------------------------------------------------------------------------
+
+
+def save_state(path: str, model, optimizer, scaler, position: dict):
+    """One atomic file with everything a resumed run needs: the trainable tensors, the
+    optimizer's moments, the RNG states and the position (step, epoch, batch)."""
+    tensors = {f"param.{n}": p.detach().cpu().contiguous() for n, p in model.named_parameters()
+               if p.requires_grad}
+    for i, state in optimizer.state_dict()["state"].items():
+        tensors.update({f"optim.{i}.{k}": v.detach().cpu().contiguous() for k, v in state.items()})
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    meta = {**position, "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+    save_tensors(path, tensors, {"state": json.dumps(meta)})
+
+
+def load_state(path: str, model, optimizer, scaler) -> dict:
+    """Put a saved state back in place; returns the position it was saved at."""
+    tensors, meta = load_tensors(path), json.loads(load_metadata(path)["state"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.copy_(tensors[f"param.{name}"])
+    state = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, i, k = key.split(".", 2)
+            state.setdefault(int(i), {})[k] = value
+    optimizer.load_state_dict({"state": state,
+                               "param_groups": optimizer.state_dict()["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    if scaler.is_enabled() and meta["scaler"]:
+        scaler.load_state_dict(meta["scaler"])
+    return meta
+
+
+# --- the log -------------------------------------------------------------------------------------
+
+
+class Log:
+    """Progress on the terminal (a tqdm bar, or plain lines when stderr is not a terminal) and
+    every value in metrics.jsonl."""
+
+    def __init__(self, run_dir: str, step: int, total: int):
+        from tqdm import tqdm
+
+        self.file = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
+        self.bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True,
+                        disable=not sys.stderr.isatty())
+        self.total, self.start, self.start_step = total, time.time(), step
+
+    def write(self, record: dict, line: str | None = None, error: bool = False):
+        self.file.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+        self.file.flush()
+        if line and (self.bar.disable or error):
+            print(line, file=sys.stderr if error else sys.stdout, flush=True)
+        elif line:
+            self.bar.write(line)
+
+    def progress(self, step: int, record: dict):
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix(epoch=record["epoch"], loss=f"{record['loss']:.3f}",
+                             lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}")
+        done = step - self.start_step
+        eta = (time.time() - self.start) / max(done, 1) * (self.total - step)
+        self.write(record, None if not self.bar.disable else
+                   f"step {step}/{self.total} | epoch {record['epoch']} | loss "
+                   f"{record['loss']:.4f} | lr {record['lr']:.2e} | "
+                   f"{record['tokens_per_s']:,.0f} tok/s | ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+
+    def close(self):
+        self.bar.close()
+        self.file.close()

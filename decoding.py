@@ -1,18 +1,23 @@
-"""Beam search as the paper decodes E2E (Table 11): 10 beams, length penalty 0.9, no repeated
-4-grams, at most 64 new tokens, stopping at <|endoftext|> or a blank line.
+"""Beam search as the paper decodes E2E (Table 11, and its released src/gpt2_beam.py): 10 beams,
+length penalty 0.9, no repeated 4-grams, at most 64 new tokens, stopping at <|endoftext|> or a
+blank line (token 628), in fp32.
 
 - A hypothesis y scores log p(y | MR) / |y|^0.9, |y| counting its stop token.
-- It ends when its stop token is among the step's 10 best candidates (so beam 1 is greedy
-  decoding), or after 64 tokens; each step keeps the 10 best candidates that go on.
+- Each step keeps the 10 best candidates. One that ends with a stop token is finished and its slot
+  stays empty for that step (the released code's semantics: a finished hypothesis takes one of
+  the 10 places), so beam 1 is greedy decoding. After 64 tokens the live ones count as they are.
+- A token that would repeat a 4-gram is banned on the logits, before the softmax, so the allowed
+  tokens' probabilities renormalise (as released). Only generated tokens count, since the output
+  has to copy the MR's phrases.
 - A batch of MRs is searched together, all beams at once through the KV cache: the prompt is
-  encoded once and each step feeds only the new tokens.
-- An MR leaves the batch as soon as none of its live beams can still beat its best ended
+  encoded once and each step feeds only the new tokens. MRs are batched by prompt length, so
+  nothing is padded.
+- An MR leaves the batch as soon as none of its live beams can still beat its best finished
   hypothesis (a bound, not a heuristic: later tokens only lower a score).
-- Repeated 4-grams are checked on the generated tokens only, since the output has to copy the MR's
-  phrases. MRs are batched by prompt length, so nothing is padded.
 
-tests/test_decoding.py checks it against an exhaustive search (every continuation over a 6-token
-vocabulary), greedy decoding, and decoding without the cache.
+tests/test_decoding.py checks it against a line-by-line port of the released loop, an exhaustive
+search (every continuation over a 6-token vocabulary), greedy decoding, and itself without the
+cache, and on cases built to tell the released semantics from the usual ones.
 """
 
 import sys
@@ -40,10 +45,12 @@ def beam_search(model, prompts: torch.Tensor, beam: int = 10, length_penalty: fl
                 no_repeat_ngram: int = 4, max_new_tokens: int = 64,
                 stop_tokens=STOP_TOKENS, use_cache: bool = True) -> list[list[int]]:
     """Beam search for prompts of one length (n, T); returns each prompt's best continuation
-    (without its stop token). A hypothesis y scores log p(y | prompt) / len(y) ** length_penalty,
-    len counting the stop token; it ends when a stop token is among the step's `beam` best
-    candidates (so beam 1 is greedy decoding), or after max_new_tokens. A prompt's search stops
-    as soon as no live beam can still beat its best ended hypothesis."""
+    (without its stop token), with the released code's semantics (src/gpt2_beam.py). Each step
+    keeps the `beam` best candidates; one that ends with a stop token is finished, scored
+    log p(y | prompt) / len(y) ** length_penalty (len counting the stop token), and its slot stays
+    empty for the next step. Beam 1 is greedy decoding. After max_new_tokens the live hypotheses
+    count as they are. A prompt's search stops early when no live beam can beat its best finished
+    hypothesis any more (the result is the same: later tokens only lower a score)."""
     n, T = prompts.shape
     K, M, device = beam, max_new_tokens, prompts.device
     stops = torch.tensor(stop_tokens, device=device)
@@ -62,32 +69,31 @@ def beam_search(model, prompts: torch.Tensor, beam: int = 10, length_penalty: fl
     active = torch.arange(n, device=device)  # prompts still searched, as rows of the above
     longest = max(M ** length_penalty, 1 ** length_penalty)  # largest possible len ** penalty
 
-    def record(value, parent, length):  # keep value/parent's sequence where it beats the best
-        better = value > best[active]
+    def record(value, beam, length):  # keep value/beam's sequence where it beats the best
+        better = value > best[active]  # strictly: on a tie the earlier hypothesis stays
         best[active] = torch.where(better, value, best[active])
-        chosen = seqs[torch.arange(len(active), device=device), parent]
+        chosen = seqs[torch.arange(len(active), device=device), beam]
         best_seq[active] = torch.where(better[:, None], chosen, best_seq[active])
         best_len[active] = torch.where(better, length, best_len[active])
 
     for t in range(M):
-        logp = F.log_softmax(logits, dim=-1).view(len(active), K, -1)
-        vocab_size = logp.size(-1)
-        if no_repeat_ngram and t >= no_repeat_ngram:
-            logp = logp.masked_fill(banned_tokens(seqs[:, :, :t], no_repeat_ngram, vocab_size),
-                                    float("-inf"))
-        top, index = (scores[..., None] + logp).flatten(1).topk(min(3 * K, K * vocab_size))
+        logits = logits.view(len(active), K, -1)
+        vocab_size = logits.size(-1)
+        if no_repeat_ngram and t >= no_repeat_ngram:  # banned before the softmax, as the
+            banned = banned_tokens(seqs[:, :, :t], no_repeat_ngram, vocab_size)  # released code:
+            logits = logits.masked_fill(banned, float("-inf"))  # the other tokens renormalise
+        logp = F.log_softmax(logits, dim=-1).nan_to_num(nan=float("-inf"))  # (all banned: none)
+        # the K best candidates, whether they stop here or go on
+        top, index = (scores[..., None] + logp).flatten(1).topk(K)
         parent, token = index // vocab_size, index % vocab_size
-        ends = torch.isin(token, stops)
-        # hypotheses ending here, among the K best candidates (length t + 1 with the stop token)
-        ended = torch.where(ends[:, :K], top[:, :K], float("-inf")) / (t + 1) ** length_penalty
-        value, j = ended.max(1)
-        record(value, parent.gather(1, j[:, None]).squeeze(1), t)
-        # the K best candidates that go on (the 3K best hold K that do not stop: 2 stop tokens)
-        top, j = torch.where(ends, float("-inf"), top).topk(K)
-        parent, token = parent.gather(1, j), token.gather(1, j)
         seqs = seqs.gather(1, parent[..., None].expand(-1, -1, M)).clone()
         seqs[:, :, t] = token
-        scores = top
+        # a candidate that stops is finished: scored at its length (t + 1, the stop token
+        # included), then its slot stays empty until the next step refills all K
+        ends = torch.isin(token, stops)
+        value, j = (torch.where(ends, top, float("-inf")) / (t + 1) ** length_penalty).max(1)
+        record(value, j, t)
+        scores = top.masked_fill(ends, float("-inf"))
         if t + 1 == M:  # out of room: an unfinished hypothesis counts as it is
             value, j = (scores / M ** length_penalty).max(1)
             record(value, j, M)

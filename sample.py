@@ -72,39 +72,56 @@ def load_model(args, device) -> tuple[GPT, str]:
     return model.to(device).eval(), kind
 
 
+def run_config(args) -> dict:
+    """The settings train.py recorded for this adapter or model (RUN_DIR/config.json), or {}."""
+    where = args.adapter or args.model
+    if not where or not os.path.exists(where):
+        return {}
+    path = os.path.join(os.path.dirname(os.path.abspath(where.rstrip("/"))), "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get("args", {})
+    except (OSError, ValueError):
+        return {}
+
+
 def base_name(args) -> str:
     """The pretrained model under this one: named in the adapter, or in the run's config.json
     for a checkpoint train.py wrote (RUN_DIR/model)."""
     if args.adapter:
         return args.model or load_metadata(args.adapter).get("base_model", "")
-    run_config = os.path.join(args.model, os.pardir, "config.json")
-    if os.path.isfile(run_config):
-        with open(run_config, encoding="utf-8") as f:
-            return json.load(f).get("args", {}).get("model", args.model)
-    return args.model
+    return run_config(args).get("model", args.model)
 
 
 # --- the E2E test set ----------------------------------------------------------------------------
 
 
 def decoding(args, device) -> dict:
-    """The decoding flags as decode()'s keyword arguments."""
+    """The decoding flags as decode()'s keyword arguments (fp32 unless --dtype says otherwise, as
+    the released code decodes)."""
     return dict(beam=args.beam, length_penalty=args.length_penalty,
                 no_repeat_ngram=args.no_repeat_ngram, max_new_tokens=args.max_new_tokens,
                 batch_size=args.batch_size, use_cache=not args.no_cache,
-                amp_dtype=cli.amp_dtype(device, args.dtype, "decoding"))
+                amp_dtype=cli.amp_dtype(device, args.dtype, "decoding", auto=None))
+
+
+def output_text(enc, tokens: list[int]) -> str:
+    """A decoded output, post-processed as the released decode script does (src/gpt2_decode.py):
+    cut at <|endoftext|> or a blank line, stripped."""
+    return enc.decode(tokens).split("<|endoftext|>")[0].split("\n\n")[0].strip()
 
 
 def evaluate(model, kind: str, args, device) -> dict:
-    """Decode every distinct MR of the split once, write the predictions, score them."""
-    groups = e2e.load_mrs(args.split, args.data)
+    """Decode each distinct MR of the split once, write the predictions, then score them."""
+    groups, source = e2e.eval_groups(args.split, args.data, args.format)
     if args.limit:
         groups = groups[:args.limit]
     enc = e2e.tokenizer()
     start = time.time()
-    outputs = decode(model, [e2e.prompt_tokens(mr) for mr, _ in groups], **decoding(args, device))
+    outputs = decode(model, [enc.encode(ctx) + [e2e.EOT] for _, ctx, _ in groups],
+                     **decoding(args, device))
     seconds = time.time() - start
-    texts = [enc.decode(tokens).strip() for tokens in outputs]
+    texts = [output_text(enc, tokens) for tokens in outputs]
     n_tokens = sum(len(tokens) for tokens in outputs)
     print(f"decoded {len(groups)} MRs ({n_tokens:,} tokens) in {seconds:.1f} s: "
           f"{len(groups) / seconds:.1f} MRs/s, {n_tokens / seconds:,.0f} tokens/s "
@@ -112,28 +129,37 @@ def evaluate(model, kind: str, args, device) -> dict:
 
     where = args.adapter or (args.model if os.path.isdir(args.model) else None)
     folder = args.out or (os.path.dirname(os.path.abspath(where.rstrip("/"))) if where else ".")
-    stem = "predictions" + ("" if args.split == "test" else f"-{args.split}") + \
+    stem = "predictions" + ("" if args.format == "paper" else f"-{args.format}") + \
+        ("" if args.split == "test" else f"-{args.split}") + \
         (f"-first{args.limit}" if args.limit else "")
     path = os.path.join(folder, stem + ".tsv")
     os.makedirs(folder, exist_ok=True)
     table = io.StringIO()
     writer = csv.writer(table, delimiter="\t", lineterminator="\n")
     writer.writerow(["mr", "output"])
-    writer.writerows((mr, text) for (mr, _), text in zip(groups, texts))
+    writer.writerows((mr, text) for (mr, _, _), text in zip(groups, texts))
     write_atomic(path, table.getvalue())
     print(f"wrote {path}")
-
-    try:
-        scores = metrics.score([refs for _, refs in groups], texts, meteor=not args.no_meteor)
-    except metrics.MeteorError as e:
-        raise UserError(f"{e} (the predictions are saved in {path})") from None
-    report = {"split": args.split, "mrs": len(groups), "predictions": path, "scores": scores,
+    report = {"split": args.split, "format": args.format, "references": source,
+              "mrs": len(groups), "predictions": path,
               "decoding": {"beam": args.beam, "length_penalty": args.length_penalty,
-                           "no_repeat_ngram": args.no_repeat_ngram, "seconds": seconds}}
+                           "no_repeat_ngram": args.no_repeat_ngram, "max_new_tokens":
+                           args.max_new_tokens, "dtype": args.dtype, "seconds": seconds}}
+    return score(report, [refs for _, _, refs in groups], texts, kind, args,
+                 os.path.join(folder, stem + ".scores.json"))
+
+
+def score(report: dict, refs: list, texts: list, kind: str, args, scores_path: str) -> dict:
+    """The five metrics, printed next to the paper's row and saved beside the predictions."""
+    try:
+        scores = metrics.score(refs, texts, meteor=not args.no_meteor)
+    except metrics.MeteorError as e:
+        raise UserError(f"{e} (the predictions are saved in {report['predictions']})") from None
+    report["scores"] = scores
     if scores["METEOR"] is None:
         report["meteor"] = metrics.meteor_note(not args.no_meteor)
-    scores_path = os.path.join(folder, stem + ".scores.json")
     write_atomic(scores_path, json.dumps(report, indent=2))
+    print(f"references: {report['references']}")
     print(table3(scores, base_name(args), kind, args))
     if scores["METEOR"] is None:
         print(f"METEOR: {report['meteor']}")
@@ -142,11 +168,13 @@ def evaluate(model, kind: str, args, device) -> dict:
 
 
 def table3(scores: dict, base: str, kind: str, args) -> str:
-    """This run's row next to the paper's (BLEU, METEOR, ROUGE-L x100 as in Table 3)."""
+    """This run's row next to the paper's (BLEU, METEOR, ROUGE-L x100 as in Table 3). Only the
+    paper format is comparable with Table 3; the official format is the challenge's own text."""
     def cell(name, scale):  # one digit more than the paper prints
         return "n/a" if scores[name] is None else f"{scores[name] * scale:.{3 if scale == 1 else 2}f}"
 
-    what = f"this run ({args.split}{f', first {args.limit} MRs' if args.limit else ''})"
+    what = (f"this run ({args.split}{f', first {args.limit} MRs' if args.limit else ''}"
+            f"{', official text: not comparable with Table 3' if args.format == 'official' else ''})")
     lines = ["| | BLEU | NIST | METEOR | ROUGE-L | CIDEr |", "|---|---|---|---|---|---|",
              f"| {what} | {cell('BLEU', 100)} | {cell('NIST', 1)} | {cell('METEOR', 100)} | "
              f"{cell('ROUGE_L', 100)} | {cell('CIDEr', 1)} |"]
@@ -164,7 +192,7 @@ def run_latency(args, device):
     """Time the Table 1 variants (latency.py), print the table, write the JSON."""
     config = GPTConfig.from_preset(args.latency_model, dropout=0.0)
     report = latency.measure(config, args.grid, device, trials=args.trials, warmup=args.warmup_trials,
-                             amp_dtype=cli.amp_dtype(device, args.dtype, "decoding"),
+                             amp_dtype=cli.amp_dtype(device, args.dtype, "decoding", auto=None),
                              name=args.latency_model)
     print(latency.latency_table(report))
     write_atomic(args.latency_out, json.dumps(report, indent=2))
@@ -184,6 +212,10 @@ def parse_args(argv=None):
     p.add_argument("--data", help="folder with the E2E CSVs (default: $E2E_DATA_DIR, else data/e2e/, "
                                   "downloaded on first use)")
     p.add_argument("--split", default="test", choices=("test", "dev"), help="E2E split to decode")
+    p.add_argument("--format", choices=list(e2e.FORMATS),
+                   help="paper: the released pre-tokenized text, scored against the released "
+                        "references (comparable with Table 3); official: the raw CSVs (default: "
+                        "the run's own, else paper)")
     p.add_argument("--limit", type=int, default=0, help="decode only the first N MRs")
     p.add_argument("--out", help="folder for predictions and scores (default: the adapter's)")
     p.add_argument("--no-meteor", action="store_true",
@@ -199,7 +231,7 @@ def parse_args(argv=None):
                                                            "every step (slow; for comparison)")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
     g.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
-                   help="autocast on CUDA (auto: bf16); CPU runs fp32")
+                   help="auto: fp32, as the released code decodes; bf16/fp16: autocast on CUDA")
     g = p.add_argument_group("one input")
     g.add_argument("--mr", help="one meaning representation, e.g. 'name[The Eagle], eatType[pub]'")
     g.add_argument("--prompt", help="free text to continue (greedy, or sampled with "
@@ -244,6 +276,7 @@ def check(args) -> torch.device:
     elif not (args.adapter or args.model):
         raise UserError("give --adapter RUN_DIR/adapter.safetensors (or --model for a plain or "
                         "fully fine-tuned checkpoint)")
+    args.format = args.format or run_config(args).get("format", "paper")
     return device
 
 
@@ -253,7 +286,7 @@ def one_input(model, args, device):
     if args.prompt is not None:
         idx = torch.tensor([enc.encode(args.prompt)], device=device)
         generator = torch.Generator(device=device).manual_seed(args.seed)
-        with cli.autocast(device, cli.amp_dtype(device, args.dtype, "decoding")):
+        with cli.autocast(device, cli.amp_dtype(device, args.dtype, "decoding", auto=None)):
             out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k,
                                  args.top_p, stop_token=e2e.EOT, generator=generator)
         print(enc.decode(out[0].tolist()))
@@ -262,8 +295,8 @@ def one_input(model, args, device):
         e2e.parse_mr(args.mr)
     except ValueError as e:
         raise UserError(f"--mr {e}") from None
-    prompt = e2e.prompt_tokens(args.mr)
-    print(enc.decode(decode(model, [prompt], **decoding(args, device), progress=False)[0]).strip())
+    prompt = e2e.prompt_tokens(args.mr, args.format)
+    print(output_text(enc, decode(model, [prompt], **decoding(args, device), progress=False)[0]))
 
 
 def main(argv=None) -> int:

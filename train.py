@@ -2,9 +2,12 @@
 
     python train.py --rank 4 --targets q,v            # the paper's GPT-2 M + LoRA recipe
 
-The defaults are the paper's (Hu et al. 2021, Table 11, GPT-2 M on E2E): AdamW (betas 0.9/0.999,
-weight decay 0.01), lr 2e-4 with 500 warmup steps then linear decay to 0, batch 8, 5 epochs, LoRA
-r=4 on W_q and W_v with alpha 32 and dropout 0.1, label smoothing 0.1. `--method full | adapter_h |
+The defaults are the paper's (Hu et al. 2021, Table 11, GPT-2 M on E2E), with every detail the
+paper leaves out taken from its released code (microsoft/LoRA, examples/NLG): AdamW (betas
+0.9/0.999, eps 1e-6, weight decay 0.01), lr 2e-4 with 500 warmup steps then linear decay to 0,
+batch 8, 5 epochs, LoRA r=4 on W_q and W_v with alpha 32, dropout 0.1 on the LoRA path only (the
+released model has none in the backbone), label smoothing 0.1, seed 110, and the released
+pre-tokenized E2E text (--format paper; data/e2e/paper_format.py). `--method full | adapter_h |
 adapter_l` trains the other rows of Table 3 from the same script.
 
 A run directory gets config.json (the run's settings), metrics.jsonl (every logged value), the
@@ -44,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="lora, full fine-tuning, or the Adapter^H / Adapter^L baselines")
     p.add_argument("--data", help="folder with the E2E CSVs (default: $E2E_DATA_DIR, else data/e2e/, "
                                   "downloaded on first use)")
+    p.add_argument("--format", default="paper", choices=list(e2e.FORMATS),
+                   help="paper: the pre-tokenized text the paper's released code trains on; "
+                        "official: the raw E2E CSVs")
     p.add_argument("--out", help="run directory (default: runs/e2e-<method>-<model>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     g = p.add_argument_group("LoRA / adapters")
@@ -53,8 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                            "alpha / r")
     g.add_argument("--targets", default="q,v", help="matrices LoRA adapts: q,k,v,o (attention) "
                                                     "and fc,proj (MLP)")
-    g.add_argument("--dropout", type=float, default=0.1,
-                   help="dropout of the model and of the LoRA path")
+    g.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout in the GPT-2 backbone (embeddings, attention, residual "
+                        "branches); the released code uses none")
+    g.add_argument("--lora-dropout", type=float, default=0.1,
+                   help="dropout on the input of the LoRA path (paper: 0.1)")
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, default=5, help="passes over the training set")
     g.add_argument("--max-steps", type=int, default=0,
@@ -104,11 +113,13 @@ def check(args) -> tuple[torch.device, torch.dtype | None]:
     if args.batch_size % args.grad_accum:
         raise UserError(f"--batch-size {args.batch_size} is not a multiple of --grad-accum "
                         f"{args.grad_accum}")
-    try:  # --targets, --rank, --alpha, --dropout: checked once, by the function lora.apply uses
+    if not 0 <= args.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
+    try:  # --targets, --rank, --alpha, --lora-dropout: checked by the function lora.apply uses
         lora.check_settings(args.targets if args.method == "lora" else "q", args.rank, args.alpha,
-                            args.dropout)
+                            args.lora_dropout)
     except ValueError as e:
-        raise UserError(e) from None
+        raise UserError(f"{e} (--targets, --rank, --alpha, --lora-dropout)") from None
     device = cli.pick_device(args.device)
     return device, cli.amp_dtype(device, args.dtype, "training")
 
@@ -121,7 +132,7 @@ def build_model(args, device) -> GPT:
     model = GPT.from_pretrained(args.model, dropout=args.dropout)
     torch.manual_seed(args.seed)  # LoRA's A (and the adapters) start from the seed
     if args.method == "lora":
-        lora.apply(model, args.targets, r=args.rank, alpha=args.alpha, dropout=args.dropout)
+        lora.apply(model, args.targets, r=args.rank, alpha=args.alpha, dropout=args.lora_dropout)
     elif args.method in ("adapter_h", "adapter_l"):
         adapter.apply(model, "houlsby" if args.method == "adapter_h" else "lin", r=args.rank)
     return model.to(device)
@@ -317,7 +328,12 @@ def setup(args):
         if not (os.path.isfile(config) and os.path.isfile(os.path.join(resume, "state.safetensors"))):
             raise UserError(f"{resume} holds no resumable run (config.json and state.safetensors)")
         with open(config, encoding="utf-8") as f:
-            args = argparse.Namespace(**json.load(f)["args"])
+            saved = json.load(f)["args"]
+        # runs saved before --format and --lora-dropout existed trained on the CSVs' own text,
+        # with one dropout for the model and the LoRA path
+        saved.setdefault("format", "official")
+        saved.setdefault("lora_dropout", saved["dropout"])
+        args = argparse.Namespace(**saved)
         run_dir = resume
     device, amp_dtype = check(args)
     if not resume:
@@ -327,8 +343,8 @@ def setup(args):
         if os.path.exists(run_dir) and os.listdir(run_dir):
             raise UserError(f"{run_dir} already holds files; pick another --out, or continue "
                             f"that run with --resume {run_dir}")
-    train_set = e2e.load_examples("train", args.data)
-    dev_set = e2e.load_examples("dev", args.data)
+    train_set = e2e.load_examples("train", args.data, args.format)
+    dev_set = e2e.load_examples("dev", args.data, args.format)
     if args.limit:
         train_set = [train_set[i] for i in range(min(args.limit, len(train_set)))]
         dev_set = [dev_set[i] for i in range(min(args.limit, len(dev_set)))]
@@ -350,7 +366,7 @@ def main(argv=None) -> int:
     if not resume:
         os.makedirs(run_dir, exist_ok=True)
         write_atomic(os.path.join(run_dir, "config.json"), json.dumps({
-            "args": vars(args), "data_format": e2e.FORMAT, "torch": torch.__version__,
+            "args": vars(args), "data_format": e2e.FORMATS[args.format], "torch": torch.__version__,
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
     trainer = Trainer(args, device, amp_dtype, model, train_set, dev_set, run_dir)
     return trainer.run(resume_from=os.path.join(run_dir, "state.safetensors") if resume else None)

@@ -35,9 +35,11 @@ def make_optimizer(model, lr: float, weight_decay: float, fused: bool = False):
 
 
 def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
-    """Linear warmup over `warmup` steps, then linear decay to 0 at the last step."""
+    """Linear warmup over `warmup` steps, then linear decay towards 0 at the last step. Step 0
+    (the first update) has learning rate 0, as in the released code's LambdaLR schedule; Adam's
+    moments still take its gradient."""
     if step < warmup:
-        return lr * (step + 1) / warmup
+        return lr * step / warmup
     return lr * max(0.0, (total - step) / max(1, total - warmup))
 
 

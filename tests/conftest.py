@@ -5,7 +5,8 @@ The E2E CSVs come from $E2E_DATA_DIR if set, else ../shared/data/e2e beside the 
 project's CI), else the project's own verified download into data/e2e/; the tests that need them
 skip, with the reason, when none of these works (no network). tiktoken's GPT-2 vocabulary comes
 from $TIKTOKEN_CACHE_DIR (set to ../shared/tiktoken_cache when that exists) or tiktoken's own
-download, with the same skip.
+download, with the same skip. The paper's released dev and test text (data/e2e/paper_format.py)
+comes from $E2E_LORA_DIR (set to ../shared/data/e2e-lora when that exists) or its download.
 """
 
 import http.server
@@ -21,6 +22,8 @@ SHARED = REPO.parent / "shared"
 FIXTURES = REPO / "tests" / "fixtures"
 if (SHARED / "tiktoken_cache").is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
+if (SHARED / "data" / "e2e-lora").is_dir():  # the paper's released dev and test text
+    os.environ.setdefault("E2E_LORA_DIR", str(SHARED / "data" / "e2e-lora"))
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +39,18 @@ def e2e_data() -> str:
         return prepare.locate()  # data/e2e/, downloaded and checked on first use
     except prepare.DataError as e:
         pytest.skip(f"no E2E data (set E2E_DATA_DIR to a folder with the official CSVs): {e}")
+
+
+@pytest.fixture(scope="session")
+def released_text():
+    """split -> the lines of the paper's released valid.txt / test.txt, or a skip."""
+    from data.e2e import prepare
+
+    lines = {split: prepare.released_lines(split) for split in ("dev", "test")}
+    if None in lines.values():
+        pytest.skip("the paper's released E2E text is not here and cannot be downloaded (set "
+                    "E2E_LORA_DIR to a folder with valid.txt and test.txt)")
+    return lines
 
 
 @pytest.fixture(scope="session")

@@ -27,16 +27,20 @@ def test_counts_of_the_official_files(data, split, rows, mrs):
     assert len(groups) == mrs
 
 
-def test_every_training_example_is_context_separator_reference_end(data):
+@pytest.mark.parametrize("format", ["paper", "official"])
+def test_every_training_example_is_context_separator_reference_end(data, format):
     rows = e2e.read_split(str(data / "trainset.csv"))
-    examples = e2e.load_examples("train", str(data))
+    examples = e2e.load_examples("train", str(data), format)
     enc = e2e.tokenizer()
     for i, (mr, ref) in enumerate(rows):
         tokens, prompt_length = examples[i]
         assert tokens[prompt_length - 1] == e2e.EOT and tokens[-1] == e2e.EOT
-        assert enc.decode(list(tokens[:prompt_length - 1])) == e2e.context(mr)
-        assert enc.decode(list(tokens[prompt_length:-1])) == " " + ref
+        assert enc.decode(list(tokens[:prompt_length - 1])) == e2e.context(mr, format)
+        assert enc.decode(list(tokens[prompt_length:-1])) == " " + e2e.reference(ref, "train",
+                                                                                 format)
         assert e2e.EOT not in tokens[prompt_length:-1]
+    if format == "official":
+        assert enc.decode(list(examples[0][0][examples[0][1]:-1])) == " " + rows[0][1]
 
 
 def test_the_loss_mask_covers_exactly_the_reference_and_the_end_token(data):
@@ -56,8 +60,10 @@ def test_the_loss_mask_covers_exactly_the_reference_and_the_end_token(data):
 
 def test_context_is_the_linearised_mr(gpt2_vocab):
     mr = "name[The Vaults], eatType[pub], priceRange[more than £30], near[Café Adriatic]"
-    assert e2e.context(mr) == ("name : The Vaults | eatType : pub | priceRange : more than £30 | "
-                               "near : Café Adriatic")
+    assert e2e.context(mr, "official") == ("name : The Vaults | eatType : pub | priceRange : "
+                                           "more than £30 | near : Café Adriatic")
+    assert e2e.context(mr, "paper") == ("name : The Vaults | Type : pub | price : more than £ 30 | "
+                                        "near : Café Adriatic")
     assert e2e.prompt_tokens(mr)[-1] == e2e.EOT
 
 
@@ -118,7 +124,7 @@ def test_tokens_are_cached_and_a_changed_file_gets_its_own(data, tmp_path, monke
     first = e2e.load_examples("dev", str(tmp_path))
     assert len(list((tmp_path / "repo_data" / "cache").glob("dev-*.npz"))) == 1
 
-    def no_tokenizing(rows):
+    def no_tokenizing(rows, *args):
         raise AssertionError("tokenized again")
 
     monkeypatch.setattr(e2e, "encode", no_tokenizing)

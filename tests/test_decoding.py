@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from conftest import random_gpt2, tiny_vocab_model
 
 from decoding import banned_tokens, beam_search, decode
-from model import GPT
+from model import GPT, GPTConfig
 
 
 def exhaustive_best(model, prompt, stop, max_new, length_penalty):
@@ -106,3 +106,101 @@ def test_decode_batches_by_length_and_keeps_the_input_order(hf_dir):
     together = decode(model, prompts, batch_size=2, progress=False, **kwargs)
     alone = [beam_search(model, torch.tensor([p]), **kwargs)[0] for p in prompts]
     assert together == alone
+
+
+# --- the released code's semantics (src/gpt2_beam.py) ----------------------------------------
+
+
+def released_beam(model, prompt, beam, length_penalty, no_repeat_ngram, max_new_tokens, stops):
+    """The released beam loop for one prompt, written plainly from src/gpt2_beam.py: the K best
+    candidates each step (step 0 from the first beam only), n-grams banned on the logits, a
+    candidate ending in a stop token scored at its length and its beam set to -inf, and at the
+    end every beam scored at max_new_tokens. A full forward pass per beam, no cache."""
+    K, V = beam, model.config.vocab_size
+    history, scores = [[] for _ in range(K)], torch.full((K,), float("-inf"))
+    scores[0] = 0.0
+    best, best_seq = float("-inf"), []
+    for i in range(max_new_tokens):
+        logp = torch.full((K, V), float("-inf"))
+        for b in range(K):
+            with torch.no_grad():
+                logits = model(torch.tensor([prompt + history[b]]))[0, -1].float()
+            if no_repeat_ngram and i + 1 >= no_repeat_ngram:  # fairseq's _calc_banned_ngram_tokens
+                h, n = history[b], no_repeat_ngram
+                banned = [g[-1] for g in zip(*(h[j:] for j in range(n))) if list(g[:-1]) == h[i + 1 - n:i]]
+                logits[banned] = float("-inf")
+            logp[b] = F.log_softmax(logits, -1)
+        top, index = (scores[:, None] + logp).flatten().topk(K)
+        history = [history[int(x) // V] + [int(x) % V] for x in index]
+        scores = top.clone()
+        for b in range(K):  # _add_beam_candidate with the stop tokens
+            if history[b][-1] in stops:
+                score = scores[b].item() / len(history[b]) ** length_penalty
+                if score > best:
+                    best, best_seq = score, history[b][:-1]
+                scores[b] = float("-inf")
+    for b in range(K):  # _add_beam_candidate after the loop: every beam as it is
+        score = scores[b].item() / len(history[b]) ** length_penalty
+        if score > best:
+            best, best_seq = score, history[b]
+    return best_seq
+
+
+@pytest.mark.parametrize("seed, no_repeat", [(0, 2), (1, 3), (2, 2), (3, 4)])
+def test_beam_search_equals_the_released_loop(seed, no_repeat):
+    model = tiny_vocab_model(seed)
+    prompts = torch.randint(0, 5, (6, 3), generator=torch.Generator().manual_seed(seed))
+    kwargs = dict(beam=3, length_penalty=0.9, no_repeat_ngram=no_repeat, max_new_tokens=8)
+    got = beam_search(model, prompts, stop_tokens=(5,), **kwargs)
+    for prompt, tokens in zip(prompts.tolist(), got):
+        assert tokens == released_beam(model, prompt, stops=(5,), **kwargs)
+
+
+class ScriptedModel(torch.nn.Module):
+    """A 'model' whose next-token probabilities are set by hand for each generated prefix (the
+    tokens after a 1-token prompt); anything not scripted is uniform. With a KVCache it keeps
+    the tokens it has seen in the cache, so beams are reordered as beam_search reorders them."""
+
+    def __init__(self, script: dict, vocab_size: int = 6):
+        super().__init__()
+        self.script, self.config = script, GPTConfig(n_layer=1, vocab_size=vocab_size)
+
+    def forward(self, idx, cache=None):
+        if cache is not None:
+            seen = idx[:, None, :, None].float()
+            idx = cache.update(0, seen, seen)[0][:, 0, :, 0].long()
+        V = self.config.vocab_size
+        rows = []
+        for seq in idx.tolist():
+            probs = torch.tensor(self.script.get(tuple(seq[1:]), [1.0] * V), dtype=torch.float)
+            rows.append(torch.log(probs / probs.sum()).clamp_min(-1e4))
+        return torch.stack(rows)[:, None, :].expand(-1, idx.size(1), -1)
+
+
+def test_a_finished_hypothesis_takes_a_place_in_the_beam():
+    # step 0: 1 and the stop token (5) are the 2 best. The stop ends at once and keeps its place,
+    # so only 1 goes on, and 2 (third best, whose continuation 2 0 0 0 0 0 would score best) is
+    # dropped. Keeping 2 live beams instead would return [2, 0, 0, 0, 0, 0].
+    script = {(): [0, .45, .1, 0, 0, .45], (2,): [1, 0, 0, 0, 0, 0], (2, 0): [1, 0, 0, 0, 0, 0],
+              (2, 0, 0): [1, 0, 0, 0, 0, 0], (2, 0, 0, 0): [1, 0, 0, 0, 0, 0],
+              (2, 0, 0, 0, 0): [1, 0, 0, 0, 0, 0], (2, 0, 0, 0, 0, 0): [0, 0, 0, 0, 0, 1]}
+    model = ScriptedModel(script)
+    kwargs = dict(beam=2, length_penalty=0.9, no_repeat_ngram=0, max_new_tokens=8)
+    assert beam_search(model, torch.tensor([[0]]), stop_tokens=(5,), **kwargs) == [[]]
+    assert released_beam(model, [0], stops=(5,), **kwargs) == []
+    # with a beam of 3, the 2 0 0 ... path survives step 0 and wins: log(.1) / 7^0.9 > log(.45)
+    assert beam_search(model, torch.tensor([[0]]), stop_tokens=(5,), **{**kwargs, "beam": 3}) \
+        == [[2, 0, 0, 0, 0, 0]]
+
+
+def test_a_banned_token_is_removed_before_the_softmax():
+    # after 1 2 1, the bigram 1 2 would repeat: 2 (p .9) is banned and the stop token's .1
+    # renormalises to 1, so 1 2 1 <stop> scores log(.5). Banned after the softmax it would keep
+    # log(.5 * .1) and lose to 3 4 <stop>, log(.5 * .2).
+    script = {(): [0, .5, 0, .5, 0, 0], (1,): [0, 0, 1, 0, 0, 0], (1, 2): [0, 1, 0, 0, 0, 0],
+              (1, 2, 1): [0, 0, .9, 0, 0, .1], (3,): [0, 0, 0, 0, 1, 0],
+              (3, 4): [.8, 0, 0, 0, 0, .2]}
+    model = ScriptedModel(script)
+    kwargs = dict(beam=6, length_penalty=0.0, no_repeat_ngram=2, max_new_tokens=4)
+    assert beam_search(model, torch.tensor([[0]]), stop_tokens=(5,), **kwargs) == [[1, 2, 1]]
+    assert released_beam(model, [0], stops=(5,), **kwargs) == [1, 2, 1]

@@ -64,6 +64,28 @@ def test_limit_5_writes_5_predictions_and_scores(tiny_run, e2e_data, gpt2_vocab)
                                                             "CIDEr"}
     assert report["scores"]["METEOR"] is None and report["meteor"] == "skipped (--no-meteor)"
     assert "METEOR: skipped (--no-meteor)" in result.stdout
+    assert report["format"] == "paper" and report["decoding"]["dtype"] == "auto"  # fp32 here
+
+
+def test_paper_and_official_formats_score_against_their_own_references(
+        tiny_run, e2e_data, gpt2_vocab, released_text, tmp_path):
+    adapter = tiny_run / "run" / "adapter.safetensors"
+    flags = ["--data", e2e_data, "--limit", "3", "--no-meteor", "--beam", "2",
+             "--max-new-tokens", "8", "--device", "cpu", "--out", tmp_path]
+    paper = run("--adapter", adapter, *flags)
+    assert paper.returncode == 0, paper.stderr
+    assert "references: the paper's released test.txt" in paper.stdout
+    official = run("--adapter", adapter, "--format", "official", *flags)
+    assert official.returncode == 0, official.stderr
+    assert "official text: not comparable with Table 3" in official.stdout
+    reports = {name: json.loads((tmp_path / f"predictions{name}-first3.scores.json").read_text())
+               for name in ("", "-official")}
+    assert reports[""]["references"] == "the paper's released test.txt"
+    assert reports["-official"]["references"] == "testset_w_refs.csv (as is)"
+    # the same 3 MRs, read as two texts (the prompts differ, so the outputs may too)
+    rows = {name: (tmp_path / f"predictions{name}-first3.tsv").read_text().splitlines()
+            for name in ("", "-official")}
+    assert [r.split("\t")[0] for r in rows[""]] == [r.split("\t")[0] for r in rows["-official"]]
 
 
 def test_plain_install_decodes_and_scores_without_meteor(tiny_run, e2e_data, gpt2_vocab, user_env,
@@ -134,3 +156,14 @@ def test_latency_table_and_json(tmp_path, capsys):
     assert names[:3] == ["base (FT)", "LoRA merged", "LoRA unmerged"]
     assert names[3].startswith("Adapter^L r=") and names[4].startswith("Adapter^H r=")
     assert all(math.isfinite(v["mean"]) and v["mean"] > 0 for v in report["rows"][0]["ms"].values())
+
+
+def test_the_format_defaults_to_the_runs_own(tiny_run, e2e_data, gpt2_vocab, tmp_path):
+    # an adapter beside the config.json of a run trained with --format official
+    (tmp_path / "adapter.safetensors").write_bytes(
+        (tiny_run / "run" / "adapter.safetensors").read_bytes())
+    (tmp_path / "config.json").write_text(json.dumps({"args": {"format": "official"}}))
+    result = run("--adapter", tmp_path / "adapter.safetensors", "--data", e2e_data, "--limit", "2",
+                 "--no-meteor", "--beam", "2", "--max-new-tokens", "8", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "predictions-official-first2.tsv").is_file()

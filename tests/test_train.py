@@ -12,6 +12,7 @@ from conftest import REPO, random_gpt2
 from safetensors import safe_open
 
 import checkpoint
+import lora
 import train
 import training
 from model import GPT
@@ -91,7 +92,7 @@ def test_full_fine_tuning_saves_a_gpt2_checkpoint(tiny, data, tmp_path):
 
 
 def test_gradient_accumulation_gives_the_same_steps(tiny, data, tmp_path):
-    args = ["--max-steps", "3", "--dropout", "0"]
+    args = ["--max-steps", "3", "--dropout", "0", "--lora-dropout", "0"]
     run_in_process(quick(tiny, data, tmp_path / "a", *args))
     run_in_process(quick(tiny, data, tmp_path / "b", *args, "--grad-accum", "4"))
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
@@ -205,3 +206,18 @@ def test_the_readme_command_runs_end_to_end(tiny, data, tmp_path, user_env):
                                       GPT.from_pretrained(tiny))["r"] == 4
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["args"]["lr"] == 2e-4 and config["args"]["label_smoothing"] == 0.1
+    # the released recipe: its text, no dropout in the backbone, 0.1 on the LoRA path
+    assert (config["args"]["format"], config["args"]["dropout"], config["args"]["lora_dropout"]) \
+        == ("paper", 0.0, 0.1)
+    model = train.build_model(train.parse_args(["--model", tiny]), torch.device("cpu"))
+    assert model.transformer.drop.p == model.transformer.h[0].attn.attn_dropout == 0.0  # (the
+    assert model.transformer.h[0].mlp.dropout.p == 0.0  # checkpoint's config.json says 0.1)
+    assert {layer.dropout.p for layer in lora.lora_layers(model).values()} == {0.1}
+
+
+def test_the_official_format_trains_on_the_csv_text(tiny, data, tmp_path):
+    proc = cli(*quick(tiny, data, tmp_path / "run", "--format", "official", "--max-steps", "2"))
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["args"]["format"] == "official" and config["data_format"].startswith("v1:")

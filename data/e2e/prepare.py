@@ -2,19 +2,25 @@
 
 Each example is one (meaning representation, reference) pair, laid out as
 
-    name : The Vaults | eatType : pub | priceRange : more than £30<|endoftext|> The Vaults is a pub ...<|endoftext|>
-    '---------------------- context: the MR, linearised --------------''-- separator, then the reference --'
+    name : The Vaults | Type : pub | price : more than £ 30<|endoftext|> The Vaults is a pub ...<|endoftext|>
+    '---------------- context: the MR, linearised -----------''-- separator, then the reference --'
 
 tokenized with tiktoken's "gpt2" encoding. The loss covers the reference tokens and the final
 <|endoftext|> only: the model learns p(reference | MR), and at test time it is given the context and
-the separator and writes until <|endoftext|>.
+the separator and writes until <|endoftext|>. Two formats of the text:
 
-    python data/e2e/prepare.py [--data DIR]     # download (if needed), check, tokenize, print counts
+- paper (the default): the pre-tokenized text the paper's released code trains and scores on
+  (paper_format.py), rebuilt from the CSVs; what Table 3 needs.
+- official: the CSVs' own text, as the E2E challenge scores it.
+
+    python data/e2e/prepare.py [--data DIR] [--format paper|official]   # check, tokenize, count
+    python data/e2e/prepare.py --print dev|test|train                   # 'context||reference ' lines
 
 The official CSVs are downloaded into data/e2e/ on first use and checked against their SHA-256;
 `--data DIR` (in train.py and sample.py too), or the environment variable E2E_DATA_DIR, reads them
-from another folder instead. Token arrays
-are cached in data/e2e/cache/, keyed by the format and the CSV's content.
+from another folder instead. Token arrays are cached in data/e2e/cache/, keyed by the format and
+the CSV's content. The paper's released dev and test text (the references Table 3 was scored
+against) comes from $E2E_LORA_DIR, else is downloaded into data/e2e/released/.
 """
 
 import argparse
@@ -32,6 +38,7 @@ import torch
 
 if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from data.e2e import paper_format  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 URL = "https://github.com/tuetschek/e2e-dataset/releases/download/v1.0.0/e2e-dataset.zip"
@@ -43,7 +50,6 @@ SHA256 = {  # of the official release files (../shared/data/e2e/SOURCE.txt)
     "testset.csv": "9b90c8f88feae14d9e1ef37350b14d17294c5958e90a3f1a7846590ee97bdbb9",
 }
 EOT = 50256  # <|endoftext|>: separates the context from the reference, and ends the reference
-FORMAT = "v1: 'key : value | ...' + <|endoftext|> + ' ' + reference + <|endoftext|>"
 
 
 class DataError(ValueError):
@@ -165,12 +171,34 @@ def group_by_mr(rows: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
     return list(groups.items())
 
 
-# --- the format and the tokens -------------------------------------------------------------------
+# --- the two text formats -----------------------------------------------------------------------
+# "paper": the pre-tokenized text the paper's released code trains and scores on (paper_format.py),
+# what Table 3 needs; "official": the CSVs' own text, as the E2E challenge scores it.
+
+FORMATS = {  # the layout of each format; part of the cache key
+    "paper": "v2 paper: 'name : X | Type : Y' + <|endoftext|> + ' ' + tokenized ref + <|endoftext|>",
+    "official": "v1: 'key : value | ...' + <|endoftext|> + ' ' + reference + <|endoftext|>",
+}
 
 
-def context(mr: str) -> str:
-    """The MR as the model reads it: 'name : The Vaults | eatType : pub | ...'."""
-    return " | ".join(f"{key} : {value}" for key, value in parse_mr(mr))
+def check_format(format: str):
+    if format not in FORMATS:
+        raise DataError(f"unknown format {format!r}: choose paper (the released text the paper's "
+                        "Table 3 used) or official (the raw E2E CSVs)")
+
+
+def context(mr: str, format: str = "paper") -> str:
+    """The MR as the model reads it: 'name : The Vaults | Type : pub | ...' (paper) or
+    'name : The Vaults | eatType : pub | ...' (official)."""
+    items = parse_mr(mr)
+    if format == "paper":
+        return paper_format.context(items)
+    return " | ".join(f"{key} : {value}" for key, value in items)
+
+
+def reference(ref: str, split: str, format: str = "paper") -> str:
+    """A reference as the model learns it (and, rebuilt, as it is scored)."""
+    return paper_format.tokenize(ref, paper_format.style(split)) if format == "paper" else ref
 
 
 @functools.lru_cache(maxsize=1)
@@ -186,18 +214,19 @@ def tokenizer():
                         "TIKTOKEN_CACHE_DIR to a folder that holds it") from None
 
 
-def prompt_tokens(mr: str) -> list[int]:
+def prompt_tokens(mr: str, format: str = "paper") -> list[int]:
     """What the model is given at test time: the context, then the separator."""
-    text = context(mr)  # a malformed MR is reported before the vocabulary is needed
+    text = context(mr, format)  # a malformed MR is reported before the vocabulary is needed
     return tokenizer().encode(text) + [EOT]
 
 
-def encode(rows: list[tuple[str, str]]) -> dict:
+def encode(rows: list[tuple[str, str]], split: str = "train", format: str = "paper") -> dict:
     """Token arrays for (MR, reference) rows: all sequences concatenated, with their offsets and
     the length of each prompt (context + separator), where the loss starts."""
     enc = tokenizer()
-    prompts = {mr: prompt_tokens(mr) for mr in dict.fromkeys(mr for mr, _ in rows)}
-    sequences = [prompts[mr] + enc.encode(" " + ref) + [EOT] for mr, ref in rows]
+    prompts = {mr: prompt_tokens(mr, format) for mr in dict.fromkeys(mr for mr, _ in rows)}
+    sequences = [prompts[mr] + enc.encode(" " + reference(ref, split, format)) + [EOT]
+                 for mr, ref in rows]
     return {"tokens": np.array([t for s in sequences for t in s], dtype=np.int32),
             "offsets": np.cumsum([0] + [len(s) for s in sequences]).astype(np.int64),
             "prompt_lengths": np.array([len(prompts[mr]) for mr, _ in rows], dtype=np.int32)}
@@ -217,17 +246,18 @@ class Examples:
         return self.tokens[self.offsets[i]:self.offsets[i + 1]], int(self.prompt_lengths[i])
 
 
-def load_examples(split: str, data_dir: str | None = None) -> Examples:
+def load_examples(split: str, data_dir: str | None = None, format: str = "paper") -> Examples:
     """The split's examples, tokenized once and cached in data/e2e/cache/ (keyed by the format
     and the CSV's content, so another folder or an edited file gets its own cache)."""
+    check_format(format)
     path = os.path.join(locate(data_dir), SPLITS[split])
     with open(path, "rb") as f:
-        key = hashlib.sha256(FORMAT.encode() + f.read()).hexdigest()[:16]
-    cache = os.path.join(HERE, "cache", f"{split}-{key}.npz")
+        key = hashlib.sha256(FORMATS[format].encode() + f.read()).hexdigest()[:16]
+    cache = os.path.join(HERE, "cache", f"{split}-{format}-{key}.npz")
     if os.path.isfile(cache):
         with np.load(cache) as arrays:
             return Examples(dict(arrays))
-    arrays = encode(read_split(path))
+    arrays = encode(read_split(path), split, format)
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     with open(cache + ".tmp", "wb") as f:
         np.savez(f, **arrays)
@@ -261,20 +291,91 @@ def loss_positions(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def load_mrs(split: str, data_dir: str | None = None) -> list[tuple[str, list[str]]]:
-    """The split's distinct MRs, each with its references (for decoding and scoring)."""
+    """The split's distinct MRs, each with its official references."""
     return group_by_mr(read_split(os.path.join(locate(data_dir), SPLITS[split])))
+
+
+def print_lines(split: str, data_dir: str | None = None, format: str = "paper") -> list[str]:
+    """The split as 'context||reference ' lines, the layout of the released files."""
+    check_format(format)
+    return [f"{context(mr, format)}||{reference(ref, split, format)} "
+            for mr, ref in read_split(os.path.join(locate(data_dir), SPLITS[split]))]
+
+
+# --- what is decoded and scored ------------------------------------------------------------------
+
+
+def released_lines(split: str) -> list[str] | None:
+    """The lines of the paper's released dev or test file ("context||reference "), from
+    $E2E_LORA_DIR, else data/e2e/released/ (downloaded on first use, checked against its
+    SHA-256); None when neither works (no network)."""
+    name, digest = paper_format.RELEASED[split]
+    here = os.path.join(HERE, "released")
+    folder = os.environ.get("E2E_LORA_DIR") or here
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path) and folder == here:
+        from checkpoint import DownloadError, download
+        try:
+            download(paper_format.RELEASED_URL + name, path, hint="")
+        except DownloadError:
+            return None
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise DataError(f"{path} is not the paper's released {name} (its SHA-256 differs); "
+                        "delete it, or point E2E_LORA_DIR at the released files")
+    return data.decode("utf-8").split("\n")[:-1]
+
+
+def eval_groups(split: str, data_dir: str | None = None,
+                format: str = "paper") -> tuple[list[tuple[str, str, list[str]]], str]:
+    """What is decoded and scored, one entry per distinct context: (its first MR, the context the
+    model reads, the references), and where the references come from. In the paper format the
+    references are the released file's, grouped by context as the released decode script groups
+    them (rebuilt from the CSV when that file cannot be had); in the official format, the CSV's."""
+    check_format(format)
+    rows = read_split(os.path.join(locate(data_dir), SPLITS[split]))
+    groups = {}  # context -> [first MR, references]
+    for mr, ref in rows:
+        groups.setdefault(context(mr, format), [mr, []])[1].append(reference(ref, split, format))
+    source = f"{SPLITS[split]} ({'rebuilt in the paper format' if format == 'paper' else 'as is'})"
+    released = released_lines(split) if format == "paper" else None
+    if released is not None:
+        by_context = {}
+        for line in released:
+            ctx, completion = line.split("||", 1)
+            by_context.setdefault(ctx, []).append(
+                completion.split("<|endoftext|>")[0].split("\n\n")[0].strip())
+        if set(by_context) != set(groups):
+            raise DataError(f"the released {paper_format.RELEASED[split][0]} describes other MRs "
+                            f"than {SPLITS[split]}")
+        for ctx, group in groups.items():
+            group[1] = by_context[ctx]
+        source = f"the paper's released {paper_format.RELEASED[split][0]}"
+    return [(mr, ctx, refs) for ctx, (mr, refs) in groups.items()], source
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Download (if needed), check and tokenize the "
                                                  "E2E NLG data; print what it holds.")
-    parser.add_argument("--data", help="folder with the official CSVs (default: data/e2e/, "
-                                       "downloaded when missing)")
+    parser.add_argument("--data", help="folder with the official CSVs (default: $E2E_DATA_DIR, "
+                                       "else data/e2e/, downloaded when missing)")
+    parser.add_argument("--format", default="paper", choices=list(FORMATS),
+                        help="paper: the released pre-tokenized text (default); official: the CSVs")
+    parser.add_argument("--print", choices=list(SPLITS), dest="split",
+                        help="print the split as 'context||reference' lines, as the released "
+                             "files lay them out")
     args = parser.parse_args(argv)
     try:
+        if args.split:
+            sys.stdout.write("".join(line + "\n" for line in print_lines(args.split, args.data,
+                                                                        args.format)))
+            return 0
         for split in SPLITS:
             rows = load_mrs(split, args.data)
-            lengths = np.diff(load_examples(split, args.data).offsets)
+            lengths = np.diff(load_examples(split, args.data, args.format).offsets)
             print(f"{split:5s} {sum(len(refs) for _, refs in rows):6,} examples  {len(rows):5,} "
                   f"MRs  tokens per example: mean {lengths.mean():.1f}, max {lengths.max()}")
     except DataError as e:

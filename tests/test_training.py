@@ -1,0 +1,42 @@
+"""training.py against the paper's released code (microsoft/LoRA, examples/NLG/src): the learning
+rate schedule as its LambdaLR gives it, and the label-smoothed loss as its GPT2LMModel computes
+it. The loop itself is tested through train.py (test_train.py)."""
+
+import torch
+import torch.nn.functional as F
+from conftest import batch
+
+import training
+from data.e2e.prepare import collate, loss_positions
+
+
+def test_the_schedule_is_the_released_linear_schedule_with_warmup():
+    total, warmup, lr = 40, 7, 2e-4
+
+    def released_lambda(step):  # src/optimizer.py, get_linear_schedule_with_warmup
+        if step < warmup:
+            return float(step) / float(max(1, warmup))
+        return max(0.0, float(total - step) / float(max(1, total - warmup)))
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, released_lambda)
+    for step in range(total):  # the lr each optimizer step uses, then scheduler.step()
+        assert abs(optimizer.param_groups[0]["lr"] - training.lr_at(step, total, lr, warmup)) < 1e-15
+        optimizer.step()
+        scheduler.step()
+
+
+def test_the_loss_is_the_released_label_smoothed_loss(base):
+    # src/model.py: (1 - e) nll + e mean(-log p) per position, summed over the reference
+    # positions and divided by their number
+    examples = [(batch(seed, (1, n))[0].numpy(), p) for seed, n, p in [(0, 12, 5), (1, 9, 4)]]
+    inputs, targets = collate(examples)
+    positions, labels = loss_positions(targets)
+    eps = 0.1
+    with torch.no_grad():
+        ours = training.token_loss(base, inputs, positions, labels, eps) / len(labels)
+        logp = F.log_softmax(base(inputs).view(-1, base.config.vocab_size), -1)
+        mask = (targets.flatten() != -100).float()
+        nll = -logp.gather(1, targets.flatten().clamp_min(0)[:, None]).squeeze(1)
+        released = (((1 - eps) * nll + eps * -logp.mean(-1)) * mask).sum() / mask.sum()
+    torch.testing.assert_close(ours, released, rtol=1e-5, atol=1e-6)

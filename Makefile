@@ -23,7 +23,7 @@ train: $(VENV)/.run-deps
 	$(PY) train.py --rank 4 --targets q,v $(ARGS)
 
 test: $(VENV)/.dev-deps
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache

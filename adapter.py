@@ -16,6 +16,7 @@ Same shape of API as lora.py: apply, count (describe), save, load.
 import torch.nn as nn
 
 import checkpoint
+import lora
 from model import GPT
 
 KINDS = ("houlsby", "lin")  # Adapter^H, Adapter^L
@@ -67,6 +68,9 @@ def apply(model: GPT, kind: str = "houlsby", r: int = 8) -> GPT:
                          f"got {r!r}")
     if adapters(model):
         raise ValueError("adapters are already applied to this model; apply them once")
+    if any(isinstance(m, lora.LoRALinear) for m in model.modules()):
+        raise ValueError("this model has LoRA layers: the adapter baselines start from the plain "
+                         "GPT-2 (or lora.merge it first)")
     model.requires_grad_(False)
     device = model.transformer.wte.weight.device
     for name in _places(kind, model.config.n_layer):
@@ -114,18 +118,31 @@ def _params(model: GPT) -> dict:
             for k, p in a.named_parameters()}
 
 
+def _base_weights(model: GPT) -> list:
+    """The weights right before each adapter (its fingerprint's input): W_o and the MLP's output
+    layer for Adapter^H, each block's MLP output layer for Adapter^L."""
+    places = [m for m in model.modules() if isinstance(m, WithAdapter)]
+    return [p.module.weight if isinstance(p.module, nn.Linear) else p.module.mlp.proj.weight
+            for p in places] if places else [
+        model.get_submodule(f"transformer.h.{i}.mlp.proj").weight
+        for i in range(model.config.n_layer)]
+
+
 def save(model: GPT, path: str):
-    """Save only the adapters' tensors, with kind and r in the metadata."""
-    checkpoint.save_adapter_file(model, path, _params(model),
-                                 checkpoint.adapter_metadata(model, "adapter", **settings(model)))
+    """Save only the adapters' tensors, with kind and r, and the base's fingerprint."""
+    metadata = checkpoint.adapter_metadata(model, "adapter", _base_weights(model), **settings(model))
+    checkpoint.save_adapter_file(model, path, _params(model), metadata)
 
 
-def load(model: GPT, path: str) -> dict:
-    """Load adapters saved by save(), inserting them first if the model has none."""
+def load(model: GPT, path: str, check_base: bool = True) -> dict:
+    """Load adapters saved by save(), inserting them first if the model has none; refused on a
+    base with other weights than the one they were trained on, unless check_base=False."""
     s = checkpoint.read_adapter_metadata(path, "adapter", model)
     if not adapters(model):
         apply(model, s["kind"], s["r"])
     if settings(model) != s:
         raise checkpoint.CheckpointError(f"{path} holds {s}, but this model has {settings(model)}")
+    if check_base:
+        checkpoint.check_base(path, checkpoint.load_metadata(path), model, _base_weights(model))
     checkpoint.copy_tensors(path, _params(model))
     return s

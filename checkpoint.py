@@ -7,6 +7,7 @@ call it without a circle of imports.
 """
 
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -268,12 +269,51 @@ def _base_shape(model) -> dict:
                 block_size=c.block_size)
 
 
-def adapter_metadata(model, method: str, **settings) -> dict:
-    """What an adapter file records besides its tensors (safetensors metadata: strings only)."""
+def fingerprint(weights: list) -> list[float]:
+    """A sketch of the base weights an adapter was trained on: u^T W v for each matrix W, with
+    fixed random +-1 vectors u, v. Two checkpoints of the same shape give different numbers;
+    the same weights give the same numbers up to float rounding (after a merge and an unmerge,
+    W0 comes back only up to rounding, so an exact hash would not do)."""
+    if any(w.is_meta for w in weights):  # a model built without weights: nothing to sketch
+        return []
+    values = []
+    for w in weights:
+        g = torch.Generator().manual_seed(w.shape[0] * 100_003 + w.shape[-1])
+        u, v = (torch.randint(0, 2, (n,), generator=g).double() * 2 - 1 for n in w.shape)
+        values.append(float(u @ w.detach().double().cpu() @ v))
+    return values
+
+
+def check_base(path: str, meta: dict, model, base_weights: list):
+    """Refuse to load an adapter onto another base than the one it was trained on."""
+    recorded = json.loads(meta.get("base_fingerprint", "[]"))
+    if not recorded:  # files from before the fingerprint, or saved from a weightless model
+        return
+    here = fingerprint(base_weights)
+    scale = max(max(map(abs, recorded), default=0.0), 1e-12)
+    if len(recorded) != len(here) or any(abs(a - b) > 1e-5 * scale for a, b in zip(recorded, here)):
+        def short(values):
+            return hashlib.sha256(json.dumps([f"{v:.3e}" for v in values]).encode()).hexdigest()[:12]
+        raise CheckpointError(
+            f"{path} was trained on base model '{meta.get('base_model')}' (weights fingerprint "
+            f"{short(recorded)}), but this model ('{model.name_or_path}') has fingerprint "
+            f"{short(here)}: another checkpoint of the same shape. Load the adapter onto its own "
+            "base (or skip this check on purpose: check_base=False, sample.py --any-base)")
+
+
+def adapter_metadata(model, method: str, base_weights: list, **settings) -> dict:
+    """What an adapter file records besides its tensors (safetensors metadata: strings only):
+    the base model as a preset name or an absolute path, and the fingerprint of the base
+    weights it adapts."""
+    base = model.name_or_path or ""
     return {"format": ADAPTER_FORMAT, "format_version": str(ADAPTER_FORMAT_VERSION),
-            "method": method, "base_model": model.name_or_path or "",
+            "method": method, "base_model": os.path.abspath(base) if os.path.exists(base) else base,
             "base_shape": json.dumps(_base_shape(model)),
+            "base_fingerprint": json.dumps(fingerprint(base_weights)),
             **{k: json.dumps(v) for k, v in settings.items()}}
+
+
+ADAPTER_KEYS = ("format_version", "method", "base_model", "base_shape")
 
 
 def read_adapter_metadata(path: str, method: str, model) -> dict:
@@ -285,6 +325,9 @@ def read_adapter_metadata(path: str, method: str, model) -> dict:
     if meta.get("format") != ADAPTER_FORMAT:
         raise CheckpointError(f"{path} is not an adapter file saved by this project (lora.save "
                               "or adapter.save)")
+    if missing := [k for k in ADAPTER_KEYS if k not in meta]:
+        raise CheckpointError(f"{path}: its metadata lacks {', '.join(missing)}; the file is "
+                              "damaged or was not written by lora.save / adapter.save")
     if meta.get("method") != method:
         raise CheckpointError(f"{path} holds a {meta.get('method')!r} adapter, not a {method!r} "
                               f"one; load it with {meta.get('method')}.load")
@@ -296,7 +339,7 @@ def read_adapter_metadata(path: str, method: str, model) -> dict:
                               f"{meta['base_shape']}, but this model is "
                               f"{json.dumps(_base_shape(model))}; load the adapter onto its own "
                               "base model")
-    known = {"format", "format_version", "method", "base_model", "base_shape"}
+    known = {"format", "format_version", "method", "base_model", "base_shape", "base_fingerprint"}
     return {k: json.loads(v) for k, v in meta.items() if k not in known}
 
 
@@ -306,6 +349,9 @@ def copy_tensors(path: str, params: dict):
     problems = tensor_mismatch(tensors, params)
     if problems:
         raise CheckpointError(f"{path} does not fit this model: {problems}")
+    if bad := [name for name, t in tensors.items() if not torch.isfinite(t).all()]:
+        raise CheckpointError(f"{path} holds NaN or infinite values ({short_list(bad)}): the run "
+                              "that wrote it diverged; use an earlier checkpoint")
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(tensors[name])

@@ -6,7 +6,9 @@ code 2. Anything else is a bug in our code and keeps its traceback.
 """
 
 import argparse
+import os
 import sys
+import tempfile
 
 import torch
 
@@ -80,3 +82,25 @@ def amp_dtype(device: torch.device, dtype: str, what: str,
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """Mixed precision where dtype is set, a no-op (fp32) where it is None."""
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def check_writable(folder: str, flag: str = "--out"):
+    """Refuse, before any work, a folder that cannot be created or written to: a file, a
+    read-only place. What the probe creates is removed again."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{flag} {folder} is a file, not a folder; pick another {flag}")
+    missing = []
+    path = folder
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to {folder} ({e.strerror}); pick another {flag}") from None
+    finally:
+        for path in missing:  # deepest first
+            if os.path.isdir(path) and not os.listdir(path):
+                os.rmdir(path)

@@ -121,9 +121,10 @@ def beam_search(model, prompts: torch.Tensor, beam: int = 10, length_penalty: fl
 def decode(model, prompts: list[list[int]], *, beam: int = 10, length_penalty: float = 0.9,
            no_repeat_ngram: int = 4, max_new_tokens: int = 64, batch_size: int = 32,
            use_cache: bool = True, amp_dtype: torch.dtype | None = None,
-           stop_tokens=STOP_TOKENS, progress: bool = True) -> list[list[int]]:
+           stop_tokens=STOP_TOKENS, progress: bool = True, on_batch=None) -> list[list[int]]:
     """Beam-search many prompts: batched by prompt length (no padding), in the input order,
-    under autocast to amp_dtype (None: fp32)."""
+    under autocast to amp_dtype (None: fp32). on_batch(indices, outputs), if given, sees each
+    batch's outputs as soon as they are found (sample.py writes them to disk)."""
     from tqdm import tqdm
 
     device = next(model.parameters()).device
@@ -141,6 +142,8 @@ def decode(model, prompts: list[list[int]], *, beam: int = 10, length_penalty: f
                                       max_new_tokens, stop_tokens, use_cache=use_cache)
             for i, tokens in zip(chunk, results):
                 outputs[i] = tokens
+            if on_batch is not None:
+                on_batch(chunk, results)
             bar.update(len(chunk))
     bar.close()
     return outputs

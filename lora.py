@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import checkpoint
-from model import GPT
+from model import GPT, Block
 
 # Which matrices of each block LoRA can adapt, by the names used on the command line.
 TARGETS = {
@@ -116,11 +116,14 @@ def apply(model: GPT, targets="q,v", r: int = 4, alpha: float = 32, dropout: flo
     if lora_layers(model):
         raise ValueError("LoRA is already applied to this model; apply it once (lora.load "
                          "fills existing LoRA layers)")
+    if not all(type(block) is Block for block in model.transformer.h):
+        raise ValueError("this model's blocks are wrapped (Adapter^L?): LoRA adapts the plain "
+                         "GPT-2's Linear layers; start from a model without adapters")
     for t in targets:  # check every target before changing anything
         W0 = model.transformer.h[0].get_submodule(TARGETS[t])
-        if not isinstance(W0, nn.Linear):
-            raise ValueError(f"{t} is a {type(W0).__name__} here, not a plain Linear layer: apply "
-                             "LoRA to a model without adapters")
+        if type(W0) is not nn.Linear:
+            raise ValueError(f"{t} is a {type(W0).__name__} here, not a plain Linear layer "
+                             "(Adapter^H?): start from a model without adapters")
         if r > min(W0.in_features, W0.out_features):
             raise ValueError(f"rank r={r} is larger than {t} ({W0.out_features} x "
                              f"{W0.in_features}) allows: at most {min(W0.weight.shape)}")
@@ -201,19 +204,34 @@ def _lora_params(model: GPT) -> dict:
             for p in "AB"}
 
 
+def _base_weights(model: GPT, targets: list[str]) -> list[torch.Tensor]:
+    """W0 of each adapted matrix (what the adapter file's fingerprint is taken of)."""
+    layers = [model.get_submodule(f"transformer.h.{i}.{TARGETS[t]}")
+              for i in range(model.config.n_layer) for t in targets]
+    return [m.base.weight if isinstance(m, LoRALinear) else m.weight for m in layers]
+
+
 def save(model: GPT, path: str):
-    """Save only A and B (e.g. 'transformer.h.0.attn.q.A') with the settings in the metadata."""
-    metadata = checkpoint.adapter_metadata(model, "lora", **settings(model))
+    """Save only A and B (e.g. 'transformer.h.0.attn.q.A') with the settings, the base model and
+    the fingerprint of the W0 they adapt in the metadata."""
+    if model in _MERGED:
+        raise ValueError("LoRA is merged into this model: lora.unmerge it before saving the adapter")
+    s = settings(model)
+    metadata = checkpoint.adapter_metadata(model, "lora", _base_weights(model, s["targets"]), **s)
     checkpoint.save_adapter_file(model, path, _lora_params(model), metadata)
 
 
-def load(model: GPT, path: str) -> dict:
-    """Load an adapter saved by save(): applies LoRA with the file's settings if the model has
-    none yet, checks the file against the model, copies A and B in. Returns the settings."""
+def load(model: GPT, path: str, check_base: bool = True) -> dict:
+    """Load an adapter saved by save(): checks the file against the model (shape, and the base
+    weights' fingerprint unless check_base=False), applies LoRA with the file's settings if the
+    model has none yet, copies A and B in. Returns the settings."""
     s = checkpoint.read_adapter_metadata(path, "lora", model)
     if model in _MERGED:
         raise ValueError("LoRA is merged into this model: lora.unmerge it before loading another "
                          "adapter")
+    if check_base:
+        checkpoint.check_base(path, checkpoint.load_metadata(path), model,
+                              _base_weights(model, s["targets"]))
     if not lora_layers(model):
         apply(model, s["targets"], s["r"], s["alpha"], s["dropout"])
     have = settings(model)

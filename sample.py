@@ -13,8 +13,10 @@ beside the adapter before they are scored with the official E2E metrics (data/e2
 """
 
 import csv
+import hashlib
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -57,17 +59,25 @@ def load_model(args, device) -> tuple[GPT, str]:
     meta = load_metadata(args.adapter)
     if meta.get("format") != ADAPTER_FORMAT:
         raise UserError(f"{args.adapter} is not an adapter saved by train.py")
+    missing = [k for k in ("method", "base_model") if k not in meta]
+    if "method" in missing or (missing and not args.model):
+        raise UserError(f"{args.adapter}: its metadata lacks {' and '.join(missing)}, so it is "
+                        "damaged or was not written by train.py"
+                        + ("; pass --model with its base model" if "method" not in missing else ""))
     base = args.model or meta["base_model"]
     if not base:
         raise UserError(f"{args.adapter} does not name its base model; pass --model")
+    if not args.model and os.sep in base and not os.path.exists(base):
+        raise UserError(f"the base model {base} recorded in {args.adapter} does not exist here; "
+                        "pass --model with its path (or a preset name)")
     model = GPT.from_pretrained(base)
     if meta["method"] == "lora":
-        lora.load(model, args.adapter)
+        lora.load(model, args.adapter, check_base=not args.any_base)
         lora.merge(model)  # W = W0 + (alpha/r) B A: plain Linear layers again (Sec. 4.1)
         print(f"merged LoRA ({lora.describe(model).split(':')[0]}) into {base}: the model now "
               "computes exactly what GPT-2 computes, at the same cost")
         return model.to(device).eval(), "lora"
-    kind = adapter.load(model, args.adapter)["kind"]
+    kind = adapter.load(model, args.adapter, check_base=not args.any_base)["kind"]
     print(f"{adapter.describe(model)}: adapters cannot be merged; they run on every forward pass")
     return model.to(device).eval(), kind
 
@@ -111,42 +121,108 @@ def output_text(enc, tokens: list[int]) -> str:
     return enc.decode(tokens).split("<|endoftext|>")[0].split("\n\n")[0].strip()
 
 
+def output_stem(args) -> str:
+    """Where the predictions go, named by what was decoded: e.g. RUN_DIR/predictions-dev-first5."""
+    where = args.adapter or (args.model if os.path.isdir(args.model) else None)
+    folder = args.out or (os.path.dirname(os.path.abspath(where.rstrip("/"))) if where else ".")
+    return os.path.join(folder, "predictions" + ("" if args.format == "paper" else
+                                                 f"-{args.format}")
+                        + ("" if args.split == "test" else f"-{args.split}")
+                        + (f"-first{args.limit}" if args.limit else ""))
+
+
+def check_output(args):
+    """Before any work: earlier predictions are kept unless --force, and the folder is writable."""
+    path = output_stem(args) + ".tsv"
+    if os.path.exists(path) and not args.force:
+        raise UserError(f"{path} already holds predictions; pass --force to replace them, or "
+                        "--out DIR to write elsewhere")
+    cli.check_writable(os.path.dirname(path))
+
+
+def partial(path: str, settings: dict, force: bool) -> dict[int, str]:
+    """The outputs a decode with the same settings already wrote to path (a JSONL file that
+    grows as MRs finish); another decode's file is refused, or with --force started afresh."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    done = {}
+    try:
+        same = json.loads(lines[0]) == {"settings": settings}
+    except ValueError:
+        same = False
+    if not same:
+        if not force:
+            raise UserError(f"{path} holds an unfinished decode with other settings; pass --force "
+                            "to discard it")
+        os.remove(path)
+        return {}
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+            done[int(record["i"])] = str(record["output"])
+        except (ValueError, KeyError, TypeError):  # the last line, cut short by a kill
+            continue
+    return done
+
+
 def evaluate(model, kind: str, args, device) -> dict:
-    """Decode each distinct MR of the split once, write the predictions, then score them."""
+    """Decode each distinct MR of the split once, streaming the outputs to a .part file (an
+    interrupted decode resumes there), write the predictions, then score them."""
     groups, source = e2e.eval_groups(args.split, args.data, args.format)
     if args.limit:
         groups = groups[:args.limit]
     enc = e2e.tokenizer()
-    start = time.time()
-    outputs = decode(model, [enc.encode(ctx) + [e2e.EOT] for _, ctx, _ in groups],
-                     **decoding(args, device))
-    seconds = time.time() - start
-    texts = [output_text(enc, tokens) for tokens in outputs]
-    n_tokens = sum(len(tokens) for tokens in outputs)
-    print(f"decoded {len(groups)} MRs ({n_tokens:,} tokens) in {seconds:.1f} s: "
-          f"{len(groups) / seconds:.1f} MRs/s, {n_tokens / seconds:,.0f} tokens/s "
-          f"(beam {args.beam}{', no KV cache' if args.no_cache else ''})")
+    stem = output_stem(args)
+    settings = decode_settings(args, len(groups))
+    part = stem + ".tsv.part"
+    os.makedirs(os.path.dirname(part), exist_ok=True)
+    texts = partial(part, settings, args.force)
+    todo = [i for i in range(len(groups)) if i not in texts]
+    if texts:
+        print(f"resuming: {len(texts)} of {len(groups)} MRs were decoded already ({part})")
+    with open(part, "a", encoding="utf-8") as f:
+        if not texts:
+            f.write(json.dumps({"settings": settings}) + "\n")
 
-    where = args.adapter or (args.model if os.path.isdir(args.model) else None)
-    folder = args.out or (os.path.dirname(os.path.abspath(where.rstrip("/"))) if where else ".")
-    stem = "predictions" + ("" if args.format == "paper" else f"-{args.format}") + \
-        ("" if args.split == "test" else f"-{args.split}") + \
-        (f"-first{args.limit}" if args.limit else "")
-    path = os.path.join(folder, stem + ".tsv")
-    os.makedirs(folder, exist_ok=True)
+        def write(chunk, outputs):  # as each batch finishes
+            for j, tokens in zip(chunk, outputs):
+                texts[todo[j]] = output_text(enc, tokens)
+                f.write(json.dumps({"i": todo[j], "output": texts[todo[j]]}) + "\n")
+            f.flush()
+
+        start = time.time()
+        outputs = decode(model, [enc.encode(groups[i][1]) + [e2e.EOT] for i in todo],
+                         **decoding(args, device), on_batch=write)
+        seconds = time.time() - start
+    n_tokens = sum(len(tokens) for tokens in outputs)
+    print(f"decoded {len(todo)} MRs ({n_tokens:,} tokens) in {seconds:.1f} s: "
+          f"{len(todo) / max(seconds, 1e-9):.1f} MRs/s, {n_tokens / max(seconds, 1e-9):,.0f} "
+          f"tokens/s (beam {args.beam}{', no KV cache' if args.no_cache else ''})")
     table = io.StringIO()
     writer = csv.writer(table, delimiter="\t", lineterminator="\n")
     writer.writerow(["mr", "output"])
-    writer.writerows((mr, text) for (mr, _, _), text in zip(groups, texts))
-    write_atomic(path, table.getvalue())
-    print(f"wrote {path}")
+    writer.writerows((mr, texts[i]) for i, (mr, _, _) in enumerate(groups))
+    write_atomic(stem + ".tsv", table.getvalue())
+    os.remove(part)
+    print(f"wrote {stem}.tsv")
     report = {"split": args.split, "format": args.format, "references": source,
-              "mrs": len(groups), "predictions": path,
-              "decoding": {"beam": args.beam, "length_penalty": args.length_penalty,
-                           "no_repeat_ngram": args.no_repeat_ngram, "max_new_tokens":
-                           args.max_new_tokens, "dtype": args.dtype, "seconds": seconds}}
-    return score(report, [refs for _, _, refs in groups], texts, kind, args,
-                 os.path.join(folder, stem + ".scores.json"))
+              "mrs": len(groups), "predictions": stem + ".tsv",
+              "decoding": {**settings, "seconds": seconds}}
+    return score(report, [refs for _, _, refs in groups], [texts[i] for i in range(len(groups))],
+                 kind, args, stem + ".scores.json")
+
+
+def decode_settings(args, mrs: int) -> dict:
+    """What makes two decodes the same: an unfinished one resumes only with equal settings."""
+    def sha256(path):
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    return {"model": base_name(args), "adapter": args.adapter and os.path.abspath(args.adapter),
+            "adapter_sha256": args.adapter and sha256(args.adapter), "mrs": mrs,
+            **{k: vars(args)[k] for k in ("split", "format", "beam", "length_penalty",
+                                          "no_repeat_ngram", "max_new_tokens", "dtype")}}
 
 
 def score(report: dict, refs: list, texts: list, kind: str, args, scores_path: str) -> dict:
@@ -218,6 +294,12 @@ def parse_args(argv=None):
                         "the run's own, else paper)")
     p.add_argument("--limit", type=int, default=0, help="decode only the first N MRs")
     p.add_argument("--out", help="folder for predictions and scores (default: the adapter's)")
+    p.add_argument("--force", action="store_true",
+                   help="replace earlier predictions (and discard an unfinished decode with other "
+                        "settings)")
+    p.add_argument("--any-base", action="store_true",
+                   help="load the adapter even onto a base whose weights are not the ones it was "
+                        "trained on (the check compares a fingerprint of those weights)")
     p.add_argument("--no-meteor", action="store_true",
                    help="skip METEOR (it needs Java and pycocoevalcap, and about 20 s)")
     g = p.add_argument_group("decoding")
@@ -263,6 +345,14 @@ def check(args) -> torch.device:
         raise UserError("--no-repeat-ngram, --limit and --temperature must not be negative")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.prompt is not None and not args.prompt.strip():
+        raise UserError("--prompt is empty: give some text to continue")
+    for flag, value in {"--length-penalty": args.length_penalty,
+                        "--temperature": args.temperature}.items():
+        if not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number, got {value}")
     device = cli.pick_device(args.device)
     cli.amp_dtype(device, args.dtype, "decoding")
     if args.latency:
@@ -277,6 +367,8 @@ def check(args) -> torch.device:
         raise UserError("give --adapter RUN_DIR/adapter.safetensors (or --model for a plain or "
                         "fully fine-tuned checkpoint)")
     args.format = args.format or run_config(args).get("format", "paper")
+    if not args.latency and args.prompt is None and args.mr is None:
+        check_output(args)
     return device
 
 

@@ -10,10 +10,14 @@ released model has none in the backbone), label smoothing 0.1, seed 110, and the
 pre-tokenized E2E text (--format paper; data/e2e/paper_format.py). `--method full | adapter_h |
 adapter_l` trains the other rows of Table 3 from the same script.
 
-A run directory gets config.json (the run's settings), metrics.jsonl (every logged value), the
-result (adapter.safetensors, or model/ for full fine-tuning) and state.safetensors (optimizer,
-RNG states, step) at every epoch end and on Ctrl-C; `--resume RUN_DIR` continues exactly where
-it stopped: the losses after resuming equal those of an uninterrupted run.
+A run directory gets config.json (the run's settings, paths absolute), metrics.jsonl (every logged
+value), the result (adapter.safetensors, or model/ for full fine-tuning) and state.safetensors
+(trainable tensors, optimizer moments, RNG states, position). Both are saved every --save-every
+steps (1000: about a minute of GPU work), at each epoch end, at the last step, and on Ctrl-C or
+SIGTERM (after the current step; exit 130 / 143); each save replaces the previous one atomically,
+so a kill at any moment leaves the last checkpoint whole. `--resume RUN_DIR` continues exactly
+where it stopped (the losses equal an uninterrupted run's, each step logged once), on another
+device if need be; only the flags in SAFE_ON_RESUME may change.
 """
 
 import argparse
@@ -36,6 +40,9 @@ from data.e2e import prepare as e2e
 from model import GPT
 
 METHODS = ("lora", "full", "adapter_h", "adapter_l")
+# What a resumed run may change: how long it runs, where and how fast, how often it reports.
+SAFE_ON_RESUME = ("--max-steps", "--epochs", "--device", "--dtype", "--log-interval",
+                  "--eval-interval", "--save-every", "--compile")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,7 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="paper: the pre-tokenized text the paper's released code trains on; "
                         "official: the raw E2E CSVs")
     p.add_argument("--out", help="run directory (default: runs/e2e-<method>-<model>-<time>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run saved in RUN_DIR with its settings; only "
+                        + ", ".join(SAFE_ON_RESUME) + " may change")
     g = p.add_argument_group("LoRA / adapters")
     g.add_argument("--rank", type=int, default=4, help="LoRA rank r (the adapter bottleneck for "
                                                        "adapter_h / adapter_l)")
@@ -89,9 +98,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--eval-interval", type=int, default=0,
                    help="dev loss every N steps, besides each epoch end (0: epoch ends only)")
     g.add_argument("--log-interval", type=int, default=10, help="steps between log lines")
+    g.add_argument("--save-every", type=int, default=1000,
+                   help="also checkpoint every N steps (0: only at epoch ends, the last step "
+                        "and on Ctrl-C or SIGTERM)")
     g.add_argument("--limit", type=int, default=0,
                    help="use only the first N training and dev examples (quick runs)")
-    return p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = p.parse_args(argv)
+    # the flags given on the command line (not defaults), which --resume checks
+    options = {o: a.dest for a in p._actions for o in a.option_strings}
+    args.given = sorted({options[w.split("=")[0]] for w in argv if w.split("=")[0] in options})
+    return args
 
 
 def check(args) -> tuple[torch.device, torch.dtype | None]:
@@ -103,9 +120,15 @@ def check(args) -> tuple[torch.device, torch.dtype | None]:
             raise UserError(f"{flag} must be at least 1, got {value}")
     for flag, value in {"--max-steps": args.max_steps, "--warmup": args.warmup,
                         "--eval-interval": args.eval_interval, "--limit": args.limit,
-                        "--weight-decay": args.weight_decay, "--grad-clip": args.grad_clip}.items():
-        if value < 0:
-            raise UserError(f"{flag} must not be negative, got {value}")
+                        "--save-every": args.save_every, "--weight-decay": args.weight_decay,
+                        "--grad-clip": args.grad_clip}.items():
+        if not value >= 0 or not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number, not negative: got {value}")
+    for flag, value in {"--lr": args.lr, "--alpha": args.alpha, "--dropout": args.dropout,
+                        "--lora-dropout": args.lora_dropout,
+                        "--label-smoothing": args.label_smoothing}.items():
+        if not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number, got {value}")
     if not args.lr > 0:
         raise UserError(f"--lr must be positive, got {args.lr}")
     if not 0 <= args.label_smoothing < 1:
@@ -159,10 +182,14 @@ def save_result(model, args, run_dir: str):
 # --- the loop ------------------------------------------------------------------------------------
 
 
-class Trainer:
-    """One run's loop: optimizer steps, dev evaluations, checkpoints, and Ctrl-C."""
+class Stop(Exception):
+    """A second Ctrl-C or SIGTERM outside a checkpoint write: quit without saving."""
 
-    def __init__(self, args, device, amp_dtype, model, train_set, dev_set, run_dir):
+
+class Trainer:
+    """One run's loop: optimizer steps, dev evaluations, checkpoints, Ctrl-C and SIGTERM."""
+
+    def __init__(self, args, device, amp_dtype, model, train_set, dev_set, run_dir, state=None):
         self.args, self.device, self.amp_dtype = args, device, amp_dtype
         self.model, self.train_set, self.dev_set, self.run_dir = model, train_set, dev_set, run_dir
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -178,7 +205,9 @@ class Trainer:
         total = self.steps_per_epoch * args.epochs
         self.total = min(total, args.max_steps) if args.max_steps else total
         self.position = {"step": 0, "epoch": 0, "batch": 0, "last_good": None}
-        self.stop_asked = False
+        if state:  # checked and loaded here, before anything is written
+            self.position = training.load_state(state, model, self.optimizer, self.scaler)
+        self.stop_code, self.saving = None, False  # exit code once a signal asks to stop
 
     def step(self, batch: list, lr: float) -> tuple[torch.Tensor, int]:
         """One optimizer step on a batch (in --grad-accum micro-batches that add up to the
@@ -212,11 +241,14 @@ class Trainer:
                                  self.device, self.amp_dtype)
 
     def save(self, where: dict, why: str):
-        """The result (adapter or model) and the resumable state, both written atomically."""
+        """The result (adapter or model) and the resumable state, both written atomically; a
+        signal that arrives meanwhile waits until both are written."""
+        self.saving = True
         save_result(self.model, self.args, self.run_dir)
         self.position.update(where, last_good=where["step"])
         training.save_state(os.path.join(self.run_dir, "state.safetensors"), self.model,
                             self.optimizer, self.scaler, self.position)
+        self.saving = False
         self.log.write({"event": "checkpoint", "why": why, **where},
                        f"saved {self.run_dir} ({why}, step {where['step']})")
 
@@ -232,32 +264,41 @@ class Trainer:
                        error=True)
         return False
 
-    def on_sigint(self, signum, frame):
-        if self.stop_asked:
-            raise KeyboardInterrupt
-        self.stop_asked = True
-        self.log.write({"event": "sigint", "step": self.position["step"]},
-                       "Ctrl-C: saving after this step (press again to quit without saving)",
-                       error=True)
+    def on_signal(self, signum, frame):
+        """Ctrl-C or SIGTERM: save after this step and stop (exit 130 or 143). A second one
+        quits at once, unless a checkpoint is being written: that finishes first."""
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if self.stop_code is not None and not self.saving:
+            raise Stop(name)
+        if self.stop_code is None:
+            self.stop_code = 128 + signum
+            self.log.write({"event": "signal", "signal": name, "step": self.position["step"]},
+                           f"{name}: saving after this step (again to quit without saving)")
 
-    def run(self, resume_from: str | None = None) -> int:
-        """Train to the last step: 0 when done, 1 on a non-finite loss, 130 after Ctrl-C."""
+    def run(self) -> int:
+        """Train to the last step: 0 when done, 1 on a non-finite loss, 130 after Ctrl-C, 143
+        after SIGTERM (with a checkpoint saved); 2 when a second signal quits without one."""
         args = self.args
-        if resume_from:
-            self.position = training.load_state(resume_from, self.model, self.optimizer,
-                                                self.scaler)
         step = self.position["step"]
+        training.trim_log(self.run_dir, step)  # what ran after the checkpoint runs again
         self.log = training.Log(self.run_dir, step, self.total)
         self.log.write({"event": "start", "step": step, "total_steps": self.total,
                         "trainable": sum(p.numel() for p in self.params)},
                        f"{describe(self.model, args)}; {len(self.train_set):,} examples, "
                        f"{self.steps_per_epoch:,} steps per epoch, {self.total:,} steps"
                        + (f", resuming at step {step}" if step else ""))
-        previous_handler = signal.signal(signal.SIGINT, self.on_sigint)
+        previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             return self.epochs()
+        except Stop as e:
+            kept = (f"the last checkpoint (step {self.position['last_good']}) is in {self.run_dir}"
+                    if self.position["last_good"] is not None else "no checkpoint was saved")
+            self.log.write({"event": "quit", "signal": str(e), "step": self.position["step"]},
+                           f"train.py: {e} again: quit without saving; {kept}", error=True)
+            return 2
         finally:
-            signal.signal(signal.SIGINT, previous_handler)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
             self.log.close()
 
     def epochs(self) -> int:
@@ -290,13 +331,18 @@ class Trainer:
                 if args.eval_interval and step % args.eval_interval == 0 and b + 1 < len(batches):
                     self.log.write({"event": "eval", "step": step, "epoch": epoch + 1,
                                     "dev_loss": self.dev_loss()})
-                if self.stop_asked:
+                if self.stop_code is not None:
                     if running_steps and not self.finite(running.item(), step):
                         return 1
                     self.save(where, "interrupted")
                     self.log.write({"event": "stopped", "step": step}, f"stopped at step {step}; "
                                    f"continue with: python train.py --resume {self.run_dir}")
-                    return 130
+                    return self.stop_code
+                if args.save_every and step % args.save_every == 0 and step < self.total \
+                        and b + 1 < len(batches):
+                    if running_steps and not self.finite(running.item(), step):
+                        return 1
+                    self.save(where, f"every {args.save_every} steps")
             else:  # the epoch ran to its end
                 if running_steps and not self.finite(running.item() / running_steps, step):
                     return 1
@@ -319,30 +365,70 @@ class Trainer:
 # --- set-up and the command line -----------------------------------------------------------------
 
 
-def setup(args):
-    """Everything before training, with every check done and nothing written:
-    (args, device, autocast dtype, model, train examples, dev examples, run directory, resuming?)."""
-    resume = args.resume
-    if resume:  # the saved settings, except where to resume from
-        config = os.path.join(resume, "config.json")
-        if not (os.path.isfile(config) and os.path.isfile(os.path.join(resume, "state.safetensors"))):
-            raise UserError(f"{resume} holds no resumable run (config.json and state.safetensors)")
+def resumed_args(args) -> argparse.Namespace:
+    """The settings saved in args.resume's config.json, with the flags that are safe to change
+    taken from the command line; any other flag given is refused."""
+    config = os.path.join(args.resume, "config.json")
+    if not os.path.isfile(config):
+        raise UserError(f"{args.resume} holds no run to resume (no config.json): start one with "
+                        f"--out {args.resume}")
+    try:
         with open(config, encoding="utf-8") as f:
             saved = json.load(f)["args"]
-        # runs saved before --format and --lora-dropout existed trained on the CSVs' own text,
-        # with one dropout for the model and the LoRA path
-        saved.setdefault("format", "official")
-        saved.setdefault("lora_dropout", saved["dropout"])
-        args = argparse.Namespace(**saved)
-        run_dir = resume
-    device, amp_dtype = check(args)
-    if not resume:
-        run_dir = args.out or os.path.join("runs", f"e2e-{args.method}-"
-                                           f"{os.path.basename(args.model.rstrip('/'))}-"
-                                           f"{time.strftime('%Y%m%d-%H%M%S')}")
-        if os.path.exists(run_dir) and os.listdir(run_dir):
+        saved["dropout"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{config} is not a run's config.json written by train.py ({e!r}); "
+                        "start a new run instead") from None
+    safe = {flag.lstrip("-").replace("-", "_") for flag in SAFE_ON_RESUME}
+    if unsafe := [name for name in args.given if name not in safe | {"resume"}]:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unsafe)
+        raise UserError(f"{flags} cannot change when a run resumes (only "
+                        f"{', '.join(SAFE_ON_RESUME)} can); start a new run with --out instead")
+    # runs saved before --format and --lora-dropout existed trained on the CSVs' own text,
+    # with one dropout for the model and the LoRA path
+    saved.setdefault("format", "official")
+    saved.setdefault("lora_dropout", saved["dropout"])
+    saved.setdefault("save_every", 0)
+    saved.update({name: getattr(args, name) for name in args.given if name in safe})
+    return argparse.Namespace(**{**saved, "resume": os.path.abspath(args.resume),
+                                 "given": args.given})
+
+
+def run_directory(args) -> str:
+    """Where a new run goes, refused if it holds another run's checkpoint or is not writable."""
+    run_dir = os.path.abspath(args.out or os.path.join(
+        "runs", f"e2e-{args.method}-{os.path.basename(args.model.rstrip('/'))}-"
+                f"{time.strftime('%Y%m%d-%H%M%S')}"))
+    cli.check_writable(run_dir)
+    if os.path.isdir(run_dir) and os.listdir(run_dir):
+        ours = {"config.json", "metrics.jsonl"}
+        if os.path.exists(os.path.join(run_dir, "state.safetensors")) or \
+                not set(os.listdir(run_dir)) <= ours | {n for n in os.listdir(run_dir)
+                                                        if n.endswith(".tmp")}:
             raise UserError(f"{run_dir} already holds files; pick another --out, or continue "
                             f"that run with --resume {run_dir}")
+        print(f"{run_dir} holds a run that never saved a checkpoint: starting it again")
+    return run_dir
+
+
+def setup(args):
+    """Everything before training, with every check done and nothing written: (args, device,
+    autocast dtype, model, train examples, dev examples, run directory, state file to resume)."""
+    state = None
+    if args.resume:
+        args = resumed_args(args)
+        run_dir = args.resume
+        state = os.path.join(run_dir, "state.safetensors")
+        if not os.path.isfile(state):
+            print(f"{run_dir} has no checkpoint yet: resuming it from step 0")
+            state = None
+    device, amp_dtype = check(args)
+    if not args.resume:
+        run_dir = run_directory(args)
+        for name in ("model", "data"):  # recorded absolute, so a resume works from anywhere
+            value = getattr(args, name)
+            if value and os.path.exists(value):
+                setattr(args, name, os.path.abspath(value))
     train_set = e2e.load_examples("train", args.data, args.format)
     dev_set = e2e.load_examples("dev", args.data, args.format)
     if args.limit:
@@ -354,22 +440,27 @@ def setup(args):
     if longest > model.config.block_size:
         raise UserError(f"the longest example has {longest} tokens, more than the model's "
                         f"{model.config.block_size} positions")
-    return args, device, amp_dtype, model, train_set, dev_set, run_dir, bool(resume)
+    return args, device, amp_dtype, model, train_set, dev_set, run_dir, state
 
 
 def main(argv=None) -> int:
     try:
-        args, device, amp_dtype, model, train_set, dev_set, run_dir, resume = setup(
+        args, device, amp_dtype, model, train_set, dev_set, run_dir, state = setup(
             parse_args(argv))
+        trainer = Trainer(args, device, amp_dtype, model, train_set, dev_set, run_dir, state)
     except cli.USER_ERRORS as e:
         cli.fail("train.py", e)
-    if not resume:
-        os.makedirs(run_dir, exist_ok=True)
+    os.makedirs(run_dir, exist_ok=True)
+    for name in training.remove_stale_files(run_dir):
+        print(f"removed {name}, left behind by an interrupted write")
+    if not args.resume:
+        if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):  # a run that never saved
+            os.remove(os.path.join(run_dir, "metrics.jsonl"))
+        saved = {k: v for k, v in vars(args).items() if k not in ("given", "resume")}
         write_atomic(os.path.join(run_dir, "config.json"), json.dumps({
-            "args": vars(args), "data_format": e2e.FORMATS[args.format], "torch": torch.__version__,
+            "args": saved, "data_format": e2e.FORMATS[args.format], "torch": torch.__version__,
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
-    trainer = Trainer(args, device, amp_dtype, model, train_set, dev_set, run_dir)
-    return trainer.run(resume_from=os.path.join(run_dir, "state.safetensors") if resume else None)
+    return trainer.run()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from checkpoint import load_metadata, load_tensors, save_tensors
+from checkpoint import (CheckpointError, load_metadata, load_tensors, save_tensors,
+                        tensor_mismatch, write_atomic)
 from data.e2e.prepare import collate, loss_positions
 
 
@@ -93,8 +94,20 @@ def save_state(path: str, model, optimizer, scaler, position: dict):
 
 
 def load_state(path: str, model, optimizer, scaler) -> dict:
-    """Put a saved state back in place; returns the position it was saved at."""
-    tensors, meta = load_tensors(path), json.loads(load_metadata(path)["state"])
+    """Put a saved state back in place (CUDA or CPU, whatever it was saved on); returns the
+    position it was saved at. A damaged file, or the state of another run, raises
+    CheckpointError before anything changes."""
+    try:
+        tensors, meta = load_tensors(path), json.loads(load_metadata(path)["state"])
+    except (CheckpointError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{path} is damaged and cannot be resumed ({str(e)[:120]}); start a "
+                              "new run, or resume from a copy of the run directory") from None
+    expected = {f"param.{n}": p for n, p in model.named_parameters() if p.requires_grad}
+    problems = tensor_mismatch({k: v for k, v in tensors.items() if k.startswith("param.")},
+                               expected)
+    if problems:
+        raise CheckpointError(f"{path} holds the state of another run (another method, targets "
+                              f"or rank?): {problems}")
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.requires_grad:
@@ -113,6 +126,37 @@ def load_state(path: str, model, optimizer, scaler) -> dict:
     if scaler.is_enabled() and meta["scaler"]:
         scaler.load_state_dict(meta["scaler"])
     return meta
+
+
+# --- the run directory ---------------------------------------------------------------------------
+
+
+def remove_stale_files(run_dir: str) -> list[str]:
+    """Delete the *.tmp files a kill during a write left behind (every write goes to a .tmp file
+    first, then is renamed); returns their names."""
+    stale = sorted(name for name in os.listdir(run_dir) if name.endswith(".tmp"))
+    for name in stale:
+        os.remove(os.path.join(run_dir, name))
+    return stale
+
+
+def trim_log(run_dir: str, step: int):
+    """Drop what metrics.jsonl logged after `step` (the checkpoint a run resumes from): those
+    steps run again, and each step stays in the log once."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    write_atomic(path, "".join(kept))
 
 
 # --- the log -------------------------------------------------------------------------------------

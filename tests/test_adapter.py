@@ -145,3 +145,10 @@ def test_loading_onto_another_base_or_a_lora_file(base, tmp_path):
     lora.save(lora.apply(other, "q", r=2), str(tmp_path / "lora.safetensors"))
     with pytest.raises(ValueError, match="holds a 'lora' adapter, not a 'adapter' one; load it with lora.load"):
         adapter.load(other, str(tmp_path / "lora.safetensors"))
+
+
+def test_adapters_on_a_lora_model_are_refused(base):
+    import lora
+    lora.apply(base, "q,v", r=2)
+    with pytest.raises(ValueError, match="this model has LoRA layers"):
+        adapter.apply(base, "houlsby", r=2)

@@ -242,3 +242,34 @@ def test_loading_while_merged_or_a_foreign_file_is_refused(base, hf_dir, tmp_pat
         lora.load(base, str(hf_dir / "model.safetensors"))
     with pytest.raises(FileNotFoundError, match="no such adapter file"):
         lora.load(base, str(tmp_path / "missing.safetensors"))
+
+
+@pytest.mark.parametrize("kind, message", [("lin", "blocks are wrapped"),
+                                           ("houlsby", "o is a WithAdapter here")])
+def test_lora_on_a_model_with_adapters_is_refused(base, kind, message):
+    import adapter
+    adapter.apply(base, kind, r=2)
+    with pytest.raises(ValueError, match=message):
+        lora.apply(base, "q,v,o", r=2)
+
+
+def test_loading_onto_another_base_of_the_same_shape_is_refused_unless_asked(base, tmp_path):
+    from conftest import random_gpt2
+    lora.save(trained(lora.apply(base, "q,v", r=2)), str(tmp_path / "a.safetensors"))
+    random_gpt2(seed=1).save_pretrained(tmp_path / "other")  # the same shape, other weights
+    other = GPT.from_pretrained(str(tmp_path / "other"))
+    with pytest.raises(ValueError, match=r"was trained on base model .* \(weights fingerprint "
+                                         r"\w+\), but this model .* has fingerprint \w+"):
+        lora.load(other, str(tmp_path / "a.safetensors"))
+    assert not lora.lora_layers(other)  # refused before anything changed
+    lora.load(other, str(tmp_path / "a.safetensors"), check_base=False)  # on purpose
+
+
+def test_an_adapter_with_nan_is_refused(base, tmp_path):
+    model = trained(lora.apply(base, "q,v", r=2))
+    with torch.no_grad():
+        model.transformer.h[0].attn.q.B[0, 0] = float("inf")
+    lora.save(model, str(tmp_path / "a.safetensors"))
+    fresh = GPT.from_pretrained(base.name_or_path)
+    with pytest.raises(ValueError, match="holds NaN or infinite values"):
+        lora.load(fresh, str(tmp_path / "a.safetensors"))

@@ -167,3 +167,107 @@ def test_the_format_defaults_to_the_runs_own(tiny_run, e2e_data, gpt2_vocab, tmp
                  "--no-meteor", "--beam", "2", "--max-new-tokens", "8", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "predictions-official-first2.tsv").is_file()
+
+
+# --- bad input through the real command line: one line, exit 2 ---------------------------------
+
+
+def adapter_with(tiny_run, tmp_path, edit_meta=None, edit_tensors=None):
+    """A copy of the tiny run's adapter with its metadata or tensors changed."""
+    from safetensors.torch import load_file, save_file
+
+    from checkpoint import load_metadata
+    src = str(tiny_run / "run" / "adapter.safetensors")
+    meta, tensors = load_metadata(src), load_file(src)
+    if edit_meta:
+        edit_meta(meta)
+    if edit_tensors:
+        edit_tensors(tensors)
+    save_file(tensors, str(tmp_path / "adapter.safetensors"), metadata=meta)
+    return tmp_path / "adapter.safetensors"
+
+
+def nan_in_B(tensors):
+    tensors["transformer.h.1.attn.v.B"][0, 0] = float("nan")
+
+
+@pytest.mark.parametrize("case, flags, message", [
+    ("nan", [], "holds NaN or infinite values (transformer.h.1.attn.v.B)"),
+    ("no method", [], "its metadata lacks method, so it is damaged or was not written by "
+                      "train.py"),
+    ("no base", [], "its metadata lacks base_model, so it is damaged or was not written by "
+                    "train.py; pass --model"),
+    ("other base", ["--model", "{other}"], "was trained on base model"),
+    ("ok", ["--prompt", ""], "--prompt is empty"),
+    ("ok", ["--prompt", "Hi", "--temperature", "1", "--top-k", "0"], "--top-k must be at least 1"),
+    ("ok", ["--prompt", "Hi", "--temperature", "1", "--top-k", "-5"],
+     "--top-k must be at least 1, got -5"),
+    ("ok", ["--out", "{tmp}/file"], "is a file, not a folder; pick another --out"),
+    ("ok", ["--out", "/proc/lora-gpt2-out"], "cannot write to /proc/lora-gpt2-out"),
+])
+def test_bad_input_is_one_line_with_exit_2(tiny_run, e2e_data, tmp_path, case, flags, message):
+    edits = {"nan": dict(edit_tensors=nan_in_B),
+             "no method": dict(edit_meta=lambda m: m.pop("method")),
+             "no base": dict(edit_meta=lambda m: m.pop("base_model"))}
+    adapter = adapter_with(tiny_run, tmp_path, **edits.get(case, {}))
+    if case == "other base":  # the same shape, other weights
+        random_gpt2(seed=1, n_positions=256).save_pretrained(tmp_path / "other")
+    (tmp_path / "file").write_text("mine")
+    paths = dict(tmp=tmp_path, other=tmp_path / "other")
+    result = run("--adapter", adapter, "--data", e2e_data, "--limit", "2", "--beam", "2",
+                 "--max-new-tokens", "4", "--device", "cpu", "--no-meteor",
+                 *(f.format(**paths) for f in flags))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert not list(tmp_path.glob("predictions*"))
+
+
+def test_another_base_of_the_same_shape_loads_with_any_base(tiny_run, e2e_data, tmp_path):
+    random_gpt2(seed=1, n_positions=256).save_pretrained(tmp_path / "other")
+    result = run("--adapter", tiny_run / "run" / "adapter.safetensors", "--model",
+                 tmp_path / "other", "--any-base", "--mr", "name[The Eagle]", "--beam", "2",
+                 "--max-new-tokens", "4", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+
+
+# --- the decode is never lost and never overwritten ----------------------------------------------
+
+
+def test_earlier_predictions_are_kept_unless_force(tiny_run, e2e_data, tmp_path):
+    flags = ["--adapter", tiny_run / "run" / "adapter.safetensors", "--data", e2e_data,
+             "--limit", "2", "--beam", "2", "--max-new-tokens", "4", "--device", "cpu",
+             "--no-meteor", "--out", tmp_path]
+    assert run(*flags).returncode == 0
+    first = (tmp_path / "predictions-first2.tsv").read_text()
+    again = run(*flags, "--beam", "3")
+    assert again.returncode == 2
+    assert "predictions-first2.tsv already holds predictions; pass --force" in again.stderr
+    assert (tmp_path / "predictions-first2.tsv").read_text() == first
+    assert run(*flags, "--beam", "3", "--force").returncode == 0
+
+
+def test_an_interrupted_decode_resumes_from_its_part_file(tiny_run, e2e_data, tmp_path):
+    flags = ["--adapter", tiny_run / "run" / "adapter.safetensors", "--data", e2e_data,
+             "--limit", "6", "--beam", "2", "--max-new-tokens", "6", "--device", "cpu",
+             "--no-meteor", "--batch-size", "1"]
+    assert run(*flags, "--out", tmp_path / "whole").returncode == 0
+    whole = (tmp_path / "whole" / "predictions-first6.tsv").read_text()
+    # what a decode killed after three MRs leaves: the settings, then three outputs (and a
+    # fourth line cut short)
+    import sample
+    args = sample.parse_args([str(f) for f in flags])
+    args.format = "paper"
+    outputs = [line.split("\t")[1] for line in whole.splitlines()[1:4]]
+    records = [json.dumps({"settings": sample.decode_settings(args, 6)})] + [
+        json.dumps({"i": i, "output": text}) for i, text in enumerate(outputs)]
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "predictions-first6.tsv.part").write_text("\n".join(records) + '\n{"i": 3')
+    other = run(*flags, "--out", tmp_path / "cut", "--beam", "3")
+    assert other.returncode == 2
+    assert "holds an unfinished decode with other settings; pass --force" in other.stderr
+    resumed = run(*flags, "--out", tmp_path / "cut")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming: 3 of 6 MRs were decoded already" in resumed.stdout
+    assert "decoded 3 MRs" in resumed.stdout
+    assert (tmp_path / "cut" / "predictions-first6.tsv").read_text() == whole
+    assert not (tmp_path / "cut" / "predictions-first6.tsv.part").exists()

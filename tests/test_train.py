@@ -2,9 +2,11 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,33 +127,6 @@ def cli(*args, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_run(tiny, data, tmp_path):
-    flags = ["--max-steps", "24", "--lr", "1e-2", "--warmup", "4", "--dropout", "0.1"]
-    whole = cli(*quick(tiny, data, tmp_path / "whole", *flags))
-    whole.communicate()
-    assert whole.returncode == 0
-
-    run = cli(*quick(tiny, data, tmp_path / "cut", *flags))
-    for line in run.stdout:  # interrupt in the middle of epoch 2
-        if line.startswith("step 11/"):
-            run.send_signal(signal.SIGINT)
-            break
-    out, err = run.communicate()
-    assert run.returncode == 130, err
-    assert "Ctrl-C: saving after this step" in err
-    stopped = max(losses(tmp_path / "cut"))
-    assert 11 <= stopped < 24 and f"stopped at step {stopped}" in out
-    assert f"python train.py --resume {tmp_path / 'cut'}" in out
-
-    resumed = cli("--resume", tmp_path / "cut")
-    out, err = resumed.communicate()
-    assert resumed.returncode == 0, err
-    assert f"resuming at step {stopped}" in out
-    expected, got = losses(tmp_path / "whole"), losses(tmp_path / "cut")
-    assert sorted(got) == sorted(expected) == list(range(1, 25))
-    assert got == expected  # bit for bit: same batches, same dropout masks, same optimizer state
-
-
 @pytest.mark.parametrize("flags, message", [
     (["--targets", "q,x"], "unknown LoRA target 'x': choose from q, k, v, o"),
     (["--rank", "0"], "rank r must be an integer >= 1, got 0"),
@@ -160,7 +135,7 @@ def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_run(tiny, data, tmp_pat
     (["--dropout", "1.5"], "dropout must be in [0, 1), got 1.5"),
     (["--dtype", "bf16"], "--dtype bf16 is mixed precision for CUDA; on CPU training runs in fp32"),
     (["--method", "prefix"], "argument --method: invalid choice: 'prefix'"),
-    (["--resume", "/nowhere"], "/nowhere holds no resumable run"),
+    (["--resume", "/nowhere"], "/nowhere holds no run to resume (no config.json)"),
 ])
 def test_user_errors_are_one_line_and_write_nothing(tiny, data, tmp_path, flags, message):
     argv = quick(tiny, data, tmp_path / "run")
@@ -221,3 +196,282 @@ def test_the_official_format_trains_on_the_csv_text(tiny, data, tmp_path):
     assert proc.returncode == 0, err
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["args"]["format"] == "official" and config["data_format"].startswith("v1:")
+
+
+# --- long runs: periodic checkpoints, signals, kills, resume ---------------------------------
+
+
+def train_records(run_dir):
+    """Every 'train' record of metrics.jsonl, in order, duplicates kept: [(step, loss)]."""
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [(r["step"], r["loss"]) for r in map(json.loads, f) if r["event"] == "train"]
+
+
+LONG = ["--epochs", "10", "--max-steps", "60", "--save-every", "10", "--lr", "1e-2",
+        "--dropout", "0.1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny, data, tmp_path_factory):
+    """The losses of the 60-step run that the interrupted ones must reproduce."""
+    run_dir = tmp_path_factory.mktemp("whole") / "run"
+    proc = cli(*quick(tiny, data, run_dir, *LONG))
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    return train_records(run_dir)
+
+
+def interrupt_after(proc, step, sig):
+    for line in proc.stdout:
+        if line.startswith(f"step {step}/"):
+            proc.send_signal(sig)
+            break
+    return proc.communicate()
+
+
+@pytest.mark.parametrize("sig, code, stop_at", [(signal.SIGINT, 130, 11),
+                                                (signal.SIGTERM, 143, 30)])
+def test_a_signal_saves_and_resume_equals_an_uninterrupted_run(tiny, data, tmp_path,
+                                                               uninterrupted, sig, code, stop_at):
+    run_dir = tmp_path / "run"
+    proc = cli(*quick(tiny, data, run_dir, *LONG))
+    out, err = interrupt_after(proc, stop_at, sig)
+    assert proc.returncode == code, err
+    name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+    assert f"{name}: saving after this step" in out and err == ""
+    stopped = max(step for step, _ in train_records(run_dir))
+    assert stop_at <= stopped < 60 and f"stopped at step {stopped}" in out
+    assert f"python train.py --resume {run_dir}" in out
+    resumed = cli("--resume", run_dir)
+    out, err = resumed.communicate()
+    assert resumed.returncode == 0, err
+    assert f"resuming at step {stopped}" in out
+    # the same batches, dropout masks and optimizer state: the same losses, each step once
+    assert train_records(run_dir) == uninterrupted
+    assert [step for step, _ in uninterrupted] == list(range(1, 61))
+
+
+def test_kill_9_loses_only_the_steps_since_the_last_periodic_checkpoint(tiny, data, tmp_path,
+                                                                        uninterrupted):
+    run_dir = tmp_path / "run"
+    interrupt_after(cli(*quick(tiny, data, run_dir, *LONG)), 21, signal.SIGKILL)
+    assert max(step for step, _ in train_records(run_dir)) >= 21
+    with safe_open(str(run_dir / "state.safetensors"), "pt") as f:  # (epochs end at 8, 16, 24)
+        assert json.loads(f.metadata()["state"])["step"] == 20  # the --save-every 10 checkpoint
+    resumed = cli("--resume", run_dir)
+    out, err = resumed.communicate()
+    assert resumed.returncode == 0, err
+    assert "resuming at step 20" in out
+    assert train_records(run_dir) == uninterrupted  # steps 21 on ran again, logged once
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, data, tmp_path_factory):
+    """A finished 4-step LoRA run; tests take a copy (finished_copy)."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    proc = cli(*quick(tiny, data, run_dir, "--max-steps", "4"))
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    return run_dir
+
+
+def finished_copy(finished, tmp_path):
+    shutil.copytree(finished, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_resume_takes_safe_flags_and_refuses_the_others(finished, tmp_path):
+    run_dir = finished_copy(finished, tmp_path)
+    refused = cli("--resume", run_dir, "--max-steps", "8", "--lr", "1", "--rank", "2")
+    out, err = refused.communicate()
+    assert refused.returncode == 2 and out == ""
+    assert err.count("\n") == 1 and "--lr, --rank cannot change when a run resumes" in err, err
+    extended = cli("--resume", run_dir, "--max-steps", "8", "--log-interval", "2")
+    out, err = extended.communicate()
+    assert extended.returncode == 0, err
+    assert [step for step, _ in train_records(run_dir)] == [1, 2, 3, 4, 6, 8]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["args"]["max_steps"] == 4  # the run's own record stays as it started
+
+
+def test_relative_paths_are_recorded_absolute_so_a_resume_works_from_anywhere(tiny, data,
+                                                                             tmp_path):
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    shutil.copytree(tiny, work / "tiny")
+    argv = [str(REPO / "train.py"), "--model", "tiny", "--data", data, "--out", "run",
+            "--device", "cpu", "--limit", "64", "--warmup", "0", "--max-steps", "2"]
+    first = subprocess.run([sys.executable, *argv], cwd=work, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    config = json.loads((work / "run" / "config.json").read_text())["args"]
+    assert config["model"] == str(work / "tiny") and config["out"] == "run"
+    again = subprocess.run([sys.executable, str(REPO / "train.py"), "--resume", "../work/run",
+                            "--max-steps", "4"], cwd=elsewhere, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    meta = checkpoint.load_metadata(str(work / "run" / "adapter.safetensors"))
+    assert meta["base_model"] == str(work / "tiny")
+
+
+def test_stale_temporary_files_are_removed(finished, tmp_path):
+    run_dir = finished_copy(finished, tmp_path)
+    (run_dir / "state.safetensors.tmp").write_bytes(b"half a file")
+    out, err = cli("--resume", run_dir, "--max-steps", "5").communicate()
+    assert "removed state.safetensors.tmp" in out, err
+    assert not (run_dir / "state.safetensors.tmp").exists()
+
+
+def test_a_run_without_a_checkpoint_can_start_again_or_resume_from_step_0(tiny, data, finished,
+                                                                         tmp_path):
+    run_dir = finished_copy(finished, tmp_path)
+    (run_dir / "state.safetensors").unlink()  # as if killed before its first checkpoint
+    (run_dir / "adapter.safetensors").unlink()
+    out, err = cli("--resume", run_dir, "--max-steps", "2").communicate()
+    assert "has no checkpoint yet: resuming it from step 0" in out, err
+    assert [step for step, _ in train_records(run_dir)] == [1, 2]
+    (run_dir / "state.safetensors").unlink()
+    (run_dir / "adapter.safetensors").unlink()
+    proc = cli(*quick(tiny, data, run_dir, "--max-steps", "3"))
+    out, err = proc.communicate()
+    assert proc.returncode == 0 and "never saved a checkpoint: starting it again" in out, err
+    assert [step for step, _ in train_records(run_dir)] == [1, 2, 3]
+
+
+def test_a_cuda_run_resumes_on_cpu(finished, tmp_path):
+    run_dir = finished_copy(finished, tmp_path)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["args"].update(device="cuda", dtype="bf16")  # what a GPU run records
+    (run_dir / "config.json").write_text(json.dumps(config))
+    if not torch.cuda.is_available():
+        out, err = cli("--resume", run_dir, "--max-steps", "5").communicate()
+        assert "sees no CUDA GPU; use --device cpu" in err
+    proc = cli("--resume", run_dir, "--max-steps", "5", "--device", "cpu", "--dtype", "auto")
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert "resuming at step 4" in out
+
+
+def test_a_second_signal_during_a_save_waits_for_it(tiny, data, tmp_path, monkeypatch):
+    # in this process, so the signals land exactly where they must
+    calls = {"n": 0}
+    real_step, real_save = train.Trainer.step, train.save_result
+
+    def step(self, batch, lr):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # stop after this step
+        return real_step(self, batch, lr)
+
+    def save_result(model, args, run_dir):
+        os.kill(os.getpid(), signal.SIGINT)  # again, while the checkpoint is written
+        real_save(model, args, run_dir)
+
+    monkeypatch.setattr(train.Trainer, "step", step)
+    monkeypatch.setattr(train, "save_result", save_result)
+    rc, _, _ = run_in_process(quick(tiny, data, tmp_path / "run", "--max-steps", "20"))
+    assert rc == 130
+    with safe_open(str(tmp_path / "run" / "state.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["state"])["step"] == 3
+    assert (tmp_path / "run" / "adapter.safetensors").exists()
+
+
+def test_two_signals_before_a_checkpoint_quit_with_one_line(tiny, data, tmp_path, monkeypatch,
+                                                            capsys):
+    real_step = train.Trainer.step
+
+    def step(self, batch, lr):
+        if self.position["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, batch, lr)
+
+    monkeypatch.setattr(train.Trainer, "step", step)
+    rc, _, _ = run_in_process(quick(tiny, data, tmp_path / "run", "--max-steps", "20"))
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err == "train.py: Ctrl-C again: quit without saving; no checkpoint was saved\n"
+    assert not (tmp_path / "run" / "state.safetensors").exists()
+
+
+# --- bad input: one line, exit 2, nothing written ----------------------------------------------
+
+
+def finished_run(tiny, data, run_dir, *extra):
+    proc = cli(*quick(tiny, data, run_dir, "--max-steps", "2", *extra))
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    return run_dir
+
+
+def csv_folder(data, tmp_path, edit):
+    """A copy of the E2E folder with edit(name, text) -> text applied to each CSV."""
+    folder = tmp_path / "csvs"
+    folder.mkdir()
+    for name in ("trainset.csv", "devset.csv", "testset_w_refs.csv"):
+        text = (Path(data) / name).read_text(encoding="utf-8")
+        (folder / name).write_text(edit(name, text), encoding="utf-8")
+    return folder
+
+
+def header_only(name, text):
+    return text.split("\n", 1)[0] + "\n"
+
+
+def with_end_of_text(name, text):
+    return text.replace("Alimentum is not a family-friendly place, located in city centre.",
+                        "Alimentum is a place<|endoftext|>.", 1) if name == "devset.csv" else text
+
+
+@pytest.mark.parametrize("case, message", [
+    ("truncated state", "state.safetensors is damaged and cannot be resumed"),
+    ("random state", "state.safetensors is damaged and cannot be resumed"),
+    ("config without args", "is not a run's config.json written by train.py"),
+    ("state of another method", "holds the state of another run"),
+    ("out is a file", "is a file, not a folder; pick another --out"),
+    ("out cannot be written", "cannot write to /proc/lora-gpt2-run"),
+    ("header-only trainset", "trainset.csv holds no examples, only a header"),
+    ("header-only CSVs", "holds no examples, only a header"),
+    ("lr inf", "--lr must be a finite number, got inf"),
+    ("weight decay nan", "--weight-decay must be a finite number, not negative: got nan"),
+    ("end of text in a reference", "devset.csv, row 4: holds '<|endoftext|>'"),
+])
+def test_bad_input_is_one_line_with_exit_2(tiny, data, finished, tmp_path, case, message):
+    run_dir, argv = tmp_path / "run", None
+    if case in ("truncated state", "random state", "config without args",
+                "state of another method"):
+        finished_copy(finished, tmp_path)
+        state = run_dir / "state.safetensors"
+        if case == "truncated state":
+            state.write_bytes(state.read_bytes()[:1000])
+        elif case == "random state":
+            state.write_bytes(os.urandom(5000))
+        elif case == "config without args":
+            (run_dir / "config.json").write_text("{}")
+        else:
+            other = finished_run(tiny, data, tmp_path / "full", "--method", "full")
+            shutil.copy(other / "state.safetensors", state)
+        before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+        argv = ["--resume", run_dir]
+    elif case == "out is a file":
+        run_dir.write_text("mine")
+    elif case == "out cannot be written":
+        run_dir = Path("/proc/lora-gpt2-run")  # nobody, root included, can create this
+    elif case.startswith("header-only"):
+        data = csv_folder(data, tmp_path, header_only if case == "header-only CSVs" else
+                          lambda name, text: header_only(name, text) if name == "trainset.csv"
+                          else text)
+    elif case == "end of text in a reference":
+        data = csv_folder(data, tmp_path, with_end_of_text)
+    if argv is None:
+        flag = {"lr inf": ["--lr", "inf"], "weight decay nan": ["--weight-decay", "nan"]}
+        argv = quick(tiny, data, run_dir, *flag.get(case, []))
+    proc = cli(*argv)
+    out, err = proc.communicate()
+    assert proc.returncode == 2, (out, err)
+    assert err.count("\n") == 1 and err.startswith("train.py: ") and message in err, err
+    assert "Traceback" not in err
+    if argv[0] == "--resume":  # nothing written half-way
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    elif case == "out is a file":
+        assert run_dir.read_text() == "mine"
+    else:
+        assert not run_dir.exists()

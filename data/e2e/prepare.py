@@ -154,11 +154,17 @@ def read_split(path: str) -> list[tuple[str, str]]:
         mr, ref = record[mr_col].strip(), " ".join(record[ref_col].split())
         if not ref:
             raise DataError(f"{path}, row {row_number}: the reference is empty")
+        if "<|endoftext|>" in mr + ref:
+            raise DataError(f"{path}, row {row_number}: holds '<|endoftext|>', GPT-2's end of "
+                            "text marker, which separates MR and reference here; remove it")
         try:
             parse_mr(mr)
         except ValueError as e:
             raise DataError(f"{path}, row {row_number}: the MR {e}") from None
         rows.append((mr, ref))
+    if not rows:
+        raise DataError(f"{path} holds no examples, only a header; use the official release "
+                        "(delete the file to download it again)")
     return rows
 
 
@@ -259,9 +265,10 @@ def load_examples(split: str, data_dir: str | None = None, format: str = "paper"
             return Examples(dict(arrays))
     arrays = encode(read_split(path), split, format)
     os.makedirs(os.path.dirname(cache), exist_ok=True)
-    with open(cache + ".tmp", "wb") as f:
+    tmp = f"{cache}.{os.getpid()}.tmp"  # parallel test workers may write the same cache
+    with open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(cache + ".tmp", cache)
+    os.replace(tmp, cache)
     return Examples(arrays)
 
 

@@ -1,0 +1,124 @@
+"""analysis.py: the paper's Section 7 measurements, checked on cases whose answer is known."""
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, trained
+
+import analysis
+import lora
+from model import GPT
+
+
+def random_A(r, k, seed):
+    return torch.randn(r, k, generator=torch.Generator().manual_seed(seed), dtype=torch.double)
+
+
+def test_an_adapter_is_fully_similar_to_itself():
+    A = random_A(8, 64, 0)
+    grid = analysis.similarity(A, A)
+    assert torch.allclose(grid.diagonal(), torch.ones(8, dtype=torch.double))
+    assert ((grid >= -1e-12) & (grid <= 1 + 1e-12)).all()
+
+
+def test_swapping_the_adapters_transposes_the_grid():
+    A, B = random_A(4, 64, 1), random_A(8, 64, 2)
+    torch.testing.assert_close(analysis.similarity(A, B), analysis.similarity(B, A).T)
+
+
+def test_random_subspaces_give_the_expected_similarity():
+    # For independent uniformly random subspaces of dimensions i and j in R^k,
+    # E ||U_i^T U_j||_F^2 = sum over the i x j pairs of E cos^2 = i j / k, so
+    # E phi(i, j) = i j / (k min(i, j)) = max(i, j) / k. Gaussian A has uniform directions.
+    k, draws = 128, 300
+    grid = sum(analysis.similarity(random_A(4, k, 2 * n), random_A(8, k, 2 * n + 1))
+               for n in range(draws)) / draws
+    i = torch.arange(1, 5, dtype=torch.double)[:, None]
+    j = torch.arange(1, 9, dtype=torch.double)[None, :]
+    expected = torch.maximum(i, j) / k
+    assert (grid - expected).abs().max() < 0.15 * expected.max()
+
+
+def matrix_with_spectrum(d, k, singular_values, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.double))
+    V, _ = torch.linalg.qr(torch.randn(k, k, generator=g, dtype=torch.double))
+    s = torch.tensor(singular_values, dtype=torch.double)
+    return U[:, :len(s)] @ torch.diag(s) @ V[:, :len(s)].T, U, V
+
+
+def test_amplification_of_an_update_along_ws_top_directions_is_its_scale():
+    W, U, V = matrix_with_spectrum(48, 32, [10.0, 8.0, 6.0] + [0.1] * 29)
+    dW = 3.0 * (U[:, :2] @ torch.diag(torch.tensor([10.0, 8.0], dtype=torch.double)) @ V[:, :2].T)
+    result = analysis.amplification(W, dW, r=2)
+    assert result["dW"] == pytest.approx(result["W"])  # Delta W's directions are W's top two
+    assert result["factor"] == pytest.approx(3.0)  # = ||dW|| / ||dW / 3||: 1 up to the scale 3
+
+
+def test_amplification_of_an_update_orthogonal_to_ws_top_directions_is_large():
+    W, U, V = matrix_with_spectrum(48, 32, [10.0, 8.0, 6.0] + [0.01] * 29)
+    dW = U[:, 30:32] @ V[:, 30:32].T  # along two of W's weakest directions, norm sqrt(2)
+    result = analysis.amplification(W, dW, r=2)
+    assert result["dW"] == pytest.approx(0.01 * 2 ** 0.5)  # W barely has these directions
+    assert result["factor"] == pytest.approx(100.0)
+    assert result["W"] == pytest.approx((10.0 ** 2 + 8.0 ** 2) ** 0.5)
+
+
+@pytest.fixture
+def two_adapters(hf_dir, tmp_path):
+    for r, seed in ((2, 0), (8, 1)):
+        model = trained(lora.apply(GPT.from_pretrained(str(hf_dir)), "q,v", r=r, alpha=2 * r),
+                        seed=seed)
+        lora.save(model, str(tmp_path / f"r{r}.safetensors"))
+    return tmp_path
+
+
+def run(*args):
+    return subprocess.run([sys.executable, str(REPO / "analysis.py"), *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_similarity_cli_writes_the_grid(two_adapters):
+    out = two_adapters / "phi.csv"
+    result = run("similarity", two_adapters / "r2.safetensors", two_adapters / "r8.safetensors",
+                 "--target", "v", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "phi(A_r=2, A_r=8, i, j) on W_v, mean over 2 layers" in result.stdout
+    rows = [line.split(",") for line in out.read_text().splitlines()]
+    assert rows[0] == ["i\\j", *map(str, range(1, 9))] and [r[0] for r in rows[1:]] == ["1", "2"]
+    values = [float(v) for row in rows[1:] for v in row[1:]]
+    assert len(values) == 16 and all(0 <= v <= 1 for v in values)
+    if importlib.util.find_spec("matplotlib"):
+        assert (two_adapters / "phi.png").is_file()
+    else:
+        assert "matplotlib is not installed" in result.stdout
+
+
+def test_amplification_cli_prints_table_7(two_adapters, hf_dir):
+    result = run("amplification", two_adapters / "r8.safetensors", "--layer", "1")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("| W_")]
+    assert [line.split(" | ")[0] for line in lines] == ["| W_q", "| W_v"]
+    assert all(line.split(" | ")[1] == "8" for line in lines)
+
+
+def test_a_peft_adapter_reads_as_its_import(two_adapters, hf_dir, tmp_path):
+    import peft_interop
+    model = GPT.from_pretrained(str(hf_dir))
+    lora.load(model, str(two_adapters / "r2.safetensors"))
+    peft_interop.export_peft(model, str(tmp_path / "peft"))
+    factors, _ = analysis.read_factors(str(tmp_path / "peft"), str(hf_dir))
+    ours, _ = analysis.read_factors(str(two_adapters / "r2.safetensors"))
+    for (layer, target), (A, B, s) in ours.items():  # the same update B A, whatever the factors
+        A2, B2, s2 = factors[(layer, target)]
+        torch.testing.assert_close(s2 * B2 @ A2, s * B @ A)
+
+
+def test_a_missing_target_is_one_line(two_adapters):
+    result = run("similarity", two_adapters / "r2.safetensors", two_adapters / "r8.safetensors",
+                 "--target", "o", "--out", two_adapters / "x.csv")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "has no LoRA on o (targets q,v, layers 0-1)" in result.stderr

@@ -349,6 +349,11 @@ def check(args) -> torch.device:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     if args.prompt is not None and not args.prompt.strip():
         raise UserError("--prompt is empty: give some text to continue")
+    if args.mr is not None:
+        try:
+            e2e.parse_mr(args.mr)
+        except ValueError as e:
+            raise UserError(f"--mr {e}") from None
     for flag, value in {"--length-penalty": args.length_penalty,
                         "--temperature": args.temperature}.items():
         if not math.isfinite(value):
@@ -375,20 +380,20 @@ def check(args) -> torch.device:
 def one_input(model, args, device):
     """--prompt: continue free text (greedy, or sampled); --mr: beam-search one MR."""
     enc = e2e.tokenizer()
-    if args.prompt is not None:
-        idx = torch.tensor([enc.encode(args.prompt)], device=device)
-        generator = torch.Generator(device=device).manual_seed(args.seed)
-        with cli.autocast(device, cli.amp_dtype(device, args.dtype, "decoding", auto=None)):
-            out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k,
-                                 args.top_p, stop_token=e2e.EOT, generator=generator)
-        print(enc.decode(out[0].tolist()))
+    if args.mr is not None:
+        prompt = e2e.prompt_tokens(args.mr, args.format)
+        print(output_text(enc, decode(model, [prompt], **decoding(args, device),
+                                      progress=False)[0]))
         return
-    try:
-        e2e.parse_mr(args.mr)
-    except ValueError as e:
-        raise UserError(f"--mr {e}") from None
-    prompt = e2e.prompt_tokens(args.mr, args.format)
-    print(output_text(enc, decode(model, [prompt], **decoding(args, device), progress=False)[0]))
+    idx = torch.tensor([enc.encode(args.prompt)], device=device)
+    if idx.size(1) >= model.config.block_size:
+        raise UserError(f"--prompt has {idx.size(1)} tokens; the model reads at most "
+                        f"{model.config.block_size - 1} before it writes")
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    with cli.autocast(device, cli.amp_dtype(device, args.dtype, "decoding", auto=None)):
+        out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k,
+                             args.top_p, stop_token=e2e.EOT, generator=generator)
+    print(enc.decode(out[0].tolist()))
 
 
 def main(argv=None) -> int:

@@ -271,3 +271,10 @@ def test_an_interrupted_decode_resumes_from_its_part_file(tiny_run, e2e_data, tm
     assert "decoded 3 MRs" in resumed.stdout
     assert (tmp_path / "cut" / "predictions-first6.tsv").read_text() == whole
     assert not (tmp_path / "cut" / "predictions-first6.tsv.part").exists()
+
+
+def test_a_prompt_longer_than_the_model_reads_is_one_line(tiny_run, gpt2_vocab, capsys):
+    code, out, err = main(capsys, "--model", tiny_run / "base", "--prompt", "word " * 300,
+                          "--device", "cpu")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "--prompt has 301 tokens; the model reads at most 255 before it writes" in err

@@ -374,11 +374,12 @@ def resumed_args(args) -> argparse.Namespace:
                         f"--out {args.resume}")
     try:
         with open(config, encoding="utf-8") as f:
-            saved = json.load(f)["args"]
-        saved["dropout"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{config} is not a run's config.json written by train.py ({e!r}); "
-                        "start a new run instead") from None
+            saved = json.load(f).get("args")
+    except (OSError, ValueError, AttributeError) as e:
+        saved = f"unreadable: {e}"
+    if not isinstance(saved, dict) or "dropout" not in saved:
+        raise UserError(f"{config} is not a run's config.json written by train.py (its 'args': "
+                        f"{str(saved)[:60]}); start a new run instead")
     safe = {flag.lstrip("-").replace("-", "_") for flag in SAFE_ON_RESUME}
     if unsafe := [name for name in args.given if name not in safe | {"resume"}]:
         flags = ", ".join("--" + name.replace("_", "-") for name in unsafe)
@@ -401,10 +402,8 @@ def run_directory(args) -> str:
                 f"{time.strftime('%Y%m%d-%H%M%S')}"))
     cli.check_writable(run_dir)
     if os.path.isdir(run_dir) and os.listdir(run_dir):
-        ours = {"config.json", "metrics.jsonl"}
-        if os.path.exists(os.path.join(run_dir, "state.safetensors")) or \
-                not set(os.listdir(run_dir)) <= ours | {n for n in os.listdir(run_dir)
-                                                        if n.endswith(".tmp")}:
+        files = {name for name in os.listdir(run_dir) if not name.endswith(".tmp")}
+        if not files <= {"config.json", "metrics.jsonl"}:  # a checkpoint, or someone's files
             raise UserError(f"{run_dir} already holds files; pick another --out, or continue "
                             f"that run with --resume {run_dir}")
         print(f"{run_dir} holds a run that never saved a checkpoint: starting it again")
@@ -424,7 +423,7 @@ def setup(args):
             state = None
     device, amp_dtype = check(args)
     if not args.resume:
-        run_dir = run_directory(args)
+        run_dir = args.out = run_directory(args)
         for name in ("model", "data"):  # recorded absolute, so a resume works from anywhere
             value = getattr(args, name)
             if value and os.path.exists(value):

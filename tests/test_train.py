@@ -304,7 +304,7 @@ def test_relative_paths_are_recorded_absolute_so_a_resume_works_from_anywhere(ti
     first = subprocess.run([sys.executable, *argv], cwd=work, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     config = json.loads((work / "run" / "config.json").read_text())["args"]
-    assert config["model"] == str(work / "tiny") and config["out"] == "run"
+    assert config["model"] == str(work / "tiny") and config["out"] == str(work / "run")
     again = subprocess.run([sys.executable, str(REPO / "train.py"), "--resume", "../work/run",
                             "--max-steps", "4"], cwd=elsewhere, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr

@@ -143,6 +143,6 @@ def load(model: GPT, path: str, check_base: bool = True) -> dict:
     if settings(model) != s:
         raise checkpoint.CheckpointError(f"{path} holds {s}, but this model has {settings(model)}")
     if check_base:
-        checkpoint.check_base(path, checkpoint.load_metadata(path), model, _base_weights(model))
+        checkpoint.check_base(path, model, _base_weights(model))
     checkpoint.copy_tensors(path, _params(model))
     return s

@@ -269,11 +269,11 @@ def bench_decode(setup) -> dict:
 def bench_latency(setup) -> dict:
     """The paper's Table 1 grid (latency.py, as sample.py --latency runs it)."""
     args, device = setup.args, setup.device
-    cells = args.grid or ("32x512,16x256,1x128" if device.type == "cuda" else "1x32,1x8")
+    grid = latency.parse_grid(args.grid or latency.DEFAULT_GRID[device.type])
     config = (GPTConfig(**{**setup.config.__dict__, "dropout": 0.0}) if args.small
               else GPTConfig.from_preset(args.model, dropout=0.0))
-    report = latency.measure(config, [tuple(map(int, c.split("x"))) for c in cells.split(",")],
-                             device, trials=args.trials or (100 if device.type == "cuda" else 30),
+    report = latency.measure(config, grid, device,
+                             trials=args.trials or (100 if device.type == "cuda" else 30),
                              warmup=10 if device.type == "cuda" else 2,
                              amp_dtype=torch.bfloat16 if device.type == "cuda" else None,
                              name=args.model if not args.small else setup.describe())

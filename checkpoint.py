@@ -284,8 +284,9 @@ def fingerprint(weights: list) -> list[float]:
     return values
 
 
-def check_base(path: str, meta: dict, model, base_weights: list):
+def check_base(path: str, model, base_weights: list):
     """Refuse to load an adapter onto another base than the one it was trained on."""
+    meta = load_metadata(path)
     recorded = json.loads(meta.get("base_fingerprint", "[]"))
     if not recorded:  # files from before the fingerprint, or saved from a weightless model
         return

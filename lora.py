@@ -230,8 +230,7 @@ def load(model: GPT, path: str, check_base: bool = True) -> dict:
         raise ValueError("LoRA is merged into this model: lora.unmerge it before loading another "
                          "adapter")
     if check_base:
-        checkpoint.check_base(path, checkpoint.load_metadata(path), model,
-                              _base_weights(model, s["targets"]))
+        checkpoint.check_base(path, model, _base_weights(model, s["targets"]))
     if not lora_layers(model):
         apply(model, s["targets"], s["r"], s["alpha"], s["dropout"])
     have = settings(model)

@@ -106,13 +106,11 @@ def base_name(args) -> str:
 # --- the E2E test set ----------------------------------------------------------------------------
 
 
-def decoding(args, device) -> dict:
-    """The decoding flags as decode()'s keyword arguments (fp32 unless --dtype says otherwise, as
-    the released code decodes)."""
+def decoding(args) -> dict:
+    """The decoding flags as decode()'s keyword arguments."""
     return dict(beam=args.beam, length_penalty=args.length_penalty,
                 no_repeat_ngram=args.no_repeat_ngram, max_new_tokens=args.max_new_tokens,
-                batch_size=args.batch_size, use_cache=not args.no_cache,
-                amp_dtype=cli.amp_dtype(device, args.dtype, "decoding", auto=None))
+                batch_size=args.batch_size, use_cache=not args.no_cache, amp_dtype=args.amp_dtype)
 
 
 def output_text(enc, tokens: list[int]) -> str:
@@ -194,7 +192,7 @@ def evaluate(model, kind: str, args, device) -> dict:
 
         start = time.time()
         outputs = decode(model, [enc.encode(groups[i][1]) + [e2e.EOT] for i in todo],
-                         **decoding(args, device), on_batch=write)
+                         **decoding(args), on_batch=write)
         seconds = time.time() - start
     n_tokens = sum(len(tokens) for tokens in outputs)
     print(f"decoded {len(todo)} MRs ({n_tokens:,} tokens) in {seconds:.1f} s: "
@@ -268,7 +266,7 @@ def run_latency(args, device):
     """Time the Table 1 variants (latency.py), print the table, write the JSON."""
     config = GPTConfig.from_preset(args.latency_model, dropout=0.0)
     report = latency.measure(config, args.grid, device, trials=args.trials, warmup=args.warmup_trials,
-                             amp_dtype=cli.amp_dtype(device, args.dtype, "decoding", auto=None),
+                             amp_dtype=args.amp_dtype,
                              name=args.latency_model)
     print(latency.latency_table(report))
     write_atomic(args.latency_out, json.dumps(report, indent=2))
@@ -359,13 +357,13 @@ def check(args) -> torch.device:
         if not math.isfinite(value):
             raise UserError(f"{flag} must be a finite number, got {value}")
     device = cli.pick_device(args.device)
-    cli.amp_dtype(device, args.dtype, "decoding")
+    # fp32 unless --dtype says otherwise, as the released code decodes
+    args.amp_dtype = cli.amp_dtype(device, args.dtype, "decoding", auto=None)
     if args.latency:
-        cells = args.grid or ("32x512,16x256,1x128" if device.type == "cuda" else "1x32,1x8")
-        if not all(cell.count("x") == 1 and all(x.isdigit() and int(x) > 0 for x in cell.split("x"))
-                   for cell in cells.split(",")):
-            raise UserError(f"--grid {cells!r}: give cells like 1x128,16x256")
-        args.grid = [tuple(int(x) for x in cell.split("x")) for cell in cells.split(",")]
+        try:
+            args.grid = latency.parse_grid(args.grid or latency.DEFAULT_GRID[device.type])
+        except ValueError as e:
+            raise UserError(e) from None
         args.trials = args.trials or (100 if device.type == "cuda" else 10)
         args.warmup_trials = args.warmup_trials or (10 if device.type == "cuda" else 2)
     elif not (args.adapter or args.model):
@@ -382,7 +380,7 @@ def one_input(model, args, device):
     enc = e2e.tokenizer()
     if args.mr is not None:
         prompt = e2e.prompt_tokens(args.mr, args.format)
-        print(output_text(enc, decode(model, [prompt], **decoding(args, device),
+        print(output_text(enc, decode(model, [prompt], **decoding(args),
                                       progress=False)[0]))
         return
     idx = torch.tensor([enc.encode(args.prompt)], device=device)
@@ -390,7 +388,7 @@ def one_input(model, args, device):
         raise UserError(f"--prompt has {idx.size(1)} tokens; the model reads at most "
                         f"{model.config.block_size - 1} before it writes")
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    with cli.autocast(device, cli.amp_dtype(device, args.dtype, "decoding", auto=None)):
+    with cli.autocast(device, args.amp_dtype):
         out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k,
                              args.top_p, stop_token=e2e.EOT, generator=generator)
     print(enc.decode(out[0].tolist()))

@@ -8,7 +8,8 @@ paper leaves out taken from its released code (microsoft/LoRA, examples/NLG): Ad
 batch 8, 5 epochs, LoRA r=4 on W_q and W_v with alpha 32, dropout 0.1 on the LoRA path only (the
 released model has none in the backbone), label smoothing 0.1, seed 110, and the released
 pre-tokenized E2E text (--format paper; data/e2e/paper_format.py). `--method full | adapter_h |
-adapter_l` trains the other rows of Table 3 from the same script.
+adapter_l` trains the other rows of Table 3 from the same script; `--method full --random-init`
+trains the same shape from scratch (no pretrained weights: the control for what pretraining buys).
 
 A run directory gets config.json (the run's settings, paths absolute), metrics.jsonl (every logged
 value), the result (adapter.safetensors, or model/ for full fine-tuning) and state.safetensors
@@ -34,10 +35,10 @@ import adapter
 import cli
 import lora
 import training
-from checkpoint import write_atomic
+from checkpoint import read_hf_config, write_atomic
 from cli import UserError
 from data.e2e import prepare as e2e
-from model import GPT
+from model import GPT, GPTConfig, PRESETS
 
 METHODS = ("lora", "full", "adapter_h", "adapter_l")
 # What a resumed run may change: how long it runs, where and how fast, how often it reports.
@@ -52,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="GPT-2 preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or local checkpoint")
     p.add_argument("--method", default="lora", choices=METHODS,
                    help="lora, full fine-tuning, or the Adapter^H / Adapter^L baselines")
+    p.add_argument("--random-init", action="store_true",
+                   help="train from scratch: --model's shape with random weights (GPT-2's "
+                        "init, seeded by --seed), nothing downloaded; needs --method full")
     p.add_argument("--data", help="folder with the E2E CSVs (default: $E2E_DATA_DIR, else data/e2e/, "
                                   "downloaded on first use)")
     p.add_argument("--format", default="paper", choices=list(e2e.FORMATS),
@@ -143,6 +147,9 @@ def check(args) -> tuple[torch.device, torch.dtype | None]:
                             args.lora_dropout)
     except ValueError as e:
         raise UserError(f"{e} (--targets, --rank, --alpha, --lora-dropout)") from None
+    if args.random_init and args.method != "full":
+        raise UserError(f"--random-init trains every weight from scratch, which is --method full; "
+                        f"--method {args.method} adapts pretrained weights that it would lack")
     device = cli.pick_device(args.device)
     return device, cli.amp_dtype(device, args.dtype, "training")
 
@@ -150,9 +157,28 @@ def check(args) -> tuple[torch.device, torch.dtype | None]:
 # --- the model -----------------------------------------------------------------------------------
 
 
+def model_shape(name: str, dropout: float) -> GPTConfig:
+    """--random-init: the shape of --model (a preset, or a checkpoint's config.json), without
+    its weights."""
+    preset = name.removeprefix("openai-community/")
+    if preset in PRESETS:
+        return GPTConfig.from_preset(preset, dropout=dropout)
+    folder = name if os.path.isdir(name) else os.path.dirname(name)
+    config = os.path.join(folder, "config.json")
+    if not os.path.isfile(config):
+        raise UserError(f"--random-init needs the shape of --model {name}: a preset "
+                        f"({', '.join(PRESETS)}) or a checkpoint folder with a config.json")
+    return GPTConfig(**{**read_hf_config(config), "dropout": dropout})
+
+
 def build_model(args, device) -> GPT:
-    """The pretrained model with the method's trainable parameters (the rest frozen)."""
-    model = GPT.from_pretrained(args.model, dropout=args.dropout)
+    """The pretrained model with the method's trainable parameters (the rest frozen); with
+    --random-init, the same shape with GPT-2's random init instead of its weights."""
+    if args.random_init:
+        torch.manual_seed(args.seed)
+        model = GPT(model_shape(args.model, args.dropout))
+    else:
+        model = GPT.from_pretrained(args.model, dropout=args.dropout)
     torch.manual_seed(args.seed)  # LoRA's A (and the adapters) start from the seed
     if args.method == "lora":
         lora.apply(model, args.targets, r=args.rank, alpha=args.alpha, dropout=args.lora_dropout)
@@ -165,7 +191,8 @@ def describe(model, args) -> str:
     if args.method == "lora":
         return lora.describe(model)
     if args.method == "full":
-        return f"full fine-tuning: all {model.num_params():,} parameters trainable"
+        start = "random init (--random-init)" if args.random_init else args.model
+        return f"full fine-tuning: all {model.num_params():,} parameters trainable, from {start}"
     return adapter.describe(model)
 
 
@@ -390,6 +417,7 @@ def resumed_args(args) -> argparse.Namespace:
     saved.setdefault("format", "official")
     saved.setdefault("lora_dropout", saved["dropout"])
     saved.setdefault("save_every", 0)
+    saved.setdefault("random_init", False)
     saved.update({name: getattr(args, name) for name in args.given if name in safe})
     return argparse.Namespace(**{**saved, "resume": os.path.abspath(args.resume),
                                  "given": args.given})
@@ -399,6 +427,7 @@ def run_directory(args) -> str:
     """Where a new run goes, refused if it holds another run's checkpoint or is not writable."""
     run_dir = os.path.abspath(args.out or os.path.join(
         "runs", f"e2e-{args.method}-{os.path.basename(args.model.rstrip('/'))}-"
+                f"{'scratch-' if args.random_init else ''}"
                 f"{time.strftime('%Y%m%d-%H%M%S')}"))
     cli.check_writable(run_dir)
     if os.path.isdir(run_dir) and os.listdir(run_dir):

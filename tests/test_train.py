@@ -93,6 +93,36 @@ def test_full_fine_tuning_saves_a_gpt2_checkpoint(tiny, data, tmp_path):
                            GPT.from_pretrained(tiny).state_dict()["transformer.h.0.attn.q.weight"])
 
 
+def test_random_init_trains_the_shape_from_scratch(tiny, data, tmp_path):
+    argv = quick(tiny, data, tmp_path / "run", "--method", "full", "--random-init",
+                 "--max-steps", "30", "--lr", "2e-3", "--label-smoothing", "0")
+    model = train.build_model(train.parse_args(argv), torch.device("cpu"))
+    pretrained = GPT.from_pretrained(tiny)
+    torch.manual_seed(110)  # --seed's default: GPT-2's init of the checkpoint's shape
+    fresh = GPT(pretrained.config)
+    for name, p in model.state_dict().items():
+        assert torch.equal(p, fresh.state_dict()[name]), name
+        if name.endswith("weight") and "ln_" not in name:  # LayerNorm weights start at 1
+            assert not torch.equal(p, pretrained.state_dict()[name]), name
+    rc, _, frozen = run_in_process(argv)
+    assert rc == 0 and frozen == {}
+    assert_loss_falls(tmp_path / "run")
+    GPT.from_pretrained(str(tmp_path / "run" / "model"))  # a GPT-2 checkpoint sample.py loads
+
+
+def test_random_init_of_a_preset_downloads_nothing(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2_CACHE_DIR", str(tmp_path / "cache"))  # empty, and no network here
+    proc = cli("--model", "gpt2", "--random-init", "--method", "full", "--data", data,
+               "--device", "cpu", "--out", tmp_path / "run", "--limit", "2", "--batch-size", "2",
+               "--max-steps", "1", "--save-every", "0")
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert "all 124,439,808 parameters trainable, from random init" in out  # GPT-2 small
+    assert not (tmp_path / "cache").exists()
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["args"]["random_init"] is True  # so a --resume starts the same way
+
+
 def test_gradient_accumulation_gives_the_same_steps(tiny, data, tmp_path):
     args = ["--max-steps", "3", "--dropout", "0", "--lora-dropout", "0"]
     run_in_process(quick(tiny, data, tmp_path / "a", *args))
@@ -136,11 +166,17 @@ def cli(*args, **kwargs):
     (["--dtype", "bf16"], "--dtype bf16 is mixed precision for CUDA; on CPU training runs in fp32"),
     (["--method", "prefix"], "argument --method: invalid choice: 'prefix'"),
     (["--resume", "/nowhere"], "/nowhere holds no run to resume (no config.json)"),
+    (["--random-init", None, "--method", "lora"], "--method lora adapts pretrained weights that it "
+                                            "would lack"),
+    (["--random-init", None, "--method", "full", "--model", "/nowhere/gpt2"],
+     "--random-init needs the shape of --model /nowhere/gpt2: a preset"),
 ])
 def test_user_errors_are_one_line_and_write_nothing(tiny, data, tmp_path, flags, message):
     argv = quick(tiny, data, tmp_path / "run")
-    for flag, value in zip(flags[::2], flags[1::2]):
-        if flag in argv:
+    for flag, value in zip(flags[::2], flags[1::2]):  # value None: a switch
+        if value is None:
+            argv.append(flag)
+        elif flag in argv:
             argv[argv.index(flag) + 1] = value
         else:
             argv += [flag, value]

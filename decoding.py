@@ -29,15 +29,18 @@ from data.e2e.prepare import EOT
 from model import KVCache
 
 STOP_TOKENS = (EOT, 628)  # <|endoftext|>, and "\n\n" (a blank line)
+CHECK_EVERY = 4  # steps between looks for prompts whose search is over
 
 
-def banned_tokens(seqs: torch.Tensor, n: int, vocab_size: int) -> torch.Tensor:
-    """(..., vocab_size) True where a token would repeat an n-gram already in seqs (..., t):
-    the n-grams whose first n-1 tokens equal the last n-1 tokens ban their last token."""
+def ban_repeated_ngrams(logits: torch.Tensor, seqs: torch.Tensor, n: int) -> torch.Tensor:
+    """Set to -inf, in place, the logits (..., vocab_size) of the tokens that would repeat an
+    n-gram already in seqs (..., t): the n-grams whose first n-1 tokens equal the last n-1 tokens
+    ban their last token. Returns logits."""
     windows = seqs.unfold(-1, n, 1)  # (..., t-n+1, n): every n-gram
     match = (windows[..., :-1] == seqs[..., None, -(n - 1):]).all(-1)
-    mask = torch.zeros(*seqs.shape[:-1], vocab_size, device=seqs.device)
-    return mask.scatter_reduce_(-1, windows[..., -1], match.float(), "amax").bool()
+    penalty = torch.zeros(match.shape, dtype=logits.dtype, device=logits.device)
+    # adds -inf at each banned token and 0 elsewhere: no (..., vocab_size) mask is built
+    return logits.scatter_add_(-1, windows[..., -1], penalty.masked_fill_(match, float("-inf")))
 
 
 @torch.no_grad()
@@ -54,7 +57,7 @@ def beam_search(model, prompts: torch.Tensor, beam: int = 10, length_penalty: fl
     n, T = prompts.shape
     K, M, device = beam, max_new_tokens, prompts.device
     stops = torch.tensor(stop_tokens, device=device)
-    cache = KVCache(model.config.n_layer) if use_cache else None
+    cache = KVCache(model.config.n_layer, capacity=T + M) if use_cache else None
     logits = model(prompts, cache=cache)[:, -1].float()
     rows = torch.arange(n, device=device).repeat_interleave(K)  # K beams per prompt
     if cache is not None:
@@ -79,9 +82,8 @@ def beam_search(model, prompts: torch.Tensor, beam: int = 10, length_penalty: fl
     for t in range(M):
         logits = logits.view(len(active), K, -1)
         vocab_size = logits.size(-1)
-        if no_repeat_ngram and t >= no_repeat_ngram:  # banned before the softmax, as the
-            banned = banned_tokens(seqs[:, :, :t], no_repeat_ngram, vocab_size)  # released code:
-            logits = logits.masked_fill(banned, float("-inf"))  # the other tokens renormalise
+        if no_repeat_ngram and t >= no_repeat_ngram:  # banned before the softmax, as released:
+            ban_repeated_ngrams(logits, seqs[:, :, :t], no_repeat_ngram)  # the rest renormalise
         logp = F.log_softmax(logits, dim=-1).nan_to_num(nan=float("-inf"))  # (all banned: none)
         # the K best candidates, whether they stop here or go on
         top, index = (scores[..., None] + logp).flatten(1).topk(K)
@@ -99,10 +101,12 @@ def beam_search(model, prompts: torch.Tensor, beam: int = 10, length_penalty: fl
             record(value, j, M)
             break
         # stop where no live beam can beat the best ended one: later tokens only lower a score,
-        # and the most favourable length normalisation is `longest`
-        still_open = scores.max(1).values / longest > best[active]
+        # and the most favourable length normalisation is `longest`. Looking costs a wait for
+        # the GPU (a host sync), so it is done every CHECK_EVERY steps; a prompt searched a few
+        # steps longer has the same result.
         rows = (torch.arange(len(active), device=device)[:, None] * K + parent)
-        if not bool(still_open.all()):
+        still_open = scores.max(1).values / longest > best[active]
+        if t % CHECK_EVERY == CHECK_EVERY - 1 and not bool(still_open.all()):
             keep = still_open.nonzero().squeeze(1)
             active, scores, seqs, token, rows = (active[keep], scores[keep], seqs[keep],
                                                  token[keep], rows[keep])

@@ -51,32 +51,55 @@ class KVCache:
     """Keys and values of the positions seen so far, one pair per block, for incremental decoding.
 
     Without it, generating token t recomputes the keys and values of tokens 0..t-1 in every layer;
-    with it each step feeds only the new token. `reorder` follows the surviving beams in beam search.
+    with it each step feeds only the new token. Each layer's storage is allocated for `capacity`
+    positions (doubled when a sequence outgrows it) and each step writes its keys and values in
+    place, so the past is not copied at every step. `reorder` follows the surviving beams in beam
+    search: one copy of the positions filled so far.
     """
 
-    def __init__(self, n_layer: int):
-        self.keys = [None] * n_layer
+    def __init__(self, n_layer: int, capacity: int = 0):
+        self.capacity = capacity  # positions to allocate at first (0: what the first step needs)
+        self.keys = [None] * n_layer  # (B, n_head, allocated positions, head_dim) per layer
         self.values = [None] * n_layer
+        self.lengths = [0] * n_layer  # positions filled
 
     def __len__(self) -> int:
         return self.length(0)
 
     def length(self, layer: int) -> int:
         """Number of positions cached in this layer."""
-        return 0 if self.keys[layer] is None else self.keys[layer].size(2)
+        return self.lengths[layer]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Append this step's (B, n_head, T, head_dim) keys and values; return all of them so far."""
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        past, end = self.lengths[layer], self.lengths[layer] + k.size(2)
+        if self.keys[layer] is None or end > self.keys[layer].size(2):
+            size = max(end, self.capacity, 2 * (0 if self.keys[layer] is None
+                                               else self.keys[layer].size(2)))
+            self.keys[layer] = self._moved(self.keys[layer], k, past, size)
+            self.values[layer] = self._moved(self.values[layer], v, past, size)
+        self.keys[layer][:, :, past:end] = k
+        self.values[layer][:, :, past:end] = v
+        self.lengths[layer] = end
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    @staticmethod
+    def _moved(old, new, past: int, size: int) -> torch.Tensor:
+        """Storage for `size` positions shaped like `new`, holding old's first `past` positions."""
+        storage = new.new_empty(new.size(0), new.size(1), size, new.size(3))
+        if old is not None:
+            storage[:, :, :past] = old[:, :, :past]
+        return storage
 
     def reorder(self, index: torch.Tensor):
         """Keep batch rows `index` (in that order), e.g. the parents of the beams that survive."""
-        self.keys = [k.index_select(0, index) for k in self.keys]
-        self.values = [v.index_select(0, index) for v in self.values]
+        for layer, n in enumerate(self.lengths):
+            for store in (self.keys, self.values):
+                old = store[layer]
+                if old is None:
+                    continue
+                store[layer] = old.new_empty(len(index), *old.shape[1:])
+                torch.index_select(old[:, :, :n], 0, index, out=store[layer][:, :, :n])
 
 
 class CausalSelfAttention(nn.Module):
@@ -209,7 +232,8 @@ class GPT(nn.Module):
         optionally restricted to the top_k tokens and/or the smallest set whose mass reaches top_p.
         Beam search (the paper's decoding) lives in sample.py.
         """
-        cache = KVCache(self.config.n_layer)
+        cache = KVCache(self.config.n_layer, capacity=min(idx.size(1) + max_new_tokens,
+                                                          self.config.block_size))
         logits = self(idx, cache=cache)[:, -1, :]
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):

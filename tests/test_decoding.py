@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from conftest import random_gpt2, tiny_vocab_model
 
-from decoding import banned_tokens, beam_search, decode
+from decoding import ban_repeated_ngrams, beam_search, decode
 from model import GPT, GPTConfig
 
 
@@ -82,11 +82,14 @@ def test_no_repeated_4_grams(tmp_path):
     assert not any(repeated_ngram(t) for t in ruled)
 
 
-def test_banned_tokens():
-    seqs = torch.tensor([[1, 2, 3, 4, 1, 2, 3], [1, 2, 3, 4, 5, 6, 7]])
-    banned = banned_tokens(seqs, 4, 10)
+def test_ban_repeated_ngrams():
+    seqs = torch.tensor([[1, 2, 3, 4, 1, 2, 3], [1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 1, 2, 3, 1]])
+    logits = torch.arange(30.0).view(3, 10)
+    banned = ban_repeated_ngrams(logits.clone(), seqs, 4).isinf()
     assert banned[0].nonzero().flatten().tolist() == [4]  # (1, 2, 3) was followed by 4
     assert not banned[1].any()
+    assert banned[2].nonzero().flatten().tolist() == [2]  # (2, 3, 1) was followed by 2
+    assert torch.equal(ban_repeated_ngrams(logits.clone(), seqs, 4)[~banned], logits[~banned])
 
 
 def test_decoding_with_the_cache_equals_decoding_without(hf_dir):

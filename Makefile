@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: train test clean
+.PHONY: train test clean gpu-carry
 
 $(VENV)/.run-deps: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,18 @@ train: $(VENV)/.run-deps
 
 test: $(VENV)/.dev-deps
 	$(PY) -m pytest -q -n auto tests
+
+# What a lent GPU machine needs and cannot download (scripts/gpu.sh): the E2E CSVs, the paper's
+# released text and GPT-2's vocabulary, copied into the git-ignored gpu_carry/.
+SHARED ?= ../shared
+E2E_DATA_DIR ?= $(SHARED)/data/e2e
+E2E_LORA_DIR ?= $(SHARED)/data/e2e-lora
+TIKTOKEN_CACHE_DIR ?= $(SHARED)/tiktoken_cache
+gpu-carry:
+	rm -rf gpu_carry && mkdir -p gpu_carry/e2e
+	cp $(E2E_DATA_DIR)/*.csv gpu_carry/e2e/
+	cp -r $(E2E_LORA_DIR) gpu_carry/e2e-lora
+	cp -r $(TIKTOKEN_CACHE_DIR) gpu_carry/tiktoken_cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,32 +1,38 @@
 """Benchmarks: ours against transformers + peft, same weights, same E2E batches, same dtype.
 
     python bench.py --small --device cpu   # all sections, CPU: a small GPT-2 shape (minutes)
-    python bench.py                        # all sections, GPU: GPT-2 medium in bf16
-    python bench.py train|memory|decode|latency|cache [--small --device cpu]   # one section
+    python bench.py --compile              # all sections, GPU: GPT-2 medium in bf16
+    python bench.py train|memory|decode|latency|cache|profile [--small --device cpu]
 
-- train:   training-step throughput at batch 8 on real E2E batches: ours (LoRA r=4 on q,v; and
-           --method full) against transformers' GPT2LMHeadModel + peft LoRA (r=4 on c_attn)
-- memory:  peak memory of a LoRA step against a full fine-tuning step (each in a fresh process)
+- train:   training-step throughput at batch 8 on train.py's own E2E batches: ours (LoRA r=4 on
+           q,v; full fine-tuning) against transformers' GPT2LMHeadModel + peft LoRA (r=4 on
+           c_attn), every variant timed in interleaved rounds; --compile adds both sides compiled
+- memory:  peak memory of training with LoRA, full fine-tuning and peft (each in a fresh process)
 - decode:  beam search (beam 10, no repeated 4-grams) over test MRs, exactly 64 new tokens each,
            ours against transformers' generate: MRs per second
 - latency: the paper's Table 1 grid, through sample.py's --latency code
 - cache:   our decoding with and without the KV cache
+- profile: where a training step's time goes, ours and transformers + peft (torch.profiler)
 
 Random weights time the same as trained ones (no operation depends on the values), so nothing
 here needs the real checkpoints: one random GPT-2 is saved in HF format and both sides load it.
+A section that fails prints its traceback and the others still run (exit code 1).
 """
 
 import argparse
 import json
 import os
+import random
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 import torch
+import torch.nn.functional as F
 
 import latency
 import lora
@@ -58,23 +64,23 @@ def amp(device):
 
 class Setup:
     """What every section shares: the device, the model shape saved once in HF format, and
-    real E2E batches."""
+    real E2E batches: the first batches of train.py's first epoch (paper format, seed 110)."""
 
     def __init__(self, args):
         self.args = args
         self.device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                                    else "cpu" if args.device == "auto" else args.device)
         shape = SMALL if args.small else GPTConfig.from_preset(args.model).__dict__
-        self.config = GPTConfig(**{**GPTConfig().__dict__, **shape, "dropout": 0.1})
+        # no dropout in the backbone, as train.py's default (the released code's)
+        self.config = GPTConfig(**{**GPTConfig().__dict__, **shape, "dropout": 0.0})
         self.folder = args.weights or tempfile.mkdtemp(prefix="bench-")
         if not args.weights:
             torch.manual_seed(0)
             GPT(self.config).save_pretrained(self.folder)  # random weights, loaded by both sides
         examples = e2e.load_examples("train", args.data)
-        g = torch.Generator().manual_seed(0)
-        order = torch.randperm(len(examples), generator=g).tolist()
-        self.batches = [[examples[i] for i in order[b * 8:(b + 1) * 8]]
-                        for b in range(args.warmup + args.steps)]
+        order = training.epoch_batches(examples, 0, 8, seed=110, bucket=args.bucket)
+        self.batches = [[examples[i] for i in batch]
+                        for batch in order[:args.warmup + args.steps]]
 
     def describe(self) -> str:
         c = self.config
@@ -83,91 +89,179 @@ class Setup:
 
 
 # --- training throughput -------------------------------------------------------------------------
+#
+# Both sides get what a user of each would have: bf16 autocast and fused AdamW on CUDA, SDPA
+# attention, the same loss (label smoothing 0.1, summed over the reference tokens, divided by
+# their number), LoRA dropout 0.1 and none in the backbone; with --compile, torch.compile (ours:
+# the loss function, as train.py --compile; theirs: the model). What differs is each side's own:
+# ours runs the LM head only at the loss positions and uses SDPA's is_causal (right padding sits
+# after each sequence, so no real token sees it, and no loss is taken there); transformers gets
+# an attention mask for the padding, as its documentation has it, and runs the LM head at every
+# position. The row "LM head at every position" shows what the first difference is worth.
 
 
-def ours_trainer(setup, method: str):
-    """A train.py step: its model set-up, loss (LM head at the loss positions only) and AdamW
-    (training.py)."""
+def ours_trainer(setup, method: str, compile: str | None = None, every_position: bool = False,
+                 lora_dropout: float = 0.1):
+    """A train.py step: its model set-up, batches (training.device_batch), loss
+    (training.token_loss: the LM head at the loss positions only) and AdamW
+    (training.make_optimizer). compile: None (eager), "default" (train.py --compile), or
+    "reduce-overhead" (CUDA graphs, over shapes padded to CUDA_GRAPH_SHAPES). Returns
+    step(batch) -> loss."""
     device = setup.device
     model = GPT.from_pretrained(setup.folder)
     if method == "lora":
-        lora.apply(model, "q,v", r=4, alpha=32, dropout=0.1)
+        lora.apply(model, "q,v", r=4, alpha=32, dropout=lora_dropout)
     model.to(device).train()
     optimizer = training.make_optimizer(model, lr=2e-4, weight_decay=0.01,
                                         fused=device.type == "cuda")
-    loss_fn = torch.compile(training.token_loss, dynamic=True) if setup.args.compile \
-        else training.token_loss
+    loss_fn = every_position_loss if every_position else training.token_loss
+    if compile:
+        loss_fn = torch.compile(loss_fn, dynamic=True, mode=compile)
+    multiple = CUDA_GRAPH_SHAPES if compile == "reduce-overhead" else (1, 1)
 
     def step(batch):
-        inputs, targets = e2e.collate(batch)
-        positions, labels = e2e.loss_positions(targets)
+        n_targets = sum(len(tokens) - prompt_length for tokens, prompt_length in batch)
         with amp(device):
-            loss = loss_fn(model, inputs.to(device), positions.to(device), labels.to(device),
-                           0.1) / len(labels)
+            if every_position:
+                inputs, targets = e2e.collate(batch)
+                loss = loss_fn(model, inputs.to(device), targets.to(device))
+            else:
+                loss = loss_fn(model, *training.device_batch(batch, device, multiple), 0.1)
+        loss = loss / n_targets
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
     return step
 
 
-def hf_peft_trainer(setup):
+# CUDA graphs replay one recorded shape each: the sequence length is rounded up to a multiple of
+# 16 and the number of loss positions to a multiple of 128, so E2E's batches need a few dozen.
+CUDA_GRAPH_SHAPES = (16, 128)
+
+
+def every_position_loss(model, inputs, targets):
+    """The loss as transformers computes it: the LM head at every position, then the positions
+    without a target (-100) ignored."""
+    logits = model(inputs).float()
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100,
+                           label_smoothing=0.1, reduction="sum")
+
+
+def hf_peft_trainer(setup, compile: bool = False, lora_dropout: float = 0.1):
     """transformers + peft, as their documentation has it: GPT2LMHeadModel (SDPA attention),
-    peft LoRA r=4 on c_attn, labels with -100 on the context, AdamW (fused on CUDA)."""
+    peft LoRA r=4 on c_attn (q, k, v at rank 4: the same 16,384 parameters per layer as ours on
+    q and v), an attention mask for the padding, AdamW (fused on CUDA). Returns step(batch) ->
+    loss."""
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2LMHeadModel
 
     device = setup.device
     model = GPT2LMHeadModel.from_pretrained(setup.folder, attn_implementation="sdpa")
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=32, lora_dropout=0.1,
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=32, lora_dropout=lora_dropout,
                                              target_modules=["c_attn"], fan_in_fan_out=True))
     model.to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4,
                                   weight_decay=0.01, eps=1e-6, fused=device.type == "cuda")
+    forward = torch.compile(model) if compile else model
 
     def step(batch):
-        longest = max(len(t) for t, _ in batch)
-        ids = torch.full((len(batch), longest), e2e.EOT, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        labels = torch.full_like(ids, -100)
-        for i, (tokens, prompt_length) in enumerate(batch):
-            t = torch.as_tensor(tokens, dtype=torch.long)
-            ids[i, :len(t)], mask[i, :len(t)] = t, 1
-            labels[i, prompt_length:len(t)] = t[prompt_length:]
+        inputs, targets = e2e.collate(batch)  # the same inputs and targets as ours
+        mask = torch.zeros_like(inputs)
+        for i, (tokens, _) in enumerate(batch):
+            mask[i, :len(tokens) - 1] = 1
+        n_targets = int((targets != -100).sum())
         with amp(device):
-            loss = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                         labels=labels.to(device)).loss
+            logits = forward(input_ids=inputs.to(device), attention_mask=mask.to(device)).logits
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(),
+                                   ignore_index=-100, label_smoothing=0.1,
+                                   reduction="sum") / n_targets
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
     return step
 
 
-def throughput(setup, step) -> dict:
+REFERENCE = "transformers + peft, LoRA r=4 c_attn"
+
+
+def train_variants(setup) -> dict:
+    """name -> a function that builds that variant's step."""
+    variants = {"ours, LoRA r=4 q,v": lambda: ours_trainer(setup, "lora"),
+                REFERENCE: lambda: hf_peft_trainer(setup),
+                "ours, LoRA, LM head at every position":
+                    lambda: ours_trainer(setup, "lora", every_position=True)}
+    if setup.args.compile:
+        variants["ours, LoRA, compiled"] = lambda: ours_trainer(setup, "lora", compile="default")
+        if setup.device.type == "cuda":
+            variants["ours, LoRA, compiled with CUDA graphs"] = \
+                lambda: ours_trainer(setup, "lora", compile="reduce-overhead")
+        variants[REFERENCE + ", compiled"] = lambda: hf_peft_trainer(setup, compile=True)
+    variants["ours, full fine-tuning"] = lambda: ours_trainer(setup, "full")
+    return variants
+
+
+def interleaved(setup, steps: dict) -> dict:
+    """Time every variant on the same batches, in rounds: each round runs every variant (in a
+    shuffled order) on the next slice of the timed batches, so a drift in the machine's speed
+    (clocks, other load) touches them all alike. Returns name -> totals and the per-round range."""
     args, device = setup.args, setup.device
-    for batch in setup.batches[:args.warmup]:
-        step(batch)
     timed_batches = setup.batches[args.warmup:]
-    seconds = timed(lambda: [step(b) for b in timed_batches], device)
-    tokens = sum(len(t) for batch in timed_batches for t, _ in batch)
-    return {"steps_per_s": len(timed_batches) / seconds, "tokens_per_s": tokens / seconds}
+    rounds = [timed_batches[r::args.rounds] for r in range(min(args.rounds, len(timed_batches)))]
+    order, rng = list(steps), random.Random(0)
+    seconds = {name: [] for name in steps}
+    for batches in rounds:
+        rng.shuffle(order)
+        for name in order:
+            seconds[name].append(timed(lambda: [steps[name](b) for b in batches], device))
+    tokens = [sum(len(t) for batch in batches for t, _ in batch) for batches in rounds]
+    return {name: {"steps_per_s": len(timed_batches) / sum(s),
+                   "tokens_per_s": sum(tokens) / sum(s),
+                   "tokens_per_s_range": [min(n / x for n, x in zip(tokens, s)),
+                                          max(n / x for n, x in zip(tokens, s))]}
+            for name, s in seconds.items()}
 
 
 def bench_train(setup) -> dict:
-    rows = {"ours, LoRA r=4 q,v": throughput(setup, ours_trainer(setup, "lora")),
-            "transformers + peft, LoRA r=4 c_attn": throughput(setup, hf_peft_trainer(setup)),
-            "ours, full fine-tuning": throughput(setup, ours_trainer(setup, "full"))}
-    reference = rows["transformers + peft, LoRA r=4 c_attn"]["tokens_per_s"]
+    steps, failed = {}, {}
+    for name, build in train_variants(setup).items():
+        try:
+            steps[name] = build()
+            for batch in setup.batches[:setup.args.warmup]:  # kernels, compilation, allocator
+                steps[name](batch)
+        except Exception as e:  # one variant's failure (a compile error, say) spares the rest
+            traceback.print_exc()
+            failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
+    rows = interleaved(setup, steps)
+    reference = rows.get(REFERENCE, {}).get("tokens_per_s")
+    padding = 1 - sum(len(t) - 1 for b in setup.batches for t, _ in b) / sum(
+        8 * (max(len(t) for t, _ in b) - 1) for b in setup.batches)
     print(f"\n### Training step, batch 8 of real E2E examples ({setup.describe()}, "
           f"{setup.device}, {'bf16' if setup.device.type == 'cuda' else 'fp32'}, "
-          f"{setup.args.steps} steps after {setup.args.warmup} warm-up)\n")
-    print("| | tokens/s | steps/s | vs transformers + peft |\n|---|---|---|---|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['tokens_per_s']:,.0f} | {r['steps_per_s']:.2f} | "
-              f"{r['tokens_per_s'] / reference:.2f}x |")
-    minutes = RECIPE_STEPS / rows["ours, LoRA r=4 q,v"]["steps_per_s"] / 60
-    print(f"\nThe paper's recipe ({RECIPE_STEPS:,} steps) at ours' LoRA step rate: "
-          f"{minutes:,.1f} minutes (without the dev evaluations)")
-    return {"rows": rows, "recipe_minutes": minutes}
+          f"{setup.args.steps} steps in {setup.args.rounds} interleaved rounds after "
+          f"{setup.args.warmup} warm-up; {padding:.0%} padding"
+          f"{' with --bucket' if setup.args.bucket else ''})\n")
+    print("| | tokens/s | range over rounds | steps/s | vs transformers + peft |\n"
+          "|---|---|---|---|---|")
+    for name in train_variants(setup):
+        if name in failed:
+            print(f"| {name} | failed: {failed[name]} | | | |")
+            continue
+        r = rows[name]
+        low, high = r["tokens_per_s_range"]
+        ratio = f"{r['tokens_per_s'] / reference:.2f}x" if reference else "n/a"
+        print(f"| {name} | {r['tokens_per_s']:,.0f} | {low:,.0f}-{high:,.0f} | "
+              f"{r['steps_per_s']:.2f} | {ratio} |")
+    result = {"rows": rows, "failed": failed}
+    ours = [name for name in ("ours, LoRA r=4 q,v", "ours, LoRA, compiled",
+                              "ours, LoRA, compiled with CUDA graphs") if name in rows]
+    if ours:
+        fastest = max(ours, key=lambda name: rows[name]["steps_per_s"])
+        result["recipe_minutes"] = RECIPE_STEPS / rows[fastest]["steps_per_s"] / 60
+        print(f"\nThe paper's recipe ({RECIPE_STEPS:,} steps) at the step rate of '{fastest}': "
+              f"{result['recipe_minutes']:,.1f} minutes (without the dev evaluations)")
+    return result
 
 
 # --- peak memory ---------------------------------------------------------------------------------
@@ -199,23 +293,62 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+MEMORY_ROWS = {"lora": "ours, LoRA r=4 on q,v", "full": "ours, full fine-tuning",
+               "peft": "transformers + peft, LoRA r=4 on c_attn"}
+
+
 def bench_memory(setup) -> dict:
+    """Each method in a fresh process (eager, the batches train.py's first steps see)."""
     rows = {}
     args = setup.args
-    for method in ("lora", "full"):
+    for method in MEMORY_ROWS:
         argv = [sys.executable, os.path.abspath(__file__), "--peak-worker", method,
                 "--device", str(setup.device), "--model", args.model, "--weights", setup.folder]
-        argv += (["--small"] if args.small else []) + (["--compile"] if args.compile else [])
+        argv += (["--small"] if args.small else []) + (["--bucket"] if args.bucket else [])
         argv += ["--data", args.data] if args.data else []
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
         rows[method] = json.loads(out.strip().splitlines()[-1])
     print(f"\n### Peak memory of training at batch 8 ({setup.describe()}, {setup.device}; "
           f"{rows['lora']['what']}, each method in a fresh process)\n")
-    print("| | peak MB |\n|---|---|")
-    print(f"| LoRA r=4 on q,v | {rows['lora']['peak_mb']:,.0f} |")
-    print(f"| full fine-tuning | {rows['full']['peak_mb']:,.0f} |")
-    print(f"\nLoRA / full: {rows['lora']['peak_mb'] / rows['full']['peak_mb']:.2f}")
+    print("| | peak MB | vs full fine-tuning |\n|---|---|---|")
+    for method, name in MEMORY_ROWS.items():
+        print(f"| {name} | {rows[method]['peak_mb']:,.0f} | "
+              f"{rows[method]['peak_mb'] / rows['full']['peak_mb']:.2f} |")
     return rows
+
+
+# --- where the time goes -------------------------------------------------------------------------
+
+
+def bench_profile(setup) -> dict:
+    """torch.profiler over a few steps of ours (LoRA) and of transformers + peft: the operations
+    that take the most time (GPU kernels on CUDA, CPU operators on CPU), and the number of
+    GPU kernels launched per step."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    device, n = setup.device, 3
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    result = {}
+    for name, build in (("ours, LoRA r=4 q,v", lambda: ours_trainer(setup, "lora")),
+                        (REFERENCE, lambda: hf_peft_trainer(setup))):
+        step = build()
+        for batch in setup.batches[:setup.args.warmup]:
+            step(batch)
+        batches = setup.batches[setup.args.warmup:setup.args.warmup + n]
+        n = len(batches)
+        with profile(activities=activities) as prof:
+            for batch in batches:
+                step(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        kernels = sum(e.device_type == DeviceType.CUDA for e in prof.events()) / n
+        print(f"\n### Profile: {name}, {n} steps ({setup.describe()}, {device})"
+              + (f"; {kernels:,.0f} GPU kernels per step" if device.type == "cuda" else "") + "\n")
+        print(prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=60))
+        result[name] = {"kernels_per_step": kernels} if device.type == "cuda" else {}
+    return result
 
 
 # --- decoding ------------------------------------------------------------------------------------
@@ -223,25 +356,25 @@ def bench_memory(setup) -> dict:
 
 def bench_decode(setup) -> dict:
     """Beam 10, length penalty 0.9, no repeated 4-grams, exactly 64 new tokens (no stop token on
-    our side, min_new_tokens=64 on theirs), MRs batched by prompt length on both sides."""
+    our side, min_new_tokens=64 on theirs), MRs batched by prompt length on both sides, each
+    side warmed up on two MRs first."""
     from transformers import GPT2LMHeadModel
 
     args, device = setup.args, setup.device
     prompts = [e2e.prompt_tokens(mr) for mr, _ in e2e.load_mrs("test", args.data)[:args.mrs]]
     ours = GPT.from_pretrained(setup.folder).to(device).eval()
-    amp_dtype = torch.bfloat16 if device.type == "cuda" else None
-
-    def beam_search_ours():
-        decode(ours, prompts, beam=10, length_penalty=0.9, no_repeat_ngram=4, max_new_tokens=64,
-               batch_size=args.decode_batch, amp_dtype=amp_dtype, stop_tokens=(), progress=False)
-    seconds_ours = timed(beam_search_ours, device)
     theirs = GPT2LMHeadModel.from_pretrained(setup.folder, attn_implementation="sdpa")
     theirs = theirs.to(device).eval()
-    by_length = {}
-    for p in prompts:
-        by_length.setdefault(len(p), []).append(p)
+    amp_dtype = torch.bfloat16 if device.type == "cuda" else None
 
-    def generate():
+    def beam_search_ours(prompts):
+        decode(ours, prompts, beam=10, length_penalty=0.9, no_repeat_ngram=4, max_new_tokens=64,
+               batch_size=args.decode_batch, amp_dtype=amp_dtype, stop_tokens=(), progress=False)
+
+    def generate(prompts):
+        by_length = {}
+        for p in prompts:
+            by_length.setdefault(len(p), []).append(p)
         for group in by_length.values():
             for s in range(0, len(group), args.decode_batch):
                 ids = torch.tensor(group[s:s + args.decode_batch], device=device)
@@ -251,10 +384,15 @@ def bench_decode(setup) -> dict:
                                     max_new_tokens=64, min_new_tokens=64, do_sample=False,
                                     early_stopping=False, pad_token_id=e2e.EOT,
                                     eos_token_id=e2e.EOT)
-    seconds_theirs = timed(generate, device)
-    rows = {"ours": len(prompts) / seconds_ours, "transformers generate": len(prompts) / seconds_theirs}
-    print(f"\n### Beam-search decoding of {len(prompts)} test MRs ({setup.describe()}, {device}; "
-          f"beam 10, no repeated 4-grams, 64 new tokens each)\n")
+    beam_search_ours(prompts[:2])
+    generate(prompts[:2])
+    seconds_ours = timed(lambda: beam_search_ours(prompts), device)
+    seconds_theirs = timed(lambda: generate(prompts), device)
+    rows = {"ours": len(prompts) / seconds_ours,
+            "transformers generate": len(prompts) / seconds_theirs}
+    print(f"\n### Beam-search decoding of {len(prompts)} test MRs ({setup.describe()}, {device}, "
+          f"{'bf16' if amp_dtype else 'fp32'}; beam 10, no repeated 4-grams, 64 new tokens each, "
+          f"up to {args.decode_batch} MRs of one prompt length at a time)\n")
     print("| | MRs/s | seconds |\n|---|---|---|")
     print(f"| ours | {rows['ours']:.2f} | {seconds_ours:.1f} |")
     print(f"| transformers generate | {rows['transformers generate']:.2f} | {seconds_theirs:.1f} |")
@@ -316,10 +454,10 @@ def bench_cache(setup) -> dict:
 
 
 SECTIONS = {"train": bench_train, "memory": bench_memory, "decode": bench_decode,
-            "latency": bench_latency, "cache": bench_cache}
+            "latency": bench_latency, "cache": bench_cache, "profile": bench_profile}
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     class Formatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
         pass  # the module docstring, which describes the sections, as it is laid out
 
@@ -331,25 +469,36 @@ def main(argv=None) -> int:
     p.add_argument("--small", action="store_true", help="a small GPT-2 shape, for CPUs")
     p.add_argument("--data", help="folder with the E2E CSVs (default: $E2E_DATA_DIR, else "
                                   "data/e2e/, downloaded on first use)")
-    p.add_argument("--steps", type=int, default=0, help="timed training steps (default 50 on "
+    p.add_argument("--steps", type=int, default=0, help="timed training steps (default 100 on "
                                                         "CUDA, 10 on CPU)")
-    p.add_argument("--warmup", type=int, default=0, help="untimed first steps (default 10 CUDA, "
-                                                         "2 CPU)")
-    p.add_argument("--compile", action="store_true", help="torch.compile our loss function")
+    p.add_argument("--warmup", type=int, default=0, help="untimed first steps of each variant "
+                                                         "(default 20 CUDA, 2 CPU)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the timed steps")
+    p.add_argument("--compile", action="store_true",
+                   help="also time both sides under torch.compile")
+    p.add_argument("--bucket", action="store_true",
+                   help="batches of similar lengths, as train.py --bucket (less padding)")
     p.add_argument("--mrs", type=int, default=0, help="test MRs decoded (default 630 CUDA, 16 CPU)")
     p.add_argument("--decode-batch", type=int, default=32, help="MRs decoded together")
     p.add_argument("--grid", help="latency cells, e.g. 1x128,16x256")
     p.add_argument("--trials", type=int, default=0, help="latency trials (default 100 CUDA, "
                                                          "30 CPU)")
-    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--json", help="also write the results here (after each section)")
     # internal: bench_memory runs each method in a fresh process with these
-    p.add_argument("--peak-worker", choices=("lora", "full"), help=argparse.SUPPRESS)
+    p.add_argument("--peak-worker", choices=tuple(MEMORY_ROWS), help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
-    args.steps = args.steps or (50 if cuda else 10)
-    args.warmup = args.warmup or (10 if cuda else 2)
+    args.steps = args.steps or (100 if cuda else 10)
+    args.warmup = args.warmup or (20 if cuda else 2)
     args.mrs = args.mrs or (630 if cuda else 16)
+    if args.rounds < 1 or args.steps < 1:
+        p.error("--rounds and --steps must be at least 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     setup = Setup(args)
     if args.peak_worker:
         print(json.dumps(peak_memory_worker(setup, args.peak_worker)))
@@ -359,16 +508,24 @@ def main(argv=None) -> int:
     print(f"bench.py {' '.join(sys.argv[1:] if argv is None else argv)}: "
           f"{torch.cuda.get_device_name() if setup.device.type == 'cuda' else 'CPU'}, "
           f"torch {torch.__version__}, transformers {transformers.__version__}, peft "
-          f"{peft.__version__}, {time.strftime('%Y-%m-%d')}")
-    results = {}
+          f"{peft.__version__}, {time.strftime('%Y-%m-%d')}", flush=True)
+    results, failed = {}, []
     try:
         for name in SECTIONS if args.what == "all" else [args.what]:
-            results[name] = SECTIONS[name](setup)
+            try:
+                results[name] = SECTIONS[name](setup)
+            except Exception:  # a section that breaks (on a new GPU, say) spares the others
+                traceback.print_exc()
+                failed.append(name)
+                results[name] = {"failed": traceback.format_exc(limit=3)}
+            sys.stdout.flush()
+            if args.json:
+                write_atomic(args.json, json.dumps(results, indent=2, default=str))
     finally:
         shutil.rmtree(setup.folder, ignore_errors=True)
-    if args.json:
-        write_atomic(args.json, json.dumps(results, indent=2, default=str))
-    return 0
+    if failed:
+        print(f"\nfailed sections: {', '.join(failed)} (tracebacks above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

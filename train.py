@@ -245,13 +245,10 @@ class Trainer:
         micro = self.args.batch_size // self.args.grad_accum
         total, tokens = torch.zeros((), device=self.device), 0
         for m in range(0, len(batch), micro):
-            inputs, targets = e2e.collate(batch[m:m + micro])
-            positions, labels = e2e.loss_positions(targets)
             tokens += sum(len(t) - 1 for t, _ in batch[m:m + micro])
             with cli.autocast(self.device, self.amp_dtype):
-                loss = self.loss_fn(self.model, inputs.to(self.device, non_blocking=True),
-                                    positions.to(self.device, non_blocking=True),
-                                    labels.to(self.device, non_blocking=True),
+                loss = self.loss_fn(self.model, *training.device_batch(batch[m:m + micro],
+                                                                      self.device),
                                     self.args.label_smoothing) / n_targets
             self.scaler.scale(loss).backward()
             total += loss.detach()

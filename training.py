@@ -26,6 +26,18 @@ def token_loss(model, inputs, positions, labels, label_smoothing: float = 0.0):
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum")
 
 
+def device_batch(examples: list, device, multiple: tuple[int, int] = (1, 1)):
+    """A batch on the device: (inputs, loss positions, labels), copied from pinned memory on
+    CUDA so the copy does not wait for the GPU. multiple rounds the sequence length and the number
+    of loss positions up (padding takes no loss), for compiled code that wants few shapes."""
+    inputs, targets = collate(examples, multiple=multiple[0])
+    positions, labels = loss_positions(targets, multiple=multiple[1])
+    if device.type == "cuda":
+        return tuple(t.pin_memory().to(device, non_blocking=True)
+                     for t in (inputs, positions, labels))
+    return inputs, positions, labels
+
+
 def make_optimizer(model, lr: float, weight_decay: float, fused: bool = False):
     """AdamW over the trainable parameters, betas 0.9/0.999 and eps 1e-6 as the paper's released
     code; weight decay on matrices only (not on biases and LayerNorms)."""
@@ -66,12 +78,10 @@ def dev_loss(model, loss_fn, examples, batch_size: int, device, amp_dtype) -> fl
     model.eval()
     total, count = torch.zeros((), device=device), 0
     for start in range(0, len(examples), batch_size):
-        inputs, targets = collate([examples[i] for i in range(start, min(start + batch_size,
-                                                                           len(examples)))])
-        positions, labels = loss_positions(targets)
+        batch = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            total += loss_fn(model, inputs.to(device), positions.to(device), labels.to(device))
-        count += len(labels)
+            total += loss_fn(model, *device_batch(batch, device))
+        count += sum(len(tokens) - prompt_length for tokens, prompt_length in batch)
     model.train()
     return total.item() / count
 

@@ -8,31 +8,51 @@ import re
 import torch
 
 import bench
+import training
 from data.e2e import prepare as e2e
 
 
 def test_training_section_reports_what_it_measured(e2e_data, gpt2_vocab, tmp_path, capsys):
-    argv = ["train", "--small", "--device", "cpu", "--steps", "2", "--warmup", "1",
-            "--data", e2e_data, "--json", str(tmp_path / "bench.json")]
+    argv = ["train", "--small", "--device", "cpu", "--steps", "3", "--warmup", "1", "--rounds",
+            "2", "--data", e2e_data, "--json", str(tmp_path / "bench.json")]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
-    rows = json.loads((tmp_path / "bench.json").read_text())["train"]["rows"]
+    result = json.loads((tmp_path / "bench.json").read_text())["train"]
+    rows = result["rows"]
     assert list(rows) == ["ours, LoRA r=4 q,v", "transformers + peft, LoRA r=4 c_attn",
-                          "ours, full fine-tuning"]
-    # both sides step through the same timed batches: tokens per step is theirs, exactly
+                          "ours, LoRA, LM head at every position", "ours, full fine-tuning"]
+    assert result["failed"] == {}
+    # every variant steps through the same timed batches, train.py's first ones: tokens per
+    # step is theirs, exactly
     examples = e2e.load_examples("train", e2e_data)
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(0)).tolist()
-    timed = [order[b * 8:(b + 1) * 8] for b in range(1, 3)]
-    tokens_per_step = sum(len(examples[i][0]) for batch in timed for i in batch) / 2
+    batches = training.epoch_batches(examples, 0, 8, seed=110)[1:4]
+    tokens_per_step = sum(len(examples[i][0]) for batch in batches for i in batch) / 3
     reference = rows["transformers + peft, LoRA r=4 c_attn"]["tokens_per_s"]
     for name, r in rows.items():
-        assert math.isfinite(r["tokens_per_s"]) and r["tokens_per_s"] > 0
+        low, high = r["tokens_per_s_range"]
+        assert 0 < low <= r["tokens_per_s"] <= high and math.isfinite(high)
         assert math.isclose(r["tokens_per_s"] / r["steps_per_s"], tokens_per_step)
-        printed = re.search(rf"\| {re.escape(name)} \| ([\d,]+) \| ([\d.]+) \| ([\d.]+)x \|", out)
+        printed = re.search(rf"\| {re.escape(name)} \| ([\d,]+) \| ([\d,]+)-([\d,]+) \| "
+                            rf"([\d.]+) \| ([\d.]+)x \|", out)
         assert printed, name
         assert int(printed[1].replace(",", "")) == round(r["tokens_per_s"])
-        assert float(printed[3]) == round(r["tokens_per_s"] / reference, 2)
-    minutes = re.search(r"The paper's recipe \(26,290 steps\) at ours' LoRA step rate: ([\d,.]+) "
-                        r"minutes", out)
+        assert float(printed[5]) == round(r["tokens_per_s"] / reference, 2)
+    minutes = re.search(r"The paper's recipe \(26,290 steps\) at the step rate of 'ours, LoRA "
+                        r"r=4 q,v': ([\d,.]+) minutes", out)
     assert float(minutes[1].replace(",", "")) == round(
         26_290 / rows["ours, LoRA r=4 q,v"]["steps_per_s"] / 60, 1)
+
+
+def test_both_sides_compute_the_same_loss(e2e_data, gpt2_vocab):
+    # the referee is fair only if every variant does the same work: on the same batch, with the
+    # same weights (B = 0, so LoRA adds nothing yet) and no dropout, the same loss
+    setup = bench.Setup(bench.parse_args(["train", "--small", "--device", "cpu", "--steps", "1",
+                                          "--warmup", "1", "--data", e2e_data]))
+    batch = setup.batches[0]
+    ours = bench.ours_trainer(setup, "lora", lora_dropout=0.0)(batch)
+    everywhere = bench.ours_trainer(setup, "lora", every_position=True, lora_dropout=0.0)(batch)
+    theirs = bench.hf_peft_trainer(setup, lora_dropout=0.0)(batch)
+    full = bench.ours_trainer(setup, "full")(batch)
+    assert 5 < ours < 20  # a random model's loss: about ln(50,257) = 10.8
+    for other in (everywhere, theirs, full):
+        assert torch.isclose(ours, other, rtol=1e-5), (ours, other)

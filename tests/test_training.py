@@ -40,3 +40,19 @@ def test_the_loss_is_the_released_label_smoothed_loss(base):
         nll = -logp.gather(1, targets.flatten().clamp_min(0)[:, None]).squeeze(1)
         released = (((1 - eps) * nll + eps * -logp.mean(-1)) * mask).sum() / mask.sum()
     torch.testing.assert_close(ours, released, rtol=1e-5, atol=1e-6)
+
+
+def test_padding_to_few_shapes_changes_no_loss(base):
+    # bench.py's CUDA-graph variant rounds the length and the number of loss positions up: the
+    # padding sits after every real token (causal attention never looks ahead) and takes no loss
+    examples = [(batch(seed, (1, n))[0].numpy(), p) for seed, n, p in [(0, 12, 5), (1, 9, 4)]]
+    cpu = torch.device("cpu")
+    plain = training.device_batch(examples, cpu)
+    padded = training.device_batch(examples, cpu, multiple=(16, 64))
+    assert plain[0].shape == (2, 11) and padded[0].shape == (2, 16)
+    assert len(plain[1]) == 7 + 5 and len(padded[1]) == 64
+    assert (padded[2][12:] == -100).all() and torch.equal(padded[2][:12], plain[2])
+    with torch.no_grad():
+        a = training.token_loss(base, *plain, 0.1)
+        b = training.token_loss(base, *padded, 0.1)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -275,10 +275,12 @@ def load_examples(split: str, data_dir: str | None = None, format: str = "paper"
 # --- batches: padding, and where the loss is taken ------------------------------------------------
 
 
-def collate(examples: list[tuple], pad: int = EOT) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad a batch to its longest example. targets[i, t] is the token after inputs[i, t], or -100
-    where no loss is taken: over the context and separator, and over the padding."""
-    longest = max(len(tokens) for tokens, _ in examples) - 1
+def collate(examples: list[tuple], pad: int = EOT,
+            multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad a batch to its longest example (rounded up to a multiple of `multiple`). targets[i, t]
+    is the token after inputs[i, t], or -100 where no loss is taken: over the context and
+    separator, and over the padding."""
+    longest = -(-(max(len(tokens) for tokens, _ in examples) - 1) // multiple) * multiple
     inputs = torch.full((len(examples), longest), pad, dtype=torch.long)
     targets = torch.full((len(examples), longest), -100, dtype=torch.long)
     for i, (tokens, prompt_length) in enumerate(examples):
@@ -289,12 +291,15 @@ def collate(examples: list[tuple], pad: int = EOT) -> tuple[torch.Tensor, torch.
     return inputs, targets
 
 
-def loss_positions(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_positions(targets: torch.Tensor, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Where the loss is taken, as flat indices into (B*T), and the labels there. Computed on
-    the CPU next to collate, so the GPU never waits to find them."""
+    the CPU next to collate, so the GPU never waits to find them. `multiple` pads their number
+    up to a multiple (position 0, label -100: no loss), so compiled code sees fewer shapes."""
     flat = targets.flatten()
     positions = (flat != -100).nonzero().squeeze(1)
-    return positions, flat[positions]
+    extra = -len(positions) % multiple
+    return (torch.cat([positions, positions.new_zeros(extra)]),
+            torch.cat([flat[positions], flat.new_full((extra,), -100)]))
 
 
 def load_mrs(split: str, data_dir: str | None = None) -> list[tuple[str, list[str]]]:

@@ -202,10 +202,11 @@ def train_variants(setup) -> dict:
     return variants
 
 
-def interleaved(setup, steps: dict) -> dict:
+def interleaved(setup, steps: dict, failed: dict) -> dict:
     """Time every variant on the same batches, in rounds: each round runs every variant (in a
     shuffled order) on the next slice of the timed batches, so a drift in the machine's speed
-    (clocks, other load) touches them all alike. Returns name -> totals and the per-round range."""
+    (clocks, other load) touches them all alike. Returns name -> totals and the per-round range;
+    a variant that fails goes to `failed`."""
     args, device = setup.args, setup.device
     timed_batches = setup.batches[args.warmup:]
     rounds = [timed_batches[r::args.rounds] for r in range(min(args.rounds, len(timed_batches)))]
@@ -213,8 +214,13 @@ def interleaved(setup, steps: dict) -> dict:
     seconds = {name: [] for name in steps}
     for batches in rounds:
         rng.shuffle(order)
-        for name in order:
-            seconds[name].append(timed(lambda: [steps[name](b) for b in batches], device))
+        for name in [name for name in order if name not in failed]:
+            try:
+                seconds[name].append(timed(lambda: [steps[name](b) for b in batches], device))
+            except Exception as e:
+                traceback.print_exc()
+                failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
+    seconds = {name: s for name, s in seconds.items() if name not in failed}
     tokens = [sum(len(t) for batch in batches for t, _ in batch) for batches in rounds]
     return {name: {"steps_per_s": len(timed_batches) / sum(s),
                    "tokens_per_s": sum(tokens) / sum(s),
@@ -226,14 +232,17 @@ def interleaved(setup, steps: dict) -> dict:
 def bench_train(setup) -> dict:
     steps, failed = {}, {}
     for name, build in train_variants(setup).items():
+        start = time.perf_counter()
         try:
             steps[name] = build()
             for batch in setup.batches[:setup.args.warmup]:  # kernels, compilation, allocator
                 steps[name](batch)
+            print(f"{name}: built and warmed up in {time.perf_counter() - start:.0f} s",
+                  flush=True)
         except Exception as e:  # one variant's failure (a compile error, say) spares the rest
             traceback.print_exc()
             failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
-    rows = interleaved(setup, steps)
+    rows = interleaved(setup, steps, failed)
     reference = rows.get(REFERENCE, {}).get("tokens_per_s")
     padding = 1 - sum(len(t) - 1 for b in setup.batches for t, _ in b) / sum(
         8 * (max(len(t) for t, _ in b) - 1) for b in setup.batches)

@@ -73,9 +73,9 @@ class KVCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Append this step's (B, n_head, T, head_dim) keys and values; return all of them so far."""
         past, end = self.lengths[layer], self.lengths[layer] + k.size(2)
-        if self.keys[layer] is None or end > self.keys[layer].size(2):
-            size = max(end, self.capacity, 2 * (0 if self.keys[layer] is None
-                                               else self.keys[layer].size(2)))
+        allocated = 0 if self.keys[layer] is None else self.keys[layer].size(2)
+        if end > allocated:
+            size = max(end, self.capacity, 2 * allocated)
             self.keys[layer] = self._moved(self.keys[layer], k, past, size)
             self.values[layer] = self._moved(self.values[layer], v, past, size)
         self.keys[layer][:, :, past:end] = k

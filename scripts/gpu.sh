@@ -5,8 +5,8 @@
 #   make gpu-carry              # here, once: the E2E CSVs, the released text and the tiktoken
 #                               # vocabulary copied into gpu_carry/ (git-ignored; it travels)
 #   scripts/gpu.sh bench-train  # bench.py train, memory, profile: GPT-2 medium shape, bf16, compiled
-#   scripts/gpu.sh bench-decode # bench.py decode, latency, cache; then bf16 and fp16 training,
-#                               # 200 steps each
+#   scripts/gpu.sh bench-decode # bench.py decode, latency, cache; then bf16 and fp16 training
+#                               # (GPT-2 small from scratch), 200 steps each
 #   scripts/gpu.sh pipeline     # end to end: GPT-2 small from scratch (train.py --random-init
 #                               # --method full), 1 epoch, then sample.py decodes and scores
 #
@@ -42,7 +42,7 @@ environment() {
         $PY -c "import torch, transformers, peft; print('torch', torch.__version__, \
 'transformers', transformers.__version__, 'peft', peft.__version__)" 2>&1
         echo "GPT-2 checkpoints on this machine (safetensors over 100 MB; ~/.cache/huggingface):"
-        find / -xdev -name '*.safetensors' -size +100M 2>/dev/null | head
+        timeout 15 find / -xdev -name '*.safetensors' -size +100M 2>/dev/null | head
         ls ~/.cache/huggingface 2>&1
         echo "java: $(command -v java || echo none)"
     } > "$OUT/environment.txt"
@@ -53,20 +53,20 @@ case ${1:-} in
 bench-train)
     environment
     if [ -n "$SMOKE" ]; then size=(--small --steps 2 --warmup 1 --rounds 2); else size=(--compile); fi
-    for section in train memory profile; do
-        stage "bench-$section" 400 $PY bench.py "$section" "${size[@]}" --json "$OUT/bench-$section.json"
-    done
+    stage bench-train 350 $PY bench.py train "${size[@]}" --json "$OUT/bench-train.json"
+    stage bench-memory 120 $PY bench.py memory "${size[@]}" --json "$OUT/bench-memory.json"
+    stage bench-profile 80 $PY bench.py profile "${size[@]}" --json "$OUT/bench-profile.json"
     ;;
 bench-decode)
     if [ -n "$SMOKE" ]; then size=(--small --mrs 2 --trials 2 --grid 1x16); steps=3; else size=(); steps=200; fi
-    for section in decode latency cache; do
-        stage "bench-$section" 300 $PY bench.py "$section" "${size[@]}" --json "$OUT/bench-$section.json"
-    done
-    # both mixed-precision paths: finite, falling loss (GPT-2 medium's shape from scratch)
+    stage bench-decode 240 $PY bench.py decode "${size[@]}" --json "$OUT/bench-decode.json"
+    stage bench-latency 120 $PY bench.py latency "${size[@]}" --json "$OUT/bench-latency.json"
+    stage bench-cache 60 $PY bench.py cache "${size[@]}" --json "$OUT/bench-cache.json"
+    # both mixed-precision paths: finite, falling loss (GPT-2 small's shape from scratch)
     for dtype in bf16 fp16; do
         if [ -n "$SMOKE" ]; then model=(--model "$SMOKE_MODEL" --device cpu --dtype fp32); \
-        else model=(--model gpt2-medium --dtype "$dtype"); fi
-        stage "amp-$dtype" 240 $PY train.py --method full --random-init "${model[@]}" \
+        else model=(--model gpt2 --dtype "$dtype"); fi
+        stage "amp-$dtype" 75 $PY train.py --method full --random-init "${model[@]}" \
             --max-steps "$steps" --warmup 20 --lr 3e-4 --log-interval 20 --save-every 0 \
             --out "$RUNS/amp-$dtype"
     done

@@ -5,8 +5,8 @@
 #   make gpu-carry              # here, once: the E2E CSVs, the released text and the tiktoken
 #                               # vocabulary copied into gpu_carry/ (git-ignored; it travels)
 #   scripts/gpu.sh bench-train  # bench.py train, memory, profile: GPT-2 medium shape, bf16, compiled
-#   scripts/gpu.sh bench-decode # bench.py decode, latency, cache; then bf16 and fp16 training
-#                               # (GPT-2 small from scratch), 200 steps each
+#   scripts/gpu.sh bench-decode # tests/test_cuda.py; bench.py decode, latency, cache; then bf16
+#                               # and fp16 training (GPT-2 small from scratch), 200 steps each
 #   scripts/gpu.sh pipeline     # end to end: GPT-2 small from scratch (train.py --random-init
 #                               # --method full), 1 epoch, then sample.py decodes and scores
 #
@@ -59,14 +59,15 @@ bench-train)
     ;;
 bench-decode)
     if [ -n "$SMOKE" ]; then size=(--small --mrs 2 --trials 2 --grid 1x16); steps=3; else size=(); steps=200; fi
-    stage bench-decode 240 $PY bench.py decode "${size[@]}" --json "$OUT/bench-decode.json"
-    stage bench-latency 120 $PY bench.py latency "${size[@]}" --json "$OUT/bench-latency.json"
-    stage bench-cache 60 $PY bench.py cache "${size[@]}" --json "$OUT/bench-cache.json"
+    stage cuda-tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
+    stage bench-decode 200 $PY bench.py decode "${size[@]}" --json "$OUT/bench-decode.json"
+    stage bench-latency 100 $PY bench.py latency "${size[@]}" --json "$OUT/bench-latency.json"
+    stage bench-cache 45 $PY bench.py cache "${size[@]}"  # (its table is in the log: 8 files at most)
     # both mixed-precision paths: finite, falling loss (GPT-2 small's shape from scratch)
     for dtype in bf16 fp16; do
         if [ -n "$SMOKE" ]; then model=(--model "$SMOKE_MODEL" --device cpu --dtype fp32); \
         else model=(--model gpt2 --dtype "$dtype"); fi
-        stage "amp-$dtype" 75 $PY train.py --method full --random-init "${model[@]}" \
+        stage "amp-$dtype" 60 $PY train.py --method full --random-init "${model[@]}" \
             --max-steps "$steps" --warmup 20 --lr 3e-4 --log-interval 20 --save-every 0 \
             --out "$RUNS/amp-$dtype"
     done

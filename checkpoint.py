@@ -414,7 +414,6 @@ def download(url: str, path: str, chunk_size: int = 1 << 20,
     ends the error message: what to do instead."""
     from tqdm import tqdm
 
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     part = path + ".part"
     have = os.path.getsize(part) if os.path.exists(part) else 0
     request = urllib.request.Request(url, headers={"User-Agent": "lora-gpt2"})
@@ -430,7 +429,8 @@ def download(url: str, path: str, chunk_size: int = 1 << 20,
     except OSError as e:  # URLError, timeouts, refused connections
         raise DownloadError(f"cannot download {url} ({getattr(e, 'reason', e)}): no network? "
                             f"Connect and run again, {hint}") from None
-    with response:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # once connected: a failed
+    with response:  # attempt leaves no empty folder behind
         if have and response.status != 206:  # the server ignored the Range header: start over
             have = 0
         length = response.headers.get("Content-Length")

@@ -91,22 +91,22 @@ class Setup:
 # --- training throughput -------------------------------------------------------------------------
 #
 # Both sides get what a user of each would have: bf16 autocast and fused AdamW on CUDA, SDPA
-# attention, the same loss (label smoothing 0.1, summed over the reference tokens, divided by
-# their number), LoRA dropout 0.1 and none in the backbone; with --compile, torch.compile (ours:
-# the loss function, as train.py --compile; theirs: the model). What differs is each side's own:
-# ours runs the LM head only at the loss positions and uses SDPA's is_causal (right padding sits
-# after each sequence, so no real token sees it, and no loss is taken there); transformers gets
-# an attention mask for the padding, as its documentation has it, and runs the LM head at every
-# position. The row "LM head at every position" shows what the first difference is worth.
+# attention, the same loss (label smoothing 0.1, summed over the reference tokens, divided by their
+# number), LoRA dropout 0.1 and none in the backbone; with --compile, torch.compile (ours: the loss
+# function, as train.py --compile [cuda-graphs]; theirs: the model). What differs is each side's
+# own: ours runs the LM head only at the loss positions and uses SDPA's is_causal (right padding
+# sits after each sequence, so no real token sees it, and no loss is taken there); transformers
+# gets an attention mask for the padding, as its documentation has it, and runs the LM head at
+# every position. The row "LM head at every position" shows what the first difference is worth.
 
 
 def ours_trainer(setup, method: str, compile: str | None = None, every_position: bool = False,
                  lora_dropout: float = 0.1):
     """A train.py step: its model set-up, batches (training.device_batch), loss
     (training.token_loss: the LM head at the loss positions only) and AdamW
-    (training.make_optimizer). compile: None (eager), "default" (train.py --compile), or
-    "reduce-overhead" (CUDA graphs, over shapes padded to CUDA_GRAPH_SHAPES). Returns
-    step(batch) -> loss."""
+    (training.make_optimizer). compile: None (eager), or train.py's --compile: "default" or
+    "cuda-graphs" (over shapes padded to training.CUDA_GRAPH_SHAPES); every_position ignores
+    it. Returns step(batch) -> loss."""
     device = setup.device
     model = GPT.from_pretrained(setup.folder)
     if method == "lora":
@@ -114,17 +114,14 @@ def ours_trainer(setup, method: str, compile: str | None = None, every_position:
     model.to(device).train()
     optimizer = training.make_optimizer(model, lr=2e-4, weight_decay=0.01,
                                         fused=device.type == "cuda")
-    loss_fn = every_position_loss if every_position else training.token_loss
-    if compile:
-        loss_fn = torch.compile(loss_fn, dynamic=True, mode=compile)
-    multiple = CUDA_GRAPH_SHAPES if compile == "reduce-overhead" else (1, 1)
+    loss_fn, multiple = training.compiled_loss(compile)
 
     def step(batch):
         n_targets = sum(len(tokens) - prompt_length for tokens, prompt_length in batch)
         with amp(device):
             if every_position:
                 inputs, targets = e2e.collate(batch)
-                loss = loss_fn(model, inputs.to(device), targets.to(device))
+                loss = every_position_loss(model, inputs.to(device), targets.to(device))
             else:
                 loss = loss_fn(model, *training.device_batch(batch, device, multiple), 0.1)
         loss = loss / n_targets
@@ -133,11 +130,6 @@ def ours_trainer(setup, method: str, compile: str | None = None, every_position:
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
     return step
-
-
-# CUDA graphs replay one recorded shape each: the sequence length is rounded up to a multiple of
-# 16 and the number of loss positions to a multiple of 128, so E2E's batches need a few dozen.
-CUDA_GRAPH_SHAPES = (16, 128)
 
 
 def every_position_loss(model, inputs, targets):
@@ -196,7 +188,7 @@ def train_variants(setup) -> dict:
         variants["ours, LoRA, compiled"] = lambda: ours_trainer(setup, "lora", compile="default")
         if setup.device.type == "cuda":
             variants["ours, LoRA, compiled with CUDA graphs"] = \
-                lambda: ours_trainer(setup, "lora", compile="reduce-overhead")
+                lambda: ours_trainer(setup, "lora", compile="cuda-graphs")
         variants[REFERENCE + ", compiled"] = lambda: hf_peft_trainer(setup, compile=True)
     variants["ours, full fine-tuning"] = lambda: ours_trainer(setup, "full")
     return variants

@@ -96,7 +96,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N, cpu")
     g.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="autocast dtype on CUDA (auto: bf16); fp16 adds a GradScaler; CPU: fp32")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--compile", nargs="?", const="default", choices=("default", "cuda-graphs"),
+                   help="torch.compile the loss function (with the model in it); cuda-graphs "
+                        "also replays CUDA graphs, over batches padded to a few shapes")
     g.add_argument("--bucket", action="store_true",
                    help="batch examples of similar length together (less padding)")
     g.add_argument("--eval-interval", type=int, default=0,
@@ -226,8 +228,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         # Compile the loss function, not the model: checkpoints are saved from `model` itself, so
         # they never get torch.compile's "_orig_mod." prefix.
-        self.loss_fn = (torch.compile(training.token_loss, dynamic=True) if args.compile
-                        else training.token_loss)
+        self.loss_fn, self.multiple = training.compiled_loss(args.compile)
         self.steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
         total = self.steps_per_epoch * args.epochs
         self.total = min(total, args.max_steps) if args.max_steps else total
@@ -247,8 +248,8 @@ class Trainer:
         for m in range(0, len(batch), micro):
             tokens += sum(len(t) - 1 for t, _ in batch[m:m + micro])
             with cli.autocast(self.device, self.amp_dtype):
-                loss = self.loss_fn(self.model, *training.device_batch(batch[m:m + micro],
-                                                                      self.device),
+                loss = self.loss_fn(self.model, *training.device_batch(
+                                        batch[m:m + micro], self.device, self.multiple),
                                     self.args.label_smoothing) / n_targets
             self.scaler.scale(loss).backward()
             total += loss.detach()
@@ -262,7 +263,7 @@ class Trainer:
 
     def dev_loss(self) -> float:
         return training.dev_loss(self.model, self.loss_fn, self.dev_set, self.args.batch_size,
-                                 self.device, self.amp_dtype)
+                                 self.device, self.amp_dtype, self.multiple)
 
     def save(self, where: dict, why: str):
         """The result (adapter or model) and the resumable state, both written atomically; a
@@ -415,6 +416,8 @@ def resumed_args(args) -> argparse.Namespace:
     saved.setdefault("lora_dropout", saved["dropout"])
     saved.setdefault("save_every", 0)
     saved.setdefault("random_init", False)
+    if saved.get("compile") in (True, False):  # a switch before cuda-graphs existed
+        saved["compile"] = "default" if saved["compile"] else None
     saved.update({name: getattr(args, name) for name in args.given if name in safe})
     return argparse.Namespace(**{**saved, "resume": os.path.abspath(args.resume),
                                  "given": args.given})

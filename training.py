@@ -26,6 +26,22 @@ def token_loss(model, inputs, positions, labels, label_smoothing: float = 0.0):
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum")
 
 
+# --compile cuda-graphs: CUDA graphs replay one recorded shape each, so the sequence length is
+# rounded up to a multiple of 16 and the number of loss positions to a multiple of 128 (E2E's
+# batches then need a few dozen graphs).
+CUDA_GRAPH_SHAPES = (16, 128)
+
+
+def compiled_loss(mode: str | None):
+    """The loss function for --compile (None: eager; "default"; "cuda-graphs": torch.compile's
+    reduce-overhead mode), and the shape multiples its batches need."""
+    if mode is None:
+        return token_loss, (1, 1)
+    if mode == "cuda-graphs":
+        return torch.compile(token_loss, dynamic=True, mode="reduce-overhead"), CUDA_GRAPH_SHAPES
+    return torch.compile(token_loss, dynamic=True), (1, 1)
+
+
 def device_batch(examples: list, device, multiple: tuple[int, int] = (1, 1)):
     """A batch on the device: (inputs, loss positions, labels), copied from pinned memory on
     CUDA so the copy does not wait for the GPU. multiple rounds the sequence length and the number
@@ -73,14 +89,16 @@ def epoch_batches(examples, epoch: int, batch_size: int, seed: int,
 
 
 @torch.no_grad()
-def dev_loss(model, loss_fn, examples, batch_size: int, device, amp_dtype) -> float:
-    """Mean cross-entropy per reference token on the dev examples (no label smoothing)."""
+def dev_loss(model, loss_fn, examples, batch_size: int, device, amp_dtype,
+             multiple: tuple[int, int] = (1, 1)) -> float:
+    """Mean cross-entropy per reference token on the dev examples (no label smoothing); multiple
+    as device_batch's."""
     model.eval()
     total, count = torch.zeros((), device=device), 0
     for start in range(0, len(examples), batch_size):
         batch = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            total += loss_fn(model, *device_batch(batch, device))
+            total += loss_fn(model, *device_batch(batch, device, multiple))
         count += sum(len(tokens) - prompt_length for tokens, prompt_length in batch)
     model.train()
     return total.item() / count

@@ -73,7 +73,7 @@ def test_compiled_steps_compute_the_eager_loss(e2e_data, gpt2_vocab):
     setup = bench.Setup(bench.parse_args(argv))
     batch = setup.batches[0]
     losses = [bench.ours_trainer(setup, "lora", compile=mode, lora_dropout=0.0)(batch)
-              for mode in (None, "default", "reduce-overhead")]
+              for mode in (None, "default", "cuda-graphs")]
     for loss in losses[1:]:
         torch.testing.assert_close(loss, losses[0], rtol=2e-2, atol=0)  # bf16 autocast
 

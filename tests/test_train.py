@@ -329,6 +329,16 @@ def test_resume_takes_safe_flags_and_refuses_the_others(finished, tmp_path):
     assert config["args"]["max_steps"] == 4  # the run's own record stays as it started
 
 
+@pytest.mark.parametrize("saved, resumed", [(False, None), (True, "default")])
+def test_a_run_saved_when_compile_was_a_switch_resumes(finished, tmp_path, saved, resumed):
+    run_dir = finished_copy(finished, tmp_path)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["args"]["compile"] is None  # today's runs record the mode
+    config["args"]["compile"] = saved
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert train.resumed_args(train.parse_args(["--resume", str(run_dir)])).compile == resumed
+
+
 def test_relative_paths_are_recorded_absolute_so_a_resume_works_from_anywhere(tiny, data,
                                                                              tmp_path):
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"

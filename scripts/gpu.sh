@@ -4,9 +4,10 @@
 #
 #   make gpu-carry              # here, once: the E2E CSVs, the released text and the tiktoken
 #                               # vocabulary copied into gpu_carry/ (git-ignored; it travels)
+#   scripts/gpu.sh bench-decode # first: tests/test_cuda.py (a broken CUDA path shows in a minute);
+#                               # bench.py decode, latency, cache; then bf16 and fp16 training
+#                               # (GPT-2 small from scratch), 200 steps each
 #   scripts/gpu.sh bench-train  # bench.py train, memory, profile: GPT-2 medium shape, bf16, compiled
-#   scripts/gpu.sh bench-decode # tests/test_cuda.py; bench.py decode, latency, cache; then bf16
-#                               # and fp16 training (GPT-2 small from scratch), 200 steps each
 #   scripts/gpu.sh pipeline     # end to end: GPT-2 small from scratch (train.py --random-init
 #                               # --method full), 1 epoch, then sample.py decodes and scores
 #

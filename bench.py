@@ -121,7 +121,7 @@ def ours_trainer(setup, method: str, compile: str | None = None, every_position:
         with amp(device):
             if every_position:
                 inputs, targets = e2e.collate(batch)
-                loss = every_position_loss(model, inputs.to(device), targets.to(device))
+                loss = every_position_loss(model(inputs.to(device)), targets.to(device))
             else:
                 loss = loss_fn(model, *training.device_batch(batch, device, multiple), 0.1)
         loss = loss / n_targets
@@ -132,11 +132,10 @@ def ours_trainer(setup, method: str, compile: str | None = None, every_position:
     return step
 
 
-def every_position_loss(model, inputs, targets):
-    """The loss as transformers computes it: the LM head at every position, then the positions
-    without a target (-100) ignored."""
-    logits = model(inputs).float()
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100,
+def every_position_loss(logits, targets):
+    """The loss as transformers computes it, from logits (B, T, vocab) at every position: the
+    positions without a target (-100) ignored. Both sides' every-position rows use it."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100,
                            label_smoothing=0.1, reduction="sum")
 
 
@@ -165,9 +164,7 @@ def hf_peft_trainer(setup, compile: bool = False, lora_dropout: float = 0.1):
         n_targets = int((targets != -100).sum())
         with amp(device):
             logits = forward(input_ids=inputs.to(device), attention_mask=mask.to(device)).logits
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(),
-                                   ignore_index=-100, label_smoothing=0.1,
-                                   reduction="sum") / n_targets
+            loss = every_position_loss(logits, targets.to(device)) / n_targets
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -222,8 +219,8 @@ def interleaved(setup, steps: dict, failed: dict) -> dict:
 
 
 def bench_train(setup) -> dict:
-    steps, failed = {}, {}
-    for name, build in train_variants(setup).items():
+    steps, failed, variants = {}, {}, train_variants(setup)
+    for name, build in variants.items():
         start = time.perf_counter()
         try:
             steps[name] = build()
@@ -245,7 +242,7 @@ def bench_train(setup) -> dict:
           f"{' with --bucket' if setup.args.bucket else ''})\n")
     print("| | tokens/s | range over rounds | steps/s | vs transformers + peft |\n"
           "|---|---|---|---|---|")
-    for name in train_variants(setup):
+    for name in variants:
         if name in failed:
             print(f"| {name} | failed: {failed[name]} | | | |")
             continue

@@ -298,6 +298,8 @@ def loss_positions(targets: torch.Tensor, multiple: int = 1) -> tuple[torch.Tens
     flat = targets.flatten()
     positions = (flat != -100).nonzero().squeeze(1)
     extra = -len(positions) % multiple
+    if not extra:
+        return positions, flat[positions]
     return (torch.cat([positions, positions.new_zeros(extra)]),
             torch.cat([flat[positions], flat.new_full((extra,), -100)]))
 

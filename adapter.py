@@ -139,7 +139,10 @@ def load(model: GPT, path: str, check_base: bool = True) -> dict:
     base with other weights than the one they were trained on, unless check_base=False."""
     s = checkpoint.read_adapter_metadata(path, "adapter", model)
     if not adapters(model):
-        apply(model, s["kind"], s["r"])
+        try:  # a hand-edited file may record anything
+            apply(model, s.get("kind"), s.get("r"))
+        except ValueError as e:
+            raise checkpoint.invalid_settings(path, e) from None
     if settings(model) != s:
         raise checkpoint.CheckpointError(f"{path} holds {s}, but this model has {settings(model)}")
     if check_base:

@@ -51,11 +51,18 @@ def read_factors(path: str, model_name: str | None = None) -> tuple[dict, str]:
                                                     layer.scaling)
                 for name, layer in lora.lora_layers(model).items()
                 for target, module in lora.TARGETS.items() if name.endswith(module)}, base
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such adapter file: {path}")
     meta = checkpoint.load_metadata(path)
     if meta.get("method") != "lora":
         raise UserError(f"{path} is not a LoRA adapter saved by train.py (lora.save)")
     tensors = checkpoint.load_tensors(path)
-    scaling = json.loads(meta["alpha"]) / json.loads(meta["r"])
+    try:  # a hand-edited file may record anything
+        s = {k: json.loads(meta[k]) for k in ("targets", "r", "alpha", "dropout")}
+        lora.check_settings(s["targets"], s["r"], s["alpha"], s["dropout"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise checkpoint.invalid_settings(path, e) from None
+    scaling = s["alpha"] / s["r"]
     factors = {}
     for key, A in tensors.items():
         if key.endswith(".A"):
@@ -100,9 +107,11 @@ def shared_directions(grid: torch.Tensor, k: int) -> str:
     """The paper's reading of a grid: how many top directions the two adapters share."""
     diagonal = [grid[n, n].item() for n in range(min(grid.shape))]
     shared = next((n for n, v in enumerate(diagonal) if v <= 0.5), len(diagonal))
+    which = ("no direction is shared" if shared == 0 else "the top direction is shared"
+             if shared == 1 else f"the top {shared} directions are shared")
     return (f"phi(i, i) for i = 1..{len(diagonal)}: "
             + " ".join(f"{v:.2f}" for v in diagonal)
-            + f"\nthe top {shared} direction(s) are shared (phi > 0.5); two random subspaces give "
+            + f"\n{which} (phi > 0.5); two random subspaces give "
             f"phi(i, j) = max(i, j) / k on average ({1 / k:.3f} at i = j = 1, k = {k})")
 
 
@@ -163,6 +172,10 @@ def run_similarity(args):
     layers = sorted({i for i, _ in a} & {i for i, _ in b})
     if not layers:
         raise UserError("the two adapters share no layer for this target")
+    k1, k2 = (f[(layers[0], args.target)][0].shape[1] for f in (a, b))
+    if k1 != k2:
+        raise UserError(f"the two adapters adapt W_{args.target} of different widths ({k1} and "
+                        f"{k2}): they were trained on base models of different shapes")
     grid = sum(similarity(a[(i, args.target)][0], b[(i, args.target)][0]) for i in layers)
     grid = grid / len(layers)
     k = a[(layers[0], args.target)][0].shape[1]
@@ -172,27 +185,41 @@ def run_similarity(args):
     write_grid(grid, args.out, f"W_{args.target}, {where}: phi(i, j)")
 
 
+def base_matrix(model, name: str, layer: int, target: str, A, B) -> torch.Tensor:
+    """The W that A and B adapt, refused when the model is not the adapter's base."""
+    if layer >= model.config.n_layer:
+        raise UserError(f"the adapter adapts layer {layer}, but {name} has "
+                        f"{model.config.n_layer} layers: not the adapter's base model")
+    W = model.get_submodule(f"transformer.h.{layer}.{lora.TARGETS[target]}").weight.detach()
+    if W.shape != (B.shape[0], A.shape[1]):
+        raise UserError(f"the adapter adapts {B.shape[0]} x {A.shape[1]} matrices, but W_{target} "
+                        f"of {name} is {W.shape[0]} x {W.shape[1]}: not the adapter's base model")
+    return W
+
+
 def run_amplification(args):
     factors, base = read_factors(args.adapters[0], args.model)
     if not base:
         raise UserError(f"{args.adapters[0]} does not name its base model; pass --model")
     model = GPT.from_pretrained(args.model or base)
     targets = sorted({t for _, t in factors}, key=list(lora.TARGETS).index)
-    print(f"Delta W against W (Sec. 7.3, Table 7) for {args.adapters[0]} on {base}"
-          + ("" if args.layer is None else f", layer {args.layer}") + ":\n")
-    print("| matrix | r | U^T W V^T: Delta W | W (top r) | random | ||W|| | ||Delta W|| "
-          "| amplification |\n|---|---|---|---|---|---|---|---|")
+    lines = []
     for target in targets:
         rows = []
         for (i, _), (A, B, scaling) in sorted(pick(factors, target, args.layer,
                                                    args.adapters[0]).items()):
-            W = model.get_submodule(f"transformer.h.{i}.{lora.TARGETS[target]}").weight.detach()
+            W = base_matrix(model, args.model or base, i, target, A, B)
             rows.append(amplification(W, scaling * (B.double() @ A.double()), A.shape[0], seed=i))
         mean = {k: sum(row[k] for row in rows) / len(rows) for k in rows[0]}
         label = f"W_{target}" + ("" if len(rows) == 1 else f" (mean of {len(rows)} layers)")
-        print(f"| {label} | {len(A)} | {mean['dW']:.3f} | {mean['W']:.2f} | "
-              f"{mean['random']:.3f} | {mean['norm_W']:.2f} | {mean['norm_dW']:.3f} | "
-              f"{mean['factor']:.1f} |")
+        lines.append(f"| {label} | {len(A)} | {mean['dW']:.3f} | {mean['W']:.2f} | "
+                     f"{mean['random']:.3f} | {mean['norm_W']:.2f} | {mean['norm_dW']:.3f} | "
+                     f"{mean['factor']:.1f} |")
+    print(f"Delta W against W (Sec. 7.3, Table 7) for {args.adapters[0]} on {base}"
+          + ("" if args.layer is None else f", layer {args.layer}") + ":\n")
+    print("| matrix | r | U^T W V^T: Delta W | W (top r) | random | ||W|| | ||Delta W|| "
+          "| amplification |\n|---|---|---|---|---|---|---|---|")
+    print("\n".join(lines))
     print("\npaper (GPT-3, W_q, layer 48, r=4): 0.32 | 21.67 | 0.02 | 61.95 | 6.91 | 21.5")
 
 
@@ -215,9 +242,15 @@ def main(argv=None) -> int:
         q.add_argument("--model", help="the base model (default: the adapter's own record)")
     args = p.parse_args(argv)
     try:
-        run_similarity(args) if args.command == "similarity" else run_amplification(args)
+        if args.command == "similarity":
+            cli.check_writable_file(args.out, "--out")
+            run_similarity(args)
+        else:
+            run_amplification(args)
     except cli.USER_ERRORS as e:
         cli.fail("analysis.py", e)
+    except KeyboardInterrupt:
+        cli.interrupted("analysis.py", "stopped; nothing was written")
     return 0
 
 

@@ -34,6 +34,7 @@ import traceback
 import torch
 import torch.nn.functional as F
 
+import cli
 import latency
 import lora
 import training
@@ -497,6 +498,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.json:  # before any measurement, not after
+        try:
+            cli.check_writable_file(args.json, "--json")
+        except cli.UserError as e:
+            cli.fail("bench.py", e)
+    try:
+        return run(args, argv)
+    except KeyboardInterrupt:
+        cli.interrupted("bench.py", f"stopped; the sections that finished are in {args.json}"
+                        if args.json and os.path.exists(args.json) else "stopped")
+
+
+def run(args, argv) -> int:
     setup = Setup(args)
     if args.peak_worker:
         print(json.dumps(peak_memory_worker(setup, args.peak_worker)))

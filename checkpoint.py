@@ -10,7 +10,9 @@ import contextlib
 import hashlib
 import http.client
 import json
+import math
 import os
+import pickle
 import urllib.error
 import urllib.request
 
@@ -173,6 +175,9 @@ def find_weights(path: str) -> tuple[dict | None, str]:
             raise FileNotFoundError(f"{path} holds neither model.safetensors nor pytorch_model.bin")
     else:
         weights = path
+    if weights.endswith(".safetensors") and load_metadata(weights).get("format") == ADAPTER_FORMAT:
+        raise CheckpointError(f"{path} is an adapter (train.py's), not a GPT-2 checkpoint: pass "
+                              "its base model as --model and the adapter as --adapter")
     config_file = os.path.join(os.path.dirname(weights), "config.json")
     return (read_hf_config(config_file) if os.path.isfile(config_file) else None), weights
 
@@ -214,6 +219,12 @@ def load_tensors(path: str) -> dict:
             return load_file(path)
     try:  # weights_only: a .bin is a pickle, and a pickle can run code; this refuses anything else
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise CheckpointError(f"{path} is not a readable PyTorch weights file ({e})") from None
+        raise CheckpointError(f"{path} holds pickled code, not only tensors, so it is not loaded "
+                              "(loading would run that code); convert it to safetensors where "
+                              "you trust it, or use a model.safetensors") from None
     except Exception as e:  # torch raises several types for a damaged or non-tensor file
         raise CheckpointError(f"{path} is not a readable PyTorch weights file ({e})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -241,10 +252,14 @@ def _readable_safetensors(path: str):
 
 
 def save_tensors(path: str, tensors: dict, metadata: dict | None = None):
-    """Write a .safetensors file atomically: into path + '.tmp', then renamed over path."""
+    """Write a .safetensors file atomically: into path + '.tmp', then renamed over path. Its
+    permissions follow the umask, as any file's (safetensors itself makes it private: 0600)."""
     from safetensors.torch import save_file
 
     save_file(tensors, path + ".tmp", metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path + ".tmp", 0o666 & ~umask)
     os.replace(path + ".tmp", path)
 
 
@@ -287,7 +302,11 @@ def fingerprint(weights: list) -> list[float]:
 def check_base(path: str, model, base_weights: list):
     """Refuse to load an adapter onto another base than the one it was trained on."""
     meta = load_metadata(path)
-    recorded = json.loads(meta.get("base_fingerprint", "[]"))
+    recorded = _field(path, meta, "base_fingerprint", [])
+    if not isinstance(recorded, list) or not all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in recorded):
+        raise CheckpointError(f"{path}: its base_fingerprint is not a list of numbers as "
+                              "lora.save / adapter.save write it; the file was edited or damaged")
     if not recorded:  # files from before the fingerprint, or saved from a weightless model
         return
     here = fingerprint(base_weights)
@@ -332,16 +351,38 @@ def read_adapter_metadata(path: str, method: str, model) -> dict:
     if meta.get("method") != method:
         raise CheckpointError(f"{path} holds a {meta.get('method')!r} adapter, not a {method!r} "
                               f"one; load it with {meta.get('method')}.load")
-    if int(meta["format_version"]) > ADAPTER_FORMAT_VERSION:
+    version = _field(path, meta, "format_version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path}: its format_version {meta['format_version']!r} is not a "
+                              "number; the file was edited or damaged")
+    if version > ADAPTER_FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {meta['format_version']}; this code "
                               f"reads up to {ADAPTER_FORMAT_VERSION}: update the code")
-    if json.loads(meta["base_shape"]) != _base_shape(model):
+    if _field(path, meta, "base_shape") != _base_shape(model):
         raise CheckpointError(f"{path} was trained on base model '{meta['base_model']}' "
                               f"{meta['base_shape']}, but this model is "
                               f"{json.dumps(_base_shape(model))}; load the adapter onto its own "
                               "base model")
     known = {"format", "format_version", "method", "base_model", "base_shape", "base_fingerprint"}
-    return {k: json.loads(v) for k, v in meta.items() if k not in known}
+    return {k: _field(path, meta, k) for k in meta if k not in known}
+
+
+def _field(path: str, meta: dict, key: str, default=None):
+    """One value of an adapter's metadata (JSON, as adapter_metadata writes them)."""
+    if key not in meta:
+        return default
+    try:
+        return json.loads(meta[key])
+    except ValueError:
+        raise CheckpointError(f"{path}: its metadata {key}={meta[key][:40]!r} is not what "
+                              "lora.save / adapter.save write; the file was edited or "
+                              "damaged") from None
+
+
+def invalid_settings(path: str, error: Exception) -> CheckpointError:
+    """The error for an adapter whose recorded settings (r, alpha, ...) are not valid ones."""
+    return CheckpointError(f"{path}: its recorded settings are not valid ({error}); the file was "
+                           "edited or damaged")
 
 
 def copy_tensors(path: str, params: dict):
@@ -402,13 +443,13 @@ def download_checkpoint(preset: str) -> str:
         if os.path.isfile(os.path.join(snapshots, snapshot, "model.safetensors")):
             return os.path.join(snapshots, snapshot, "model.safetensors")
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    download(f"{endpoint}/openai-community/{preset}/resolve/main/model.safetensors", path)
+    download(f"{endpoint}/openai-community/{preset}/resolve/main/model.safetensors", path,
+             hint=f"or put config.json and model.safetensors of openai-community/{preset} in a "
+                  f"folder and pass it as --model FOLDER (make train ARGS=\"--model FOLDER\")")
     return path
 
 
-def download(url: str, path: str, chunk_size: int = 1 << 20,
-             hint: str = "or download model.safetensors and config.json yourself into a folder "
-                         "and pass that folder instead of the preset name"):
+def download(url: str, path: str, chunk_size: int = 1 << 20, hint: str = ""):
     """Fetch url into path with a progress bar. Bytes land in path + '.part' first and the file is
     renamed only when complete; an interrupted download resumes from the partial file. `hint`
     ends the error message: what to do instead."""
@@ -425,10 +466,11 @@ def download(url: str, path: str, chunk_size: int = 1 << 20,
         if e.code == 416 and have:  # the partial file is not a prefix we can extend: start over
             os.remove(part)
             return download(url, path, chunk_size, hint)
-        raise DownloadError(f"downloading {url} failed: HTTP {e.code} {e.reason}; {hint}") from None
+        raise DownloadError(f"downloading {url} failed: HTTP {e.code} {e.reason}"
+                            + (f"; {hint}" if hint else "")) from None
     except OSError as e:  # URLError, timeouts, refused connections
         raise DownloadError(f"cannot download {url} ({getattr(e, 'reason', e)}): no network? "
-                            f"Connect and run again, {hint}") from None
+                            "Connect and run again" + (f", {hint}" if hint else "")) from None
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # once connected: a failed
     with response:  # attempt leaves no empty folder behind
         if have and response.status != 206:  # the server ignored the Range header: start over

@@ -1,8 +1,9 @@
-"""What the command-line scripts (train.py, sample.py, bench.py) share: one-line user errors, the
-device and mixed-precision choice, and --help that shows each default once.
+"""What the command-line scripts (train.py, sample.py, analysis.py, bench.py) share: one-line user
+errors, Ctrl-C, the device and mixed-precision choice, and --help that shows each default once.
 
-A user error (a bad flag, a missing or wrong file, no data) ends with one line on stderr and exit
-code 2. Anything else is a bug in our code and keeps its traceback.
+A user error (a bad flag, a missing or wrong file, no data, a folder another process owns) ends
+with one line on stderr and exit code 2; Ctrl-C with one line saying what was kept, exit code 130.
+Anything else is a bug in our code and keeps its traceback.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import torch
 from checkpoint import CheckpointError, DownloadError
 from data.e2e.metrics import InputError, MeteorError
 from data.e2e.prepare import DataError
+from rundir import FolderInUse
 
 
 class UserError(ValueError):
@@ -23,13 +25,24 @@ class UserError(ValueError):
 
 # The errors a user can cause; scripts turn these, and only these, into one line.
 USER_ERRORS = (UserError, CheckpointError, DownloadError, DataError, InputError, MeteorError,
-               FileNotFoundError)
+               FileNotFoundError, FolderInUse)
 
 
 def fail(prog: str, message) -> None:
     """One line on stderr, exit code 2."""
     print(f"{prog}: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def interrupted(prog: str, kept: str) -> None:
+    """Ctrl-C: one line on stderr saying what was kept (and how to continue), exit code 130."""
+    print(f"{prog}: Ctrl-C: {kept}", file=sys.stderr)
+    sys.exit(130)
+
+
+def plural(n: int, word: str) -> str:
+    """'1 MR', '2 MRs'."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -44,11 +57,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def parser(prog: str, **kwargs) -> argparse.ArgumentParser:
-    """An ArgumentParser whose errors are one line (exit 2) and whose help shows defaults."""
+    """An ArgumentParser whose errors are one line (exit 2) and whose help shows defaults. Flags
+    are never abbreviated, so `given` knows exactly which were typed."""
     p = argparse.ArgumentParser(formatter_class=kwargs.pop("formatter_class", HelpFormatter),
-                                **kwargs)
+                                allow_abbrev=False, **kwargs)
     p.error = lambda message: fail(prog, f"{message} (see --help)")
     return p
+
+
+def given(p: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """The dests of the flags on the command line (typed, not defaults), sorted."""
+    options = {o: a.dest for a in p._actions for o in a.option_strings}
+    return sorted({options[w.split("=")[0]] for w in argv if w.split("=")[0] in options})
 
 
 def pick_device(name: str) -> torch.device:
@@ -84,13 +104,28 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors: the GPU's free memory, or the memory Linux says is available;
+    None where that is unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def check_writable(folder: str, flag: str = "--out"):
     """Refuse, before any work, a folder that cannot be created or written to: a file, a
     read-only place. What the probe creates is removed again."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{flag} {folder} is a file, not a folder; pick another {flag}")
     missing = []
-    path = folder
+    path = os.path.abspath(folder)  # (a relative name's dirname ends in "", never found)
     while not os.path.exists(path):
         missing.append(path)
         path = os.path.dirname(path)
@@ -104,3 +139,11 @@ def check_writable(folder: str, flag: str = "--out"):
         for path in missing:  # deepest first
             if os.path.isdir(path) and not os.listdir(path):
                 os.rmdir(path)
+
+
+def check_writable_file(path: str, flag: str):
+    """Refuse, before any work, an output file that could not be written: a folder, or a place
+    where no file can be created."""
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    check_writable(os.path.dirname(os.path.abspath(path)), flag)

@@ -21,6 +21,7 @@ cache, and on cases built to tell the released semantics from the usual ones.
 """
 
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +123,15 @@ def beam_search(model, prompts: torch.Tensor, beam: int = 10, length_penalty: fl
     return [best_seq[i, :best_len[i]].tolist() for i in range(n)]
 
 
+def search_bytes(config, rows: int, beam: int, prompt_length: int, max_new_tokens: int) -> int:
+    """About how much memory beam_search takes for `rows` prompts at once, in fp32: the KV cache
+    (keys and values of every layer for rows x beam sequences) and the few (rows x beam x vocab)
+    tensors of one step's scores."""
+    sequences = rows * beam
+    cache = 2 * config.n_layer * sequences * (prompt_length + max_new_tokens) * config.n_embd
+    return 4 * (cache + 4 * sequences * config.vocab_size)
+
+
 def decode(model, prompts: list[list[int]], *, beam: int = 10, length_penalty: float = 0.9,
            no_repeat_ngram: int = 4, max_new_tokens: int = 64, batch_size: int = 32,
            use_cache: bool = True, amp_dtype: torch.dtype | None = None,
@@ -137,6 +147,7 @@ def decode(model, prompts: list[list[int]], *, beam: int = 10, length_penalty: f
         by_length.setdefault(len(p), []).append(i)
     outputs = [None] * len(prompts)
     bar = tqdm(total=len(prompts), unit="MR", disable=not (progress and sys.stderr.isatty()))
+    done, every, start = 0, max(1, len(prompts) // 10), time.time()  # no terminal: a line a tenth
     for indices in by_length.values():
         for s in range(0, len(indices), batch_size):
             chunk = indices[s:s + batch_size]
@@ -149,5 +160,11 @@ def decode(model, prompts: list[list[int]], *, beam: int = 10, length_penalty: f
             if on_batch is not None:
                 on_batch(chunk, results)
             bar.update(len(chunk))
+            done += len(chunk)
+            if progress and bar.disable and done // every > (done - len(chunk)) // every \
+                    and done < len(prompts):
+                seconds = time.time() - start
+                print(f"decoded {done}/{len(prompts)} MRs in {seconds:.0f} s, about "
+                      f"{seconds / done * (len(prompts) - done):.0f} s to go", flush=True)
     bar.close()
     return outputs

@@ -226,6 +226,10 @@ def load(model: GPT, path: str, check_base: bool = True) -> dict:
     weights' fingerprint unless check_base=False), applies LoRA with the file's settings if the
     model has none yet, copies A and B in. Returns the settings."""
     s = checkpoint.read_adapter_metadata(path, "lora", model)
+    try:  # a hand-edited file may record anything
+        s["targets"] = check_settings(s["targets"], s["r"], s["alpha"], s["dropout"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise checkpoint.invalid_settings(path, e) from None
     if model in _MERGED:
         raise ValueError("LoRA is merged into this model: lora.unmerge it before loading another "
                          "adapter")

@@ -27,11 +27,12 @@ import adapter
 import cli
 import latency
 import lora
+import rundir
 from checkpoint import ADAPTER_FORMAT, load_metadata, write_atomic
 from cli import UserError
 from data.e2e import metrics
 from data.e2e import prepare as e2e
-from decoding import decode
+from decoding import decode, search_bytes
 from model import GPT, PRESETS, GPTConfig
 
 # Table 3 of the paper (E2E test set; BLEU, METEOR, ROUGE-L are x100 there, as printed below).
@@ -129,13 +130,42 @@ def output_stem(args) -> str:
                         + (f"-first{args.limit}" if args.limit else ""))
 
 
-def check_output(args):
-    """Before any work: earlier predictions are kept unless --force, and the folder is writable."""
-    path = output_stem(args) + ".tsv"
-    if os.path.exists(path) and not args.force:
-        raise UserError(f"{path} already holds predictions; pass --force to replace them, or "
+def claim_output(args) -> rundir.Claim:
+    """Before any work: the folder the predictions go to, owned by this process from here on
+    (rundir.py); earlier predictions are kept unless --force."""
+    stem = output_stem(args)
+    cli.check_writable(os.path.dirname(stem))
+    owner = rundir.claim(os.path.dirname(stem), "sample.py", "wait for it to end, or write the "
+                         "predictions elsewhere with --out DIR")
+    if os.path.exists(stem + ".tsv") and not args.force:
+        owner.abandon()
+        owner.release()
+        raise UserError(f"{stem}.tsv already holds predictions; pass --force to replace them, or "
                         "--out DIR to write elsewhere")
-    cli.check_writable(os.path.dirname(path))
+    for path in (stem + ".tsv.tmp", stem + ".scores.json.tmp"):  # an interrupted write's
+        if os.path.exists(path):
+            os.remove(path)
+    return owner
+
+
+def check_search(model, args, prompts: list[list[int]], device):
+    """Refuse, before decoding, a search that cannot run: longer than the model's positions,
+    more beams than tokens to choose from, or more memory than is free here."""
+    longest, config = max(map(len, prompts)), model.config
+    if longest + args.max_new_tokens > config.block_size:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens} after a prompt of {longest} "
+                        f"tokens is more than the model's {config.block_size} positions")
+    if args.beam > config.vocab_size:
+        raise UserError(f"--beam {args.beam:,} is more than the {config.vocab_size:,} tokens each "
+                        "step chooses from")
+    rows = min(args.batch_size, len(prompts))
+    need, free = search_bytes(config, rows, args.beam, longest, args.max_new_tokens), \
+        cli.free_memory(device)
+    if free is not None and need > free:
+        raise UserError(f"--beam {args.beam:,}" + (f" with --batch-size {rows}" if rows > 1 else "")
+                        + f" needs about {need / 1e9:,.1f} GB for the search, more than the "
+                        f"{free / 1e9:,.1f} GB free here; lower --beam"
+                        + (" or --batch-size" if rows > 1 else ""))
 
 
 def partial(path: str, settings: dict, force: bool) -> dict[int, str]:
@@ -168,18 +198,21 @@ def partial(path: str, settings: dict, force: bool) -> dict[int, str]:
 def evaluate(model, kind: str, args, device) -> dict:
     """Decode each distinct MR of the split once, streaming the outputs to a .part file (an
     interrupted decode resumes there), write the predictions, then score them."""
+    args.preset = preset_of(model, args)
     groups, source = e2e.eval_groups(args.split, args.data, args.format)
     if args.limit:
         groups = groups[:args.limit]
     enc = e2e.tokenizer()
+    prompts = [enc.encode(ctx) + [e2e.EOT] for _, ctx, _ in groups]
+    check_search(model, args, prompts, device)
     stem = output_stem(args)
     settings = decode_settings(args, len(groups))
-    part = stem + ".tsv.part"
-    os.makedirs(os.path.dirname(part), exist_ok=True)
+    part = args.part = stem + ".tsv.part"  # (args.part: what a Ctrl-C keeps)
     texts = partial(part, settings, args.force)
     todo = [i for i in range(len(groups)) if i not in texts]
     if texts:
-        print(f"resuming: {len(texts)} of {len(groups)} MRs were decoded already ({part})")
+        print(f"resuming: {len(texts)} of {cli.plural(len(groups), 'MR')} were decoded already "
+              f"({part})")
     with open(part, "a", encoding="utf-8") as f:
         if not texts:
             f.write(json.dumps({"settings": settings}) + "\n")
@@ -191,11 +224,10 @@ def evaluate(model, kind: str, args, device) -> dict:
             f.flush()
 
         start = time.time()
-        outputs = decode(model, [enc.encode(groups[i][1]) + [e2e.EOT] for i in todo],
-                         **decoding(args), on_batch=write)
+        outputs = decode(model, [prompts[i] for i in todo], **decoding(args), on_batch=write)
         seconds = time.time() - start
     n_tokens = sum(len(tokens) for tokens in outputs)
-    print(f"decoded {len(todo)} MRs ({n_tokens:,} tokens) in {seconds:.1f} s: "
+    print(f"decoded {cli.plural(len(todo), 'MR')} ({n_tokens:,} tokens) in {seconds:.1f} s: "
           f"{len(todo) / max(seconds, 1e-9):.1f} MRs/s, {n_tokens / max(seconds, 1e-9):,.0f} "
           f"tokens/s (beam {args.beam}{', no KV cache' if args.no_cache else ''})")
     table = io.StringIO()
@@ -234,14 +266,26 @@ def score(report: dict, refs: list, texts: list, kind: str, args, scores_path: s
         report["meteor"] = metrics.meteor_note(not args.no_meteor)
     write_atomic(scores_path, json.dumps(report, indent=2))
     print(f"references: {report['references']}")
-    print(table3(scores, base_name(args), kind, args))
+    print(table3(scores, args.preset, kind, args))
     if scores["METEOR"] is None:
         print(f"METEOR: {report['meteor']}")
     print(f"wrote {scores_path}")
     return scores
 
 
-def table3(scores: dict, base: str, kind: str, args) -> str:
+def preset_of(model, args) -> str | None:
+    """The official GPT-2 size this model was fine-tuned from, known by its shape (so a local
+    copy of gpt2-medium counts, whatever its folder is called); None for a model trained from
+    scratch (train.py --random-init) or of another shape."""
+    if run_config(args).get("random_init"):
+        return None
+    c = model.config
+    return next((name for name, shape in PRESETS.items() if c.vocab_size == 50257
+                 and c.block_size == 1024 and all(getattr(c, k) == v for k, v in shape.items())),
+                None)
+
+
+def table3(scores: dict, preset: str | None, kind: str, args) -> str:
     """This run's row next to the paper's (BLEU, METEOR, ROUGE-L x100 as in Table 3). Only the
     paper format is comparable with Table 3; the official format is the challenge's own text."""
     def cell(name, scale):  # one digit more than the paper prints
@@ -252,7 +296,7 @@ def table3(scores: dict, base: str, kind: str, args) -> str:
     lines = ["| | BLEU | NIST | METEOR | ROUGE-L | CIDEr |", "|---|---|---|---|---|---|",
              f"| {what} | {cell('BLEU', 100)} | {cell('NIST', 1)} | {cell('METEOR', 100)} | "
              f"{cell('ROUGE_L', 100)} | {cell('CIDEr', 1)} |"]
-    paper = PAPER.get((os.path.basename(base.rstrip("/")).removeprefix("openai-community/"), kind))
+    paper = PAPER.get((preset, kind))
     if paper:
         name, *values = paper
         lines.append(f"| paper: {name}, test | " + " | ".join(str(v) for v in values) + " |")
@@ -269,8 +313,18 @@ def run_latency(args, device):
                              amp_dtype=args.amp_dtype,
                              name=args.latency_model)
     print(latency.latency_table(report))
+    os.makedirs(os.path.dirname(os.path.abspath(args.latency_out)), exist_ok=True)
     write_atomic(args.latency_out, json.dumps(report, indent=2))
     print(f"wrote {args.latency_out}")
+
+
+def latency_out(args, device) -> str:
+    """--latency-out, checked before the measurement; by default a new file in runs/, named by
+    what it measures."""
+    path = args.latency_out or os.path.join("runs", f"latency-{args.latency_model}-{device.type}-"
+                                                    f"{time.strftime('%Y%m%d-%H%M%S')}.json")
+    cli.check_writable_file(path, "--latency-out")
+    return path
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -315,7 +369,8 @@ def parse_args(argv=None):
     g = p.add_argument_group("one input")
     g.add_argument("--mr", help="one meaning representation, e.g. 'name[The Eagle], eatType[pub]'")
     g.add_argument("--prompt", help="free text to continue (greedy, or sampled with "
-                                    "--temperature)")
+                                    "--temperature); <|endoftext|> in it is GPT-2's end-of-text "
+                                    "token")
     g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     g.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
     g.add_argument("--top-p", type=float, help="sample among the most likely tokens holding p")
@@ -325,12 +380,46 @@ def parse_args(argv=None):
                                                           "medium and its adapted variants")
     g.add_argument("--grid", help="batch x sequence cells (default: the paper's 32x512,16x256,"
                                   "1x128 on CUDA; 1x32,1x8 on CPU)")
-    g.add_argument("--trials", type=int, default=0, help="timed trials (default 100 CUDA, 10 CPU)")
-    g.add_argument("--warmup-trials", type=int, default=0, help="(default 10 CUDA, 2 CPU)")
+    g.add_argument("--trials", type=int, help="timed trials (default 100 CUDA, 10 CPU)")
+    g.add_argument("--warmup-trials", type=int, help="untimed trials first (default 10 CUDA, "
+                                                     "2 CPU)")
     g.add_argument("--latency-model", default="gpt2-medium", choices=list(PRESETS),
                    help="the shape timed (random weights)")
-    g.add_argument("--latency-out", default="latency.json", help="where the JSON goes")
-    return p.parse_args(argv)
+    g.add_argument("--latency-out", help="where the JSON goes (default: a new "
+                                         "runs/latency-<model>-<device>-<time>.json)")
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = p.parse_args(argv)
+    args.given = cli.given(p, argv)  # the flags typed, which check() holds against the mode
+    return args
+
+
+# What each way of running sample.py reads (besides --device and --dtype): a flag typed for
+# another one would do nothing, so it is refused instead of ignored.
+LOADS = {"model", "adapter", "any_base"}
+BEAM = {"beam", "length_penalty", "no_repeat_ngram", "max_new_tokens", "no_cache"}
+READS = {
+    "--latency": {"latency", "grid", "trials", "warmup_trials", "latency_model", "latency_out"},
+    "--prompt": LOADS | {"prompt", "temperature", "top_k", "top_p", "seed", "max_new_tokens"},
+    "--mr": LOADS | BEAM | {"mr", "format"},
+    "the test set": LOADS | BEAM | {"data", "split", "format", "limit", "out", "force",
+                                    "no_meteor", "batch_size"},
+}
+
+
+def check_flags(args):
+    """Refuse flags that would do nothing in the mode the command line asks for."""
+    if args.prompt is not None and args.mr is not None:
+        raise UserError("give --prompt (free text) or --mr (one MR), not both")
+    mode = ("--latency" if args.latency else "--prompt" if args.prompt is not None
+            else "--mr" if args.mr is not None else "the test set")
+    if unused := [name for name in args.given if name not in READS[mode] | {"device", "dtype"}]:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+        raise UserError(f"{flags} {'does' if len(unused) == 1 else 'do'} nothing with {mode}; "
+                        f"drop {'it' if len(unused) == 1 else 'them'}")
+    if args.temperature == 0 and (sampling := [f for f in ("top_k", "top_p", "seed")
+                                               if f in args.given]):
+        raise UserError(f"{', '.join('--' + f.replace('_', '-') for f in sampling)} only act "
+                        "when sampling: add --temperature (0, the default, is greedy)")
 
 
 def check(args) -> torch.device:
@@ -347,9 +436,10 @@ def check(args) -> torch.device:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     if args.prompt is not None and not args.prompt.strip():
         raise UserError("--prompt is empty: give some text to continue")
+    check_flags(args)
     if args.mr is not None:
         try:
-            e2e.parse_mr(args.mr)
+            e2e.check_mr(args.mr)
         except ValueError as e:
             raise UserError(f"--mr {e}") from None
     for flag, value in {"--length-penalty": args.length_penalty,
@@ -360,19 +450,30 @@ def check(args) -> torch.device:
     # fp32 unless --dtype says otherwise, as the released code decodes
     args.amp_dtype = cli.amp_dtype(device, args.dtype, "decoding", auto=None)
     if args.latency:
-        try:
-            args.grid = latency.parse_grid(args.grid or latency.DEFAULT_GRID[device.type])
-        except ValueError as e:
-            raise UserError(e) from None
-        args.trials = args.trials or (100 if device.type == "cuda" else 10)
-        args.warmup_trials = args.warmup_trials or (10 if device.type == "cuda" else 2)
+        check_latency(args, device)
     elif not (args.adapter or args.model):
         raise UserError("give --adapter RUN_DIR/adapter.safetensors (or --model for a plain or "
                         "fully fine-tuned checkpoint)")
     args.format = args.format or run_config(args).get("format", "paper")
-    if not args.latency and args.prompt is None and args.mr is None:
-        check_output(args)
     return device
+
+
+def check_latency(args, device):
+    """--latency's flags, with the defaults for the device filled in; the output checked."""
+    try:
+        args.grid = latency.parse_grid(args.grid or latency.DEFAULT_GRID[device.type])
+    except ValueError as e:
+        raise UserError(e) from None
+    positions = GPTConfig.from_preset(args.latency_model).block_size
+    if too_long := [f"{b}x{t}" for b, t in args.grid if t > positions]:
+        raise UserError(f"--grid {', '.join(too_long)}: longer than {args.latency_model}'s "
+                        f"{positions} positions")
+    if args.trials is not None and args.trials < 1 or (args.warmup_trials or 0) < 0:
+        raise UserError("--trials must be at least 1 and --warmup-trials not negative")
+    args.trials = args.trials or (100 if device.type == "cuda" else 10)
+    args.warmup_trials = (10 if device.type == "cuda" else 2) if args.warmup_trials is None \
+        else args.warmup_trials
+    args.latency_out = latency_out(args, device)
 
 
 def one_input(model, args, device):
@@ -380,10 +481,12 @@ def one_input(model, args, device):
     enc = e2e.tokenizer()
     if args.mr is not None:
         prompt = e2e.prompt_tokens(args.mr, args.format)
+        check_search(model, args, [prompt], device)
         print(output_text(enc, decode(model, [prompt], **decoding(args),
                                       progress=False)[0]))
         return
-    idx = torch.tensor([enc.encode(args.prompt)], device=device)
+    idx = torch.tensor([enc.encode(args.prompt, allowed_special={"<|endoftext|>"})],
+                       device=device)
     if idx.size(1) >= model.config.block_size:
         raise UserError(f"--prompt has {idx.size(1)} tokens; the model reads at most "
                         f"{model.config.block_size - 1} before it writes")
@@ -394,20 +497,44 @@ def one_input(model, args, device):
     print(enc.decode(out[0].tolist()))
 
 
+def kept(args) -> str:
+    """What a Ctrl-C leaves: the outputs decoded so far, resumed by the same command."""
+    part = getattr(args, "part", None)
+    if part and os.path.exists(part):
+        with open(part, encoding="utf-8") as f:
+            done = max(0, sum(1 for line in f if line.endswith("\n")) - 1)  # (the settings line)
+        return (f"stopped; the {cli.plural(done, 'MR')} decoded so far "
+                f"{'is' if done == 1 else 'are'} kept in {part}: run the same command again to "
+                "go on from there")
+    if part and os.path.exists(output_stem(args) + ".tsv"):
+        return f"stopped while scoring; the predictions are saved in {output_stem(args)}.tsv"
+    return "stopped; nothing was written"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    owner = None  # the output folder's lock, while decoding the test set
     try:
         device = check(args)
         if args.latency:
             run_latency(args, device)
             return 0
+        if args.prompt is None and args.mr is None:
+            owner = claim_output(args)
         model, kind = load_model(args, device)
-        if args.prompt is not None or args.mr is not None:
+        if owner is None:
             one_input(model, args, device)
         else:
             evaluate(model, kind, args, device)
-    except cli.USER_ERRORS as e:
+    except (*cli.USER_ERRORS, KeyboardInterrupt) as e:
+        if owner is not None:  # a folder made for this decode goes again if it stayed empty
+            owner.abandon()
+        if isinstance(e, KeyboardInterrupt):
+            cli.interrupted("sample.py", kept(args))
         cli.fail("sample.py", e)
+    finally:
+        if owner is not None:
+            owner.release()
     return 0
 
 

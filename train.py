@@ -18,10 +18,12 @@ steps (1000: about a minute of GPU work), at each epoch end, at the last step, a
 SIGTERM (after the current step; exit 130 / 143); each save replaces the previous one atomically,
 so a kill at any moment leaves the last checkpoint whole. `--resume RUN_DIR` continues exactly
 where it stopped (the losses equal an uninterrupted run's, each step logged once), on another
-device if need be; only the flags in SAFE_ON_RESUME may change.
+device if need be; only the flags in SAFE_ON_RESUME may change. A run folder belongs to one
+process at a time (rundir.py: a lock); a second train.py or sample.py there is refused.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -34,6 +36,7 @@ import torch
 import adapter
 import cli
 import lora
+import rundir
 import training
 from checkpoint import read_hf_config, write_atomic
 from cli import UserError
@@ -61,7 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--format", default="paper", choices=list(e2e.FORMATS),
                    help="paper: the pre-tokenized text the paper's released code trains on; "
                         "official: the raw E2E CSVs")
-    p.add_argument("--out", help="run directory (default: runs/e2e-<method>-<model>-<time>)")
+    p.add_argument("--out", help="run directory (default: a new "
+                                 "runs/e2e-<method>-<model>-<time>-<xxxx>)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run saved in RUN_DIR with its settings; only "
                         + ", ".join(SAFE_ON_RESUME) + " may change")
@@ -111,10 +115,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="use only the first N training and dev examples (quick runs)")
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = p.parse_args(argv)
-    # the flags given on the command line (not defaults), which --resume checks
-    options = {o: a.dest for a in p._actions for o in a.option_strings}
-    args.given = sorted({options[w.split("=")[0]] for w in argv if w.split("=")[0] in options})
+    args.given = cli.given(p, argv)  # the flags typed (not defaults): --resume checks them
     return args
+
+
+# The flags each method leaves unused: given anyway, they are refused rather than ignored.
+UNUSED = {"lora": (), "full": ("targets", "rank", "alpha", "lora_dropout"),
+          "adapter_h": ("targets", "alpha", "lora_dropout"),
+          "adapter_l": ("targets", "alpha", "lora_dropout")}
 
 
 def check(args) -> tuple[torch.device, torch.dtype | None]:
@@ -152,6 +160,10 @@ def check(args) -> tuple[torch.device, torch.dtype | None]:
     if args.random_init and args.method != "full":
         raise UserError(f"--random-init trains every weight from scratch, which is --method full; "
                         f"--method {args.method} adapts pretrained weights that it would lack")
+    if unused := [name for name in UNUSED[args.method] if name in args.given]:
+        raise UserError(f"--method {args.method} does not use "
+                        f"{', '.join('--' + n.replace('_', '-') for n in unused)}; drop "
+                        f"{'it' if len(unused) == 1 else 'them'}")
     device = cli.pick_device(args.device)
     return device, cli.amp_dtype(device, args.dtype, "training")
 
@@ -182,10 +194,14 @@ def build_model(args, device) -> GPT:
     else:
         model = GPT.from_pretrained(args.model, dropout=args.dropout)
     torch.manual_seed(args.seed)  # LoRA's A (and the adapters) start from the seed
-    if args.method == "lora":
-        lora.apply(model, args.targets, r=args.rank, alpha=args.alpha, dropout=args.lora_dropout)
-    elif args.method in ("adapter_h", "adapter_l"):
-        adapter.apply(model, "houlsby" if args.method == "adapter_h" else "lin", r=args.rank)
+    try:  # what only the model's shape can refuse: a rank above its width
+        if args.method == "lora":
+            lora.apply(model, args.targets, r=args.rank, alpha=args.alpha,
+                       dropout=args.lora_dropout)
+        elif args.method in ("adapter_h", "adapter_l"):
+            adapter.apply(model, "houlsby" if args.method == "adapter_h" else "lin", r=args.rank)
+    except ValueError as e:
+        raise UserError(f"{e} (--rank)") from None
     return model.to(device)
 
 
@@ -214,6 +230,15 @@ def save_result(model, args, run_dir: str):
 class Stop(Exception):
     """A second Ctrl-C or SIGTERM outside a checkpoint write: quit without saving."""
 
+    def __init__(self, name: str, code: int):
+        super().__init__(name)
+        self.code = code
+
+
+class Diverged(Exception):
+    """The trainable weights are no longer finite: nothing more is saved over the last good
+    checkpoint."""
+
 
 class Trainer:
     """One run's loop: optimizer steps, dev evaluations, checkpoints, Ctrl-C and SIGTERM."""
@@ -236,6 +261,7 @@ class Trainer:
         if state:  # checked and loaded here, before anything is written
             self.position = training.load_state(state, model, self.optimizer, self.scaler)
         self.stop_code, self.saving = None, False  # exit code once a signal asks to stop
+        self.clock = time.time()  # since the last log line, less evaluations and saves
 
     def step(self, batch: list, lr: float) -> tuple[torch.Tensor, int]:
         """One optimizer step on a batch (in --grad-accum micro-batches that add up to the
@@ -262,22 +288,35 @@ class Trainer:
         return total, tokens
 
     def dev_loss(self) -> float:
-        return training.dev_loss(self.model, self.loss_fn, self.dev_set, self.args.batch_size,
-                                 self.device, self.amp_dtype, self.multiple)
+        with self.paused():
+            return training.dev_loss(self.model, self.loss_fn, self.dev_set,
+                                     self.args.batch_size, self.device, self.amp_dtype,
+                                     self.multiple)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Evaluations and saves: their time is left out of the tokens/s of training steps."""
+        start = time.time()
+        yield
+        self.clock += time.time() - start
 
     def save(self, where: dict, why: str):
         """The result (adapter or model) and the resumable state, both written atomically; a
-        signal that arrives meanwhile waits until both are written."""
+        signal that arrives meanwhile waits until both are written. Weights that are no longer
+        finite are never saved (Diverged): the last checkpoint stays the last good one."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.params):
+            raise Diverged(where["step"])
         self.saving = True
-        save_result(self.model, self.args, self.run_dir)
-        self.position.update(where, last_good=where["step"])
-        training.save_state(os.path.join(self.run_dir, "state.safetensors"), self.model,
-                            self.optimizer, self.scaler, self.position)
+        with self.paused():
+            save_result(self.model, self.args, self.run_dir)
+            self.position.update(where, last_good=where["step"])
+            training.save_state(os.path.join(self.run_dir, "state.safetensors"), self.model,
+                                self.optimizer, self.scaler, self.position)
         self.saving = False
         self.log.write({"event": "checkpoint", "why": why, **where},
                        f"saved {self.run_dir} ({why}, step {where['step']})")
 
-    def finite(self, value: float, step: int) -> bool:
+    def finite(self, value: float, step: int, what: str = "the loss") -> bool:
         """False, with the last good checkpoint named, once the loss is NaN or infinite."""
         if math.isfinite(value):
             return True
@@ -285,7 +324,7 @@ class Trainer:
                 f"{self.run_dir}" if self.position["last_good"] is not None
                 else "no checkpoint had been saved yet")
         self.log.write({"event": "nonfinite", "step": step, "loss": str(value)},
-                       f"train.py: the loss became {value} at step {step}; stopped, {kept}",
+                       f"train.py: {what} became {value} at step {step}; stopped, {kept}",
                        error=True)
         return False
 
@@ -294,17 +333,22 @@ class Trainer:
         quits at once, unless a checkpoint is being written: that finishes first."""
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         if self.stop_code is not None and not self.saving:
-            raise Stop(name)
+            raise Stop(name, 128 + signum)
         if self.stop_code is None:
             self.stop_code = 128 + signum
             self.log.write({"event": "signal", "signal": name, "step": self.position["step"]},
                            f"{name}: saving after this step (again to quit without saving)")
 
     def run(self) -> int:
-        """Train to the last step: 0 when done, 1 on a non-finite loss, 130 after Ctrl-C, 143
-        after SIGTERM (with a checkpoint saved); 2 when a second signal quits without one."""
+        """Train to the last step: 0 when done (or done already), 1 on a non-finite loss, 130
+        after Ctrl-C, 143 after SIGTERM (with a checkpoint saved, or without after a second
+        signal)."""
         args = self.args
         step = self.position["step"]
+        if step >= self.total:
+            print(f"{self.run_dir} has run all its {self.total:,} steps already: nothing to do "
+                  "(to train it longer, resume with a larger --max-steps or --epochs)")
+            return 0
         training.trim_log(self.run_dir, step)  # what ran after the checkpoint runs again
         self.log = training.Log(self.run_dir, step, self.total)
         self.log.write({"event": "start", "step": step, "total_steps": self.total,
@@ -312,6 +356,10 @@ class Trainer:
                        f"{describe(self.model, args)}; {len(self.train_set):,} examples, "
                        f"{self.steps_per_epoch:,} steps per epoch, {self.total:,} steps"
                        + (f", resuming at step {step}" if step else ""))
+        if self.device.type == "cpu" and args.device == "auto":
+            self.log.write({"event": "note", "device": "cpu"}, "no CUDA GPU here, so this "
+                           "trains on the CPU: how long that takes is projected after the first "
+                           f"{min(args.log_interval, self.total - step)} steps")
         previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             return self.epochs()
@@ -320,7 +368,10 @@ class Trainer:
                     if self.position["last_good"] is not None else "no checkpoint was saved")
             self.log.write({"event": "quit", "signal": str(e), "step": self.position["step"]},
                            f"train.py: {e} again: quit without saving; {kept}", error=True)
-            return 2
+            return e.code
+        except Diverged as e:
+            self.finite(float("nan"), e.args[0], what="the weights")
+            return 1
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -330,7 +381,8 @@ class Trainer:
         args, position = self.args, self.position
         self.model.train()
         step = position["step"]
-        running, running_steps, tokens, clock = torch.zeros((), device=self.device), 0, 0, time.time()
+        running, running_steps, tokens = torch.zeros((), device=self.device), 0, 0
+        self.clock = time.time()
         where = {k: position[k] for k in ("step", "epoch", "batch")}
         for epoch in range(position["epoch"], args.epochs):
             batches = training.epoch_batches(self.train_set, epoch, args.batch_size, args.seed,
@@ -351,11 +403,12 @@ class Trainer:
                         return 1
                     self.log.progress(step, {"event": "train", "step": step, "epoch": epoch + 1,
                                              "loss": mean_loss, "lr": lr, "tokens_per_s":
-                                             tokens / max(time.time() - clock, 1e-9)})
-                    running, running_steps, tokens, clock = running * 0, 0, 0, time.time()
+                                             tokens / max(time.time() - self.clock, 1e-9)})
+                    running, running_steps, tokens, self.clock = running * 0, 0, 0, time.time()
                 if args.eval_interval and step % args.eval_interval == 0 and b + 1 < len(batches):
+                    loss = self.dev_loss()
                     self.log.write({"event": "eval", "step": step, "epoch": epoch + 1,
-                                    "dev_loss": self.dev_loss()})
+                                    "dev_loss": loss}, f"step {step}: dev loss {loss:.4f}")
                 if self.stop_code is not None:
                     if running_steps and not self.finite(running.item(), step):
                         return 1
@@ -423,40 +476,54 @@ def resumed_args(args) -> argparse.Namespace:
                                  "given": args.given})
 
 
-def run_directory(args) -> str:
-    """Where a new run goes, refused if it holds another run's checkpoint or is not writable."""
-    run_dir = os.path.abspath(args.out or os.path.join(
-        "runs", f"e2e-{args.method}-{os.path.basename(args.model.rstrip('/'))}-"
-                f"{'scratch-' if args.random_init else ''}"
-                f"{time.strftime('%Y%m%d-%H%M%S')}"))
-    cli.check_writable(run_dir)
-    if os.path.isdir(run_dir) and os.listdir(run_dir):
-        files = {name for name in os.listdir(run_dir) if not name.endswith(".tmp")}
-        if not files <= {"config.json", "metrics.jsonl"}:  # a checkpoint, or someone's files
-            raise UserError(f"{run_dir} already holds files; pick another --out, or continue "
-                            f"that run with --resume {run_dir}")
-        print(f"{run_dir} holds a run that never saved a checkpoint: starting it again")
-    return run_dir
-
-
-def setup(args):
-    """Everything before training, with every check done and nothing written: (args, device,
-    autocast dtype, model, train examples, dev examples, run directory, state file to resume)."""
-    state = None
+def settings(args) -> tuple[argparse.Namespace, torch.device, torch.dtype | None]:
+    """The run's settings (a resumed run's from its config.json), checked, before anything is
+    loaded or written: (args, device, autocast dtype)."""
     if args.resume:
         args = resumed_args(args)
-        run_dir = args.resume
+    device, amp_dtype = check(args)
+    if not args.resume:  # paths recorded absolute, so a resume works from anywhere
+        args.out = args.out and os.path.abspath(args.out)
+        for name in ("model", "data"):  # (a preset's name stays a name)
+            if getattr(args, name) and os.path.exists(getattr(args, name)):
+                setattr(args, name, os.path.abspath(getattr(args, name)))
+    return args, device, amp_dtype
+
+
+def run_directory(args) -> rundir.Claim:
+    """The run's folder, owned by this process from here on (rundir.py): --resume's, --out, or a
+    new runs/e2e-<method>-<model>-<time>-<xxxx>. A new run refuses a folder that holds a
+    checkpoint or someone's files."""
+    hint = "wait for it to end, or pick another --out"
+    if args.resume:
+        return rundir.claim(args.resume, "train.py", hint)
+    if not args.out:
+        cli.check_writable("runs")
+        name = (f"e2e-{args.method}-{os.path.basename(args.model.rstrip('/'))}"
+                + ("-scratch" if args.random_init else ""))
+        return rundir.claim_new("runs", name, "train.py")
+    cli.check_writable(args.out)
+    owner = rundir.claim(args.out, "train.py", hint)
+    files = {name for name in os.listdir(owner.folder)
+             if name != rundir.LOCK and not rundir.is_stale(name)}
+    if not files <= {"config.json", "metrics.jsonl"}:  # a checkpoint, or someone's files
+        owner.release()
+        raise UserError(f"{owner.folder} already holds files; pick another --out, or continue "
+                        f"that run with --resume {owner.folder}")
+    if files:
+        print(f"{owner.folder} holds a run that never saved a checkpoint: starting it again")
+    return owner
+
+
+def setup(args, run_dir: str, device) -> tuple:
+    """Everything training needs, every check done and nothing written: (model, train examples,
+    dev examples, the state file to resume from or None)."""
+    state = None
+    if args.resume:
         state = os.path.join(run_dir, "state.safetensors")
         if not os.path.isfile(state):
             print(f"{run_dir} has no checkpoint yet: resuming it from step 0")
             state = None
-    device, amp_dtype = check(args)
-    if not args.resume:
-        run_dir = args.out = run_directory(args)
-        for name in ("model", "data"):  # recorded absolute, so a resume works from anywhere
-            value = getattr(args, name)
-            if value and os.path.exists(value):
-                setattr(args, name, os.path.abspath(value))
     train_set = e2e.load_examples("train", args.data, args.format)
     dev_set = e2e.load_examples("dev", args.data, args.format)
     if args.limit:
@@ -468,27 +535,53 @@ def setup(args):
     if longest > model.config.block_size:
         raise UserError(f"the longest example has {longest} tokens, more than the model's "
                         f"{model.config.block_size} positions")
-    return args, device, amp_dtype, model, train_set, dev_set, run_dir, state
+    return model, train_set, dev_set, state
+
+
+def begin(args, run_dir: str):
+    """What a start writes, once every check has passed: the leftovers of interrupted writes
+    removed, and config.json: a new run's settings, or the flags a resume changed (so the next
+    resume keeps them), listed under "resumed"."""
+    for name in rundir.remove_stale_files(run_dir):
+        print(f"removed {name}, left behind by an interrupted write")
+    path = os.path.join(run_dir, "config.json")
+    if args.resume:
+        if changed := {name: getattr(args, name) for name in args.given if name != "resume"}:
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+            config["args"].update(changed)
+            config.setdefault("resumed", []).append(
+                {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changed": changed})
+            write_atomic(path, json.dumps(config, indent=2))
+        return
+    if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):  # a run that never saved
+        os.remove(os.path.join(run_dir, "metrics.jsonl"))
+    saved = {k: v for k, v in vars(args).items() if k not in ("given", "resume")}
+    write_atomic(path, json.dumps({
+        "args": saved, "data_format": e2e.FORMATS[args.format], "torch": torch.__version__,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
 
 
 def main(argv=None) -> int:
+    owner = None
     try:
-        args, device, amp_dtype, model, train_set, dev_set, run_dir, state = setup(
-            parse_args(argv))
-        trainer = Trainer(args, device, amp_dtype, model, train_set, dev_set, run_dir, state)
-    except cli.USER_ERRORS as e:
+        args, device, amp_dtype = settings(parse_args(argv))
+        owner = run_directory(args)
+        args.out = args.out if args.resume else owner.folder
+        model, train_set, dev_set, state = setup(args, owner.folder, device)
+        trainer = Trainer(args, device, amp_dtype, model, train_set, dev_set, owner.folder, state)
+    except (*cli.USER_ERRORS, KeyboardInterrupt) as e:
+        if owner is not None:  # nothing was written: a folder made for this run goes again
+            owner.abandon()
+            owner.release()
+        if isinstance(e, KeyboardInterrupt):
+            cli.interrupted("train.py", "stopped before training began; nothing was written"
+                            + (f" (continue with: python train.py --resume {args.resume})"
+                               if owner is not None and args.resume else ""))
         cli.fail("train.py", e)
-    os.makedirs(run_dir, exist_ok=True)
-    for name in training.remove_stale_files(run_dir):
-        print(f"removed {name}, left behind by an interrupted write")
-    if not args.resume:
-        if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):  # a run that never saved
-            os.remove(os.path.join(run_dir, "metrics.jsonl"))
-        saved = {k: v for k, v in vars(args).items() if k not in ("given", "resume")}
-        write_atomic(os.path.join(run_dir, "config.json"), json.dumps({
-            "args": saved, "data_format": e2e.FORMATS[args.format], "torch": torch.__version__,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
-    return trainer.run()
+    with owner:  # the folder stays ours until the run ends, however it ends
+        begin(args, owner.folder)
+        return trainer.run()
 
 
 if __name__ == "__main__":

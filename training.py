@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import (CheckpointError, load_metadata, load_tensors, save_tensors,
-                        tensor_mismatch, write_atomic)
+                        short_list, tensor_mismatch, write_atomic)
 from data.e2e.prepare import collate, loss_positions
 
 
@@ -136,6 +136,10 @@ def load_state(path: str, model, optimizer, scaler) -> dict:
     if problems:
         raise CheckpointError(f"{path} holds the state of another run (another method, targets "
                               f"or rank?): {problems}")
+    if bad := [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]:
+        raise CheckpointError(f"{path} holds NaN or infinite values ({short_list(bad, 3)}): the "
+                              "run had diverged when it was saved, so it cannot go on from there; "
+                              "start a new run (a lower --lr?)")
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.requires_grad:
@@ -156,16 +160,14 @@ def load_state(path: str, model, optimizer, scaler) -> dict:
     return meta
 
 
-# --- the run directory ---------------------------------------------------------------------------
+# --- the run's log ------------------------------------------------------------------------------
 
 
-def remove_stale_files(run_dir: str) -> list[str]:
-    """Delete the *.tmp files a kill during a write left behind (every write goes to a .tmp file
-    first, then is renamed); returns their names."""
-    stale = sorted(name for name in os.listdir(run_dir) if name.endswith(".tmp"))
-    for name in stale:
-        os.remove(os.path.join(run_dir, name))
-    return stale
+def duration(seconds: float) -> str:
+    """'04:05:06', or with days: '10 d 16:57:16'."""
+    days, rest = divmod(int(seconds), 86400)
+    clock = time.strftime("%H:%M:%S", time.gmtime(rest))
+    return f"{days} d {clock}" if days else clock
 
 
 def trim_log(run_dir: str, step: int):
@@ -187,9 +189,6 @@ def trim_log(run_dir: str, step: int):
     write_atomic(path, "".join(kept))
 
 
-# --- the log -------------------------------------------------------------------------------------
-
-
 class Log:
     """Progress on the terminal (a tqdm bar, or plain lines when stderr is not a terminal) and
     every value in metrics.jsonl."""
@@ -201,6 +200,7 @@ class Log:
         self.bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True,
                         disable=not sys.stderr.isatty())
         self.total, self.start, self.start_step = total, time.time(), step
+        self.projected = False  # the time the whole run takes, said once
 
     def write(self, record: dict, line: str | None = None, error: bool = False):
         self.file.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
@@ -215,11 +215,17 @@ class Log:
         self.bar.set_postfix(epoch=record["epoch"], loss=f"{record['loss']:.3f}",
                              lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}")
         done = step - self.start_step
-        eta = (time.time() - self.start) / max(done, 1) * (self.total - step)
+        seconds = (time.time() - self.start) / max(done, 1)
+        eta = seconds * (self.total - step)
         self.write(record, None if not self.bar.disable else
                    f"step {step}/{self.total} | epoch {record['epoch']} | loss "
                    f"{record['loss']:.4f} | lr {record['lr']:.2e} | "
-                   f"{record['tokens_per_s']:,.0f} tok/s | ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+                   f"{record['tokens_per_s']:,.0f} tok/s | ETA {duration(eta)}")
+        if not self.projected and step < self.total:
+            self.projected = True
+            self.write({"event": "projected", "step": step, "seconds_per_step": seconds},
+                       f"{seconds:.3g} s per step so far: the {self.total - step:,} steps left "
+                       f"take about {duration(eta)}")
 
     def close(self):
         self.bar.close()

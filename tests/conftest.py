@@ -37,8 +37,8 @@ def e2e_data() -> str:
         return str(SHARED / "data" / "e2e")
     try:
         return prepare.locate()  # data/e2e/, downloaded and checked on first use
-    except prepare.DataError as e:
-        pytest.skip(f"no E2E data (set E2E_DATA_DIR to a folder with the official CSVs): {e}")
+    except prepare.DataError:
+        pytest.skip("no E2E data: set E2E_DATA_DIR or put the release in data/e2e")
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +48,7 @@ def released_text():
 
     lines = {split: prepare.released_lines(split) for split in ("dev", "test")}
     if None in lines.values():
-        pytest.skip("the paper's released E2E text is not here and cannot be downloaded (set "
-                    "E2E_LORA_DIR to a folder with valid.txt and test.txt)")
+        pytest.skip("no released E2E text: set E2E_LORA_DIR to a folder with valid.txt, test.txt")
     return lines
 
 
@@ -60,8 +59,8 @@ def gpt2_vocab():
 
     try:
         return prepare.tokenizer()
-    except prepare.DataError as e:
-        pytest.skip(str(e))
+    except prepare.DataError:
+        pytest.skip("no GPT-2 vocabulary: set TIKTOKEN_CACHE_DIR to a folder that holds it")
 
 
 # A tiny GPT-2 with the real vocabulary, so real tiktoken tokens are valid inputs.
@@ -170,6 +169,20 @@ def assert_close(actual, expected):
     Plain max-abs 1e-5 is too tight once logits reach ~5 (fp32 spacing there is ~5e-7 and a
     forward pass sums thousands of terms in a different order than the reference does)."""
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def run_main(main, capsys, *argv):
+    """A script's main(argv) in this process, the command line's code path without a new
+    interpreter: (exit code, stdout, stderr)."""
+    capsys.readouterr()  # drop what came before (e.g. transformers' progress bars)
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    except KeyboardInterrupt:  # a Ctrl-C that escapes main is a traceback for the user
+        code = "KeyboardInterrupt escaped"
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 # The user's environment: `make train` installs requirements.txt alone, so the test-only packages

@@ -122,3 +122,35 @@ def test_a_missing_target_is_one_line(two_adapters):
                  "--target", "o", "--out", two_adapters / "x.csv")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "has no LoRA on o (targets q,v, layers 0-1)" in result.stderr
+
+
+def test_adapters_of_other_shapes_and_unwritable_outputs_are_one_line(two_adapters, tmp_path,
+                                                                      capsys):
+    from conftest import random_gpt2
+    random_gpt2(n_embd=48).save_pretrained(tmp_path / "wide")
+    wide = trained(lora.apply(GPT.from_pretrained(str(tmp_path / "wide")), "q,v", r=2, alpha=4))
+    lora.save(wide, str(tmp_path / "wide.safetensors"))
+    cases = [
+        (["similarity", two_adapters / "r2.safetensors", tmp_path / "wide.safetensors", "--out",
+          tmp_path / "phi.csv"], "adapt W_q of different widths (32 and 48): they were trained "
+                                 "on base models of different shapes"),
+        (["amplification", two_adapters / "r2.safetensors", "--model", tmp_path / "wide"],
+         "adapts 32 x 32 matrices, but W_q of"),
+        (["similarity", two_adapters / "r2.safetensors", two_adapters / "r8.safetensors", "--out",
+          "/proc/lora-gpt2/phi.csv"], "cannot write to /proc/lora-gpt2"),  # before the work
+    ]
+    for argv, fragment in cases:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            analysis.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        assert stop.value.code == 2 and out == "", out
+        assert err.count("\n") == 1 and fragment in err, err
+    assert not (tmp_path / "phi.csv").exists()
+
+
+def test_the_shared_directions_read_as_english():
+    grid = torch.tensor([[0.3, 0.1], [0.1, 0.2]], dtype=torch.double)
+    assert "no direction is shared (phi > 0.5)" in analysis.shared_directions(grid, 64)
+    assert "the top direction is shared" in analysis.shared_directions(grid + 0.3, 64)
+    assert "the top 2 directions are shared" in analysis.shared_directions(grid + 0.6, 64)

@@ -5,6 +5,7 @@ import json
 import math
 import re
 
+import pytest
 import torch
 
 import bench
@@ -56,3 +57,11 @@ def test_both_sides_compute_the_same_loss(e2e_data, gpt2_vocab):
     assert 5 < ours < 20  # a random model's loss: about ln(50,257) = 10.8
     for other in (everywhere, theirs, full):
         assert torch.isclose(ours, other, rtol=1e-5), (ours, other)
+
+
+def test_an_unwritable_json_is_refused_before_any_measurement(capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["train", "--small", "--device", "cpu", "--json", "/proc/lora-gpt2/b.json"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("bench.py: cannot write to /proc/lora-gpt2"), err

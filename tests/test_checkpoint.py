@@ -45,7 +45,8 @@ def test_preset_without_network_says_so_and_how_to_pass_a_path(tmp_path, monkeyp
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9
     monkeypatch.setenv("GPT2_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    with pytest.raises(RuntimeError, match="cannot download .*no network.*pass that folder"):
+    with pytest.raises(RuntimeError, match="cannot download .*no network.*openai-community/gpt2 "
+                       r"in a folder and pass it as --model FOLDER \(make train ARGS="):
         GPT.from_pretrained("gpt2")
     assert not (tmp_path / "cache").exists()  # not even an empty folder
 
@@ -56,3 +57,14 @@ def test_the_layout_conversion_is_its_own_inverse(base):
     assert hf["h.0.attn.c_attn.weight"].shape == (32, 96)  # Conv1D: (in, out), q|k|v fused
     back = checkpoint.hf_to_ours(hf, base.config.n_layer)
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_safetensors_files_follow_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        checkpoint.save_tensors(str(tmp_path / "t.safetensors"), {"x": torch.zeros(2)})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "t.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]

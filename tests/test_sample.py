@@ -3,14 +3,18 @@ table, and its user errors, through the real command line."""
 
 import json
 import math
+import os
+import re
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
-from conftest import REPO, assert_close, random_gpt2
+from conftest import REPO, assert_close, random_gpt2, run_main
 
 import lora
+import rundir
 from model import GPT
 
 
@@ -52,9 +56,12 @@ def run(*args, env=None):
 def test_limit_5_writes_5_predictions_and_scores(tiny_run, e2e_data, gpt2_vocab):
     adapter = tiny_run / "run" / "adapter.safetensors"
     result = run("--adapter", adapter, "--data", e2e_data, "--limit", "5", "--no-meteor",
-                 "--beam", "3", "--max-new-tokens", "16", "--device", "cpu")
+                 "--beam", "3", "--max-new-tokens", "16", "--batch-size", "1", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "merged LoRA" in result.stdout and "decoded 5 MRs" in result.stdout
+    # with no terminal to draw a bar on, progress comes as lines (here after each of 4 MRs)
+    assert re.findall(r"decoded (\d)/5 MRs in \d+ s, about \d+ s to go", result.stdout) == \
+        ["1", "2", "3", "4"]
     assert "| this run (test, first 5 MRs) |" in result.stdout
     lines = (tiny_run / "run" / "predictions-first5.tsv").read_text(encoding="utf-8").splitlines()
     assert lines[0] == "mr\toutput" and len(lines) == 6
@@ -68,14 +75,14 @@ def test_limit_5_writes_5_predictions_and_scores(tiny_run, e2e_data, gpt2_vocab)
 
 
 def test_paper_and_official_formats_score_against_their_own_references(
-        tiny_run, e2e_data, gpt2_vocab, released_text, tmp_path):
+        tiny_run, e2e_data, gpt2_vocab, released_text, tmp_path, run_here):
     adapter = tiny_run / "run" / "adapter.safetensors"
     flags = ["--data", e2e_data, "--limit", "3", "--no-meteor", "--beam", "2",
              "--max-new-tokens", "8", "--device", "cpu", "--out", tmp_path]
-    paper = run("--adapter", adapter, *flags)
+    paper = run_here("--adapter", adapter, *flags)
     assert paper.returncode == 0, paper.stderr
     assert "references: the paper's released test.txt" in paper.stdout
-    official = run("--adapter", adapter, "--format", "official", *flags)
+    official = run_here("--adapter", adapter, "--format", "official", *flags)
     assert official.returncode == 0, official.stderr
     assert "official text: not comparable with Table 3" in official.stdout
     reports = {name: json.loads((tmp_path / f"predictions{name}-first3.scores.json").read_text())
@@ -103,16 +110,18 @@ def test_plain_install_decodes_and_scores_without_meteor(tiny_run, e2e_data, gpt
 
 
 def main(capsys, *args):
-    """sample.py's main() in this process (the CLI's code path without a new interpreter):
-    (exit code, stdout, stderr)."""
     import sample
-    capsys.readouterr()  # drop what came before (e.g. transformers' progress bars)
-    try:
-        code = sample.main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(sample.main, capsys, *args)
+
+
+@pytest.fixture
+def run_here(capsys):
+    """run() without a new interpreter (seconds saved per call): sample.main in this process,
+    answering as subprocess.run does."""
+    def run(*args):
+        code, out, err = main(capsys, *args)
+        return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
+    return run
 
 
 def test_one_mr_and_free_text(tiny_run, gpt2_vocab, capsys):
@@ -144,13 +153,16 @@ def test_user_errors_are_one_line(tiny_run, tmp_path, capsys, args, fragment):
     assert err.count("\n") == 1 and err.startswith("sample.py: ") and fragment in err, err
 
 
-def test_latency_table_and_json(tmp_path, capsys):
+def test_latency_table_and_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # by default the JSON goes to a new file in runs/, said where
     code, out, err = main(capsys, "--latency", "--latency-model", "gpt2", "--grid", "1x8,2x4",
-                          "--trials", "2", "--warmup-trials", "1", "--device", "cpu",
-                          "--latency-out", tmp_path / "l.json")
+                          "--trials", "2", "--warmup-trials", "1", "--device", "cpu")
     assert code == 0, err
     assert "| 1 x 8 | 11M |" in out
-    report = json.loads((tmp_path / "l.json").read_text())
+    [path] = (tmp_path / "runs").iterdir()
+    assert re.fullmatch(r"latency-gpt2-cpu-\d{8}-\d{6}\.json", path.name)
+    assert f"wrote {os.path.join('runs', path.name)}" in out
+    report = json.loads(path.read_text())
     assert [(r["batch"], r["seq"]) for r in report["rows"]] == [(1, 8), (2, 4)]
     names = list(report["rows"][0]["ms"])
     assert names[:3] == ["base (FT)", "LoRA merged", "LoRA unmerged"]
@@ -158,15 +170,18 @@ def test_latency_table_and_json(tmp_path, capsys):
     assert all(math.isfinite(v["mean"]) and v["mean"] > 0 for v in report["rows"][0]["ms"].values())
 
 
-def test_the_format_defaults_to_the_runs_own(tiny_run, e2e_data, gpt2_vocab, tmp_path):
+def test_the_format_defaults_to_the_runs_own(tiny_run, e2e_data, gpt2_vocab, tmp_path,
+                                             run_here):
     # an adapter beside the config.json of a run trained with --format official
     (tmp_path / "adapter.safetensors").write_bytes(
         (tiny_run / "run" / "adapter.safetensors").read_bytes())
     (tmp_path / "config.json").write_text(json.dumps({"args": {"format": "official"}}))
-    result = run("--adapter", tmp_path / "adapter.safetensors", "--data", e2e_data, "--limit", "2",
-                 "--no-meteor", "--beam", "2", "--max-new-tokens", "8", "--device", "cpu")
+    result = run_here("--adapter", tmp_path / "adapter.safetensors", "--data", e2e_data,
+                      "--limit", "1", "--no-meteor", "--beam", "2", "--max-new-tokens", "8",
+                      "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "predictions-official-first2.tsv").is_file()
+    assert (tmp_path / "predictions-official-first1.tsv").is_file()
+    assert "decoded 1 MR (" in result.stdout
 
 
 # --- bad input through the real command line: one line, exit 2 ---------------------------------
@@ -205,7 +220,8 @@ def nan_in_B(tensors):
     ("ok", ["--out", "{tmp}/file"], "is a file, not a folder; pick another --out"),
     ("ok", ["--out", "/proc/lora-gpt2-out"], "cannot write to /proc/lora-gpt2-out"),
 ])
-def test_bad_input_is_one_line_with_exit_2(tiny_run, e2e_data, tmp_path, case, flags, message):
+def test_bad_input_is_one_line_with_exit_2(tiny_run, e2e_data, tmp_path, case, flags, message,
+                                           run_here):
     edits = {"nan": dict(edit_tensors=nan_in_B),
              "no method": dict(edit_meta=lambda m: m.pop("method")),
              "no base": dict(edit_meta=lambda m: m.pop("base_model"))}
@@ -214,43 +230,44 @@ def test_bad_input_is_one_line_with_exit_2(tiny_run, e2e_data, tmp_path, case, f
         random_gpt2(seed=1, n_positions=256).save_pretrained(tmp_path / "other")
     (tmp_path / "file").write_text("mine")
     paths = dict(tmp=tmp_path, other=tmp_path / "other")
-    result = run("--adapter", adapter, "--data", e2e_data, "--limit", "2", "--beam", "2",
-                 "--max-new-tokens", "4", "--device", "cpu", "--no-meteor",
-                 *(f.format(**paths) for f in flags))
+    result = run_here("--adapter", adapter, "--data", e2e_data, "--limit", "2", "--beam", "2",
+                      "--max-new-tokens", "4", "--device", "cpu", "--no-meteor",
+                      *(f.format(**paths) for f in flags))
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert not list(tmp_path.glob("predictions*"))
 
 
-def test_another_base_of_the_same_shape_loads_with_any_base(tiny_run, e2e_data, tmp_path):
+def test_another_base_of_the_same_shape_loads_with_any_base(tiny_run, e2e_data, tmp_path,
+                                                             run_here):
     random_gpt2(seed=1, n_positions=256).save_pretrained(tmp_path / "other")
-    result = run("--adapter", tiny_run / "run" / "adapter.safetensors", "--model",
-                 tmp_path / "other", "--any-base", "--mr", "name[The Eagle]", "--beam", "2",
-                 "--max-new-tokens", "4", "--device", "cpu")
+    result = run_here("--adapter", tiny_run / "run" / "adapter.safetensors", "--model",
+                      tmp_path / "other", "--any-base", "--mr", "name[The Eagle]", "--beam", "2",
+                      "--max-new-tokens", "4", "--device", "cpu")
     assert result.returncode == 0, result.stderr
 
 
 # --- the decode is never lost and never overwritten ----------------------------------------------
 
 
-def test_earlier_predictions_are_kept_unless_force(tiny_run, e2e_data, tmp_path):
+def test_earlier_predictions_are_kept_unless_force(tiny_run, e2e_data, tmp_path, run_here):
     flags = ["--adapter", tiny_run / "run" / "adapter.safetensors", "--data", e2e_data,
              "--limit", "2", "--beam", "2", "--max-new-tokens", "4", "--device", "cpu",
              "--no-meteor", "--out", tmp_path]
-    assert run(*flags).returncode == 0
+    assert run_here(*flags).returncode == 0
     first = (tmp_path / "predictions-first2.tsv").read_text()
-    again = run(*flags, "--beam", "3")
+    again = run_here(*flags, "--beam", "3")
     assert again.returncode == 2
     assert "predictions-first2.tsv already holds predictions; pass --force" in again.stderr
     assert (tmp_path / "predictions-first2.tsv").read_text() == first
-    assert run(*flags, "--beam", "3", "--force").returncode == 0
+    assert run_here(*flags, "--beam", "3", "--force").returncode == 0
 
 
-def test_an_interrupted_decode_resumes_from_its_part_file(tiny_run, e2e_data, tmp_path):
+def test_an_interrupted_decode_resumes_from_its_part_file(tiny_run, e2e_data, tmp_path, run_here):
     flags = ["--adapter", tiny_run / "run" / "adapter.safetensors", "--data", e2e_data,
              "--limit", "6", "--beam", "2", "--max-new-tokens", "6", "--device", "cpu",
              "--no-meteor", "--batch-size", "1"]
-    assert run(*flags, "--out", tmp_path / "whole").returncode == 0
+    assert run_here(*flags, "--out", tmp_path / "whole").returncode == 0
     whole = (tmp_path / "whole" / "predictions-first6.tsv").read_text()
     # what a decode killed after three MRs leaves: the settings, then three outputs (and a
     # fourth line cut short)
@@ -262,10 +279,10 @@ def test_an_interrupted_decode_resumes_from_its_part_file(tiny_run, e2e_data, tm
         json.dumps({"i": i, "output": text}) for i, text in enumerate(outputs)]
     (tmp_path / "cut").mkdir()
     (tmp_path / "cut" / "predictions-first6.tsv.part").write_text("\n".join(records) + '\n{"i": 3')
-    other = run(*flags, "--out", tmp_path / "cut", "--beam", "3")
+    other = run_here(*flags, "--out", tmp_path / "cut", "--beam", "3")
     assert other.returncode == 2
     assert "holds an unfinished decode with other settings; pass --force" in other.stderr
-    resumed = run(*flags, "--out", tmp_path / "cut")
+    resumed = run_here(*flags, "--out", tmp_path / "cut")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming: 3 of 6 MRs were decoded already" in resumed.stdout
     assert "decoded 3 MRs" in resumed.stdout
@@ -278,3 +295,123 @@ def test_a_prompt_longer_than_the_model_reads_is_one_line(tiny_run, gpt2_vocab, 
                           "--device", "cpu")
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "--prompt has 301 tokens; the model reads at most 255 before it writes" in err
+
+
+# --- one owner per output folder, Ctrl-C, and a line for every user error ---------------------
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--model", "{base}", "--mr", "name[The Eagle]<|endoftext|>"],
+     "--mr holds '<|endoftext|>', which separates the MR from the text here"),
+    (["--model", "{base}", "--mr", "name[The Eagle], rating[5]"],
+     "--mr has attributes E2E does not know ('rating'); use name, eatType"),
+    (["--model", "{base}", "--mr", "name[], eatType[pub]"], "--mr leaves name[] empty"),
+    (["--model", "{base}", "--mr", "name[The\x00Eagle]"],
+     "--mr holds control characters ('\\x00')"),
+    (["--model", "{base}", "--mr", "name[A], name[B]"], "--mr gives name more than once"),
+    (["--model", "{base}", "--prompt", "Hi", "--mr", "name[A]"],
+     "give --prompt (free text) or --mr (one MR), not both"),
+    (["--model", "{base}", "--prompt", "Hi", "--top-k", "5", "--top-p", "0.9"],
+     "--top-k, --top-p only act when sampling: add --temperature (0, the default, is greedy)"),
+    (["--model", "{base}", "--prompt", "Hi", "--beam", "3"],
+     "--beam does nothing with --prompt; drop it"),
+    (["--adapter", "{adapter}", "--temperature", "0.7", "--seed", "1"],
+     "--seed, --temperature do nothing with the test set; drop them"),
+    (["--adapter", "{adapter}", "--grid", "1x8"], "--grid does nothing with the test set"),
+    (["--latency", "--grid", "1x100000"],
+     "--grid 1x100000: longer than gpt2-medium's 1024 positions"),
+    (["--latency", "--trials", "0"], "--trials must be at least 1"),
+    (["--latency", "--latency-out", "/proc/lora-gpt2/l.json"],
+     "cannot write to /proc/lora-gpt2 (No such file or directory); pick another --latency-out"),
+    (["--latency", "--adapter", "{adapter}"], "--adapter does nothing with --latency"),
+    (["--model", "{adapter}", "--mr", "name[A]"],
+     "adapter.safetensors is an adapter (train.py's), not a GPT-2 checkpoint: pass its base model "
+     "as --model and the adapter as --adapter"),
+    (["--model", "{base}", "--mr", "name[A]", "--beam", "100000"],
+     "--beam 100,000 is more than the 50,257 tokens each step chooses from"),
+    (["--model", "{base}", "--mr", "name[A]", "--max-new-tokens", "300"],
+     "--max-new-tokens 300 after a prompt of 4 tokens is more than the model's 256 positions"),
+])
+def test_more_user_errors_are_one_line(tiny_run, gpt2_vocab, tmp_path, capsys, args, fragment):
+    paths = dict(adapter=tiny_run / "run" / "adapter.safetensors", base=tiny_run / "base")
+    code, out, err = main(capsys, *(a.format(**paths) for a in args), "--device", "cpu")
+    assert code == 2 and out == "", out
+    assert err.count("\n") == 1 and err.startswith("sample.py: ") and fragment in err, err
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda m: m.update(r="NaN"), "its recorded settings are not valid (rank r must be an "
+                                  "integer >= 1, got nan)"),
+    (lambda m: m.update(alpha="NaN"), "its recorded settings are not valid (alpha must be > 0"),
+    (lambda m: m.update(targets="q,v"), "its metadata targets='q,v' is not what lora.save / "
+                                        "adapter.save write"),
+    (lambda m: m.update(base_fingerprint='["a"]'), "its base_fingerprint is not a list of numbers"),
+    (lambda m: m.update(base_fingerprint="[1, 2"), "its metadata base_fingerprint='[1, 2' is not"),
+    (lambda m: m.update(format_version="one"), "its metadata format_version='one' is not what"),
+])
+def test_a_hand_edited_adapter_is_one_line(tiny_run, gpt2_vocab, tmp_path, capsys, edit,
+                                           fragment):
+    adapter = adapter_with(tiny_run, tmp_path, edit_meta=edit)
+    code, out, err = main(capsys, "--adapter", adapter, "--mr", "name[A]", "--device", "cpu")
+    assert code == 2 and err.count("\n") == 1 and fragment in err, err
+
+
+def test_a_search_larger_than_memory_is_refused_before_decoding(tiny_run, e2e_data, gpt2_vocab,
+                                                               tmp_path, capsys):
+    code, out, err = main(capsys, "--adapter", tiny_run / "run" / "adapter.safetensors", "--data",
+                          e2e_data, "--beam", "50000", "--batch-size", "1000", "--device", "cpu",
+                          "--out", tmp_path / "out")
+    assert code == 2 and err.count("\n") == 1, err
+    assert re.search(r"--beam 50,000 with --batch-size 630 needs about [\d,.]+ GB for the "
+                     r"search, more than the [\d,.]+ GB free here; lower --beam or --batch-size",
+                     err), err
+    assert not (tmp_path / "out").exists()  # the folder made for the predictions went again
+
+
+def test_an_output_folder_in_use_is_refused(tiny_run, e2e_data, tmp_path, capsys):
+    with rundir.claim(str(tmp_path), "train.py", ""):
+        code, out, err = main(capsys, "--adapter", tiny_run / "run" / "adapter.safetensors",
+                              "--data", e2e_data, "--limit", "2", "--device", "cpu", "--out",
+                              tmp_path)
+    assert code == 2 and err == (f"sample.py: {tmp_path} is in use by train.py (pid "
+                                 f"{os.getpid()}); wait for it to end, or write the predictions "
+                                 "elsewhere with --out DIR\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_decoding_keeps_what_was_decoded(tiny_run, e2e_data, gpt2_vocab, tmp_path,
+                                                      capsys, monkeypatch):
+    import sample
+    flags = ["--adapter", tiny_run / "run" / "adapter.safetensors", "--data", e2e_data,
+             "--limit", "3", "--beam", "2", "--max-new-tokens", "4", "--batch-size", "1",
+             "--device", "cpu", "--no-meteor", "--out", tmp_path]
+    real = sample.decode
+
+    def one_then_ctrl_c(model, prompts, **kwargs):
+        real(model, prompts[:1], **kwargs)  # the first MR is decoded and written
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sample, "decode", one_then_ctrl_c)
+    code, out, err = main(capsys, *flags)
+    part = tmp_path / "predictions-first3.tsv.part"
+    assert code == 130 and err == (f"sample.py: Ctrl-C: stopped; the 1 MR decoded so far is kept "
+                                   f"in {part}: run the same command again to go on from there\n")
+    assert part.is_file() and not (tmp_path / rundir.LOCK).exists()
+    monkeypatch.setattr(sample, "decode", real)
+    code, out, err = main(capsys, *flags)
+    assert code == 0, err
+    assert "resuming: 1 of 3 MRs were decoded already" in out and "decoded 2 MRs (" in out
+
+
+def test_the_paper_row_follows_the_models_shape_not_its_folder_name(tiny_run):
+    import sample
+    from model import GPTConfig
+    args = sample.parse_args(["--model", str(tiny_run / "base")])
+    with torch.device("meta"):
+        medium = GPT(GPTConfig.from_preset("gpt2-medium"))  # a local copy, named anything
+    assert sample.preset_of(medium, args) == "gpt2-medium"
+    assert sample.preset_of(GPT.from_pretrained(str(tiny_run / "base")), args) is None
+    scores = dict(BLEU=0.7, NIST=8.8, METEOR=None, ROUGE_L=0.71, CIDEr=2.5)
+    args.split, args.limit, args.format = "test", 0, "paper"
+    assert "| paper: GPT-2 M (LoRA, 0.35M), test | 70.4 |" in sample.table3(
+        scores, "gpt2-medium", "lora", args)
+    assert "paper" not in sample.table3(scores, None, "lora", args)

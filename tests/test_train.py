@@ -2,19 +2,22 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, random_gpt2
+from conftest import REPO, random_gpt2, run_main
 from safetensors import safe_open
 
 import checkpoint
 import lora
+import rundir
 import train
 import training
 from model import GPT
@@ -49,10 +52,12 @@ def losses(run_dir):
 
 def run_in_process(argv):
     """train.py's own setup and loop, keeping the model object to look at afterwards."""
-    args, device, amp, model, train_set, dev_set, run_dir, _ = train.setup(train.parse_args(argv))
-    os.makedirs(run_dir)
-    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    rc = train.Trainer(args, device, amp, model, train_set, dev_set, run_dir).run()
+    args, device, amp = train.settings(train.parse_args(argv))
+    with train.run_directory(args) as owner:
+        model, train_set, dev_set, _ = train.setup(args, owner.folder, device)
+        frozen = {n: p.detach().clone() for n, p in model.named_parameters()
+                  if not p.requires_grad}
+        rc = train.Trainer(args, device, amp, model, train_set, dev_set, owner.folder).run()
     return rc, model, frozen
 
 
@@ -156,6 +161,11 @@ def cli(*args, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+def main(capsys, *argv):
+    """The same command line, in this process (seconds quicker): (exit code, stdout, stderr)."""
+    return run_main(train.main, capsys, *argv)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--targets", "q,x"], "unknown LoRA target 'x': choose from q, k, v, o"),
     (["--rank", "0"], "rank r must be an integer >= 1, got 0"),
@@ -170,7 +180,7 @@ def cli(*args, **kwargs):
     (["--random-init", None, "--method", "full", "--model", "/nowhere/gpt2"],
      "--random-init needs the shape of --model /nowhere/gpt2: a preset"),
 ])
-def test_user_errors_are_one_line_and_write_nothing(tiny, data, tmp_path, flags, message):
+def test_user_errors_are_one_line_and_write_nothing(tiny, data, tmp_path, capsys, flags, message):
     argv = quick(tiny, data, tmp_path / "run")
     for flag, value in zip(flags[::2], flags[1::2]):  # value None: a switch
         if value is None:
@@ -179,9 +189,10 @@ def test_user_errors_are_one_line_and_write_nothing(tiny, data, tmp_path, flags,
             argv[argv.index(flag) + 1] = value
         else:
             argv += [flag, value]
-    out, err = cli(*argv).communicate()
-    assert err.count("\n") == 1 and err.startswith("train.py: ") and message in err, err
-    assert "Traceback" not in err and out == ""
+    code, out, err = main(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("train.py: ") and message in err, err
+    assert out == ""
     assert not (tmp_path / "run").exists()
 
 
@@ -208,10 +219,10 @@ def test_the_readme_command_runs_end_to_end(tiny, data, tmp_path, user_env):
     # The README's quick run: python train.py --rank 4 --targets q,v --model <tiny> --data ...,
     # as `make train` installs it: no transformers, peft or pycocoevalcap
     proc = cli("--rank", "4", "--targets", "q,v", "--model", tiny, "--data", data,
-               "--max-steps", "50", "--device", "cpu", "--out", tmp_path / "run", env=user_env)
+               "--max-steps", "20", "--device", "cpu", "--out", tmp_path / "run", env=user_env)
     out, err = proc.communicate()
     assert proc.returncode == 0, err
-    assert "LoRA r=4 alpha=32 on q,v" in out and "step 50/50" in out
+    assert "LoRA r=4 alpha=32 on q,v" in out and "step 20/20" in out
     assert checkpoint.read_adapter_metadata(str(tmp_path / "run" / "adapter.safetensors"), "lora",
                                       GPT.from_pretrained(tiny))["r"] == 4
     config = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -242,13 +253,13 @@ def train_records(run_dir):
         return [(r["step"], r["loss"]) for r in map(json.loads, f) if r["event"] == "train"]
 
 
-LONG = ["--epochs", "10", "--max-steps", "60", "--save-every", "10", "--lr", "1e-2",
+LONG = ["--epochs", "10", "--max-steps", "40", "--save-every", "10", "--lr", "1e-2",
         "--dropout", "0.1"]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny, data, tmp_path_factory):
-    """The losses of the 60-step run that the interrupted ones must reproduce."""
+    """The losses of the 40-step run that the interrupted ones must reproduce."""
     run_dir = tmp_path_factory.mktemp("whole") / "run"
     proc = cli(*quick(tiny, data, run_dir, *LONG))
     _, err = proc.communicate()
@@ -275,7 +286,7 @@ def test_a_signal_saves_and_resume_equals_an_uninterrupted_run(tiny, data, tmp_p
     name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
     assert f"{name}: saving after this step" in out and err == ""
     stopped = max(step for step, _ in train_records(run_dir))
-    assert stop_at <= stopped < 60 and f"stopped at step {stopped}" in out
+    assert stop_at <= stopped < 40 and f"stopped at step {stopped}" in out
     assert f"python train.py --resume {run_dir}" in out
     resumed = cli("--resume", run_dir)
     out, err = resumed.communicate()
@@ -283,7 +294,7 @@ def test_a_signal_saves_and_resume_equals_an_uninterrupted_run(tiny, data, tmp_p
     assert f"resuming at step {stopped}" in out
     # the same batches, dropout masks and optimizer state: the same losses, each step once
     assert train_records(run_dir) == uninterrupted
-    assert [step for step, _ in uninterrupted] == list(range(1, 61))
+    assert [step for step, _ in uninterrupted] == list(range(1, 41))
 
 
 def test_kill_9_loses_only_the_steps_since_the_last_periodic_checkpoint(tiny, data, tmp_path,
@@ -315,18 +326,23 @@ def finished_copy(finished, tmp_path):
     return tmp_path / "run"
 
 
-def test_resume_takes_safe_flags_and_refuses_the_others(finished, tmp_path):
+def test_resume_takes_safe_flags_and_refuses_the_others(finished, tmp_path, capsys):
     run_dir = finished_copy(finished, tmp_path)
-    refused = cli("--resume", run_dir, "--max-steps", "8", "--lr", "1", "--rank", "2")
-    out, err = refused.communicate()
-    assert refused.returncode == 2 and out == ""
+    code, out, err = main(capsys, "--resume", run_dir, "--max-steps", "8", "--lr", "1",
+                          "--rank", "2")
+    assert code == 2 and out == ""
     assert err.count("\n") == 1 and "--lr, --rank cannot change when a run resumes" in err, err
-    extended = cli("--resume", run_dir, "--max-steps", "8", "--log-interval", "2")
-    out, err = extended.communicate()
-    assert extended.returncode == 0, err
+    code, out, err = main(capsys, "--resume", run_dir, "--max-steps", "8", "--log-interval", "2")
+    assert code == 0, err
     assert [step for step, _ in train_records(run_dir)] == [1, 2, 3, 4, 6, 8]
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["args"]["max_steps"] == 4  # the run's own record stays as it started
+    # the new length is the run's now (a plain --resume keeps it); the change is listed
+    assert config["args"]["max_steps"] == 8 and config["args"]["log_interval"] == 2
+    assert [r["changed"] for r in config["resumed"]] == [{"log_interval": 2, "max_steps": 8}]
+    code, out, err = main(capsys, "--resume", run_dir)
+    assert code == 0 and err == "", err
+    assert "has run all its 8 steps already: nothing to do" in out
+    assert [step for step, _ in train_records(run_dir)] == [1, 2, 3, 4, 6, 8]
 
 
 @pytest.mark.parametrize("saved, resumed", [(False, None), (True, "default")])
@@ -360,9 +376,21 @@ def test_relative_paths_are_recorded_absolute_so_a_resume_works_from_anywhere(ti
 def test_stale_temporary_files_are_removed(finished, tmp_path):
     run_dir = finished_copy(finished, tmp_path)
     (run_dir / "state.safetensors.tmp").write_bytes(b"half a file")
+    (run_dir / "model").mkdir()  # what a kill -9 inside safetensors' own write leaves, at depth
+    (run_dir / "model" / ".tmpX7kQ2p").write_bytes(b"half of 1.4 GB")
     out, err = cli("--resume", run_dir, "--max-steps", "5").communicate()
     assert "removed state.safetensors.tmp" in out, err
+    assert f"removed {os.path.join('model', '.tmpX7kQ2p')}" in out
     assert not (run_dir / "state.safetensors.tmp").exists()
+    assert not (run_dir / "model" / ".tmpX7kQ2p").exists()
+
+
+def test_saved_files_get_the_umasks_permissions(finished):
+    # safetensors writes 0600 whatever the umask; a shared run folder must be readable
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("adapter.safetensors", "state.safetensors", "config.json"):
+        assert (finished / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def test_a_run_without_a_checkpoint_can_start_again_or_resume_from_step_0(tiny, data, finished,
@@ -432,7 +460,7 @@ def test_two_signals_before_a_checkpoint_quit_with_one_line(tiny, data, tmp_path
     monkeypatch.setattr(train.Trainer, "step", step)
     rc, _, _ = run_in_process(quick(tiny, data, tmp_path / "run", "--max-steps", "20"))
     err = capsys.readouterr().err
-    assert rc == 2
+    assert rc == 130  # as for one Ctrl-C (2 is a usage error)
     assert err == "train.py: Ctrl-C again: quit without saving; no checkpoint was saved\n"
     assert not (tmp_path / "run" / "state.safetensors").exists()
 
@@ -479,7 +507,7 @@ def with_end_of_text(name, text):
     ("weight decay nan", "--weight-decay must be a finite number, not negative: got nan"),
     ("end of text in a reference", "devset.csv, row 4: holds '<|endoftext|>'"),
 ])
-def test_bad_input_is_one_line_with_exit_2(tiny, data, finished, tmp_path, case, message):
+def test_bad_input_is_one_line_with_exit_2(tiny, data, finished, tmp_path, capsys, case, message):
     run_dir, argv = tmp_path / "run", None
     if case in ("truncated state", "random state", "config without args",
                 "state of another method"):
@@ -509,14 +537,125 @@ def test_bad_input_is_one_line_with_exit_2(tiny, data, finished, tmp_path, case,
     if argv is None:
         flag = {"lr inf": ["--lr", "inf"], "weight decay nan": ["--weight-decay", "nan"]}
         argv = quick(tiny, data, run_dir, *flag.get(case, []))
-    proc = cli(*argv)
-    out, err = proc.communicate()
-    assert proc.returncode == 2, (out, err)
+    code, out, err = main(capsys, *argv)
+    assert code == 2, (out, err)
     assert err.count("\n") == 1 and err.startswith("train.py: ") and message in err, err
-    assert "Traceback" not in err
+    if case.startswith("header-only"):  # --data DIR is the user's: deleting it downloads nothing
+        assert "delete the file" not in err
     if argv[0] == "--resume":  # nothing written half-way
         assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
     elif case == "out is a file":
         assert run_dir.read_text() == "mine"
     else:
         assert not run_dir.exists()
+
+
+# --- one owner per run, and a line for every user error (train.main, the command line's path) --
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--rank", "64"], "rank r=64 is larger than q (32 x 32) allows: at most 32 (--rank)"),
+    (["--method", "adapter_h", "--rank", "64"],
+     "adapter bottleneck r must be an integer in [1, 32], got 64 (--rank)"),
+    (["--method", "full", "--rank", "8"], "--method full does not use --rank; drop it"),
+    (["--method", "full", "--targets", "q,k", "--alpha", "4"],
+     "--method full does not use --targets, --alpha; drop them"),
+    (["--method", "adapter_l", "--lora-dropout", "0.2"],
+     "--method adapter_l does not use --lora-dropout"),
+    (["--model", "{adapter}"], "adapter.safetensors is an adapter (train.py's), not a GPT-2 "
+                               "checkpoint: pass its base model as --model"),
+])
+def test_more_user_errors_are_one_line_and_write_nothing(tiny, data, finished, tmp_path, capsys,
+                                                         flags, message):
+    flags = [f.format(adapter=finished / "adapter.safetensors") for f in flags]
+    argv = quick(tiny, data, tmp_path / "run")
+    for flag, value in zip(flags[::2], flags[1::2]):
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    code, out, err = main(capsys, *argv)
+    assert code == 2 and out == "", out
+    assert err.count("\n") == 1 and err.startswith("train.py: ") and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_folder_in_use_is_refused_before_any_work(tiny, data, finished, tmp_path, capsys):
+    run_dir = finished_copy(finished, tmp_path)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    with rundir.claim(str(run_dir), "sample.py", "wait"):  # another process decoding there
+        code, out, err = main(capsys, "--resume", run_dir, "--max-steps", "6")
+        assert code == 2 and out == ""
+        assert err == (f"train.py: {run_dir} is in use by sample.py (pid {os.getpid()}); wait "
+                       "for it to end, or pick another --out\n")
+        code, _, err = main(capsys, *quick(tiny, data, run_dir))
+        assert code == 2 and "is in use by sample.py" in err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_a_state_file_with_nan_is_refused_not_called_good(finished, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+    run_dir = finished_copy(finished, tmp_path)
+    path = str(run_dir / "state.safetensors")
+    meta, tensors = checkpoint.load_metadata(path), load_file(path)
+    tensors[next(k for k in tensors if k.startswith("param."))][0, 0] = float("nan")
+    save_file(tensors, path, metadata=meta)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    code, out, err = main(capsys, "--resume", run_dir, "--max-steps", "6")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "state.safetensors holds NaN or infinite values (param.transformer.h.0" in err
+    assert "the run had diverged when it was saved" in err and "last good" not in err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_ctrl_c_before_training_is_one_line_and_writes_nothing(tiny, data, finished, tmp_path,
+                                                               capsys, monkeypatch, resume):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "build_model", interrupted)  # Ctrl-C while the model loads
+    if resume:
+        run_dir = finished_copy(finished, tmp_path)
+        before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+        code, out, err = main(capsys, "--resume", run_dir)
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    else:
+        code, out, err = main(capsys, *quick(tiny, data, tmp_path / "new" / "run"))
+        assert not (tmp_path / "new").exists()  # the folders made for it are gone again
+    assert code == 130 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("train.py: Ctrl-C: stopped before training began; nothing was "
+                          "written"), err
+    assert (f"continue with: python train.py --resume {tmp_path / 'run'}" in err) == resume
+
+
+def test_what_a_run_shows_evaluations_projection_and_training_speed(tiny, data, tmp_path,
+                                                                    capsys, monkeypatch):
+    # a clock that moves 1 s per step and 100 s per dev evaluation: tokens/s counts steps only
+    now = [1000.0]
+    fake = type("FakeTime", (), {"time": staticmethod(lambda: now[0]),
+                                 "strftime": staticmethod(time.strftime)})
+    real_step, real_dev_loss = train.Trainer.step, training.dev_loss
+
+    def step(self, batch, lr):
+        now[0] += 1
+        return real_step(self, batch, lr)
+
+    def dev_loss(*args, **kwargs):
+        now[0] += 100
+        return real_dev_loss(*args, **kwargs)
+    monkeypatch.setattr(train, "time", fake)
+    monkeypatch.setattr(train.Trainer, "step", step)
+    monkeypatch.setattr(training, "dev_loss", dev_loss)
+    argv = quick(tiny, data, tmp_path / "run", "--max-steps", "4", "--eval-interval", "2")
+    argv[argv.index("--device") + 1] = "auto"  # what make train does on a machine without a GPU
+    code, out, err = main(capsys, *argv)
+    assert code == 0, err
+    assert "step 2: dev loss " in out  # --eval-interval's dev loss, on the console too
+    assert re.search(r"s per step so far: the 3 steps left take about \d\d:\d\d:\d\d", out)
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU here, so this trains on the CPU" in out.split("step 1/4")[0]
+    with open(tmp_path / "run" / "metrics.jsonl", encoding="utf-8") as f:
+        speeds = {r["step"]: r["tokens_per_s"] for r in map(json.loads, f) if r["event"] == "train"}
+    # 8 examples of 20+ tokens per (fake) second; with the evaluation's 100 s, step 3 would
+    # have read under 10
+    assert list(speeds) == [1, 2, 3, 4] and min(speeds.values()) > 100, speeds

@@ -56,3 +56,8 @@ def test_padding_to_few_shapes_changes_no_loss(base):
         a = training.token_loss(base, *plain, 0.1)
         b = training.token_loss(base, *padded, 0.1)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_duration_shows_days_instead_of_wrapping_at_24_hours():
+    assert training.duration(59) == "00:00:59"
+    assert training.duration(10 * 86400 + 16 * 3600 + 57 * 60 + 16) == "10 d 16:57:16"

@@ -477,6 +477,9 @@ def main(argv=None) -> int:
     except (InputError, MeteorError) as e:
         print(f"metrics.py: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("metrics.py: Ctrl-C: stopped; nothing was written", file=sys.stderr)
+        return 130
     print("SCORES:\n==============")
     print(format_scores(scores, meteor_requested=not args.no_meteor))
     return 0

@@ -126,6 +126,31 @@ def parse_mr(mr: str) -> list[tuple[str, str]]:
     return items
 
 
+# The eight attributes of every E2E MR (Novikova et al. 2017, Table 1).
+ATTRIBUTES = ("name", "eatType", "food", "priceRange", "customer rating", "area",
+              "familyFriendly", "near")
+
+
+def check_mr(mr: str) -> list[tuple[str, str]]:
+    """parse_mr for an MR a user typed (sample.py --mr), which the model only understands in
+    E2E's terms: E2E's attributes, each once and with a value, and no control characters or
+    <|endoftext|> (the separator). Raises ValueError saying what is wrong."""
+    if "<|endoftext|>" in mr:
+        raise ValueError("holds '<|endoftext|>', which separates the MR from the text here")
+    if bad := sorted({repr(c) for c in mr if ord(c) < 32 or ord(c) == 127}):
+        raise ValueError(f"holds control characters ({', '.join(bad)})")
+    items = parse_mr(mr)
+    keys = [key for key, _ in items]
+    if unknown := [key for key in keys if key not in ATTRIBUTES]:
+        raise ValueError(f"has attributes E2E does not know ({', '.join(map(repr, unknown))}); "
+                         f"use {', '.join(ATTRIBUTES)}")
+    if twice := sorted({key for key in keys if keys.count(key) > 1}):
+        raise ValueError(f"gives {', '.join(twice)} more than once")
+    if empty := [key for key, value in items if not value]:
+        raise ValueError(f"leaves {', '.join(f'{key}[]' for key in empty)} empty")
+    return items
+
+
 def read_split(path: str) -> list[tuple[str, str]]:
     """(MR, reference) rows of an E2E CSV, every row checked; errors name the file and row."""
     try:
@@ -163,8 +188,9 @@ def read_split(path: str) -> list[tuple[str, str]]:
             raise DataError(f"{path}, row {row_number}: the MR {e}") from None
         rows.append((mr, ref))
     if not rows:
-        raise DataError(f"{path} holds no examples, only a header; use the official release "
-                        "(delete the file to download it again)")
+        raise DataError(f"{path} holds no examples, only a header; use the official release"
+                        + (" (delete the file to download it again)"
+                           if os.path.dirname(os.path.abspath(path)) == HERE else ""))
     return rows
 
 
@@ -215,9 +241,9 @@ def tokenizer():
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # tiktoken fetches its vocabulary files on first use
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
-        raise DataError(f"cannot load tiktoken's gpt2 vocabulary ({reason}); without network, set "
-                        "TIKTOKEN_CACHE_DIR to a folder that holds it") from None
+        raise DataError(f"cannot load GPT-2's vocabulary (tiktoken: {type(e).__name__}; it "
+                        "downloads the files on first use): offline, set TIKTOKEN_CACHE_DIR to a "
+                        "folder that holds them") from None
 
 
 def prompt_tokens(mr: str, format: str = "paper") -> list[int]:
@@ -395,6 +421,9 @@ def main(argv=None) -> int:
     except DataError as e:
         print(f"prepare.py: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the cache is written whole or not at all
+        print("prepare.py: Ctrl-C: stopped; what was cached stays cached", file=sys.stderr)
+        return 130
     return 0
 
 

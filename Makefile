@@ -19,8 +19,10 @@ $(VENV)/.dev-deps: requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $(VENV)/.run-deps $@
 
+# (train.py's defaults are that recipe; --rank and --targets are not repeated here, so that
+# ARGS="--method full", which has no rank or targets, works too)
 train: $(VENV)/.run-deps
-	$(PY) train.py --rank 4 --targets q,v $(ARGS)
+	$(PY) train.py $(ARGS)
 
 test: $(VENV)/.dev-deps
 	$(PY) -m pytest -q -n auto tests

@@ -304,7 +304,7 @@ class Trainer:
         """The result (adapter or model) and the resumable state, both written atomically; a
         signal that arrives meanwhile waits until both are written. Weights that are no longer
         finite are never saved (Diverged): the last checkpoint stays the last good one."""
-        if not all(bool(torch.isfinite(p).all()) for p in self.params):
+        if not bool(torch.stack([p.isfinite().all() for p in self.params]).all()):  # one sync
             raise Diverged(where["step"])
         self.saving = True
         with self.paused():

@@ -153,6 +153,26 @@ def test_a_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, data, t
         assert json.loads(f.metadata()["state"])["step"] == 8
 
 
+def test_weights_that_are_no_longer_finite_are_never_saved(tiny, data, tmp_path, monkeypatch,
+                                                           capsys):
+    real_step = train.Trainer.step
+
+    def step(self, batch, lr):  # the 4th step's loss is finite, but it leaves NaN in B
+        result = real_step(self, batch, lr)
+        if self.position["step"] == 3:
+            with torch.no_grad():
+                self.params[0].fill_(float("nan"))
+        return result
+    monkeypatch.setattr(train.Trainer, "step", step)
+    rc, _, _ = run_in_process(quick(tiny, data, tmp_path / "run", "--max-steps", "6",
+                                    "--save-every", "2", "--log-interval", "100"))
+    assert rc == 1
+    assert ("the weights became nan at step 4; stopped, the last good checkpoint (step 2)"
+            in capsys.readouterr().err)
+    with safe_open(str(tmp_path / "run" / "state.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["state"])["step"] == 2
+
+
 # --- the real command line -------------------------------------------------------------------
 
 

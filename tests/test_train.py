@@ -1,4 +1,5 @@
-"""train.py on CPU: a tiny random GPT-2 (HF format, made here) fine-tuned on real E2E examples."""
+"""train.py and finetune.py (the run it starts) on CPU: a tiny random GPT-2 (HF format, made
+here) fine-tuned on real E2E examples."""
 
 import json
 import os
@@ -16,6 +17,7 @@ from conftest import REPO, random_gpt2, run_main
 from safetensors import safe_open
 
 import checkpoint
+import finetune
 import lora
 import rundir
 import train
@@ -51,14 +53,11 @@ def losses(run_dir):
 
 
 def run_in_process(argv):
-    """train.py's own setup and loop, keeping the model object to look at afterwards."""
-    args, device, amp = train.settings(train.parse_args(argv))
-    with train.run_directory(args) as owner:
-        model, train_set, dev_set, _ = train.setup(args, owner.folder, device)
-        frozen = {n: p.detach().clone() for n, p in model.named_parameters()
-                  if not p.requires_grad}
-        rc = train.Trainer(args, device, amp, model, train_set, dev_set, owner.folder).run()
-    return rc, model, frozen
+    """train.py's own setup and loop (finetune.py), keeping the model to look at afterwards."""
+    job = finetune.prepare(train.parse_args(argv))
+    model = job.trainer.model
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    return job.run(), model, frozen
 
 
 def assert_loss_falls(run_dir):
@@ -101,7 +100,7 @@ def test_full_fine_tuning_saves_a_gpt2_checkpoint(tiny, data, tmp_path):
 def test_random_init_trains_the_shape_from_scratch(tiny, data, tmp_path):
     argv = quick(tiny, data, tmp_path / "run", "--method", "full", "--random-init",
                  "--max-steps", "30", "--lr", "2e-3", "--label-smoothing", "0")
-    model = train.build_model(train.parse_args(argv), torch.device("cpu"))
+    model = finetune.build_model(train.parse_args(argv), torch.device("cpu"))
     pretrained = GPT.from_pretrained(tiny)
     torch.manual_seed(110)  # --seed's default: GPT-2's init of the checkpoint's shape
     fresh = GPT(pretrained.config)
@@ -122,7 +121,7 @@ def test_random_init_trains_the_shape_from_scratch(tiny, data, tmp_path):
 def test_random_init_of_a_preset_downloads_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2_CACHE_DIR", str(tmp_path / "cache"))  # empty, and no network here
     args = train.parse_args(["--model", "gpt2", "--random-init", "--method", "full"])
-    model = train.build_model(args, torch.device("cpu"))
+    model = finetune.build_model(args, torch.device("cpu"))
     assert model.num_params() == 124_439_808  # GPT-2 small, as transformers counts it
     assert not (tmp_path / "cache").exists()
 
@@ -155,7 +154,7 @@ def test_a_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, data, t
 
 def test_weights_that_are_no_longer_finite_are_never_saved(tiny, data, tmp_path, monkeypatch,
                                                            capsys):
-    real_step = train.Trainer.step
+    real_step = finetune.Trainer.step
 
     def step(self, batch, lr):  # the 4th step's loss is finite, but it leaves NaN in B
         result = real_step(self, batch, lr)
@@ -163,7 +162,7 @@ def test_weights_that_are_no_longer_finite_are_never_saved(tiny, data, tmp_path,
             with torch.no_grad():
                 self.params[0].fill_(float("nan"))
         return result
-    monkeypatch.setattr(train.Trainer, "step", step)
+    monkeypatch.setattr(finetune.Trainer, "step", step)
     rc, _, _ = run_in_process(quick(tiny, data, tmp_path / "run", "--max-steps", "6",
                                     "--save-every", "2", "--log-interval", "100"))
     assert rc == 1
@@ -250,7 +249,7 @@ def test_the_readme_command_runs_end_to_end(tiny, data, tmp_path, user_env):
     # the released recipe: its text, no dropout in the backbone, 0.1 on the LoRA path
     assert (config["args"]["format"], config["args"]["dropout"], config["args"]["lora_dropout"]) \
         == ("paper", 0.0, 0.1)
-    model = train.build_model(train.parse_args(["--model", tiny]), torch.device("cpu"))
+    model = finetune.build_model(train.parse_args(["--model", tiny]), torch.device("cpu"))
     assert model.transformer.drop.p == model.transformer.h[0].attn.attn_dropout == 0.0  # (the
     assert model.transformer.h[0].mlp.dropout.p == 0.0  # checkpoint's config.json says 0.1)
     assert {layer.dropout.p for layer in lora.lora_layers(model).values()} == {0.1}
@@ -372,7 +371,7 @@ def test_a_run_saved_when_compile_was_a_switch_resumes(finished, tmp_path, saved
     assert config["args"]["compile"] is None  # today's runs record the mode
     config["args"]["compile"] = saved
     (run_dir / "config.json").write_text(json.dumps(config))
-    assert train.resumed_args(train.parse_args(["--resume", str(run_dir)])).compile == resumed
+    assert finetune.resumed(train.parse_args(["--resume", str(run_dir)])).compile == resumed
 
 
 def test_relative_paths_are_recorded_absolute_so_a_resume_works_from_anywhere(tiny, data,
@@ -446,7 +445,7 @@ def test_a_cuda_run_resumes_on_cpu(finished, tmp_path):
 def test_a_second_signal_during_a_save_waits_for_it(tiny, data, tmp_path, monkeypatch):
     # in this process, so the signals land exactly where they must
     calls = {"n": 0}
-    real_step, real_save = train.Trainer.step, train.save_result
+    real_step, real_save = finetune.Trainer.step, finetune.save_result
 
     def step(self, batch, lr):
         calls["n"] += 1
@@ -458,8 +457,8 @@ def test_a_second_signal_during_a_save_waits_for_it(tiny, data, tmp_path, monkey
         os.kill(os.getpid(), signal.SIGINT)  # again, while the checkpoint is written
         real_save(model, args, run_dir)
 
-    monkeypatch.setattr(train.Trainer, "step", step)
-    monkeypatch.setattr(train, "save_result", save_result)
+    monkeypatch.setattr(finetune.Trainer, "step", step)
+    monkeypatch.setattr(finetune, "save_result", save_result)
     rc, _, _ = run_in_process(quick(tiny, data, tmp_path / "run", "--max-steps", "20"))
     assert rc == 130
     with safe_open(str(tmp_path / "run" / "state.safetensors"), "pt") as f:
@@ -469,7 +468,7 @@ def test_a_second_signal_during_a_save_waits_for_it(tiny, data, tmp_path, monkey
 
 def test_two_signals_before_a_checkpoint_quit_with_one_line(tiny, data, tmp_path, monkeypatch,
                                                             capsys):
-    real_step = train.Trainer.step
+    real_step = finetune.Trainer.step
 
     def step(self, batch, lr):
         if self.position["step"] == 2:
@@ -477,7 +476,7 @@ def test_two_signals_before_a_checkpoint_quit_with_one_line(tiny, data, tmp_path
             os.kill(os.getpid(), signal.SIGINT)
         return real_step(self, batch, lr)
 
-    monkeypatch.setattr(train.Trainer, "step", step)
+    monkeypatch.setattr(finetune.Trainer, "step", step)
     rc, _, _ = run_in_process(quick(tiny, data, tmp_path / "run", "--max-steps", "20"))
     err = capsys.readouterr().err
     assert rc == 130  # as for one Ctrl-C (2 is a usage error)
@@ -633,7 +632,7 @@ def test_ctrl_c_before_training_is_one_line_and_writes_nothing(tiny, data, finis
                                                                capsys, monkeypatch, resume):
     def interrupted(*args):
         raise KeyboardInterrupt
-    monkeypatch.setattr(train, "build_model", interrupted)  # Ctrl-C while the model loads
+    monkeypatch.setattr(finetune, "build_model", interrupted)  # Ctrl-C while the model loads
     if resume:
         run_dir = finished_copy(finished, tmp_path)
         before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
@@ -654,7 +653,7 @@ def test_what_a_run_shows_evaluations_projection_and_training_speed(tiny, data, 
     now = [1000.0]
     fake = type("FakeTime", (), {"time": staticmethod(lambda: now[0]),
                                  "strftime": staticmethod(time.strftime)})
-    real_step, real_dev_loss = train.Trainer.step, training.dev_loss
+    real_step, real_dev_loss = finetune.Trainer.step, training.dev_loss
 
     def step(self, batch, lr):
         now[0] += 1
@@ -663,8 +662,8 @@ def test_what_a_run_shows_evaluations_projection_and_training_speed(tiny, data, 
     def dev_loss(*args, **kwargs):
         now[0] += 100
         return real_dev_loss(*args, **kwargs)
-    monkeypatch.setattr(train, "time", fake)
-    monkeypatch.setattr(train.Trainer, "step", step)
+    monkeypatch.setattr(finetune, "time", fake)
+    monkeypatch.setattr(finetune.Trainer, "step", step)
     monkeypatch.setattr(training, "dev_loss", dev_loss)
     argv = quick(tiny, data, tmp_path / "run", "--max-steps", "4", "--eval-interval", "2")
     argv[argv.index("--device") + 1] = "auto"  # what make train does on a machine without a GPU

@@ -12,9 +12,6 @@ beside the adapter before they are scored with the official E2E metrics (data/e2
 `--latency` times the forward pass of the Table 1 variants (latency.py).
 """
 
-import csv
-import hashlib
-import io
 import json
 import math
 import os
@@ -25,26 +22,17 @@ import torch
 
 import adapter
 import cli
+import evaluation
 import latency
 import lora
 import rundir
 from checkpoint import ADAPTER_FORMAT, load_metadata, write_atomic
 from cli import UserError
-from data.e2e import metrics
+from data.e2e import paper_results
 from data.e2e import prepare as e2e
-from decoding import decode, search_bytes
+from decoding import decode
+from evaluation import Decoding
 from model import GPT, PRESETS, GPTConfig
-
-# Table 3 of the paper (E2E test set; BLEU, METEOR, ROUGE-L are x100 there, as printed below).
-PAPER = {
-    ("gpt2-medium", "lora"): ("GPT-2 M (LoRA, 0.35M)", 70.4, 8.85, 46.8, 71.8, 2.53),
-    ("gpt2-medium", "full"): ("GPT-2 M (FT, 354.92M)", 68.2, 8.62, 46.2, 71.0, 2.47),
-    ("gpt2-medium", "houlsby"): ("GPT-2 M (Adapter^H, 11.09M)", 67.3, 8.50, 46.0, 70.7, 2.44),
-    ("gpt2-medium", "lin"): ("GPT-2 M (Adapter^L, 0.37M)", 66.3, 8.41, 45.0, 69.8, 2.40),
-    ("gpt2-large", "lora"): ("GPT-2 L (LoRA, 0.77M)", 70.4, 8.89, 46.8, 72.0, 2.47),
-    ("gpt2-large", "full"): ("GPT-2 L (FT, 774.03M)", 68.5, 8.78, 46.0, 69.9, 2.45),
-}
-
 
 # --- loading -------------------------------------------------------------------------------------
 
@@ -107,19 +95,6 @@ def base_name(args) -> str:
 # --- the E2E test set ----------------------------------------------------------------------------
 
 
-def decoding(args) -> dict:
-    """The decoding flags as decode()'s keyword arguments."""
-    return dict(beam=args.beam, length_penalty=args.length_penalty,
-                no_repeat_ngram=args.no_repeat_ngram, max_new_tokens=args.max_new_tokens,
-                batch_size=args.batch_size, use_cache=not args.no_cache, amp_dtype=args.amp_dtype)
-
-
-def output_text(enc, tokens: list[int]) -> str:
-    """A decoded output, post-processed as the released decode script does (src/gpt2_decode.py):
-    cut at <|endoftext|> or a blank line, stripped."""
-    return enc.decode(tokens).split("<|endoftext|>")[0].split("\n\n")[0].strip()
-
-
 def output_stem(args) -> str:
     """Where the predictions go, named by what was decoded: e.g. RUN_DIR/predictions-dev-first5."""
     where = args.adapter or (args.model if os.path.isdir(args.model) else None)
@@ -148,144 +123,30 @@ def claim_output(args) -> rundir.Claim:
     return owner
 
 
-def check_search(model, args, prompts: list[list[int]], device):
-    """Refuse, before decoding, a search that cannot run: longer than the model's positions,
-    more beams than tokens to choose from, or more memory than is free here."""
-    longest, config = max(map(len, prompts)), model.config
-    if longest + args.max_new_tokens > config.block_size:
-        raise UserError(f"--max-new-tokens {args.max_new_tokens} after a prompt of {longest} "
-                        f"tokens is more than the model's {config.block_size} positions")
-    if args.beam > config.vocab_size:
-        raise UserError(f"--beam {args.beam:,} is more than the {config.vocab_size:,} tokens each "
-                        "step chooses from")
-    rows = min(args.batch_size, len(prompts))
-    need, free = search_bytes(config, rows, args.beam, longest, args.max_new_tokens), \
-        cli.free_memory(device)
-    if free is not None and need > free:
-        raise UserError(f"--beam {args.beam:,}" + (f" with --batch-size {rows}" if rows > 1 else "")
-                        + f" needs about {need / 1e9:,.1f} GB for the search, more than the "
-                        f"{free / 1e9:,.1f} GB free here; lower --beam"
-                        + (" or --batch-size" if rows > 1 else ""))
+def decoding(args) -> Decoding:
+    """The decoding flags, as evaluation.Decoding."""
+    return Decoding(beam=args.beam, length_penalty=args.length_penalty,
+                    no_repeat_ngram=args.no_repeat_ngram, max_new_tokens=args.max_new_tokens,
+                    batch_size=args.batch_size, use_cache=not args.no_cache, dtype=args.dtype,
+                    amp_dtype=args.amp_dtype)
 
 
-def partial(path: str, settings: dict, force: bool) -> dict[int, str]:
-    """The outputs a decode with the same settings already wrote to path (a JSONL file that
-    grows as MRs finish); another decode's file is refused, or with --force started afresh."""
-    if not os.path.exists(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    done = {}
-    try:
-        same = json.loads(lines[0]) == {"settings": settings}
-    except ValueError:
-        same = False
-    if not same:
-        if not force:
-            raise UserError(f"{path} holds an unfinished decode with other settings; pass --force "
-                            "to discard it")
-        os.remove(path)
-        return {}
-    for line in lines[1:]:
-        try:
-            record = json.loads(line)
-            done[int(record["i"])] = str(record["output"])
-        except (ValueError, KeyError, TypeError):  # the last line, cut short by a kill
-            continue
-    return done
-
-
-def evaluate(model, kind: str, args, device) -> dict:
-    """Decode each distinct MR of the split once, streaming the outputs to a .part file (an
-    interrupted decode resumes there), write the predictions, then score them."""
-    args.preset = preset_of(model, args)
-    groups, source = e2e.eval_groups(args.split, args.data, args.format)
-    if args.limit:
-        groups = groups[:args.limit]
-    enc = e2e.tokenizer()
-    prompts = [enc.encode(ctx) + [e2e.EOT] for _, ctx, _ in groups]
-    check_search(model, args, prompts, device)
-    stem = output_stem(args)
-    settings = decode_settings(args, len(groups))
-    part = args.part = stem + ".tsv.part"  # (args.part: what a Ctrl-C keeps)
-    texts = partial(part, settings, args.force)
-    todo = [i for i in range(len(groups)) if i not in texts]
-    if texts:
-        print(f"resuming: {len(texts)} of {cli.plural(len(groups), 'MR')} were decoded already "
-              f"({part})")
-    with open(part, "a", encoding="utf-8") as f:
-        if not texts:
-            f.write(json.dumps({"settings": settings}) + "\n")
-
-        def write(chunk, outputs):  # as each batch finishes
-            for j, tokens in zip(chunk, outputs):
-                texts[todo[j]] = output_text(enc, tokens)
-                f.write(json.dumps({"i": todo[j], "output": texts[todo[j]]}) + "\n")
-            f.flush()
-
-        start = time.time()
-        outputs = decode(model, [prompts[i] for i in todo], **decoding(args), on_batch=write)
-        seconds = time.time() - start
-    n_tokens = sum(len(tokens) for tokens in outputs)
-    print(f"decoded {cli.plural(len(todo), 'MR')} ({n_tokens:,} tokens) in {seconds:.1f} s: "
-          f"{len(todo) / max(seconds, 1e-9):.1f} MRs/s, {n_tokens / max(seconds, 1e-9):,.0f} "
-          f"tokens/s (beam {args.beam}{', no KV cache' if args.no_cache else ''})")
-    table = io.StringIO()
-    writer = csv.writer(table, delimiter="\t", lineterminator="\n")
-    writer.writerow(["mr", "output"])
-    writer.writerows((mr, texts[i]) for i, (mr, _, _) in enumerate(groups))
-    write_atomic(stem + ".tsv", table.getvalue())
-    os.remove(part)
-    print(f"wrote {stem}.tsv")
-    report = {"split": args.split, "format": args.format, "references": source,
-              "mrs": len(groups), "predictions": stem + ".tsv",
-              "decoding": {**settings, "seconds": seconds}}
-    return score(report, [refs for _, _, refs in groups], [texts[i] for i in range(len(groups))],
-                 kind, args, stem + ".scores.json")
-
-
-def decode_settings(args, mrs: int) -> dict:
-    """What makes two decodes the same: an unfinished one resumes only with equal settings."""
-    def sha256(path):
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    return {"model": base_name(args), "adapter": args.adapter and os.path.abspath(args.adapter),
-            "adapter_sha256": args.adapter and sha256(args.adapter), "mrs": mrs,
-            **{k: vars(args)[k] for k in ("split", "format", "beam", "length_penalty",
-                                          "no_repeat_ngram", "max_new_tokens", "dtype")}}
-
-
-def score(report: dict, refs: list, texts: list, kind: str, args, scores_path: str) -> dict:
-    """The five metrics, printed next to the paper's row and saved beside the predictions."""
-    try:
-        scores = metrics.score(refs, texts, meteor=not args.no_meteor)
-    except metrics.MeteorError as e:
-        raise UserError(f"{e} (the predictions are saved in {report['predictions']})") from None
-    report["scores"] = scores
-    if scores["METEOR"] is None:
-        report["meteor"] = metrics.meteor_note(not args.no_meteor)
-    write_atomic(scores_path, json.dumps(report, indent=2))
+def evaluate_split(model, kind: str, args, device) -> dict:
+    """Decode and score the split (evaluation.py), then print the row next to the paper's."""
+    report = evaluation.evaluate(
+        model, split=args.split, data=args.data, format=args.format, limit=args.limit,
+        stem=output_stem(args), decoding=decoding(args),
+        what=evaluation.identity(base_name(args), args.adapter), force=args.force,
+        meteor=not args.no_meteor, device=device)
+    size = None if run_config(args).get("random_init") else paper_results.size_of(model.config)
     print(f"references: {report['references']}")
-    print(table3(scores, args.preset, kind, args))
-    if scores["METEOR"] is None:
+    print(table3(report["scores"], size, kind, args))
+    if "meteor" in report:
         print(f"METEOR: {report['meteor']}")
-    print(f"wrote {scores_path}")
-    return scores
+    return report["scores"]
 
 
-def preset_of(model, args) -> str | None:
-    """The official GPT-2 size this model was fine-tuned from, known by its shape (so a local
-    copy of gpt2-medium counts, whatever its folder is called); None for a model trained from
-    scratch (train.py --random-init) or of another shape."""
-    if run_config(args).get("random_init"):
-        return None
-    c = model.config
-    return next((name for name, shape in PRESETS.items() if c.vocab_size == 50257
-                 and c.block_size == 1024 and all(getattr(c, k) == v for k, v in shape.items())),
-                None)
-
-
-def table3(scores: dict, preset: str | None, kind: str, args) -> str:
+def table3(scores: dict, size: str | None, kind: str, args) -> str:
     """This run's row next to the paper's (BLEU, METEOR, ROUGE-L x100 as in Table 3). Only the
     paper format is comparable with Table 3; the official format is the challenge's own text."""
     def cell(name, scale):  # one digit more than the paper prints
@@ -296,10 +157,11 @@ def table3(scores: dict, preset: str | None, kind: str, args) -> str:
     lines = ["| | BLEU | NIST | METEOR | ROUGE-L | CIDEr |", "|---|---|---|---|---|---|",
              f"| {what} | {cell('BLEU', 100)} | {cell('NIST', 1)} | {cell('METEOR', 100)} | "
              f"{cell('ROUGE_L', 100)} | {cell('CIDEr', 1)} |"]
-    paper = PAPER.get((preset, kind))
+    paper = paper_results.TABLE3.get((size, paper_results.KINDS.get(kind)))
     if paper:
-        name, *values = paper
-        lines.append(f"| paper: {name}, test | " + " | ".join(str(v) for v in values) + " |")
+        lines.append(f"| paper: {paper['name']}, {paper['params']}, test | " + " | ".join(
+            paper_results.paper_cell(m, *paper["scores"][m]) for m in paper_results.METRICS)
+            + " |")
     return "\n".join(lines)
 
 
@@ -481,9 +343,9 @@ def one_input(model, args, device):
     enc = e2e.tokenizer()
     if args.mr is not None:
         prompt = e2e.prompt_tokens(args.mr, args.format)
-        check_search(model, args, [prompt], device)
-        print(output_text(enc, decode(model, [prompt], **decoding(args),
-                                      progress=False)[0]))
+        evaluation.check_search(model, decoding(args), [prompt], device)
+        print(evaluation.output_text(enc, decode(model, [prompt], **decoding(args).kwargs(),
+                                                 progress=False)[0]))
         return
     idx = torch.tensor([enc.encode(args.prompt, allowed_special={"<|endoftext|>"})],
                        device=device)
@@ -497,17 +359,16 @@ def one_input(model, args, device):
     print(enc.decode(out[0].tolist()))
 
 
-def kept(args) -> str:
+def kept(args, decoding_test_set: bool) -> str:
     """What a Ctrl-C leaves: the outputs decoded so far, resumed by the same command."""
-    part = getattr(args, "part", None)
-    if part and os.path.exists(part):
-        with open(part, encoding="utf-8") as f:
-            done = max(0, sum(1 for line in f if line.endswith("\n")) - 1)  # (the settings line)
+    stem = output_stem(args) if decoding_test_set else None
+    done = evaluation.decoded_so_far(stem) if stem else None
+    if done is not None:
         return (f"stopped; the {cli.plural(done, 'MR')} decoded so far "
-                f"{'is' if done == 1 else 'are'} kept in {part}: run the same command again to "
-                "go on from there")
-    if part and os.path.exists(output_stem(args) + ".tsv"):
-        return f"stopped while scoring; the predictions are saved in {output_stem(args)}.tsv"
+                f"{'is' if done == 1 else 'are'} kept in {stem}.tsv.part: run the same command "
+                "again to go on from there")
+    if stem and os.path.exists(stem + ".tsv"):
+        return f"stopped while scoring; the predictions are saved in {stem}.tsv"
     return "stopped; nothing was written"
 
 
@@ -525,12 +386,12 @@ def main(argv=None) -> int:
         if owner is None:
             one_input(model, args, device)
         else:
-            evaluate(model, kind, args, device)
+            evaluate_split(model, kind, args, device)
     except (*cli.USER_ERRORS, KeyboardInterrupt) as e:
         if owner is not None:  # a folder made for this decode goes again if it stayed empty
             owner.abandon()
         if isinstance(e, KeyboardInterrupt):
-            cli.interrupted("sample.py", kept(args))
+            cli.interrupted("sample.py", kept(args, owner is not None))
         cli.fail("sample.py", e)
     finally:
         if owner is not None:

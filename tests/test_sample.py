@@ -271,11 +271,14 @@ def test_an_interrupted_decode_resumes_from_its_part_file(tiny_run, e2e_data, tm
     whole = (tmp_path / "whole" / "predictions-first6.tsv").read_text()
     # what a decode killed after three MRs leaves: the settings, then three outputs (and a
     # fourth line cut short)
+    import evaluation
     import sample
     args = sample.parse_args([str(f) for f in flags])
-    args.format = "paper"
+    args.amp_dtype = None
+    what = evaluation.identity(str(tiny_run / "base"), str(flags[1]))
+    settings = evaluation.decode_settings(what, 6, "test", "paper", sample.decoding(args))
     outputs = [line.split("\t")[1] for line in whole.splitlines()[1:4]]
-    records = [json.dumps({"settings": sample.decode_settings(args, 6)})] + [
+    records = [json.dumps({"settings": settings})] + [
         json.dumps({"i": i, "output": text}) for i, text in enumerate(outputs)]
     (tmp_path / "cut").mkdir()
     (tmp_path / "cut" / "predictions-first6.tsv.part").write_text("\n".join(records) + '\n{"i": 3')
@@ -381,22 +384,22 @@ def test_an_output_folder_in_use_is_refused(tiny_run, e2e_data, tmp_path, capsys
 
 def test_ctrl_c_while_decoding_keeps_what_was_decoded(tiny_run, e2e_data, gpt2_vocab, tmp_path,
                                                       capsys, monkeypatch):
-    import sample
+    import evaluation
     flags = ["--adapter", tiny_run / "run" / "adapter.safetensors", "--data", e2e_data,
              "--limit", "3", "--beam", "2", "--max-new-tokens", "4", "--batch-size", "1",
              "--device", "cpu", "--no-meteor", "--out", tmp_path]
-    real = sample.decode
+    real = evaluation.decode
 
     def one_then_ctrl_c(model, prompts, **kwargs):
         real(model, prompts[:1], **kwargs)  # the first MR is decoded and written
         raise KeyboardInterrupt
-    monkeypatch.setattr(sample, "decode", one_then_ctrl_c)
+    monkeypatch.setattr(evaluation, "decode", one_then_ctrl_c)
     code, out, err = main(capsys, *flags)
     part = tmp_path / "predictions-first3.tsv.part"
     assert code == 130 and err == (f"sample.py: Ctrl-C: stopped; the 1 MR decoded so far is kept "
                                    f"in {part}: run the same command again to go on from there\n")
     assert part.is_file() and not (tmp_path / rundir.LOCK).exists()
-    monkeypatch.setattr(sample, "decode", real)
+    monkeypatch.setattr(evaluation, "decode", real)
     code, out, err = main(capsys, *flags)
     assert code == 0, err
     assert "resuming: 1 of 3 MRs were decoded already" in out and "decoded 2 MRs (" in out
@@ -404,14 +407,17 @@ def test_ctrl_c_while_decoding_keeps_what_was_decoded(tiny_run, e2e_data, gpt2_v
 
 def test_the_paper_row_follows_the_models_shape_not_its_folder_name(tiny_run):
     import sample
+    from data.e2e import paper_results
     from model import GPTConfig
-    args = sample.parse_args(["--model", str(tiny_run / "base")])
     with torch.device("meta"):
         medium = GPT(GPTConfig.from_preset("gpt2-medium"))  # a local copy, named anything
-    assert sample.preset_of(medium, args) == "gpt2-medium"
-    assert sample.preset_of(GPT.from_pretrained(str(tiny_run / "base")), args) is None
+    assert paper_results.size_of(medium.config) == "gpt2-medium"
+    assert paper_results.size_of(GPT.from_pretrained(str(tiny_run / "base")).config) is None
+    args = sample.parse_args(["--model", str(tiny_run / "base")])
     scores = dict(BLEU=0.7, NIST=8.8, METEOR=None, ROUGE_L=0.71, CIDEr=2.5)
     args.split, args.limit, args.format = "test", 0, "paper"
-    assert "| paper: GPT-2 M (LoRA, 0.35M), test | 70.4 |" in sample.table3(
-        scores, "gpt2-medium", "lora", args)
+    assert ("| paper: GPT-2 M (LoRA), 0.35M, test | 70.4+-.1 | 8.85+-.02 | 46.8+-.2 | "
+            "71.8+-.1 | 2.53+-.02 |") in sample.table3(scores, "gpt2-medium", "lora", args)
+    assert "| paper: GPT-2 M (Adapter^H), 11.09M, test | 67.3+-.6 |" in sample.table3(
+        scores, "gpt2-medium", "houlsby", args)
     assert "paper" not in sample.table3(scores, None, "lora", args)

@@ -1,0 +1,65 @@
+"""The paper's E2E numbers (Hu et al. 2021, Table 3), which sample.py and reproduce.py print beside
+ours, and the way the paper prints them.
+
+Table 3 reports BLEU, METEOR and ROUGE-L x100, with one digit after the point, NIST and CIDEr with
+two; the rows the authors ran carry a +- (the spread over 3 seeds, Appendix D.3), the rows marked
+* are prior work's numbers.
+"""
+
+METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
+SCALE = {"BLEU": 100, "NIST": 1, "METEOR": 100, "ROUGE_L": 100, "CIDEr": 1}
+DIGITS = {"BLEU": 1, "NIST": 2, "METEOR": 1, "ROUGE_L": 1, "CIDEr": 2}
+
+
+def _row(name, params, *cells):
+    """cells: one (mean, +-) pair per metric, +- None where the paper gives none."""
+    return {"name": name, "params": params, "scores": dict(zip(METRICS, cells))}
+
+
+# (GPT-2 size, train.py's --method) -> the row of Table 3
+TABLE3 = {
+    ("gpt2-medium", "lora"): _row("GPT-2 M (LoRA)", "0.35M", (70.4, .1), (8.85, .02), (46.8, .2),
+                                  (71.8, .1), (2.53, .02)),
+    ("gpt2-medium", "full"): _row("GPT-2 M (FT)*", "354.92M", (68.2, None), (8.62, None),
+                                  (46.2, None), (71.0, None), (2.47, None)),
+    ("gpt2-medium", "adapter_h"): _row("GPT-2 M (Adapter^H)", "11.09M", (67.3, .6), (8.50, .07),
+                                       (46.0, .2), (70.7, .2), (2.44, .01)),
+    ("gpt2-medium", "adapter_l"): _row("GPT-2 M (Adapter^L)*", "0.37M", (66.3, None),
+                                       (8.41, None), (45.0, None), (69.8, None), (2.40, None)),
+    ("gpt2-large", "lora"): _row("GPT-2 L (LoRA)", "0.77M", (70.4, .1), (8.89, .02), (46.8, .2),
+                                 (72.0, .2), (2.47, .02)),
+    ("gpt2-large", "full"): _row("GPT-2 L (FT)*", "774.03M", (68.5, None), (8.78, None),
+                                 (46.0, None), (69.9, None), (2.45, None)),
+    ("gpt2-large", "adapter_l"): _row("GPT-2 L (Adapter^L)", "0.88M", (69.1, .1), (8.68, .03),
+                                      (46.3, .0), (71.4, .2), (2.49, .0)),
+}
+# Adapter^H and Adapter^L by sample.py's name of what an adapter file holds
+KINDS = {"lora": "lora", "full": "full", "houlsby": "adapter_h", "lin": "adapter_l"}
+
+# The official sizes, by shape (n_layer, n_head, n_embd), with GPT-2's vocabulary and positions.
+SIZES = {(12, 12, 768): "gpt2", (24, 16, 1024): "gpt2-medium", (36, 20, 1280): "gpt2-large",
+         (48, 25, 1600): "gpt2-xl"}
+
+
+def size_of(config) -> str | None:
+    """The official GPT-2 size a model has the shape of (a local copy of gpt2-medium counts,
+    whatever its folder is called), or None."""
+    if (config.vocab_size, config.block_size) != (50257, 1024):
+        return None
+    return SIZES.get((config.n_layer, config.n_head, config.n_embd))
+
+
+def cell(metric: str, mean: float, std: float | None = None) -> str:
+    """A value as Table 3 prints it, e.g. '70.4+-.1', '8.85+-.02', '2.47' (metric values as
+    data/e2e/metrics.py gives them: BLEU in [0, 1])."""
+    digits = DIGITS[metric]
+    text = f"{mean * SCALE[metric]:.{digits}f}"
+    if std is None:
+        return text
+    spread = f"{std * SCALE[metric]:.{digits}f}"
+    return f"{text}+-{spread[1:] if spread.startswith('0.') else spread}"
+
+
+def paper_cell(metric: str, mean: float, std: float | None) -> str:
+    """A cell of TABLE3 (already x100 where the paper scales), printed as the paper prints it."""
+    return cell(metric, mean / SCALE[metric], None if std is None else std / SCALE[metric])

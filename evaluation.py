@@ -1,0 +1,184 @@
+"""Decode an E2E split with a fine-tuned model and score it: what sample.py (one model) and
+reproduce.py (every kept epoch of every run) share.
+
+Each distinct MR (context) of the split is decoded once with beam search (decoding.py). The
+outputs stream to STEM.tsv.part as they are found, so an interrupted decode resumes there (only
+with the same settings: model, adapter, split, decoding); then STEM.tsv holds (MR, output) rows,
+written before anything is scored, and STEM.scores.json the five metrics (data/e2e/metrics.py)
+with what was decoded and how.
+"""
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import time
+
+import torch
+
+import cli
+from checkpoint import write_atomic
+from cli import UserError
+from data.e2e import metrics
+from data.e2e import prepare as e2e
+from decoding import decode, search_bytes
+
+
+@dataclasses.dataclass
+class Decoding:
+    """How to decode: the paper's settings by default (Table 11: beam 10, length penalty 0.9, no
+    repeated 4-grams, at most 64 new tokens), in fp32 as the released code decodes."""
+    beam: int = 10
+    length_penalty: float = 0.9
+    no_repeat_ngram: int = 4
+    max_new_tokens: int = 64
+    batch_size: int = 32  # MRs searched together
+    use_cache: bool = True
+    dtype: str = "auto"  # as asked (recorded); amp_dtype: what it means on the device
+    amp_dtype: torch.dtype | None = None
+
+    def recorded(self) -> dict:
+        """What makes two decodes the same (batching and the cache change no output)."""
+        return {k: getattr(self, k) for k in ("beam", "length_penalty", "no_repeat_ngram",
+                                              "max_new_tokens", "dtype")}
+
+    def kwargs(self) -> dict:
+        """decode()'s keyword arguments."""
+        return dict(beam=self.beam, length_penalty=self.length_penalty,
+                    no_repeat_ngram=self.no_repeat_ngram, max_new_tokens=self.max_new_tokens,
+                    batch_size=self.batch_size, use_cache=self.use_cache,
+                    amp_dtype=self.amp_dtype)
+
+
+def output_text(enc, tokens: list[int]) -> str:
+    """A decoded output, post-processed as the released decode script does (src/gpt2_decode.py):
+    cut at <|endoftext|> or a blank line, stripped."""
+    return enc.decode(tokens).split("<|endoftext|>")[0].split("\n\n")[0].strip()
+
+
+def identity(base: str, adapter: str | None) -> dict:
+    """What was decoded, for the decode's settings: the base model and the adapter file (its
+    SHA-256: the same path may hold another epoch's adapter tomorrow)."""
+    if not adapter:
+        return {"model": base, "adapter": None, "adapter_sha256": None}
+    with open(adapter, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return {"model": base, "adapter": os.path.abspath(adapter), "adapter_sha256": digest}
+
+
+def decode_settings(what: dict, mrs: int, split: str, format: str, decoding: Decoding) -> dict:
+    """What makes two decodes the same: an unfinished one resumes only with equal settings."""
+    return {**what, "mrs": mrs, "split": split, "format": format, **decoding.recorded()}
+
+
+def check_search(model, decoding: Decoding, prompts: list[list[int]], device):
+    """Refuse, before decoding, a search that cannot run: longer than the model's positions,
+    more beams than tokens to choose from, or more memory than is free here."""
+    longest, config, beam = max(map(len, prompts)), model.config, decoding.beam
+    if longest + decoding.max_new_tokens > config.block_size:
+        raise UserError(f"--max-new-tokens {decoding.max_new_tokens} after a prompt of {longest} "
+                        f"tokens is more than the model's {config.block_size} positions")
+    if beam > config.vocab_size:
+        raise UserError(f"--beam {beam:,} is more than the {config.vocab_size:,} tokens each "
+                        "step chooses from")
+    rows = min(decoding.batch_size, len(prompts))
+    need = search_bytes(config, rows, beam, longest, decoding.max_new_tokens)
+    free = cli.free_memory(device)
+    if free is not None and need > free:
+        raise UserError(f"--beam {beam:,}" + (f" with --batch-size {rows}" if rows > 1 else "")
+                        + f" needs about {need / 1e9:,.1f} GB for the search, more than the "
+                        f"{free / 1e9:,.1f} GB free here; lower --beam"
+                        + (" or --batch-size" if rows > 1 else ""))
+
+
+def partial(path: str, settings: dict, force: bool) -> dict[int, str]:
+    """The outputs a decode with the same settings already wrote to path (a JSONL file that
+    grows as MRs finish); another decode's file is refused, or with force started afresh."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    done = {}
+    try:
+        same = json.loads(lines[0]) == {"settings": settings}
+    except ValueError:
+        same = False
+    if not same:
+        if not force:
+            raise UserError(f"{path} holds an unfinished decode with other settings; pass --force "
+                            "to discard it")
+        os.remove(path)
+        return {}
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+            done[int(record["i"])] = str(record["output"])
+        except (ValueError, KeyError, TypeError):  # the last line, cut short by a kill
+            continue
+    return done
+
+
+def decoded_so_far(stem: str) -> int | None:
+    """How many MRs STEM.tsv.part holds (what a Ctrl-C keeps), or None without one."""
+    if not os.path.exists(stem + ".tsv.part"):
+        return None
+    with open(stem + ".tsv.part", encoding="utf-8") as f:
+        return max(0, sum(1 for line in f if line.endswith("\n")) - 1)  # (the settings line)
+
+
+def evaluate(model, *, split: str, data: str | None, format: str, limit: int, stem: str,
+             decoding: Decoding, what: dict, force: bool, meteor: bool, device) -> dict:
+    """Decode each distinct MR of the split once (the first `limit`, 0: all), resuming from
+    STEM.tsv.part, write STEM.tsv, score, write STEM.scores.json; returns that report. what:
+    identity()'s record of the model decoded."""
+    groups, source = e2e.eval_groups(split, data, format)
+    if limit:
+        groups = groups[:limit]
+    enc = e2e.tokenizer()
+    prompts = [enc.encode(ctx) + [e2e.EOT] for _, ctx, _ in groups]
+    check_search(model, decoding, prompts, device)
+    settings = decode_settings(what, len(groups), split, format, decoding)
+    part = stem + ".tsv.part"
+    texts = partial(part, settings, force)
+    todo = [i for i in range(len(groups)) if i not in texts]
+    if texts:
+        print(f"resuming: {len(texts)} of {cli.plural(len(groups), 'MR')} were decoded already "
+              f"({part})")
+    with open(part, "a", encoding="utf-8") as f:
+        if not texts:
+            f.write(json.dumps({"settings": settings}) + "\n")
+
+        def write(chunk, outputs):  # as each batch finishes
+            for j, tokens in zip(chunk, outputs):
+                texts[todo[j]] = output_text(enc, tokens)
+                f.write(json.dumps({"i": todo[j], "output": texts[todo[j]]}) + "\n")
+            f.flush()
+
+        start = time.time()
+        outputs = decode(model, [prompts[i] for i in todo], **decoding.kwargs(), on_batch=write)
+        seconds = time.time() - start
+    n_tokens = sum(len(tokens) for tokens in outputs)
+    print(f"decoded {cli.plural(len(todo), 'MR')} ({n_tokens:,} tokens) in {seconds:.1f} s: "
+          f"{len(todo) / max(seconds, 1e-9):.1f} MRs/s, {n_tokens / max(seconds, 1e-9):,.0f} "
+          f"tokens/s (beam {decoding.beam}{'' if decoding.use_cache else ', no KV cache'})")
+    table = io.StringIO()
+    writer = csv.writer(table, delimiter="\t", lineterminator="\n")
+    writer.writerow(["mr", "output"])
+    writer.writerows((mr, texts[i]) for i, (mr, _, _) in enumerate(groups))
+    write_atomic(stem + ".tsv", table.getvalue())
+    os.remove(part)
+    print(f"wrote {stem}.tsv")
+    report = {"split": split, "format": format, "references": source, "mrs": len(groups),
+              "predictions": stem + ".tsv", "decoding": {**settings, "seconds": seconds}}
+    try:
+        report["scores"] = metrics.score([refs for _, _, refs in groups],
+                                         [texts[i] for i in range(len(groups))], meteor=meteor)
+    except metrics.MeteorError as e:
+        raise UserError(f"{e} (the predictions are saved in {stem}.tsv)") from None
+    if report["scores"]["METEOR"] is None:
+        report["meteor"] = metrics.meteor_note(meteor)
+    write_atomic(stem + ".scores.json", json.dumps(report, indent=2))
+    print(f"wrote {stem}.scores.json")
+    return report

@@ -81,6 +81,15 @@ def random_gpt2(seed: int = 0, std: float = 0.3, **shape):
 
 
 @pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny GPT-2 checkpoint folder whose 256 positions fit every E2E example (random weights
+    at std 0.3, so its LM head can express peaked distributions and the loss has room to fall)."""
+    path = tmp_path_factory.mktemp("tiny")
+    random_gpt2(n_positions=256).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def hf_model():
     return random_gpt2()
 

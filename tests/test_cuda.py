@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, random_gpt2
+from conftest import REPO
 
 import bench
 import latency
@@ -18,13 +18,6 @@ from model import GPT, GPTConfig, KVCache
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 CUDA = torch.device("cuda")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny")
-    random_gpt2(n_positions=256).save_pretrained(path)
-    return str(path)
 
 
 def test_beam_search_on_cuda_equals_cpu(tiny):

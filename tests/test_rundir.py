@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, random_gpt2
+from conftest import REPO
 
 import rundir
 
@@ -82,13 +82,6 @@ def test_stale_files_of_every_writer_are_found_at_any_depth(tmp_path):
 
 
 # --- train.py, two processes started together ---------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny")
-    random_gpt2(n_positions=256).save_pretrained(path)
-    return str(path)
 
 
 def start(tiny, data, cwd, *flags):

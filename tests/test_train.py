@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, random_gpt2, run_main
+from conftest import REPO, run_main
 from safetensors import safe_open
 
 import checkpoint
@@ -24,15 +24,6 @@ import train
 import training
 from model import GPT
 
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny GPT-2 whose 256 positions fit every E2E example (random weights at std 0.3, so
-    its LM head can express peaked distributions and the loss has room to fall)."""
-    path = tmp_path_factory.mktemp("tiny")
-    random_gpt2(n_positions=256).save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -141,6 +141,7 @@ def evaluate(model, *, split: str, data: str | None, format: str, limit: int, st
     check_search(model, decoding, prompts, device)
     settings = decode_settings(what, len(groups), split, format, decoding)
     part = stem + ".tsv.part"
+    os.makedirs(os.path.dirname(os.path.abspath(part)), exist_ok=True)
     texts = partial(part, settings, force)
     todo = [i for i in range(len(groups)) if i not in texts]
     if texts:

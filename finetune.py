@@ -139,16 +139,16 @@ def check(cfg) -> tuple[torch.device, torch.dtype | None]:
 # --- the model -----------------------------------------------------------------------------------
 
 
-def model_shape(name: str, dropout: float) -> GPTConfig:
-    """--random-init: the shape of --model (a preset, or a checkpoint's config.json), without
-    its weights."""
+def model_shape(name: str, dropout: float, who: str = "--random-init") -> GPTConfig:
+    """The shape of --model (a preset, or a checkpoint's config.json), without its weights:
+    what --random-init trains, and what reproduce.py sizes adapters by."""
     preset = name.removeprefix("openai-community/")
     if preset in PRESETS:
         return GPTConfig.from_preset(preset, dropout=dropout)
     folder = name if os.path.isdir(name) else os.path.dirname(name)
     config = os.path.join(folder, "config.json")
     if not os.path.isfile(config):
-        raise UserError(f"--random-init needs the shape of --model {name}: a preset "
+        raise UserError(f"{who} needs the shape of --model {name}: a preset "
                         f"({', '.join(PRESETS)}) or a checkpoint folder with a config.json")
     return GPTConfig(**{**read_hf_config(config), "dropout": dropout})
 

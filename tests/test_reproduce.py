@@ -1,0 +1,186 @@
+"""reproduce.py: the paper's protocol (seeds x epochs, the epoch chosen three ways, mean +- std)
+on a tiny random GPT-2, checked against what it stored and against numpy; a kill mid-decode
+changes nothing in the results; bad input is one line with nothing touched."""
+
+import importlib.util
+import json
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, run_main
+
+import adapter
+import reproduce
+from data.e2e import paper_results
+
+
+def scores(bleu):
+    return {"BLEU": bleu, "NIST": 10 * bleu, "METEOR": None, "ROUGE_L": bleu / 2, "CIDEr": bleu}
+
+
+def test_the_three_selections_pick_their_own_epochs():
+    # built so that dev and test disagree: test peaks at epoch 2, dev at epoch 3, the last is 4
+    epochs = {1: {"test": scores(0.60), "dev": scores(0.50)},
+              2: {"test": scores(0.70), "dev": scores(0.55)},
+              3: {"test": scores(0.65), "dev": scores(0.58)},
+              4: {"test": scores(0.62), "dev": scores(0.57)}}
+    assert reproduce.select(epochs) == {"best_test": 2, "best_dev": 3, "last": 4}
+    epochs[3]["dev"]["BLEU"] = epochs[4]["dev"]["BLEU"] = 0.55  # a tie on dev: the earliest
+    assert reproduce.select(epochs)["best_dev"] == 2
+
+
+def test_the_summary_is_numpys_mean_and_sample_std():
+    values = [0.701, 0.705, 0.699]
+    summary = reproduce.summarize([scores(v) for v in values])
+    assert summary["BLEU"]["mean"] == np.mean(values)
+    assert summary["BLEU"]["std"] == np.std(values, ddof=1)
+    assert summary["METEOR"] == {"mean": None, "std": None}
+    assert reproduce.summarize([scores(0.7)])["BLEU"]["std"] is None  # one seed: no spread
+
+
+def test_cells_are_rounded_as_table_3():
+    assert paper_results.cell("BLEU", 0.70412, 0.00123) == "70.4+-.1"
+    assert paper_results.cell("NIST", 8.8531, 0.0213) == "8.85+-.02"
+    assert paper_results.cell("CIDEr", 2.4712) == "2.47"
+    assert paper_results.paper_cell("METEOR", 46.3, 0.0) == "46.3+-.0"
+
+
+@pytest.mark.parametrize("row, model, paper", [
+    ("adapter_h", "gpt2-medium", 11.09e6), ("adapter_l", "gpt2-medium", 0.37e6),
+    ("adapter_l", "gpt2-large", 0.88e6)])
+def test_the_adapter_rows_have_the_papers_parameter_counts(row, model, paper):
+    # Table 3's "# Trainable Parameters" column, to the precision the paper prints it (0.01M)
+    rank = reproduce.row_settings(row, model)["rank"]
+    shape = {"gpt2-medium": (24, 1024), "gpt2-large": (36, 1280)}[model]
+    kind = "houlsby" if row == "adapter_h" else "lin"
+    assert abs(adapter.num_trainable(*shape, rank, kind) - paper) < 0.005e6 + 0.01 * paper
+
+
+def flags(tiny, data, out, *extra):
+    """2 seeds x 2 epochs of 4 steps, 3 MRs per split at beam 2: seconds on a CPU."""
+    return ["table3", "--model", tiny, "--data", data, "--seeds", "1,2", "--epochs", "2",
+            "--limit", "32", "--mrs", "3", "--beam", "2", "--max-new-tokens", "8",
+            "--batch-size", "1", "--no-meteor", "--device", "cpu", "--out", out, *extra]
+
+
+@pytest.fixture(scope="module")
+def experiment(tiny, e2e_data, gpt2_vocab, tmp_path_factory):
+    """A whole table3 experiment, run once for the module's tests."""
+    out = tmp_path_factory.mktemp("experiment") / "table3"
+    result = subprocess.run([sys.executable, str(REPO / "reproduce.py"),
+                             *flags(tiny, e2e_data, out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+def test_table3_keeps_decodes_and_scores_every_epoch_of_every_seed(experiment):
+    out, stdout = experiment
+    result = json.loads((out / "results.json").read_text())
+    assert list(result["runs"]) == ["lora-seed1", "lora-seed2"]
+    for name, run in result["runs"].items():
+        folder = out / "runs" / name
+        assert sorted(p.name for p in folder.glob("adapter-epoch*.safetensors")) == [
+            "adapter-epoch1.safetensors", "adapter-epoch2.safetensors"]
+        assert run["config"]["seed"] == int(name[-1]) and run["trainable"] == 1024
+        for epoch in ("1", "2"):
+            for split in ("test", "dev"):
+                stored = json.loads((folder / "decode" / f"epoch{epoch}-{split}.scores.json")
+                                    .read_text())
+                assert stored["mrs"] == 3 and stored["split"] == split
+                assert run["epochs"][epoch][split] == stored["scores"]
+                assert stored["decoding"]["adapter"] == str(folder /
+                                                            f"adapter-epoch{epoch}.safetensors")
+    # each selection's epochs, and its mean and std, recomputed from the stored scores
+    row = result["rows"]["lora"]["selections"]
+    for selection, (_, split) in reproduce.SELECTIONS.items():
+        chosen = row[selection]["epochs"]
+        for name, run in result["runs"].items():
+            epochs = run["epochs"]
+            expected = (max(sorted(epochs), key=lambda e: epochs[e][split]["BLEU"]) if split
+                        else "2")
+            assert str(chosen[name]) == expected, (selection, name)
+        for metric in ("BLEU", "NIST", "ROUGE_L", "CIDEr"):
+            values = [result["runs"][n]["epochs"][str(e)]["test"][metric]
+                      for n, e in chosen.items()]
+            assert row[selection][metric]["mean"] == pytest.approx(np.mean(values), abs=1e-12)
+            assert row[selection][metric]["std"] == pytest.approx(np.std(values, ddof=1),
+                                                                  abs=1e-12)
+    md = (out / "results.md").read_text()
+    assert md in stdout and "## best epoch on test (the paper's protocol" in md
+    assert "## best epoch on dev" in md and "## last epoch" in md and "METEOR: skipped" in md
+    assert "reproduce.py [4/4] decoded lora-seed2" in stdout
+    if importlib.util.find_spec("matplotlib") is None:  # an optional extra: said, then the rest
+        assert "matplotlib is not installed: no plots" in stdout
+
+
+def test_a_kill_mid_decode_then_the_same_command_gives_the_same_results(experiment, tiny,
+                                                                        e2e_data, tmp_path):
+    out, _ = experiment
+    copy = tmp_path / "table3"
+    shutil.copytree(out, copy)
+    for path in (copy / "runs" / "lora-seed2" / "decode").iterdir():
+        path.unlink()  # seed 2 trained, nothing of it decoded yet
+    (copy / "results.json").unlink()
+    proc = subprocess.Popen([sys.executable, str(REPO / "reproduce.py"),
+                             *flags(tiny, e2e_data, copy)], stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("decoded 2/3 MRs"):  # inside seed 2's first decode
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert (copy / "runs" / "lora-seed2" / "decode" / "epoch1-test.tsv.part").is_file()
+    again = subprocess.run([sys.executable, str(REPO / "reproduce.py"),
+                            *flags(tiny, e2e_data, copy)], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "resuming: 2 of 3 MRs were decoded already" in again.stdout
+    assert "] trained" not in again.stdout  # both runs were done: nothing trained again
+    original = json.loads((out / "results.json").read_text())
+    resumed = json.loads((copy / "results.json").read_text())
+    assert json.dumps(resumed, sort_keys=True).replace(str(copy), str(out)) == json.dumps(
+        original, sort_keys=True)
+
+
+def test_a_sweep_of_two_ranks_gives_two_rows(tiny, e2e_data, gpt2_vocab, tmp_path, capsys):
+    argv = flags(tiny, e2e_data, tmp_path / "sweep")
+    argv[argv.index("table3")] = "sweep"
+    argv[argv.index("--seeds") + 1], argv[argv.index("--epochs") + 1] = "1", "1"
+    code, out, err = run_main(reproduce.main, capsys, *argv, "--rank", "1,2", "--targets", "q,v")
+    assert code == 0, err
+    result = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert list(result["rows"]) == ["q,v r=1", "q,v r=2"]
+    assert list(result["runs"]) == ["lora-qv-r1-seed1", "lora-qv-r2-seed1"]
+    assert [r["trainable"] for r in result["rows"].values()] == [256, 512]  # 2 L d r
+    assert "| ours: q,v r=1 | 256 |" in out and "| ours: q,v r=2 | 512 |" in out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--rows", "lora,prefix"], "unknown row 'prefix': choose from lora, full, adapter_h"),
+    (["--seeds", "1,1"], "--seeds 1,1 repeats 1"),
+    (["--seeds", "1,x"], "--seeds '1,x': give a comma-separated list"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+])
+def test_bad_input_is_one_line_and_touches_nothing(tiny, e2e_data, tmp_path, capsys, extra,
+                                                   message):
+    code, out, err = run_main(reproduce.main, capsys, *flags(tiny, e2e_data, tmp_path / "x"),
+                              *extra)
+    assert code == 2 and out == "" and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_folder_of_another_experiment_is_refused_untouched(experiment, tiny, e2e_data,
+                                                             capsys):
+    out, _ = experiment
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code, _, err = run_main(reproduce.main, capsys, *flags(tiny, e2e_data, out, "--mrs", "5"))
+    assert code == 2 and err.count("\n") == 1
+    assert "holds an experiment with other settings (mrs differ)" in err, err
+    argv = flags(tiny, e2e_data, out)
+    argv[argv.index("table3")] = "sweep"
+    code, _, err = run_main(reproduce.main, capsys, *argv, "--rank", "x")
+    assert code == 2 and "--rank 'x': give a comma-separated list" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -184,3 +184,17 @@ def test_a_folder_of_another_experiment_is_refused_untouched(experiment, tiny, e
     code, _, err = run_main(reproduce.main, capsys, *argv, "--rank", "x")
     assert code == 2 and "--rank 'x': give a comma-separated list" in err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_plain_install_without_java_runs_the_experiment_and_says_meteor_is_missing(
+        tiny, e2e_data, gpt2_vocab, user_env, tmp_path):
+    argv = flags(tiny, e2e_data, tmp_path / "plain")
+    argv.remove("--no-meteor")
+    argv[argv.index("--seeds") + 1], argv[argv.index("--epochs") + 1] = "1", "1"
+    argv[argv.index("--limit") + 1], argv[argv.index("--mrs") + 1] = "8", "2"
+    result = subprocess.run([sys.executable, str(REPO / "reproduce.py"), *argv], env=user_env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    md = (tmp_path / "plain" / "results.md").read_text()
+    assert "METEOR: n/a (it needs Java and pycocoevalcap)." in md
+    assert "| ours: lora | 1,024 |" in md and "| n/a |" in md

@@ -86,11 +86,12 @@ ADAPTER_PARAMS = {("adapter_h", "gpt2-medium"): 11.09e6, ("adapter_l", "gpt2-med
 @dataclasses.dataclass
 class Unit:
     """One training run of the experiment: its folder name, the row (or sweep cell) it belongs
-    to, its seed and its settings."""
+    to, its seed, its settings and how they differ from the paper's (for results.md)."""
     name: str
     label: str
     seed: int
     config: RunConfig
+    note: str = ""
 
 
 # --- the plan ------------------------------------------------------------------------------------
@@ -99,7 +100,7 @@ class Unit:
 def parse_list(text: str, flag: str, kind=int) -> list:
     """'1,2,4' -> [1, 2, 4]; refused when it does not parse or repeats an entry."""
     try:
-        values = [kind(v) for v in text.split(",")]
+        values = [kind(v.strip()) for v in text.split(",")]
     except ValueError:
         raise UserError(f"{flag} {text!r}: give a comma-separated list, e.g. 1,2,4") from None
     if twice := sorted({v for v in values if values.count(v) > 1}):
@@ -107,13 +108,12 @@ def parse_list(text: str, flag: str, kind=int) -> list:
     return values
 
 
-def row_settings(row: str, model: str) -> dict:
-    """The train.py settings of one row for this model. An adapter's bottleneck r is the one
-    whose parameter count is Table 3's for this size; where Table 3 has no such row (GPT-2 L
-    Adapter^H, other shapes), GPT-2 M's bottleneck scaled with the width."""
-    settings = dict(ROWS[row][0])
+def row_settings(row: str, shape) -> tuple[dict, str]:
+    """The train.py settings of one row for a model of this shape, and how they were chosen. An
+    adapter's bottleneck r is the one whose parameter count is Table 3's for this size; where
+    Table 3 has no such row (GPT-2 L Adapter^H, other shapes), GPT-2 M's scaled with the width."""
+    settings, note = dict(ROWS[row][0]), ROWS[row][1]
     if row.startswith("adapter"):
-        shape = finetune.model_shape(model, 0.0, "reproduce.py")
         kind = "houlsby" if row == "adapter_h" else "lin"
         if (row, paper_results.size_of(shape)) in ADAPTER_PARAMS:
             n = ADAPTER_PARAMS[(row, paper_results.size_of(shape))]
@@ -121,34 +121,25 @@ def row_settings(row: str, model: str) -> dict:
         else:
             medium = adapter.rank_for(ADAPTER_PARAMS[(row, "gpt2-medium")], 24, 1024, kind)
             settings["rank"] = max(1, round(medium * shape.n_embd / 1024))
-    return settings
-
-
-def row_note(row: str, settings: dict, model: str) -> str:
-    """How a row was trained, as results.md states it."""
-    shape = finetune.model_shape(model, 0.0, "reproduce.py")
-    note = ROWS[row][1]
-    if row.startswith("adapter") and (row, paper_results.size_of(shape)) not in ADAPTER_PARAMS:
-        note += ("; Table 3 has no such row for this model: the bottleneck is GPT-2 M's, scaled "
-                 "with the width")
-    return ", ".join(f"{k} {v}" for k, v in settings.items()) + f"; {note}"
+            note += ("; Table 3 has no such row for this model: the bottleneck is GPT-2 M's, "
+                     "scaled with the width")
+    return settings, ", ".join(f"{k} {v}" for k, v in settings.items()) + f"; {note}"
 
 
 def plan(args) -> tuple[dict, list[Unit]]:
     """The experiment's settings (what must match to resume it) and its training runs."""
     seeds = parse_list(args.seeds, "--seeds")
-    finetune.model_shape(args.model, 0.0, "reproduce.py")  # a preset or a checkpoint folder
+    shape = finetune.model_shape(args.model, 0.0, "reproduce.py")  # a preset or a checkpoint
     common = dict(model=args.model, data=args.data, epochs=args.epochs, limit=args.limit,
                   device=args.device, dtype=args.dtype, save_every=args.save_every,
                   keep_epochs=True)
-    cells = []  # (name, label, settings)
+    cells = []  # (name, label, settings, note)
     if args.command == "table3":
-        rows = [r.strip() for r in args.rows.split(",")]
+        rows = parse_list(args.rows, "--rows", str)
         if unknown := [r for r in rows if r not in ROWS]:
             raise UserError(f"unknown row {', '.join(map(repr, unknown))}: choose from "
                             f"{', '.join(ROWS)}")
-        parse_list(args.rows, "--rows", str)
-        cells = [(row, row, row_settings(row, args.model)) for row in rows]
+        cells = [(row, row, *row_settings(row, shape)) for row in rows]
     else:
         ranks = parse_list(args.rank, "--rank")
         for targets in args.targets:
@@ -160,12 +151,14 @@ def plan(args) -> tuple[dict, list[Unit]]:
                 raise UserError(f"{e} (--targets, --rank)") from None
             for r in ranks:
                 cells.append((f"lora-{''.join(names)}-r{r}", f"{','.join(names)} r={r}",
-                              {"method": "lora", "targets": ",".join(names), "rank": r}))
+                              {"method": "lora", "targets": ",".join(names), "rank": r}, ""))
     units = [Unit(f"{name}-seed{seed}", label, seed,
-                  RunConfig(**common, **settings, seed=seed, given=tuple(settings)))
-             for name, label, settings in cells for seed in seeds]
-    settings = {"command": args.command, "model": args.model, "cells": [c[0] for c in cells],
-                "train": {name: s for name, _, s in cells}, "seeds": seeds,
+                  RunConfig(**common, **settings, seed=seed, given=tuple(settings)), note)
+             for name, label, settings, note in cells for seed in seeds]
+    settings = {"command": args.command, "model": args.model,
+                "size": paper_results.size_of(shape),  # whose paper rows are printed beside
+                "cells": [c[0] for c in cells],
+                "train": {name: s for name, _, s, _ in cells}, "seeds": seeds,
                 "epochs": args.epochs, "limit": args.limit, "mrs": args.mrs,
                 "decoding": decoding(args).recorded(), "meteor": not args.no_meteor}
     return settings, units
@@ -181,22 +174,22 @@ def open_experiment(folder: str, settings: dict) -> rundir.Claim:
     cli.check_writable(folder)
     owner = rundir.claim(folder, "reproduce.py", "wait for it to end, or pick another --out")
     path = os.path.join(folder, "experiment.json")
+    settings = json.loads(json.dumps(settings))  # as experiment.json holds them (lists, not tuples)
+    problem = None
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
-            saved = json.load(f).get("settings")
-        if saved != json.loads(json.dumps(settings)):
-            owner.abandon()
-            owner.release()
-            differ = sorted(k for k in set(saved or {}) | set(settings)
-                            if (saved or {}).get(k) != json.loads(json.dumps(settings)).get(k))
-            raise UserError(f"{folder} holds an experiment with other settings ({', '.join(differ)}"
-                            f" differ); rerun its own command, or pick another --out")
+            saved = json.load(f).get("settings") or {}
+        if differ := sorted(k for k in set(saved) | set(settings)
+                            if saved.get(k) != settings.get(k)):
+            problem = (f"holds an experiment with other settings ({', '.join(differ)} differ); "
+                       "rerun its own command, or pick another --out")
     elif os.listdir(folder) not in ([], [rundir.LOCK]):
+        problem = "already holds files that are not an experiment; pick another --out"
+    if problem:
         owner.abandon()
         owner.release()
-        raise UserError(f"{folder} already holds files that are not an experiment; pick another "
-                        "--out")
-    else:
+        raise UserError(f"{folder} {problem}")
+    if not os.path.exists(path):
         write_atomic(path, json.dumps({"settings": settings}, indent=2))
     return owner
 
@@ -232,14 +225,17 @@ def train(unit: Unit, folder: str) -> tuple[int, int]:
     return code, job.trainer.position["step"] - first
 
 
+def undecoded(unit: Unit, folder: str) -> list[tuple[int, str]]:
+    """The (epoch, split) pairs of a run not scored yet."""
+    return [(e, split) for e in range(1, unit.config.epochs + 1) for split in SPLITS
+            if not os.path.exists(stem(folder, e, split) + ".scores.json")]
+
+
 def decode_run(unit: Unit, folder: str, settings: dict, search: Decoding, device) -> int:
     """Decode and score every kept epoch of one run on test and dev (what is done is skipped);
     returns the MRs decoded. The base model is loaded once and the epochs' adapters switched on
     it: unmerge, load, merge (the paper's task switching, Sec. 4.1)."""
-    todo = [(e, split) for e in range(1, unit.config.epochs + 1) for split in SPLITS
-            if not os.path.exists(stem(folder, e, split) + ".scores.json")]
-    if not todo:
-        return 0
+    todo = undecoded(unit, folder)
     cfg, model, merged, decoded = unit.config, None, False, 0
     for epoch in sorted({e for e, _ in todo}):
         path = finetune.result_path(cfg, folder, epoch)
@@ -307,9 +303,8 @@ def mrs_per_split(settings: dict, data: str | None) -> dict:
                        len(e2e.eval_groups(split, data, "paper")[0])) for split in SPLITS}
 
 
-def steps_per_run(unit: Unit) -> int:
-    n = len(e2e.load_examples("train", unit.config.data, unit.config.format))
-    n = min(n, unit.config.limit) if unit.config.limit else n
+def steps_per_run(unit: Unit, examples: int) -> int:
+    n = min(examples, unit.config.limit) if unit.config.limit else examples
     return math.ceil(n / unit.config.batch_size) * unit.config.epochs
 
 
@@ -359,7 +354,8 @@ def results(settings: dict, units: list[Unit], exp: str) -> dict:
     for label in dict.fromkeys(u.label for u in units):
         mine = {name: r for name, r in runs.items() if r["label"] == label}
         chosen = {name: select(r["epochs"]) for name, r in mine.items()}
-        rows[label] = {"trainable": next(iter(mine.values()))["trainable"], "selections": {
+        rows[label] = {"trainable": next(iter(mine.values()))["trainable"],
+                       "trained": next(u.note for u in units if u.label == label), "selections": {
             sel: {"epochs": {name: c[sel] for name, c in chosen.items()},
                   **summarize([mine[name]["epochs"][c[sel]]["test"] for name, c in chosen.items()])}
             for sel in SELECTIONS}}
@@ -368,11 +364,10 @@ def results(settings: dict, units: list[Unit], exp: str) -> dict:
     return {"settings": settings, "versions": versions, "runs": runs, "rows": rows}
 
 
-def table(result: dict, selection: str, model: str) -> str:
+def table(result: dict, selection: str) -> str:
     """One selection's rows as Table 3 lays them out, each beside the paper's where it has one."""
     lines = ["| Model & Method | # Trainable Parameters | BLEU | NIST | MET | ROUGE-L | CIDEr |",
              "|---|---|---|---|---|---|---|"]
-    size = model.removeprefix("openai-community/")
     for label, row in result["rows"].items():
         s = row["selections"][selection]
         cells = ["n/a" if s[m]["mean"] is None else paper_results.cell(m, s[m]["mean"],
@@ -381,7 +376,7 @@ def table(result: dict, selection: str, model: str) -> str:
         n = row["trainable"]
         lines.append(f"| ours: {label} | {f'{n / 1e6:.2f}M' if n >= 1e4 else f'{n:,}'} | "
                      + " | ".join(cells) + " |")
-        paper = paper_results.TABLE3.get((size, label))
+        paper = paper_results.TABLE3.get((result["settings"]["size"], label))
         if paper and result["settings"]["command"] == "table3":
             lines.append(f"| paper: {paper['name']} | {paper['params']} | " + " | ".join(
                 paper_results.paper_cell(m, *paper["scores"][m]) for m in paper_results.METRICS)
@@ -399,10 +394,10 @@ def report(result: dict, model: str) -> str:
     for sel, (what, _) in SELECTIONS.items():
         chosen = ", ".join(f"{name} {e}" for row in result["rows"].values()
                            for name, e in row["selections"][sel]["epochs"].items())
-        out += ["", f"## {what}", "", table(result, sel, model), "", f"Epochs: {chosen}."]
+        out += ["", f"## {what}", "", table(result, sel), "", f"Epochs: {chosen}."]
     if s["command"] == "table3":
         out += ["", "## How the rows were trained", ""]
-        out += [f"- {row}: {row_note(row, s['train'][row], model)}" for row in s["cells"]]
+        out += [f"- {label}: {row['trained']}" for label, row in result["rows"].items()]
     if any(r["epochs"][1]["test"]["METEOR"] is None for r in result["runs"].values()):
         out += ["", "METEOR: " + ("n/a (it needs Java and pycocoevalcap)." if s["meteor"]
                                   else "skipped (--no-meteor).")]
@@ -480,10 +475,10 @@ def run(settings: dict, units: list[Unit], exp: str, args, device) -> int:
     """Train what is not trained, decode what is not decoded, then the results."""
     mrs = mrs_per_split(settings, args.data)
     to_train = [u for u in units if not trained(run_folder(exp, u), u.config.epochs, u.config)]
-    left = {u.name: steps_per_run(u) - steps_done(run_folder(exp, u)) for u in to_train}
-    to_decode = {u.name: sum(mrs[split] for e in range(1, u.config.epochs + 1) for split in SPLITS
-                             if not os.path.exists(stem(run_folder(exp, u), e, split)
-                                                   + ".scores.json")) for u in units}
+    examples = len(e2e.load_examples("train", args.data, units[0].config.format)) if to_train else 0
+    left = {u.name: steps_per_run(u, examples) - steps_done(run_folder(exp, u)) for u in to_train}
+    to_decode = {u.name: sum(mrs[split] for _, split in undecoded(u, run_folder(exp, u)))
+                 for u in units}
     to_decode = {name: n for name, n in to_decode.items() if n}
     progress = Progress(len(to_train) + len(to_decode), sum(left.values()),
                         sum(to_decode.values()))

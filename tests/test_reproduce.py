@@ -16,6 +16,7 @@ from conftest import REPO, run_main
 import adapter
 import reproduce
 from data.e2e import paper_results
+from model import GPTConfig
 
 
 def scores(bleu):
@@ -54,10 +55,22 @@ def test_cells_are_rounded_as_table_3():
     ("adapter_l", "gpt2-large", 0.88e6)])
 def test_the_adapter_rows_have_the_papers_parameter_counts(row, model, paper):
     # Table 3's "# Trainable Parameters" column, to the precision the paper prints it (0.01M)
-    rank = reproduce.row_settings(row, model)["rank"]
+    settings, note = reproduce.row_settings(row, GPTConfig.from_preset(model))
+    rank = settings["rank"]
+    assert "Table 3 has no such row" not in note
     shape = {"gpt2-medium": (24, 1024), "gpt2-large": (36, 1280)}[model]
     kind = "houlsby" if row == "adapter_h" else "lin"
     assert abs(adapter.num_trainable(*shape, rank, kind) - paper) < 0.005e6 + 0.01 * paper
+
+
+def test_the_paper_row_is_chosen_by_the_models_shape_not_its_name():
+    # a local copy of gpt2-medium (any folder name) gets GPT-2 M's row, a tiny model none
+    summary = {m: {"mean": 0.5, "std": None} for m in paper_results.METRICS}
+    row = {"trainable": 393216, "selections": {"best_test": summary}}
+    for size, expected in (("gpt2-medium", True), (None, False)):
+        result = {"settings": {"command": "table3", "size": size}, "rows": {"lora": row}}
+        text = reproduce.table(result, "best_test")
+        assert ("| paper: GPT-2 M (LoRA) | 0.35M | 70.4+-.1 |" in text) == expected, text
 
 
 def flags(tiny, data, out, *extra):
@@ -161,6 +174,7 @@ def test_a_sweep_of_two_ranks_gives_two_rows(tiny, e2e_data, gpt2_vocab, tmp_pat
 @pytest.mark.parametrize("extra, message", [
     (["--rows", "lora,prefix"], "unknown row 'prefix': choose from lora, full, adapter_h"),
     (["--seeds", "1,1"], "--seeds 1,1 repeats 1"),
+    (["--rows", "lora, lora"], "--rows lora, lora repeats lora"),
     (["--seeds", "1,x"], "--seeds '1,x': give a comma-separated list"),
     (["--epochs", "0"], "--epochs must be at least 1"),
 ])

@@ -129,7 +129,7 @@ def row_settings(row: str, shape) -> tuple[dict, str]:
 def plan(args) -> tuple[dict, list[Unit]]:
     """The experiment's settings (what must match to resume it) and its training runs."""
     seeds = parse_list(args.seeds, "--seeds")
-    shape = finetune.model_shape(args.model, 0.0, "reproduce.py")  # a preset or a checkpoint
+    shape = finetune.model_shape(args.model, 0.0, "this experiment")  # a preset or a checkpoint
     common = dict(model=args.model, data=args.data, epochs=args.epochs, limit=args.limit,
                   device=args.device, dtype=args.dtype, save_every=args.save_every,
                   keep_epochs=True)
@@ -553,7 +553,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         settings, units = plan(args)
-        e2e.tokenizer()  # the decodes need it: missing, it is said now, not after the training
+        e2e.locate(args.data)  # the data and the vocabulary the stages need, found (or downloaded)
+        e2e.tokenizer()  # now: missing, they are said before the folder is made, not hours later
         device = cli.pick_device(args.device)
         exp = os.path.abspath(args.out or os.path.join(
             "runs", f"{args.command}-{os.path.basename(args.model.rstrip('/'))}"))

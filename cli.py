@@ -3,7 +3,8 @@ errors, Ctrl-C, the device and mixed-precision choice, and --help that shows eac
 
 A user error (a bad flag, a missing or wrong file, no data, a folder another process owns) ends
 with one line on stderr and exit code 2; Ctrl-C with one line saying what was kept, exit code 130.
-Anything else is a bug in our code and keeps its traceback.
+Anything else is a bug in our code and keeps its traceback. Under torchrun every process exits
+so, and rank 0 alone says it (speaks()).
 """
 
 import argparse
@@ -28,15 +29,23 @@ USER_ERRORS = (UserError, CheckpointError, DownloadError, DataError, InputError,
                FileNotFoundError, FolderInUse)
 
 
+def speaks() -> bool:
+    """Whether this process reports to the user: the only one, or rank 0 of torchrun's (the
+    others meet the same errors and exit with the same code, silently)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def fail(prog: str, message) -> None:
     """One line on stderr, exit code 2."""
-    print(f"{prog}: {message}", file=sys.stderr)
+    if speaks():
+        print(f"{prog}: {message}", file=sys.stderr)
     sys.exit(2)
 
 
 def interrupted(prog: str, kept: str) -> None:
     """Ctrl-C: one line on stderr saying what was kept (and how to continue), exit code 130."""
-    print(f"{prog}: Ctrl-C: {kept}", file=sys.stderr)
+    if speaks():
+        print(f"{prog}: Ctrl-C: {kept}", file=sys.stderr)
     sys.exit(130)
 
 

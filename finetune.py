@@ -15,6 +15,12 @@ whole. `keep_epochs` also keeps each epoch's result (adapter-epoch{N}.safetensor
 for choosing the best epoch afterwards. A resumed run continues exactly where it stopped (the
 losses equal an uninterrupted run's), on another device if need be; only the settings in
 SAFE_ON_RESUME may change.
+
+Under torchrun (prepare(cfg, world), distributed.py) the run is data-parallel: each rank trains
+on its share of every global batch, DDP sums the gradients, and rank 0 alone writes the folder.
+The steps are the one-process run's: the same batches, the loss divided by the whole batch's
+reference tokens, so the same losses and weights up to float rounding (dropout aside: each rank
+draws its own masks). The world size may change when a run resumes.
 """
 
 import contextlib
@@ -23,12 +29,14 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 
 import torch
 
 import adapter
 import cli
+import distributed
 import lora
 import rundir
 import training
@@ -93,7 +101,7 @@ UNUSED = {"lora": (), "full": ("targets", "rank", "alpha", "lora_dropout"),
           "adapter_l": ("targets", "alpha", "lora_dropout")}
 
 
-def check(cfg) -> tuple[torch.device, torch.dtype | None]:
+def check(cfg, world=distributed.ALONE) -> tuple[torch.device, torch.dtype | None]:
     """Refuse bad settings before anything is loaded or written: (device, autocast dtype)."""
     positive = {"--epochs": cfg.epochs, "--batch-size": cfg.batch_size,
                 "--grad-accum": cfg.grad_accum, "--log-interval": cfg.log_interval}
@@ -118,6 +126,13 @@ def check(cfg) -> tuple[torch.device, torch.dtype | None]:
     if cfg.batch_size % cfg.grad_accum:
         raise UserError(f"--batch-size {cfg.batch_size} is not a multiple of --grad-accum "
                         f"{cfg.grad_accum}")
+    if cfg.batch_size % (world.size * cfg.grad_accum):  # (the global batch, split over ranks)
+        raise UserError(f"--batch-size {cfg.batch_size} does not split over {world.size} "
+                        f"processes x --grad-accum {cfg.grad_accum}: give a multiple of "
+                        f"{world.size * cfg.grad_accum}")
+    if cfg.compile == "cuda-graphs" and world.size > 1:
+        raise UserError("--compile cuda-graphs is untested with several processes (DDP); use "
+                        "--compile or no --compile under torchrun")
     if not 0 <= cfg.dropout < 1:
         raise UserError(f"--dropout must be in [0, 1), got {cfg.dropout}")
     try:  # --targets, --rank, --alpha, --lora-dropout: checked by the function lora.apply uses
@@ -132,7 +147,7 @@ def check(cfg) -> tuple[torch.device, torch.dtype | None]:
         raise UserError(f"--method {cfg.method} does not use "
                         f"{', '.join('--' + n.replace('_', '-') for n in unused)}; drop "
                         f"{'it' if len(unused) == 1 else 'them'}")
-    device = cli.pick_device(cfg.device)
+    device = world.place(cli.pick_device(cfg.device))
     return device, cli.amp_dtype(device, cfg.dtype, "training")
 
 
@@ -218,11 +233,14 @@ class Diverged(Exception):
 
 
 class Trainer:
-    """One run's loop: optimizer steps, dev evaluations, checkpoints, Ctrl-C and SIGTERM."""
+    """One run's loop: optimizer steps, dev evaluations, checkpoints, Ctrl-C and SIGTERM; one
+    rank's part of it under torchrun (world)."""
 
-    def __init__(self, cfg, device, amp_dtype, model, train_set, dev_set, run_dir, state=None):
+    def __init__(self, cfg, device, amp_dtype, model, train_set, dev_set, run_dir, state=None,
+                 world=distributed.ALONE):
         self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
         self.model, self.train_set, self.dev_set, self.run_dir = model, train_set, dev_set, run_dir
+        self.world = world
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = training.make_optimizer(model, cfg.lr, cfg.weight_decay,
                                                  fused=device.type == "cuda")
@@ -242,20 +260,29 @@ class Trainer:
 
     def step(self, batch: list, lr: float) -> tuple[torch.Tensor, int]:
         """One optimizer step on a batch (in --grad-accum micro-batches that add up to the
-        batch's mean loss per reference token): (the loss, detached; input tokens)."""
+        batch's mean loss per reference token): (the loss, detached; input tokens). Under
+        torchrun, this rank's share of the batch and of that loss."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         n_targets = sum(len(t) - p for t, p in batch)  # reference tokens + final EOT
-        micro = self.cfg.batch_size // self.cfg.grad_accum
+        mine = self.world.share(batch)  # (the whole batch in one process)
+        micro = self.cfg.batch_size // self.cfg.grad_accum // self.world.size
+        # DDP averages the ranks' gradients: x size makes that their sum, the batch's gradient.
+        # A rank that the epoch's short last batch leaves without examples still joins the
+        # all-reduce, with weight 0.
+        weight = self.world.size if mine else 0
+        chunks = [mine[m:m + micro] for m in range(0, len(mine), micro)] or [batch[:1]]
+        self.world.seed_step(self.cfg.seed, self.position["step"])
         total, tokens = torch.zeros((), device=self.device), 0
-        for m in range(0, len(batch), micro):
-            tokens += sum(len(t) - 1 for t, _ in batch[m:m + micro])
-            with cli.autocast(self.device, self.amp_dtype):
-                loss = self.loss_fn(self.model, *training.device_batch(
-                                        batch[m:m + micro], self.device, self.multiple),
-                                    self.cfg.label_smoothing) / n_targets
-            self.scaler.scale(loss).backward()
-            total += loss.detach()
+        for m, chunk in enumerate(chunks):
+            with self.world.syncing(self.forward, now=m == len(chunks) - 1), \
+                    cli.autocast(self.device, self.amp_dtype):
+                loss = self.forward(*training.device_batch(chunk, self.device,
+                                                           self.multiple)) / n_targets
+                self.scaler.scale(loss * weight).backward()
+            if mine:
+                total += loss.detach()
+                tokens += sum(len(t) - 1 for t, _ in chunk)
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
@@ -268,7 +295,12 @@ class Trainer:
         with self.paused():
             return training.dev_loss(self.model, self.loss_fn, self.dev_set,
                                      self.cfg.batch_size, self.device, self.amp_dtype,
-                                     self.multiple)
+                                     self.multiple, self.world)
+
+    def finite_sum(self, running, steps: int, step: int) -> bool:
+        """finite() of the loss logged since the last log line (summed over the ranks, so every
+        rank decides the same)."""
+        return not steps or self.finite(self.world.sum(running)[0] / steps, step)
 
     @contextlib.contextmanager
     def paused(self):
@@ -287,12 +319,14 @@ class Trainer:
             raise Diverged(where["step"])
         self.saving = True
         with self.paused():
-            if epoch_end is not None and self.cfg.keep_epochs:
-                save_result(self.model, self.cfg, self.run_dir, epoch=epoch_end)
-            save_result(self.model, self.cfg, self.run_dir)
             self.position.update(where, last_good=where["step"])
-            training.save_state(os.path.join(self.run_dir, "state.safetensors"), self.model,
-                                self.optimizer, self.scaler, self.position)
+            if self.world.main:  # (every rank holds the same weights)
+                if epoch_end is not None and self.cfg.keep_epochs:
+                    save_result(self.model, self.cfg, self.run_dir, epoch=epoch_end)
+                save_result(self.model, self.cfg, self.run_dir)
+                training.save_state(os.path.join(self.run_dir, "state.safetensors"),
+                                    self.model, self.optimizer, self.scaler, self.position)
+            self.world.barrier()  # no rank goes on (or exits) before the checkpoint is whole
         self.saving = False
         self.log.write({"event": "checkpoint", "why": why, **where},
                        f"saved {self.run_dir} ({why}, step {where['step']})")
@@ -308,6 +342,10 @@ class Trainer:
                        f"train.py: {what} became {value} at step {step}; stopped, {kept}",
                        error=True)
         return False
+
+    def kept(self) -> str:
+        return (f"the last checkpoint (step {self.position['last_good']}) is in {self.run_dir}"
+                if self.position["last_good"] is not None else "no checkpoint was saved")
 
     def on_signal(self, signum, frame):
         """Ctrl-C or SIGTERM: save after this step and stop (exit 130 or 143). A second one
@@ -330,28 +368,40 @@ class Trainer:
             print(f"{self.run_dir} has run all its {self.total:,} steps already: nothing to do "
                   "(to train it longer, resume with a larger --max-steps or --epochs)")
             return 0
-        training.trim_log(self.run_dir, step)  # what ran after the checkpoint runs again
-        self.log = training.Log(self.run_dir, step, self.total)
+        if self.world.main:
+            training.trim_log(self.run_dir, step)  # what ran after the checkpoint runs again
+        self.log = training.Log(self.run_dir if self.world.main else None, step, self.total)
         self.log.write({"event": "start", "step": step, "total_steps": self.total,
-                        "trainable": sum(p.numel() for p in self.params)},
+                        "trainable": sum(p.numel() for p in self.params),
+                        "processes": self.world.size},
                        f"{describe(self.model, cfg)}; {len(self.train_set):,} examples, "
                        f"{self.steps_per_epoch:,} steps per epoch, {self.total:,} steps"
-                       + (f", resuming at step {step}" if step else ""))
+                       + (f", resuming at step {step}" if step else "")
+                       + (f"; {self.world.size} processes (torchrun), "
+                          f"{cfg.batch_size // self.world.size} examples of each batch apiece"
+                          if self.world.size > 1 else ""))
         if self.device.type == "cpu" and cfg.device == "auto":
             self.log.write({"event": "note", "device": "cpu"}, "no CUDA GPU here, so this "
                            "trains on the CPU: how long that takes is projected after the first "
                            f"{min(cfg.log_interval, self.total - step)} steps")
         previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
+            # the model's forward and backward; under torchrun, DDP (it syncs the ranks' weights)
+            self.forward = self.world.wrap(training.TrainingLoss(self.model, self.loss_fn,
+                                                                 cfg.label_smoothing))
             return self.epochs()
         except Stop as e:
-            kept = (f"the last checkpoint (step {self.position['last_good']}) is in {self.run_dir}"
-                    if self.position["last_good"] is not None else "no checkpoint was saved")
             self.log.write({"event": "quit", "signal": str(e), "step": self.position["step"]},
-                           f"train.py: {e} again: quit without saving; {kept}", error=True)
+                           f"train.py: {e} again: quit without saving; {self.kept()}",
+                           error=True)
             return e.code
         except Diverged as e:
             self.finite(float("nan"), e.args[0], what="the weights")
+            return 1
+        except distributed.LostRank as e:  # torchrun: another rank died or hung
+            self.log.write({"event": "lost", "error": str(e), "step": self.position["step"]})
+            if e.report:  # (rank 1 when rank 0 is the one lost)
+                print(f"train.py: {e}; stopped, {self.kept()}", file=sys.stderr, flush=True)
             return 1
         finally:
             for s, handler in previous.items():
@@ -378,8 +428,13 @@ class Trainer:
                 step, running_steps = step + 1, running_steps + 1
                 position["step"] = step
                 where = {"step": step, "epoch": epoch, "batch": b + 1}
+                # a signal may reach the ranks at different steps: all stop after the same one.
+                # (Asked before anything waits for the GPU: on GPUs this exchange, over gloo, is
+                # also what finds a rank that died while NCCL waits for it.)
+                stop = self.world.max(self.stop_code)
                 if step % cfg.log_interval == 0 or step == self.total:
-                    mean_loss = running.item() / running_steps
+                    loss_sum, tokens = self.world.sum(running, tokens)  # (of every rank)
+                    mean_loss = loss_sum / running_steps
                     if not self.finite(mean_loss, step):
                         return 1
                     self.log.progress(step, {"event": "train", "step": step, "epoch": epoch + 1,
@@ -390,20 +445,20 @@ class Trainer:
                     loss = self.dev_loss()
                     self.log.write({"event": "eval", "step": step, "epoch": epoch + 1,
                                     "dev_loss": loss}, f"step {step}: dev loss {loss:.4f}")
-                if self.stop_code is not None:
-                    if running_steps and not self.finite(running.item(), step):
+                if stop is not None:
+                    if not self.finite_sum(running, running_steps, step):
                         return 1
                     self.save(where, "interrupted")
                     self.log.write({"event": "stopped", "step": step}, f"stopped at step {step}; "
                                    f"continue with: python train.py --resume {self.run_dir}")
-                    return self.stop_code
+                    return stop
                 if cfg.save_every and step % cfg.save_every == 0 and step < self.total \
                         and b + 1 < len(batches):
-                    if running_steps and not self.finite(running.item(), step):
+                    if not self.finite_sum(running, running_steps, step):
                         return 1
                     self.save(where, f"every {cfg.save_every} steps")
             else:  # the epoch ran to its end
-                if running_steps and not self.finite(running.item() / running_steps, step):
+                if not self.finite_sum(running, running_steps, step):
                     return 1
                 loss = self.dev_loss()
                 self.log.write({"event": "eval", "step": step, "epoch": epoch + 1,
@@ -458,12 +513,13 @@ def resumed(cfg: RunConfig) -> RunConfig:
                      resume=os.path.abspath(cfg.resume), given=tuple(cfg.given))
 
 
-def checked(cfg: RunConfig) -> tuple[RunConfig, torch.device, torch.dtype | None]:
+def checked(cfg: RunConfig, world=distributed.ALONE) -> tuple[RunConfig, torch.device,
+                                                               torch.dtype | None]:
     """The run's settings (a resumed run's from its config.json), checked, before anything is
     loaded or written: (settings, device, autocast dtype)."""
     if cfg.resume:
         cfg = resumed(cfg)
-    device, amp_dtype = check(cfg)
+    device, amp_dtype = check(cfg, world)
     if not cfg.resume:  # paths recorded absolute, so a resume works from anywhere
         cfg = dataclasses.replace(cfg, out=cfg.out and os.path.abspath(cfg.out))
         for name in ("model", "data"):  # (a preset's name stays a name)
@@ -544,32 +600,38 @@ def begin(cfg, run_dir: str):
 
 
 class Job:
-    """A run that passed every check, its folder owned: run() trains it."""
+    """A run that passed every check, its folder owned (by rank 0): run() trains it."""
 
-    def __init__(self, cfg: RunConfig, owner: rundir.Claim, trainer: "Trainer"):
-        self.cfg, self.owner, self.trainer = cfg, owner, trainer
-        self.folder = owner.folder
+    def __init__(self, cfg: RunConfig, folder: str, owner: rundir.Claim | None,
+                 trainer: "Trainer"):
+        self.cfg, self.folder, self.owner, self.trainer = cfg, folder, owner, trainer
 
     def run(self) -> int:
         """Train (or go on training) to the last step; the folder is released however it ends."""
-        with self.owner:
-            begin(self.cfg, self.folder)
+        with self.owner or contextlib.nullcontext():
+            if self.owner:
+                begin(self.cfg, self.folder)
             return self.trainer.run()
 
 
-def prepare(cfg: RunConfig) -> Job:
+def prepare(cfg: RunConfig, world: distributed.World = distributed.ALONE) -> Job:
     """Every check, the run folder owned, the model and data loaded, nothing written. A user's
     error (cli.USER_ERRORS) or Ctrl-C meanwhile leaves everything as it was: the folder this
-    made, if any, goes again."""
-    cfg, device, amp_dtype = checked(cfg)
-    owner = run_directory(cfg)
+    made, if any, goes again. Under torchrun every rank calls it: rank 0 owns the folder, a
+    user error on any rank is raised on all (world.agree), downloads happen on rank 0 first."""
+    cfg, device, amp_dtype = world.agree(checked, cfg, world)
+    owner = world.agree(run_directory, cfg, main_only=True)
     try:
+        folder = world.broadcast(owner and owner.folder)  # (a new run's name is rank 0's)
         if not cfg.resume:
-            cfg.out = owner.folder
-        model, train_set, dev_set, state = setup(cfg, owner.folder, device)
-        trainer = Trainer(cfg, device, amp_dtype, model, train_set, dev_set, owner.folder, state)
+            cfg.out = folder
+        model, train_set, dev_set, state = world.agree(setup, cfg, folder, device,
+                                                       main_first=True)
+        trainer = world.agree(Trainer, cfg, device, amp_dtype, model, train_set, dev_set,
+                              folder, state, world)
     except BaseException:
-        owner.abandon()
-        owner.release()
+        if owner:
+            owner.abandon()
+            owner.release()
         raise
-    return Job(cfg, owner, trainer)
+    return Job(cfg, folder, owner, trainer)

@@ -16,12 +16,18 @@ at each epoch end, Ctrl-C and SIGTERM: save after the step, exit 130 / 143) is f
 reproduce.py runs too. `--resume RUN_DIR` continues exactly where a run stopped (the losses equal
 an uninterrupted run's), on another device if need be; only the flags in
 finetune.SAFE_ON_RESUME may change. A run folder belongs to one process at a time (rundir.py).
+
+    torchrun --standalone --nproc_per_node 4 train.py ...     # data-parallel over 4 GPUs
+
+trains the same run over several processes (distributed.py): --batch-size stays the global
+batch, each process takes its share of it, and rank 0 writes the run folder.
 """
 
 
 import sys
 
 import cli
+import distributed
 import finetune
 from data.e2e import prepare as e2e
 from finetune import METHODS, SAFE_ON_RESUME, RunConfig
@@ -106,15 +112,22 @@ def parse_args(argv=None) -> RunConfig:
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)
+    world = distributed.start()  # torchrun's processes join here; alone, nothing happens
     try:
-        job = finetune.prepare(cfg)
+        job = finetune.prepare(cfg, world)
     except KeyboardInterrupt:
         cli.interrupted("train.py", "stopped before training began; nothing was written"
                         + (f" (continue with: python train.py --resume {cfg.resume})"
                            if cfg.resume else ""))
     except cli.USER_ERRORS as e:
         cli.fail("train.py", e)
-    return job.run()
+    except distributed.LostRank as e:
+        if e.report:
+            print(f"train.py: {e}; stopped before training began", file=sys.stderr)
+        return 1
+    code = job.run()
+    world.close()
+    return code
 
 
 if __name__ == "__main__":

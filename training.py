@@ -2,7 +2,7 @@
 reference tokens, AdamW with the paper's settings, the learning-rate schedule, the epoch's batches,
 the dev loss, the resumable training state, and the run's log.
 
-Every function takes explicit arguments; the loop itself, with its flags, is train.py.
+Every function takes explicit arguments; the loop itself, with its flags, is finetune.py.
 """
 
 import json
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from checkpoint import (CheckpointError, load_metadata, load_tensors, save_tensors,
                         short_list, tensor_mismatch, write_atomic)
 from data.e2e.prepare import collate, loss_positions
+from distributed import ALONE
 
 
 def token_loss(model, inputs, positions, labels, label_smoothing: float = 0.0):
@@ -24,6 +25,18 @@ def token_loss(model, inputs, positions, labels, label_smoothing: float = 0.0):
     hidden = model.features(inputs).flatten(0, 1).index_select(0, positions)
     logits = model.lm_head(hidden).float()
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum")
+
+
+class TrainingLoss(torch.nn.Module):
+    """The training loss of a batch as one call of a module, loss(inputs, positions, labels):
+    what DistributedDataParallel wraps, since DDP sees only what runs inside forward()."""
+
+    def __init__(self, model, loss_fn, label_smoothing: float):
+        super().__init__()
+        self.model, self.loss_fn, self.label_smoothing = model, loss_fn, label_smoothing
+
+    def forward(self, inputs, positions, labels):
+        return self.loss_fn(self.model, inputs, positions, labels, self.label_smoothing)
 
 
 # --compile cuda-graphs: CUDA graphs replay one recorded shape each, so the sequence length is
@@ -90,18 +103,20 @@ def epoch_batches(examples, epoch: int, batch_size: int, seed: int,
 
 @torch.no_grad()
 def dev_loss(model, loss_fn, examples, batch_size: int, device, amp_dtype,
-             multiple: tuple[int, int] = (1, 1)) -> float:
+             multiple: tuple[int, int] = (1, 1), world=ALONE) -> float:
     """Mean cross-entropy per reference token on the dev examples (no label smoothing); multiple
-    as device_batch's."""
+    as device_batch's. Under torchrun each rank takes every world.size-th batch, and the sums
+    are added up over the ranks: the number one process computes."""
     model.eval()
     total, count = torch.zeros((), device=device), 0
-    for start in range(0, len(examples), batch_size):
+    for start in range(world.rank * batch_size, len(examples), world.size * batch_size):
         batch = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             total += loss_fn(model, *device_batch(batch, device, multiple))
         count += sum(len(tokens) - prompt_length for tokens, prompt_length in batch)
     model.train()
-    return total.item() / count
+    total, count = world.sum(total, count)
+    return total / count
 
 
 # --- the resumable state -------------------------------------------------------------------------
@@ -191,18 +206,22 @@ def trim_log(run_dir: str, step: int):
 
 class Log:
     """Progress on the terminal (a tqdm bar, or plain lines when stderr is not a terminal) and
-    every value in metrics.jsonl."""
+    every value in metrics.jsonl; run_dir None: nothing at all (the ranks of torchrun but 0)."""
 
-    def __init__(self, run_dir: str, step: int, total: int):
+    def __init__(self, run_dir: str | None, step: int, total: int):
         from tqdm import tqdm
 
-        self.file = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
+        self.silent = run_dir is None
+        self.file = None if self.silent else open(os.path.join(run_dir, "metrics.jsonl"), "a",
+                                                  encoding="utf-8")
         self.bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True,
-                        disable=not sys.stderr.isatty())
+                        disable=self.silent or not sys.stderr.isatty())
         self.total, self.start, self.start_step = total, time.time(), step
         self.projected = False  # the time the whole run takes, said once
 
     def write(self, record: dict, line: str | None = None, error: bool = False):
+        if self.silent:
+            return
         self.file.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
         self.file.flush()
         if line and (self.bar.disable or error):
@@ -229,4 +248,5 @@ class Log:
 
     def close(self):
         self.bar.close()
-        self.file.close()
+        if self.file:
+            self.file.close()

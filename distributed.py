@@ -1,0 +1,266 @@
+"""Many processes, one run: data parallelism over the processes that torchrun starts.
+
+    torchrun --standalone --nproc_per_node 4 train.py ...     # 4 GPUs of this machine
+    torchrun --standalone --nproc_per_node 2 sample.py --adapter RUN/adapter.safetensors
+
+torchrun (PyTorch's own launcher) starts N copies of a script and tells each, in environment
+variables, which one it is (RANK; LOCAL_RANK on its machine) and how many there are (WORLD_SIZE).
+start() joins them into one process group; started without torchrun it returns ALONE, a world of
+one process where every method below is a no-op, so the scripts run the same lines either way.
+
+What the scripts ask of a world, each a method with one collective:
+- agree(fn): a set-up step on every rank (rank 0 first where it downloads or caches). A user
+  error on any rank is raised on all of them, so every rank exits 2 and none waits for the
+  others; rank 0 alone prints it (cli.speaks).
+- share(batch), wrap(module), syncing(...): each rank's part of a global batch, and DDP, which
+  sums the ranks' gradients (after the last micro-batch only).
+- sum, max, gather, broadcast, barrier: the few values the ranks exchange.
+- A collective that fails because a rank died or hung raises LostRank, which names the rank
+  (a roll call after the failure); any other failure keeps its traceback.
+
+CPU tensors travel over gloo (flags, sums, decoded text: no wait for the GPU), CUDA tensors over
+NCCL (DDP's gradients). Every collective gives up after LORA_DIST_TIMEOUT seconds (default 600:
+it must cover rank 0 writing a checkpoint while the others wait). Ranks other than 0 stay quiet:
+their stdout goes nowhere, and their stderr, which still shows their tracebacks, is not a
+terminal (no progress bars).
+"""
+
+import contextlib
+import datetime
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from cli import USER_ERRORS, UserError
+
+
+class LostRank(Exception):
+    """A rank died or stopped answering, so the collectives cannot go on. `report`: whether this
+    process says so (rank 0, or rank 1 when rank 0 is the one lost)."""
+
+    def __init__(self, message: str, report: bool):
+        super().__init__(message)
+        self.report = report
+
+
+def launched() -> bool:
+    """Whether torchrun (or another launcher setting its variables) started this process."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+class World:
+    """This process's place among the run's processes; World() is one process alone."""
+
+    def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0,
+                 timeout: float = 600.0, roll=None):
+        self.rank, self.size, self.local_rank, self.timeout = rank, size, local_rank, timeout
+        self.roll = roll  # a gloo group kept for the roll call after a failure
+        self.broken = False  # a rank was lost: no more collectives
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def __repr__(self) -> str:
+        return f"rank {self.rank} of {self.size}"
+
+    # --- set-up ------------------------------------------------------------------------------
+
+    def place(self, device: torch.device) -> torch.device:
+        """The device of this rank: cuda:LOCAL_RANK under torchrun (one GPU per process)."""
+        if self.size == 1 or device.type != "cuda":
+            return device
+        if device.index not in (None, self.local_rank):
+            raise UserError(f"--device {device}: under torchrun each process takes the GPU of "
+                            "its LOCAL_RANK; give --device cuda (or auto)")
+        if self.local_rank >= torch.cuda.device_count():
+            raise UserError(f"torchrun started more processes on this machine than its "
+                            f"{torch.cuda.device_count()} GPUs; lower --nproc_per_node")
+        torch.cuda.set_device(self.local_rank)
+        return torch.device("cuda", self.local_rank)
+
+    def agree(self, fn, *args, main_first: bool = False, main_only: bool = False):
+        """fn(*args) on every rank (main_only: on rank 0 only, None elsewhere), its result
+        returned. A user error on any rank is raised on every rank: the lowest rank's, so all
+        stop together. main_first: rank 0 runs fn before the others start, so they read what it
+        downloaded or cached instead of writing it at the same time."""
+        if self.size == 1:
+            return fn(*args)
+        if main_first and not self.main:
+            self._verdict(None)  # rank 0's outcome: go on, or stop with its error
+        result, error = None, None
+        if self.main or not main_only:
+            try:
+                result = fn(*args)
+            except USER_ERRORS as e:
+                error = e
+        if main_first and self.main:
+            self._verdict(error)
+        self._verdict(error)
+        return result
+
+    def _verdict(self, error: Exception | None):
+        """Raise, on every rank, the user error of the lowest rank that had one."""
+        errors = [None] * self.size
+        with self.guard():  # every rank's error message, or None
+            dist.all_gather_object(errors, None if error is None else str(error))
+        for rank, message in enumerate(errors):
+            if message is not None:
+                if rank == self.rank:
+                    raise error
+                raise UserError(message if rank == 0 else f"rank {rank}: {message}")
+
+    # --- training ----------------------------------------------------------------------------
+
+    def share(self, batch: list) -> list:
+        """This rank's examples of a global batch: every size-th one, from the rank-th on."""
+        return batch[self.rank::self.size]
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """DDP around module: its backward all-reduces the gradients (an average over ranks).
+        No find_unused_parameters: every trainable tensor (LoRA's A and B, an adapter's, or all
+        of them in full fine-tuning) takes part in every forward pass, and frozen ones have no
+        gradient for DDP to wait for."""
+        if self.size == 1:
+            return module
+        device = next(module.parameters()).device
+        return torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None)
+
+    @contextlib.contextmanager
+    def syncing(self, module, now: bool):
+        """Around one micro-batch's forward and backward: DDP all-reduces the gradients only
+        when `now` (the last micro-batch); before it, they accumulate on each rank (no_sync)."""
+        sync = contextlib.nullcontext() if now or self.size == 1 else module.no_sync()
+        with sync, self.guard():
+            yield
+
+    def seed_step(self, seed: int, step: int):
+        """Dropout's random masks. Rank 0 draws them from the run's own RNG stream, saved in its
+        checkpoints as one process does; the other ranks from a seed of (seed, rank, step), so
+        a resumed run draws theirs again without their states being saved."""
+        if self.rank:
+            torch.manual_seed((seed * 1_000_003 + self.rank) * 1_000_003 + step)
+
+    # --- the values the ranks exchange -------------------------------------------------------
+
+    def sum(self, *values) -> list[float]:
+        """Each value (a number or a one-element tensor) summed over the ranks, as floats."""
+        if self.size == 1:
+            return [float(v) for v in values]
+        total = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        with self.guard():
+            dist.all_reduce(total)  # a CPU tensor: over gloo
+        return total.tolist()
+
+    def max(self, code: int | None) -> int | None:
+        """The largest code of any rank (None counts as 0, and 0 comes back as None): a stop
+        that one rank was asked for becomes every rank's."""
+        if self.size == 1:
+            return code
+        flag = torch.tensor([code or 0])
+        with self.guard():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag) or None
+
+    def gather(self, items: list) -> list:
+        """Every rank's items, concatenated in rank order, on rank 0 ([] on the others)."""
+        if self.size == 1:
+            return items
+        parts = [None] * self.size if self.main else None
+        with self.guard():
+            dist.gather_object(items, parts, dst=0)
+        return [item for part in parts for item in part] if self.main else []
+
+    def broadcast(self, value):
+        """Rank 0's value, on every rank."""
+        if self.size == 1:
+            return value
+        box = [value]
+        with self.guard():
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self):
+        """Wait until every rank is here (after rank 0 writes what the others must not outrun)."""
+        if self.size > 1:
+            with self.guard():
+                dist.barrier()
+
+    # --- when a rank is lost -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def guard(self):
+        """Collectives inside: a failure because a rank died or hung becomes LostRank, naming
+        it; a failure with every rank still answering stays what it was (a bug: traceback)."""
+        try:
+            yield
+        except RuntimeError as e:  # what gloo and NCCL raise (DistBackendError is one)
+            if self.size == 1 or not (lost := self.missing()):
+                raise
+            ranks, self.broken = ", ".join(map(str, lost)), True
+            raise LostRank(f"rank {ranks} of {self.size} stopped answering (it died, or hung "
+                           f"for over {self.timeout:.0f} s)",
+                           report=self.main or (self.rank == 1 and lost == [0])) from None
+
+    def missing(self) -> list[int]:
+        """After a collective failed: the ranks that do not answer a roll call within the
+        timeout. Rank 0 calls each rank over the roll group and answers those that reply; a
+        rank that hears nothing back has lost rank 0."""
+        deadline = time.monotonic() + self.timeout
+
+        def waited(op, peer) -> bool:  # one message to or from peer, in the time left
+            try:
+                left = max(deadline - time.monotonic(), 0.001)
+                op(torch.zeros(1), peer, group=self.roll).wait(datetime.timedelta(seconds=left))
+                return True
+            except RuntimeError:  # the peer is gone (connection closed) or silent (timeout)
+                return False
+
+        if not self.main:
+            return [] if waited(dist.isend, 0) and waited(dist.irecv, 0) else [0]
+        answered = [r for r in range(1, self.size) if waited(dist.irecv, r)]
+        for r in answered:
+            waited(dist.isend, r)
+        return [r for r in range(1, self.size) if r not in answered]
+
+    def close(self):
+        """Leave the process group (at the end of a script that started one)."""
+        if self.size > 1 and dist.is_initialized() and not self.broken:
+            dist.destroy_process_group()
+
+
+ALONE = World()
+
+
+class _NotATerminal:
+    """stderr of a rank other than 0: written as usual, but no terminal, so no progress bars."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def start() -> World:
+    """This process's world: torchrun's process group, joined, or ALONE without torchrun."""
+    if not launched():
+        return ALONE
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    timeout = float(os.environ.get("LORA_DIST_TIMEOUT", 600))
+    # CPU tensors over gloo, CUDA tensors over NCCL, in one group
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and dist.is_nccl_available() \
+        else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+    roll = dist.new_group(backend="gloo")  # untouched until a failure: the roll call's
+    if rank:  # one voice, rank 0's
+        sys.stdout = open(os.devnull, "w")
+        sys.stderr = _NotATerminal(sys.stderr)
+    return World(rank, size, int(os.environ.get("LOCAL_RANK", 0)), timeout, roll)

@@ -41,7 +41,7 @@ import training
 from checkpoint import write_atomic
 from cli import HelpFormatter
 from data.e2e import prepare as e2e
-from decoding import beam_search, decode
+from decoding import batches, beam_search, decode
 from model import GPT, GPTConfig
 
 SMALL = dict(n_layer=4, n_head=4, n_embd=256)  # --small: GPT-2's vocabulary, a small body
@@ -370,19 +370,15 @@ def bench_decode(setup) -> dict:
         decode(ours, prompts, beam=10, length_penalty=0.9, no_repeat_ngram=4, max_new_tokens=64,
                batch_size=args.decode_batch, amp_dtype=amp_dtype, stop_tokens=(), progress=False)
 
-    def generate(prompts):
-        by_length = {}
-        for p in prompts:
-            by_length.setdefault(len(p), []).append(p)
-        for group in by_length.values():
-            for s in range(0, len(group), args.decode_batch):
-                ids = torch.tensor(group[s:s + args.decode_batch], device=device)
-                with torch.no_grad(), amp(device):
-                    theirs.generate(ids, attention_mask=torch.ones_like(ids), num_beams=10,
-                                    length_penalty=0.9, no_repeat_ngram_size=4,
-                                    max_new_tokens=64, min_new_tokens=64, do_sample=False,
-                                    early_stopping=False, pad_token_id=e2e.EOT,
-                                    eos_token_id=e2e.EOT)
+    def generate(prompts):  # the batches ours searches
+        for chunk in batches(prompts, args.decode_batch):
+            ids = torch.tensor([prompts[i] for i in chunk], device=device)
+            with torch.no_grad(), amp(device):
+                theirs.generate(ids, attention_mask=torch.ones_like(ids), num_beams=10,
+                                length_penalty=0.9, no_repeat_ngram_size=4,
+                                max_new_tokens=64, min_new_tokens=64, do_sample=False,
+                                early_stopping=False, pad_token_id=e2e.EOT,
+                                eos_token_id=e2e.EOT)
     beam_search_ours(prompts[:2])
     generate(prompts[:2])
     seconds_ours = timed(lambda: beam_search_ours(prompts), device)

@@ -132,39 +132,56 @@ def search_bytes(config, rows: int, beam: int, prompt_length: int, max_new_token
     return 4 * (cache + 4 * sequences * config.vocab_size)
 
 
-def decode(model, prompts: list[list[int]], *, beam: int = 10, length_penalty: float = 0.9,
-           no_repeat_ngram: int = 4, max_new_tokens: int = 64, batch_size: int = 32,
-           use_cache: bool = True, amp_dtype: torch.dtype | None = None,
-           stop_tokens=STOP_TOKENS, progress: bool = True, on_batch=None) -> list[list[int]]:
-    """Beam-search many prompts: batched by prompt length (no padding), in the input order,
-    under autocast to amp_dtype (None: fp32). on_batch(indices, outputs), if given, sees each
-    batch's outputs as soon as they are found (sample.py writes them to disk)."""
-    from tqdm import tqdm
-
-    device = next(model.parameters()).device
+def batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
+    """The indices of the prompts searched together: of one length each (no padding), at most
+    batch_size, in the input order within a length."""
     by_length = {}
     for i, p in enumerate(prompts):
         by_length.setdefault(len(p), []).append(i)
+    return [indices[s:s + batch_size] for indices in by_length.values()
+            for s in range(0, len(indices), batch_size)]
+
+
+def decode(model, prompts: list[list[int]], *, beam: int = 10, length_penalty: float = 0.9,
+           no_repeat_ngram: int = 4, max_new_tokens: int = 64, batch_size: int = 32,
+           use_cache: bool = True, amp_dtype: torch.dtype | None = None,
+           stop_tokens=STOP_TOKENS, progress: bool = True, on_batch=None,
+           shard: tuple[int, int] = (0, 1)) -> list[list[int]]:
+    """Beam-search many prompts: batched by prompt length (no padding), in the input order,
+    under autocast to amp_dtype (None: fp32). on_batch(indices, outputs), if given, sees each
+    batch's outputs as soon as they are found (sample.py writes them to disk).
+
+    shard (rank, size): search only every size-th batch, from the rank-th on (the others' are
+    None in the result); the batches are the ones one process searches, so each output is the
+    same. on_batch is then called once per round of `size` batches, on every rank, with an
+    empty batch where this rank has none in the round."""
+    from tqdm import tqdm
+
+    device = next(model.parameters()).device
+    rank, size = shard
     outputs = [None] * len(prompts)
     bar = tqdm(total=len(prompts), unit="MR", disable=not (progress and sys.stderr.isatty()))
     done, every, start = 0, max(1, len(prompts) // 10), time.time()  # no terminal: a line a tenth
-    for indices in by_length.values():
-        for s in range(0, len(indices), batch_size):
-            chunk = indices[s:s + batch_size]
+    todo = batches(prompts, batch_size)
+    for first in range(0, len(todo), size):
+        chunk = todo[first + rank] if first + rank < len(todo) else []
+        results = []
+        if chunk:
             batch = torch.tensor([prompts[i] for i in chunk], device=device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 results = beam_search(model, batch, beam, length_penalty, no_repeat_ngram,
                                       max_new_tokens, stop_tokens, use_cache=use_cache)
-            for i, tokens in zip(chunk, results):
-                outputs[i] = tokens
-            if on_batch is not None:
-                on_batch(chunk, results)
-            bar.update(len(chunk))
-            done += len(chunk)
-            if progress and bar.disable and done // every > (done - len(chunk)) // every \
-                    and done < len(prompts):
-                seconds = time.time() - start
-                print(f"decoded {done}/{len(prompts)} MRs in {seconds:.0f} s, about "
-                      f"{seconds / done * (len(prompts) - done):.0f} s to go", flush=True)
+        for i, tokens in zip(chunk, results):
+            outputs[i] = tokens
+        if on_batch is not None:
+            on_batch(chunk, results)
+        n = sum(map(len, todo[first:first + size]))  # (the round's, on every rank)
+        bar.update(n)
+        done += n
+        if progress and bar.disable and done // every > (done - n) // every \
+                and done < len(prompts):
+            seconds = time.time() - start
+            print(f"decoded {done}/{len(prompts)} MRs in {seconds:.0f} s, about "
+                  f"{seconds / done * (len(prompts) - done):.0f} s to go", flush=True)
     bar.close()
     return outputs

@@ -6,6 +6,10 @@ outputs stream to STEM.tsv.part as they are found, so an interrupted decode resu
 with the same settings: model, adapter, split, decoding); then STEM.tsv holds (MR, output) rows,
 written before anything is scored, and STEM.scores.json the five metrics (data/e2e/metrics.py)
 with what was decoded and how.
+
+Under torchrun (world, distributed.py) each rank searches its share of the batches one process
+searches, rank 0 gathers the outputs as each round of batches ends and writes every file: the
+same predictions, byte for byte, scored once.
 """
 
 import csv
@@ -24,6 +28,7 @@ from cli import UserError
 from data.e2e import metrics
 from data.e2e import prepare as e2e
 from decoding import decode, search_bytes
+from distributed import ALONE
 
 
 @dataclasses.dataclass
@@ -93,9 +98,10 @@ def check_search(model, decoding: Decoding, prompts: list[list[int]], device):
                         + (" or --batch-size" if rows > 1 else ""))
 
 
-def partial(path: str, settings: dict, force: bool) -> dict[int, str]:
+def resumed_part(path: str, settings: dict, force: bool) -> dict[int, str]:
     """The outputs a decode with the same settings already wrote to path (a JSONL file that
     grows as MRs finish); another decode's file is refused, or with force started afresh."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if not os.path.exists(path):
         return {}
     with open(path, encoding="utf-8") as f:
@@ -129,38 +135,43 @@ def decoded_so_far(stem: str) -> int | None:
 
 
 def evaluate(model, *, split: str, data: str | None, format: str, limit: int, stem: str,
-             decoding: Decoding, what: dict, force: bool, meteor: bool, device) -> dict:
+             decoding: Decoding, what: dict, force: bool, meteor: bool, device,
+             world=ALONE) -> dict | None:
     """Decode each distinct MR of the split once (the first `limit`, 0: all), resuming from
-    STEM.tsv.part, write STEM.tsv, score, write STEM.scores.json; returns that report. what:
-    identity()'s record of the model decoded."""
-    groups, source = e2e.eval_groups(split, data, format)
+    STEM.tsv.part, write STEM.tsv, score, write STEM.scores.json; returns that report (None on
+    the ranks of torchrun but 0). what: identity()'s record of the model decoded."""
+    groups, source = world.agree(e2e.eval_groups, split, data, format, main_first=True)
     if limit:
         groups = groups[:limit]
     enc = e2e.tokenizer()
     prompts = [enc.encode(ctx) + [e2e.EOT] for _, ctx, _ in groups]
-    check_search(model, decoding, prompts, device)
+    world.agree(check_search, model, decoding, prompts, device)
     settings = decode_settings(what, len(groups), split, format, decoding)
     part = stem + ".tsv.part"
-    os.makedirs(os.path.dirname(os.path.abspath(part)), exist_ok=True)
-    texts = partial(part, settings, force)
-    todo = [i for i in range(len(groups)) if i not in texts]
+    texts = world.agree(resumed_part, part, settings, force, main_only=True) or {}
+    todo = world.broadcast([i for i in range(len(groups)) if i not in texts])  # (rank 0's)
     if texts:
         print(f"resuming: {len(texts)} of {cli.plural(len(groups), 'MR')} were decoded already "
               f"({part})")
-    with open(part, "a", encoding="utf-8") as f:
+    n_tokens = 0
+    with open(part if world.main else os.devnull, "a", encoding="utf-8") as f:  # rank 0 writes
         if not texts:
             f.write(json.dumps({"settings": settings}) + "\n")
 
-        def write(chunk, outputs):  # as each batch finishes
-            for j, tokens in zip(chunk, outputs):
+        def write(chunk, outputs):  # as each batch (under torchrun: each round) finishes
+            nonlocal n_tokens
+            for j, tokens in world.gather(list(zip(chunk, outputs))):  # (on rank 0: all ranks')
                 texts[todo[j]] = output_text(enc, tokens)
                 f.write(json.dumps({"i": todo[j], "output": texts[todo[j]]}) + "\n")
+                n_tokens += len(tokens)
             f.flush()
 
         start = time.time()
-        outputs = decode(model, [prompts[i] for i in todo], **decoding.kwargs(), on_batch=write)
+        decode(model, [prompts[i] for i in todo], **decoding.kwargs(), on_batch=write,
+               shard=(world.rank, world.size))
         seconds = time.time() - start
-    n_tokens = sum(len(tokens) for tokens in outputs)
+    if not world.main:
+        return None
     print(f"decoded {cli.plural(len(todo), 'MR')} ({n_tokens:,} tokens) in {seconds:.1f} s: "
           f"{len(todo) / max(seconds, 1e-9):.1f} MRs/s, {n_tokens / max(seconds, 1e-9):,.0f} "
           f"tokens/s (beam {decoding.beam}{'' if decoding.use_cache else ', no KV cache'})")

@@ -10,6 +10,11 @@ Decoding follows the paper (Table 11): beam search (decoding.py) with 10 beams, 
 Each distinct MR of the test set (630) is decoded once; the predictions (MR, output) are written
 beside the adapter before they are scored with the official E2E metrics (data/e2e/metrics.py).
 `--latency` times the forward pass of the Table 1 variants (latency.py).
+
+    torchrun --standalone --nproc_per_node 4 sample.py --adapter RUN_DIR/adapter.safetensors
+
+decodes the test set over 4 processes (GPUs): each searches a share of the batches, rank 0
+writes the predictions (the same file, byte for byte) and scores them once (distributed.py).
 """
 
 import json
@@ -22,6 +27,7 @@ import torch
 
 import adapter
 import cli
+import distributed
 import evaluation
 import latency
 import lora
@@ -131,13 +137,15 @@ def decoding(args) -> Decoding:
                     amp_dtype=args.amp_dtype)
 
 
-def evaluate_split(model, kind: str, args, device) -> dict:
+def evaluate_split(model, kind: str, args, device, world) -> dict | None:
     """Decode and score the split (evaluation.py), then print the row next to the paper's."""
     report = evaluation.evaluate(
         model, split=args.split, data=args.data, format=args.format, limit=args.limit,
         stem=output_stem(args), decoding=decoding(args),
         what=evaluation.identity(base_name(args), args.adapter), force=args.force,
-        meteor=not args.no_meteor, device=device)
+        meteor=not args.no_meteor, device=device, world=world)
+    if report is None:  # (a rank of torchrun but 0: rank 0 scores)
+        return None
     size = None if run_config(args).get("random_init") else paper_results.size_of(model.config)
     print(f"references: {report['references']}")
     print(table3(report["scores"], size, kind, args))
@@ -284,7 +292,7 @@ def check_flags(args):
                         "when sampling: add --temperature (0, the default, is greedy)")
 
 
-def check(args) -> torch.device:
+def check(args, world=distributed.ALONE) -> torch.device:
     """Refuse bad flags before anything is loaded; returns the device."""
     for flag, value in {"--beam": args.beam, "--max-new-tokens": args.max_new_tokens,
                         "--batch-size": args.batch_size}.items():
@@ -299,6 +307,10 @@ def check(args) -> torch.device:
     if args.prompt is not None and not args.prompt.strip():
         raise UserError("--prompt is empty: give some text to continue")
     check_flags(args)
+    if world.size > 1 and (args.latency or args.prompt is not None or args.mr is not None):
+        raise UserError(f"--{'latency' if args.latency else 'mr' if args.mr else 'prompt'} runs "
+                        "in one process: start sample.py without torchrun (torchrun shares the "
+                        "test set's MRs among its processes)")
     if args.mr is not None:
         try:
             e2e.check_mr(args.mr)
@@ -308,7 +320,7 @@ def check(args) -> torch.device:
                         "--temperature": args.temperature}.items():
         if not math.isfinite(value):
             raise UserError(f"{flag} must be a finite number, got {value}")
-    device = cli.pick_device(args.device)
+    device = world.place(cli.pick_device(args.device))
     # fp32 unless --dtype says otherwise, as the released code decodes
     args.amp_dtype = cli.amp_dtype(device, args.dtype, "decoding", auto=None)
     if args.latency:
@@ -374,28 +386,37 @@ def kept(args, decoding_test_set: bool) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    owner = None  # the output folder's lock, while decoding the test set
+    world = distributed.start()  # torchrun's processes join here; alone, nothing happens
+    owner = None  # the output folder's lock (rank 0's), while decoding the test set
+    test_set = args.prompt is None and args.mr is None and not args.latency
+    claimed = False  # (on every rank: the folder is rank 0's)
     try:
-        device = check(args)
+        device = world.agree(check, args, world)
         if args.latency:
             run_latency(args, device)
             return 0
-        if args.prompt is None and args.mr is None:
-            owner = claim_output(args)
-        model, kind = load_model(args, device)
-        if owner is None:
+        if test_set:
+            owner = world.agree(claim_output, args, main_only=True)
+            claimed = True
+        model, kind = world.agree(load_model, args, device, main_first=True)
+        if not test_set:
             one_input(model, args, device)
         else:
-            evaluate_split(model, kind, args, device)
+            evaluate_split(model, kind, args, device, world)
     except (*cli.USER_ERRORS, KeyboardInterrupt) as e:
         if owner is not None:  # a folder made for this decode goes again if it stayed empty
             owner.abandon()
         if isinstance(e, KeyboardInterrupt):
-            cli.interrupted("sample.py", kept(args, owner is not None))
+            cli.interrupted("sample.py", kept(args, claimed))
         cli.fail("sample.py", e)
+    except distributed.LostRank as e:  # torchrun: another rank died or hung
+        if e.report:
+            print(f"sample.py: {e}; {kept(args, claimed)}", file=sys.stderr)
+        return 1
     finally:
         if owner is not None:
             owner.release()
+    world.close()
     return 0
 
 

@@ -23,10 +23,13 @@ settings and versions) and results.md (the tables), and plots when matplotlib is
 Rerunning the same command skips what is done and resumes what was interrupted (a run from its
 last checkpoint, a decode from its .part file), so a kill at any moment costs at most one
 checkpoint interval. The stages run one after another in this process: no scheduler of ours.
-Built from the modules (finetune.py, evaluation.py, lora.py, adapter.py), never from train.py or
-sample.py.
+With --nproc N the command starts itself again under torchrun (PyTorch's launcher) with N
+processes, and each stage runs data-parallel over them (distributed.py): training as
+`torchrun train.py` does it, decoding as `torchrun sample.py`. Built from the modules
+(finetune.py, evaluation.py, lora.py, adapter.py), never from train.py or sample.py.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -40,6 +43,7 @@ import torch
 
 import adapter
 import cli
+import distributed
 import evaluation
 import finetune
 import lora
@@ -208,7 +212,7 @@ def trained(folder: str, epochs: int, cfg: RunConfig) -> bool:
                         for e in range(1, epochs + 1))
 
 
-def train(unit: Unit, folder: str) -> tuple[int, int]:
+def train(unit: Unit, folder: str, world) -> tuple[int, int]:
     """Start or resume the run: (train.py's exit code, the steps it ran)."""
     config = os.path.join(folder, "config.json")
     if os.path.isfile(config):  # resumed where it stopped, on this command's device
@@ -219,7 +223,7 @@ def train(unit: Unit, folder: str) -> tuple[int, int]:
                         given=("resume", *changed))
     else:
         cfg = dataclasses.replace(unit.config, out=folder)
-    job = finetune.prepare(cfg)
+    job = finetune.prepare(cfg, world)
     first = job.trainer.position["step"]
     code = job.run()
     return code, job.trainer.position["step"] - first
@@ -231,11 +235,11 @@ def undecoded(unit: Unit, folder: str) -> list[tuple[int, str]]:
             if not os.path.exists(stem(folder, e, split) + ".scores.json")]
 
 
-def decode_run(unit: Unit, folder: str, settings: dict, search: Decoding, device) -> int:
+def decode_run(unit: Unit, folder: str, settings: dict, search: Decoding, device, world) -> int:
     """Decode and score every kept epoch of one run on test and dev (what is done is skipped);
     returns the MRs decoded. The base model is loaded once and the epochs' adapters switched on
     it: unmerge, load, merge (the paper's task switching, Sec. 4.1)."""
-    todo = undecoded(unit, folder)
+    todo = world.broadcast(undecoded(unit, folder))  # (rank 0's view of the folder)
     cfg, model, merged, decoded = unit.config, None, False, 0
     for epoch in sorted({e for e, _ in todo}):
         path = finetune.result_path(cfg, folder, epoch)
@@ -260,8 +264,8 @@ def decode_run(unit: Unit, folder: str, settings: dict, search: Decoding, device
                 model, split=split, data=cfg.data, format=cfg.format, limit=settings["mrs"],
                 stem=stem(folder, epoch, split), decoding=search,
                 what=evaluation.identity(*what), force=False, meteor=settings["meteor"],
-                device=device)
-            decoded += report["mrs"] - before
+                device=device, world=world)
+            decoded += report["mrs"] - before if report else 0
     return decoded
 
 
@@ -471,31 +475,45 @@ def steps_done(folder: str) -> int:
 STAGE_ERRORS = tuple(e for e in cli.USER_ERRORS if e is not FileNotFoundError)
 
 
-def run(settings: dict, units: list[Unit], exp: str, args, device) -> int:
-    """Train what is not trained, decode what is not decoded, then the results."""
+def stages(settings: dict, units: list[Unit], exp: str, args) -> tuple[list, dict, dict]:
+    """What is left: the runs to train (with their steps left) and to decode (their MRs)."""
     mrs = mrs_per_split(settings, args.data)
-    to_train = [u for u in units if not trained(run_folder(exp, u), u.config.epochs, u.config)]
+    to_train = [u.name for u in units
+                if not trained(run_folder(exp, u), u.config.epochs, u.config)]
     examples = len(e2e.load_examples("train", args.data, units[0].config.format)) if to_train else 0
-    left = {u.name: steps_per_run(u, examples) - steps_done(run_folder(exp, u)) for u in to_train}
+    left = {u.name: steps_per_run(u, examples) - steps_done(run_folder(exp, u))
+            for u in units if u.name in to_train}
     to_decode = {u.name: sum(mrs[split] for _, split in undecoded(u, run_folder(exp, u)))
                  for u in units}
-    to_decode = {name: n for name, n in to_decode.items() if n}
+    return to_train, left, {name: n for name, n in to_decode.items() if n}
+
+
+def run(settings: dict, units: list[Unit], exp: str, args, device,
+        world=distributed.ALONE) -> int:
+    """Train what is not trained, decode what is not decoded, then the results."""
+    # what is left, as rank 0 finds it (rank 0 writes the folder)
+    to_train, left, to_decode = world.broadcast(stages(settings, units, exp, args)
+                                                if world.main else None)
     progress = Progress(len(to_train) + len(to_decode), sum(left.values()),
                         sum(to_decode.values()))
-    for u in to_train:
+    for u in [u for u in units if u.name in to_train]:
         start = time.time()
-        code, ran = train(u, run_folder(exp, u))
+        code, ran = train(u, run_folder(exp, u), world)
         if code:
             what = ("diverged (its loss or weights became NaN): the experiment cannot go on "
-                    "without it" if code == 1 else "stopped: rerun the same command to go on")
-            print(f"reproduce.py: {u.name} {what}", file=sys.stderr)
+                    "without it" if code == 1 and not world.broken
+                    else "stopped: rerun the same command to go on")
+            if cli.speaks():
+                print(f"reproduce.py: {u.name} {what}", file=sys.stderr)
             return code
         progress.stage(f"trained {u.name}", "steps", ran, time.time() - start, left[u.name])
     for u in units:
         if u.name in to_decode:
             start = time.time()
-            n = decode_run(u, run_folder(exp, u), settings, decoding(args), device)
+            n = decode_run(u, run_folder(exp, u), settings, decoding(args), device, world)
             progress.stage(f"decoded {u.name}", "MRs", n, time.time() - start, to_decode[u.name])
+    if not world.main:  # rank 0 writes the results
+        return 0
     result = results(settings, units, exp)
     write_atomic(os.path.join(exp, "results.json"), json.dumps(result, indent=2,
                                                                sort_keys=True))
@@ -540,35 +558,71 @@ def parse_args(argv=None):
         q.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
         q.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                        help="training's autocast dtype on CUDA (decoding is fp32)")
+        q.add_argument("--nproc", type=int, default=1,
+                       help="processes (GPUs) per stage: N > 1 runs the command under torchrun "
+                            "(--standalone, this machine), data-parallel")
     args = p.parse_args(argv)
-    for flag in ("epochs", "beam", "max_new_tokens", "batch_size"):
+    for flag in ("epochs", "beam", "max_new_tokens", "batch_size", "nproc"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if RunConfig().batch_size % args.nproc:
+        p.error(f"--nproc {args.nproc}: the paper's batch of {RunConfig().batch_size} examples "
+                "does not split over that many processes")
     if min(args.limit, args.mrs, args.save_every) < 0:
         p.error("--limit, --mrs and --save-every must not be negative")
     return args
 
 
+def inputs(args, world) -> torch.device:
+    """The data, the vocabulary and the device the stages need, found (or downloaded) now:
+    missing, they are said before the folder is made, not hours later."""
+    e2e.locate(args.data)
+    e2e.tokenizer()
+    return world.place(cli.pick_device(args.device))
+
+
+def torchrun(nproc: int, argv: list[str]):
+    """This same command under torchrun, with nproc processes on this machine: this process
+    becomes torchrun (PyTorch's launcher), whose exit code is the command's."""
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              f"--nproc_per_node={nproc}", "--", os.path.abspath(__file__),
+                              *argv])  # ("--": torchrun reads none of argv as its own flags)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    relaunch = args.nproc > 1 and not distributed.launched()
+    world = distributed.ALONE if relaunch else distributed.start()  # torchrun's ranks join here
     try:
-        settings, units = plan(args)
-        e2e.locate(args.data)  # the data and the vocabulary the stages need, found (or downloaded)
-        e2e.tokenizer()  # now: missing, they are said before the folder is made, not hours later
-        device = cli.pick_device(args.device)
+        settings, units = world.agree(plan, args)
+        device = world.agree(inputs, args, world, main_first=True)
+        if relaunch:  # everything checked: now the same command over --nproc processes
+            torchrun(args.nproc, sys.argv[1:] if argv is None else [str(a) for a in argv])
         exp = os.path.abspath(args.out or os.path.join(
             "runs", f"{args.command}-{os.path.basename(args.model.rstrip('/'))}"))
-        owner = open_experiment(exp, settings)
+        owner = world.agree(open_experiment, exp, settings, main_only=True)
     except cli.USER_ERRORS as e:
         cli.fail("reproduce.py", e)
-    with owner:
+    except distributed.LostRank as e:
+        if e.report:
+            print(f"reproduce.py: {e}; nothing was started", file=sys.stderr)
+        return 1
+    with owner or contextlib.nullcontext():
         try:
-            return run(settings, units, exp, args, device)
+            code = run(settings, units, exp, args, device, world)
         except KeyboardInterrupt:
             cli.interrupted("reproduce.py", f"stopped; what was done is kept in {exp}: rerun the "
                             "same command to go on from there")
         except STAGE_ERRORS as e:  # a download that fails, METEOR that breaks, ...
             cli.fail("reproduce.py", e)
+        except distributed.LostRank as e:  # under torchrun: another rank died or hung
+            if e.report:
+                print(f"reproduce.py: {e}; what was done is kept in {exp}: rerun the same "
+                      "command to go on from there", file=sys.stderr)
+            return 1
+    world.close()
+    return code
 
 
 if __name__ == "__main__":

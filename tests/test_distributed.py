@@ -1,0 +1,295 @@
+"""Many processes (distributed.py) on CPU, gloo on localhost, each checked against one process:
+torchrun train.py (every method, with and without --grad-accum) gives the one-process losses,
+dev losses and weights; a stop reaches every rank; a run moves 2 -> 1 -> 2 processes and ends
+as if never stopped; a lost rank ends the other with one line; torchrun sample.py writes the
+one-process predictions byte for byte; a user error is one line, once.
+
+Two ways to start the ranks: torchrun itself (what users run), and by hand with torchrun's
+variables (RANK, WORLD_SIZE, MASTER_ADDR, ...) where a test must reach one rank alone: signal it,
+kill it, give it other flags, or read its exit code (torchrun reports only its own).
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, run_main
+from safetensors.torch import load_file
+
+import finetune
+import reproduce
+import sample
+import train
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            "2", "--"]
+
+
+@pytest.fixture(scope="module")
+def data(e2e_data, gpt2_vocab):
+    return e2e_data
+
+
+def flags(tiny, data, out, *extra):
+    """20 steps at the global batch of 8 on 97 examples: the epoch's 13th batch holds one
+    example, so rank 1 has none of it. No dropout: each rank would draw its own masks."""
+    return ["--model", tiny, "--data", data, "--device", "cpu", "--out", str(out),
+            "--limit", "97", "--max-steps", "20", "--warmup", "0", "--log-interval", "1",
+            "--eval-interval", "5", "--save-every", "0", "--dropout", "0", *extra]
+
+
+METHODS = {"lora": ["--lr", "1e-2", "--lora-dropout", "0"], "full": ["--method", "full", "--lr", "1e-3"],
+           "adapter_h": ["--method", "adapter_h", "--lr", "1e-2"],
+           "adapter_l": ["--method", "adapter_l", "--lr", "1e-2"]}
+
+
+def records(run_dir) -> list[tuple]:
+    """(event, step, value) of every training loss and dev loss logged, in order."""
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [(r["event"], r["step"], r.get("loss", r.get("dev_loss")))
+                for r in map(json.loads, f) if r["event"] in ("train", "eval")]
+
+
+def assert_same_run(actual, expected):
+    """The same losses logged at the same steps, each within 1e-5 relative."""
+    assert [r[:2] for r in actual] == [r[:2] for r in expected]
+    for (event, step, a), (_, _, b) in zip(actual, expected):
+        assert abs(a - b) <= 1e-5 * abs(b), (event, step, a, b)
+
+
+def result_tensors(run_dir) -> dict:
+    """The run's adapter, or its model without the key biases. A key bias has a gradient of
+    exactly 0 (a query's scores all move by q . b_k, which the softmax ignores), so AdamW turns
+    its rounding noise into steps of about lr: those weights are noise, in one process too."""
+    path = os.path.join(run_dir, "adapter.safetensors")
+    if os.path.exists(path):
+        return load_file(path)
+    tensors = load_file(os.path.join(run_dir, "model", "model.safetensors"))
+    for name in [n for n in tensors if n.endswith("attn.c_attn.bias")]:  # [q | k | v]
+        q, _, v = tensors[name].chunk(3)
+        tensors[name] = torch.cat([q, v])
+    return tensors
+
+
+def one_process(argv) -> int:
+    """train.py's run in this process (seconds quicker than a new interpreter)."""
+    return finetune.prepare(train.parse_args(argv)).run()
+
+
+def torchrun(script, *args):
+    return subprocess.Popen([*TORCHRUN, str(REPO / script), *map(str, args)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def by_hand(script, argvs, **env):
+    """The ranks started as torchrun starts them (its variables), one argv per rank."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [subprocess.Popen([sys.executable, str(REPO / script), *map(str, argv)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "RANK": str(r), "LOCAL_RANK": str(r),
+                                  "WORLD_SIZE": str(len(argvs)), "MASTER_ADDR": "127.0.0.1",
+                                  "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", **env})
+            for r, argv in enumerate(argvs)]
+
+
+def signal_at(proc, step, sig, target=None) -> str:
+    """Send sig to target (default proc) once proc prints step's log line; what proc printed
+    until then."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(f"step {step}/"):
+            (target or proc).send_signal(sig)
+            break
+    return "".join(lines)
+
+
+def state_step(run_dir) -> int:
+    from checkpoint import load_metadata
+    return json.loads(load_metadata(str(run_dir / "state.safetensors"))["state"])["step"]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, data, tmp_path_factory):
+    """One process's runs, made once: (method, grad_accum) -> run folder."""
+    made = {}
+
+    def run(method, grad_accum="1"):
+        if (method, grad_accum) not in made:
+            out = tmp_path_factory.mktemp("one") / f"{method}-{grad_accum}"
+            assert one_process(flags(tiny, data, out, *METHODS[method],
+                                     "--grad-accum", grad_accum)) == 0
+            made[(method, grad_accum)] = out
+        return made[(method, grad_accum)]
+    return run
+
+
+@pytest.mark.parametrize("method, grad_accum", [("lora", "1"), ("lora", "2"), ("full", "1"),
+                                                ("adapter_h", "1"), ("adapter_l", "1")])
+def test_two_ranks_train_what_one_process_trains(tiny, data, tmp_path, reference, method,
+                                                 grad_accum):
+    # DDP without find_unused_parameters: a method leaving a trainable tensor unused fails here
+    proc = torchrun("train.py", *flags(tiny, data, tmp_path / "run", *METHODS[method],
+                                       "--grad-accum", grad_accum))
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    expected = reference(method, grad_accum)
+    assert_same_run(records(tmp_path / "run"), records(expected))  # the dev losses among them
+    mine, theirs = result_tensors(tmp_path / "run"), result_tensors(expected)
+    assert mine.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        torch.testing.assert_close(mine[name], tensor, rtol=0, atol=1e-5, msg=name)
+    if method == "lora":  # (B starts at 0: the comparison is of trained values)
+        assert max(t.abs().max().item() for t in mine.values()) > 0.1
+    # rank 0 alone speaks and writes
+    assert out.count("2 processes (torchrun), 4 examples of each batch apiece") == 1
+    assert out.count("(last step, step 20)") == 1 and "Traceback" not in err
+    with open(tmp_path / "run" / "metrics.jsonl", encoding="utf-8") as f:
+        assert json.loads(f.readline())["processes"] == 2
+
+
+def test_a_run_stopped_under_torchrun_goes_on_with_one_process_then_two(tiny, data, tmp_path,
+                                                                        reference):
+    run_dir = tmp_path / "run"
+    proc = torchrun("train.py", *flags(tiny, data, run_dir, *METHODS["lora"]))
+    signal_at(proc, 6, signal.SIGTERM)  # to torchrun, which passes it to both ranks
+    out, err = proc.communicate()
+    assert proc.returncode != 0  # (torchrun's own code after a signal)
+    stopped = state_step(run_dir)
+    assert 6 <= stopped < 20 and out.count(f"stopped at step {stopped};") == 1, out + err
+    one = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--resume", str(run_dir)],
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    before = signal_at(one, 15, signal.SIGTERM)
+    _, err = one.communicate()
+    assert one.returncode == 143, err
+    assert f"resuming at step {stopped}" in before
+    assert 15 <= state_step(run_dir) < 20
+    two = torchrun("train.py", "--resume", run_dir)
+    out, err = two.communicate()
+    assert two.returncode == 0, err
+    assert "2 processes (torchrun)" in out
+    # the same batches, in the same order, whatever the world size: each step logged once
+    assert_same_run(records(run_dir), records(reference("lora")))
+
+
+def test_a_signal_to_one_rank_stops_both_after_the_same_step(tiny, data, tmp_path):
+    run_dir = tmp_path / "run"
+    argv = flags(tiny, data, run_dir, *METHODS["lora"])
+    rank0, rank1 = by_hand("train.py", [argv, argv])
+    signal_at(rank0, 4, signal.SIGTERM, target=rank1)  # rank 0 is never signalled
+    out, err = rank0.communicate()
+    _, err1 = rank1.communicate()
+    assert (rank0.returncode, rank1.returncode) == (143, 143), err + err1
+    stopped = state_step(run_dir)
+    assert out.count(f"stopped at step {stopped};") == 1 and err == err1 == ""
+    assert max(step for _, step, _ in records(run_dir)) == stopped
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP])
+def test_a_rank_that_dies_or_hangs_ends_the_other_with_one_line(tiny, data, tmp_path, sig):
+    run_dir = tmp_path / "run"
+    argv = flags(tiny, data, run_dir, *METHODS["lora"], "--save-every", "5")
+    rank0, rank1 = by_hand("train.py", [argv, argv], LORA_DIST_TIMEOUT="3")
+    try:
+        signal_at(rank0, 12, sig, target=rank1)
+        out, err = rank0.communicate(timeout=60)  # (a hang fails here: it never ends)
+    finally:
+        rank1.kill()
+        rank1.communicate()
+    assert rank0.returncode == 1
+    how = "died, or hung for over 3 s"
+    assert err == (f"train.py: rank 1 of 2 stopped answering (it {how}); stopped, the last "
+                   f"checkpoint (step 10) is in {run_dir}\n")
+    assert state_step(run_dir) == 10  # the checkpoint of step 10, whole: it loads
+    load_file(str(run_dir / "adapter.safetensors"))
+
+
+def test_decoding_on_two_ranks_writes_the_one_process_predictions(tiny, data, tmp_path,
+                                                                   reference, capsys):
+    adapter = reference("lora") / "adapter.safetensors"
+    argv = ["--adapter", adapter, "--data", data, "--device", "cpu", "--limit", "20",
+            "--batch-size", "3", "--max-new-tokens", "16", "--no-meteor"]
+    code, _, err = run_main(sample.main, capsys, *argv, "--out", tmp_path / "one")
+    assert code == 0, err
+    proc = torchrun("sample.py", *argv, "--out", tmp_path / "two")
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    one = (tmp_path / "one" / "predictions-first20.tsv").read_bytes()
+    assert (tmp_path / "two" / "predictions-first20.tsv").read_bytes() == one
+    assert len(set(one.decode().splitlines()[1:])) == 20  # 20 MRs, every row there
+    assert out.count("wrote") == 2 and out.count("| this run (test, first 20 MRs) |") == 1
+    scores = [json.loads((tmp_path / d / "predictions-first20.scores.json").read_text())
+              for d in ("one", "two")]
+    assert scores[0]["scores"] == scores[1]["scores"]
+
+
+@pytest.mark.parametrize("script, extra, message", [
+    ("train.py", ["--batch-size", "6", "--grad-accum", "2"],
+     "--batch-size 6 does not split over 2 processes x --grad-accum 2: give a multiple of 4"),
+    ("train.py", ["--compile", "cuda-graphs"], "--compile cuda-graphs is untested with"),
+    ("sample.py", ["--mr", "name[The Eagle]"], "--mr runs in one process"),
+])
+def test_a_user_error_under_torchrun_is_one_line_once(tiny, data, tmp_path, script, extra,
+                                                     message):
+    if script == "train.py":
+        argv = [*flags(tiny, data, tmp_path / "run"), *extra]
+    else:
+        argv = ["--model", tiny, "--device", "cpu", *extra]
+    proc = torchrun(script, *argv)
+    out, err = proc.communicate()
+    ours = [line for line in err.splitlines() if line.startswith(f"{script}: ")]
+    assert len(ours) == 1 and message in ours[0], err
+    assert proc.returncode != 0 and out == ""  # (then torchrun's own report of the ranks)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_error_on_one_rank_alone_stops_both_and_rank_0_says_it(tiny, data, tmp_path):
+    # rank 1 finds no data (say, on a node without the copy): nothing is trained, nor written
+    run_dir = tmp_path / "run"
+    argv = flags(tiny, data, run_dir)
+    elsewhere = flags(tiny, tmp_path / "nowhere", run_dir)
+    rank0, rank1 = by_hand("train.py", [argv, elsewhere])
+    (out, err), (_, err1) = rank0.communicate(), rank1.communicate()
+    assert (rank0.returncode, rank1.returncode) == (2, 2)
+    assert err.startswith(f"train.py: rank 1: {tmp_path / 'nowhere'} lacks trainset.csv")
+    assert err.count("\n") == 1
+    assert err1 == "" and out == ""
+    assert not run_dir.exists()
+
+
+def test_reproduce_runs_its_stages_on_two_processes(tiny, data, tmp_path, capsys):
+    argv = ["table3", "--model", tiny, "--data", data, "--seeds", "1", "--epochs", "2",
+            "--limit", "32", "--mrs", "3", "--beam", "2", "--max-new-tokens", "8",
+            "--batch-size", "1", "--no-meteor", "--device", "cpu"]
+    code, _, err = run_main(reproduce.main, capsys, *argv, "--out", tmp_path / "one")
+    assert code == 0, err
+    proc = subprocess.run([sys.executable, str(REPO / "reproduce.py"), *argv, "--out",
+                           tmp_path / "two", "--nproc", "2"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("2 processes (torchrun)") == 1
+    run = os.path.join("runs", "lora-seed1")
+    assert_same_run(records(tmp_path / "two" / run), records(tmp_path / "one" / run))
+    for split in ("test", "dev"):
+        for epoch in (1, 2):
+            name = os.path.join(run, "decode", f"epoch{epoch}-{split}.tsv")
+            assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+def test_the_scaling_script_runs_under_torchrun_with_one_process(tiny, data):
+    # scripts/scaling.sh at a tiny size on CPU, so it cannot rot before a machine with GPUs;
+    # one process under torchrun: the process group comes up and nothing is split
+    env = {**os.environ, "SMOKE": "1", "SMOKE_MODEL": tiny, "PYTHON": sys.executable,
+           "E2E_DATA_DIR": data}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "scaling.sh"), "1"], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^\| 1 \| 8 \| [\d.]+ \| \d+ \| 1\.00x \|$", proc.stdout, re.M), proc.stdout

@@ -12,11 +12,13 @@ What the scripts ask of a world, each a method with one collective:
 - agree(fn): a set-up step on every rank (rank 0 first where it downloads or caches). A user
   error on any rank is raised on all of them, so every rank exits 2 and none waits for the
   others; rank 0 alone prints it (cli.speaks).
-- share(batch), wrap(module), syncing(...): each rank's part of a global batch, and DDP, which
-  sums the ranks' gradients (after the last micro-batch only).
+- share(batch), wrap(module), syncing(...), backward(loss): each rank's part of a global batch,
+  and DDP, which sums the ranks' gradients in the backward pass of the last micro-batch.
 - sum, max, gather, broadcast, barrier: the few values the ranks exchange.
 - A collective that fails because a rank died or hung raises LostRank, which names the rank
-  (a roll call after the failure); any other failure keeps its traceback.
+  (a roll call after the failure); any other failure keeps its traceback. Checked on CPU (gloo);
+  on GPUs, untested so far, NCCL's gradient all-reduce waits on the GPU, and a lost rank is
+  found by the gloo exchange that follows each step (finetune.py), else at NCCL's own timeout.
 
 CPU tensors travel over gloo (flags, sums, decoded text: no wait for the GPU), CUDA tensors over
 NCCL (DDP's gradients). Every collective gives up after LORA_DIST_TIMEOUT seconds (default 600:
@@ -127,16 +129,19 @@ class World:
         if self.size == 1:
             return module
         device = next(module.parameters()).device
-        return torch.nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None)
+        with self.guard():  # (DDP starts by sending rank 0's weights to every rank)
+            return torch.nn.parallel.DistributedDataParallel(
+                module, device_ids=[device.index] if device.type == "cuda" else None)
 
-    @contextlib.contextmanager
     def syncing(self, module, now: bool):
         """Around one micro-batch's forward and backward: DDP all-reduces the gradients only
         when `now` (the last micro-batch); before it, they accumulate on each rank (no_sync)."""
-        sync = contextlib.nullcontext() if now or self.size == 1 else module.no_sync()
-        with sync, self.guard():
-            yield
+        return contextlib.nullcontext() if now or self.size == 1 else module.no_sync()
+
+    def backward(self, loss: torch.Tensor):
+        """loss.backward(), in which DDP all-reduces the gradients."""
+        with self.guard():
+            loss.backward()
 
     def seed_step(self, seed: int, step: int):
         """Dropout's random masks. Rank 0 draws them from the run's own RNG stream, saved in its
@@ -195,15 +200,18 @@ class World:
     @contextlib.contextmanager
     def guard(self):
         """Collectives inside: a failure because a rank died or hung becomes LostRank, naming
-        it; a failure with every rank still answering stays what it was (a bug: traceback)."""
+        it; a failure with every rank still answering stays what it was (a bug: traceback).
+        Only communication goes inside, so a bug on one rank ends that rank at once (its
+        traceback) and the others find it gone."""
         try:
             yield
         except RuntimeError as e:  # what gloo and NCCL raise (DistBackendError is one)
             if self.size == 1 or not (lost := self.missing()):
                 raise
-            ranks, self.broken = ", ".join(map(str, lost)), True
-            raise LostRank(f"rank {ranks} of {self.size} stopped answering (it died, or hung "
-                           f"for over {self.timeout:.0f} s)",
+            self.broken = True
+            who = f"rank {lost[0]}" if len(lost) == 1 else f"ranks {', '.join(map(str, lost))}"
+            raise LostRank(f"{who} of {self.size} stopped answering (died, or hung for over "
+                           f"{self.timeout:.0f} s)",
                            report=self.main or (self.rank == 1 and lost == [0])) from None
 
     def missing(self) -> list[int]:

@@ -279,7 +279,7 @@ class Trainer:
                     cli.autocast(self.device, self.amp_dtype):
                 loss = self.forward(*training.device_batch(chunk, self.device,
                                                            self.multiple)) / n_targets
-                self.scaler.scale(loss * weight).backward()
+                self.world.backward(self.scaler.scale(loss * weight))
             if mine:
                 total += loss.detach()
                 tokens += sum(len(t) - 1 for t, _ in chunk)

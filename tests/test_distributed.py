@@ -205,9 +205,8 @@ def test_a_rank_that_dies_or_hangs_ends_the_other_with_one_line(tiny, data, tmp_
         rank1.kill()
         rank1.communicate()
     assert rank0.returncode == 1
-    how = "died, or hung for over 3 s"
-    assert err == (f"train.py: rank 1 of 2 stopped answering (it {how}); stopped, the last "
-                   f"checkpoint (step 10) is in {run_dir}\n")
+    assert err == ("train.py: rank 1 of 2 stopped answering (died, or hung for over 3 s); "
+                   f"stopped, the last checkpoint (step 10) is in {run_dir}\n")
     assert state_step(run_dir) == 10  # the checkpoint of step 10, whole: it loads
     load_file(str(run_dir / "adapter.safetensors"))
 

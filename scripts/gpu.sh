@@ -60,7 +60,7 @@ bench-train)
     ;;
 bench-decode)
     if [ -n "$SMOKE" ]; then size=(--small --mrs 2 --trials 2 --grid 1x16); steps=3; else size=(); steps=200; fi
-    stage cuda-tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
+    stage cuda-tests 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
     stage bench-decode 200 $PY bench.py decode "${size[@]}" --json "$OUT/bench-decode.json"
     stage bench-latency 100 $PY bench.py latency "${size[@]}" --json "$OUT/bench-latency.json"
     stage bench-cache 45 $PY bench.py cache "${size[@]}"  # (its table is in the log: 8 files at most)

@@ -1,6 +1,7 @@
 """The CUDA paths, against the CPU ones: decoding, the KV cache, mixed-precision training, the
-compiled and CUDA-graph training steps, the latency timer. Skipped without a CUDA GPU (CI has
-none); `scripts/gpu.sh bench-decode` runs this file first on a lent GPU machine."""
+compiled and CUDA-graph training steps, the latency timer, torchrun with NCCL. Skipped without a
+CUDA GPU (CI has none); `scripts/gpu.sh bench-decode` runs this file first on a lent GPU
+machine."""
 
 import json
 import math
@@ -76,3 +77,31 @@ def test_latency_timer_runs_on_cuda():
     report = latency.measure(config, [(1, 16)], CUDA, trials=3, warmup=1,
                              amp_dtype=torch.bfloat16, name="tiny")
     assert "1 x 16" in latency.latency_table(report)
+
+
+def logged_losses(run_dir) -> list[tuple]:
+    with open(run_dir / "metrics.jsonl", encoding="utf-8") as f:
+        return [(r["step"], r.get("loss", r.get("dev_loss"))) for r in map(json.loads, f)
+                if r["event"] in ("train", "eval")]
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_torchrun_on_cuda_trains_the_plain_runs_losses(tiny, e2e_data, gpt2_vocab, tmp_path,
+                                                        nproc):
+    # NCCL comes up (one GPU per process), DDP's all-reduce on CUDA: the plain run's losses
+    if torch.cuda.device_count() < nproc:
+        pytest.skip(f"needs {nproc} GPUs")
+    flags = ["--model", tiny, "--data", e2e_data, "--device", "cuda", "--dtype", "fp32",
+             "--limit", "97", "--warmup", "0", "--lr", "1e-2", "--max-steps", "20",
+             "--log-interval", "1", "--eval-interval", "5", "--dropout", "0",
+             "--lora-dropout", "0"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", str(nproc), "--"]
+    for launcher, out in (([sys.executable], "plain"), (torchrun, "ddp")):
+        proc = subprocess.run([*launcher, str(REPO / "train.py"), *flags, "--out",
+                               str(tmp_path / out)], cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    plain, ddp = logged_losses(tmp_path / "plain"), logged_losses(tmp_path / "ddp")
+    assert [s for s, _ in ddp] == [s for s, _ in plain]
+    for (step, a), (_, b) in zip(ddp, plain):
+        assert abs(a - b) <= 1e-5 * abs(b), (step, a, b)

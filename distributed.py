@@ -6,7 +6,8 @@
 torchrun (PyTorch's own launcher) starts N copies of a script and tells each, in environment
 variables, which one it is (RANK; LOCAL_RANK on its machine) and how many there are (WORLD_SIZE).
 start() joins them into one process group; started without torchrun it returns ALONE, a world of
-one process where every method below is a no-op, so the scripts run the same lines either way.
+one process where every method below is a no-op, so the scripts run the same lines either way
+(under torchrun with one process, the methods do run: a check of the machinery on one GPU).
 
 What the scripts ask of a world, each a method with one collective:
 - agree(fn): a set-up step on every rank (rank 0 first where it downloads or caches). A user
@@ -60,20 +61,18 @@ class World:
                  timeout: float = 600.0, roll=None):
         self.rank, self.size, self.local_rank, self.timeout = rank, size, local_rank, timeout
         self.roll = roll  # a gloo group kept for the roll call after a failure
+        self.joined = roll is not None  # a process group (torchrun's, even of one process)
         self.broken = False  # a rank was lost: no more collectives
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
-    def __repr__(self) -> str:
-        return f"rank {self.rank} of {self.size}"
-
     # --- set-up ------------------------------------------------------------------------------
 
     def place(self, device: torch.device) -> torch.device:
         """The device of this rank: cuda:LOCAL_RANK under torchrun (one GPU per process)."""
-        if self.size == 1 or device.type != "cuda":
+        if not self.joined or device.type != "cuda":
             return device
         if device.index not in (None, self.local_rank):
             raise UserError(f"--device {device}: under torchrun each process takes the GPU of "
@@ -89,7 +88,7 @@ class World:
         returned. A user error on any rank is raised on every rank: the lowest rank's, so all
         stop together. main_first: rank 0 runs fn before the others start, so they read what it
         downloaded or cached instead of writing it at the same time."""
-        if self.size == 1:
+        if not self.joined:
             return fn(*args)
         if main_first and not self.main:
             self._verdict(None)  # rank 0's outcome: go on, or stop with its error
@@ -126,7 +125,7 @@ class World:
         No find_unused_parameters: every trainable tensor (LoRA's A and B, an adapter's, or all
         of them in full fine-tuning) takes part in every forward pass, and frozen ones have no
         gradient for DDP to wait for."""
-        if self.size == 1:
+        if not self.joined:
             return module
         device = next(module.parameters()).device
         with self.guard():  # (DDP starts by sending rank 0's weights to every rank)
@@ -136,7 +135,7 @@ class World:
     def syncing(self, module, now: bool):
         """Around one micro-batch's forward and backward: DDP all-reduces the gradients only
         when `now` (the last micro-batch); before it, they accumulate on each rank (no_sync)."""
-        return contextlib.nullcontext() if now or self.size == 1 else module.no_sync()
+        return contextlib.nullcontext() if now or not self.joined else module.no_sync()
 
     def backward(self, loss: torch.Tensor):
         """loss.backward(), in which DDP all-reduces the gradients."""
@@ -154,7 +153,7 @@ class World:
 
     def sum(self, *values) -> list[float]:
         """Each value (a number or a one-element tensor) summed over the ranks, as floats."""
-        if self.size == 1:
+        if not self.joined:
             return [float(v) for v in values]
         total = torch.tensor([float(v) for v in values], dtype=torch.float64)
         with self.guard():
@@ -164,7 +163,7 @@ class World:
     def max(self, code: int | None) -> int | None:
         """The largest code of any rank (None counts as 0, and 0 comes back as None): a stop
         that one rank was asked for becomes every rank's."""
-        if self.size == 1:
+        if not self.joined:
             return code
         flag = torch.tensor([code or 0])
         with self.guard():
@@ -173,7 +172,7 @@ class World:
 
     def gather(self, items: list) -> list:
         """Every rank's items, concatenated in rank order, on rank 0 ([] on the others)."""
-        if self.size == 1:
+        if not self.joined:
             return items
         parts = [None] * self.size if self.main else None
         with self.guard():
@@ -182,7 +181,7 @@ class World:
 
     def broadcast(self, value):
         """Rank 0's value, on every rank."""
-        if self.size == 1:
+        if not self.joined:
             return value
         box = [value]
         with self.guard():
@@ -191,7 +190,7 @@ class World:
 
     def barrier(self):
         """Wait until every rank is here (after rank 0 writes what the others must not outrun)."""
-        if self.size > 1:
+        if self.joined:
             with self.guard():
                 dist.barrier()
 
@@ -205,8 +204,8 @@ class World:
         traceback) and the others find it gone."""
         try:
             yield
-        except RuntimeError as e:  # what gloo and NCCL raise (DistBackendError is one)
-            if self.size == 1 or not (lost := self.missing()):
+        except RuntimeError:  # what gloo and NCCL raise (DistBackendError is one)
+            if not self.joined or not (lost := self.missing()):
                 raise
             self.broken = True
             who = f"rank {lost[0]}" if len(lost) == 1 else f"ranks {', '.join(map(str, lost))}"
@@ -237,7 +236,7 @@ class World:
 
     def close(self):
         """Leave the process group (at the end of a script that started one)."""
-        if self.size > 1 and dist.is_initialized() and not self.broken:
+        if self.joined and not self.broken:
             dist.destroy_process_group()
 
 
@@ -262,7 +261,14 @@ def start() -> World:
     if not launched():
         return ALONE
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    timeout = float(os.environ.get("LORA_DIST_TIMEOUT", 600))
+    text = os.environ.get("LORA_DIST_TIMEOUT", "600")
+    try:
+        timeout = float(text)
+    except ValueError:
+        timeout = float("nan")
+    if not 0 < timeout < float("inf"):
+        raise UserError(f"LORA_DIST_TIMEOUT={text}: give the seconds a rank waits for the "
+                        "others, a positive number (default 600)")
     # CPU tensors over gloo, CUDA tensors over NCCL, in one group
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and dist.is_nccl_available() \
         else "gloo"

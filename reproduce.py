@@ -593,8 +593,8 @@ def torchrun(nproc: int, argv: list[str]):
 def main(argv=None) -> int:
     args = parse_args(argv)
     relaunch = args.nproc > 1 and not distributed.launched()
-    world = distributed.ALONE if relaunch else distributed.start()  # torchrun's ranks join here
     try:
+        world = distributed.ALONE if relaunch else distributed.start()  # torchrun's ranks join
         settings, units = world.agree(plan, args)
         device = world.agree(inputs, args, world, main_first=True)
         if relaunch:  # everything checked: now the same command over --nproc processes

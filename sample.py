@@ -386,11 +386,11 @@ def kept(args, decoding_test_set: bool) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    world = distributed.start()  # torchrun's processes join here; alone, nothing happens
     owner = None  # the output folder's lock (rank 0's), while decoding the test set
     test_set = args.prompt is None and args.mr is None and not args.latency
     claimed = False  # (on every rank: the folder is rank 0's)
     try:
+        world = distributed.start()  # torchrun's processes join here; alone, nothing happens
         device = world.agree(check, args, world)
         if args.latency:
             run_latency(args, device)

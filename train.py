@@ -112,8 +112,8 @@ def parse_args(argv=None) -> RunConfig:
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)
-    world = distributed.start()  # torchrun's processes join here; alone, nothing happens
     try:
+        world = distributed.start()  # torchrun's processes join here; alone, nothing happens
         job = finetune.prepare(cfg, world)
     except KeyboardInterrupt:
         cli.interrupted("train.py", "stopped before training began; nothing was written"

@@ -292,3 +292,11 @@ def test_the_scaling_script_runs_under_torchrun_with_one_process(tiny, data):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"^\| 1 \| 8 \| [\d.]+ \| \d+ \| 1\.00x \|$", proc.stdout, re.M), proc.stdout
+
+
+def test_a_bad_timeout_is_one_line(tiny, data, tmp_path):
+    rank0, = by_hand("train.py", [flags(tiny, data, tmp_path / "run")], LORA_DIST_TIMEOUT="soon")
+    out, err = rank0.communicate()
+    assert rank0.returncode == 2 and out == ""
+    assert err == ("train.py: LORA_DIST_TIMEOUT=soon: give the seconds a rank waits for the "
+                   "others, a positive number (default 600)\n")

@@ -23,7 +23,8 @@ What the scripts ask of a world, each a method with one collective:
 
 CPU tensors travel over gloo (flags, sums, decoded text: no wait for the GPU), CUDA tensors over
 NCCL (DDP's gradients). Every collective gives up after LORA_DIST_TIMEOUT seconds (default 600:
-it must cover rank 0 writing a checkpoint while the others wait). Ranks other than 0 stay quiet:
+it must cover rank 0 writing a checkpoint while the others wait), but agree()'s, which wait
+while rank 0 downloads a model or the data (a day at most). Ranks other than 0 stay quiet:
 their stdout goes nowhere, and their stderr, which still shows their tracebacks, is not a
 terminal (no progress bars).
 """
@@ -58,8 +59,9 @@ class World:
     """This process's place among the run's processes; World() is one process alone."""
 
     def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0,
-                 timeout: float = 600.0, roll=None):
+                 timeout: float = 600.0, setup=None, roll=None):
         self.rank, self.size, self.local_rank, self.timeout = rank, size, local_rank, timeout
+        self.setup = setup  # a gloo group for agree(), which may wait for rank 0's downloads
         self.roll = roll  # a gloo group kept for the roll call after a failure
         self.joined = roll is not None  # a process group (torchrun's, even of one process)
         self.broken = False  # a rank was lost: no more collectives
@@ -107,7 +109,8 @@ class World:
         """Raise, on every rank, the user error of the lowest rank that had one."""
         errors = [None] * self.size
         with self.guard():  # every rank's error message, or None
-            dist.all_gather_object(errors, None if error is None else str(error))
+            dist.all_gather_object(errors, None if error is None else str(error),
+                                   group=self.setup)
         for rank, message in enumerate(errors):
             if message is not None:
                 if rank == self.rank:
@@ -273,8 +276,11 @@ def start() -> World:
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and dist.is_nccl_available() \
         else "gloo"
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
-    roll = dist.new_group(backend="gloo")  # untouched until a failure: the roll call's
+    # the set-up's exchanges wait as long as rank 0's downloads take (a dead rank is found at
+    # once all the same); the roll call's group is untouched until a failure
+    setup = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=1))
+    roll = dist.new_group(backend="gloo")
     if rank:  # one voice, rank 0's
         sys.stdout = open(os.devnull, "w")
         sys.stderr = _NotATerminal(sys.stderr)
-    return World(rank, size, int(os.environ.get("LOCAL_RANK", 0)), timeout, roll)
+    return World(rank, size, int(os.environ.get("LOCAL_RANK", 0)), timeout, setup, roll)

@@ -20,6 +20,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES = REPO / "tests" / "fixtures"
+# make test runs a worker per core (pytest -n auto), and many tests start train.py or torchrun
+# besides: one thread per process, where each would otherwise spin on every core
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 if (SHARED / "tiktoken_cache").is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
 if (SHARED / "data" / "e2e-lora").is_dir():  # the paper's released dev and test text

@@ -16,7 +16,7 @@ import torch
 
 from checkpoint import CheckpointError, DownloadError
 from data.e2e.metrics import InputError, MeteorError
-from data.e2e.prepare import DataError
+from data.task import DataError
 from rundir import FolderInUse
 
 

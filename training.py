@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from checkpoint import (CheckpointError, load_metadata, load_tensors, save_tensors,
                         short_list, tensor_mismatch, write_atomic)
-from data.e2e.prepare import collate, loss_positions
+from data.task import collate, loss_positions
 from distributed import ALONE
 
 

@@ -1,6 +1,7 @@
 """The E2E NLG Challenge data (Novikova et al. 2017): official CSVs -> tokenized training examples.
 
-Each example is one (meaning representation, reference) pair, laid out as
+Each example is one (meaning representation, reference) pair, laid out as every task's examples
+are (data/task.py):
 
     name : The Vaults | Type : pub | price : more than £ 30<|endoftext|> The Vaults is a pub ...<|endoftext|>
     '---------------- context: the MR, linearised -----------''-- separator, then the reference --'
@@ -25,7 +26,6 @@ against) comes from $E2E_LORA_DIR, else is downloaded into data/e2e/released/.
 
 import argparse
 import csv
-import functools
 import hashlib
 import io
 import os
@@ -34,11 +34,13 @@ import sys
 import zipfile
 
 import numpy as np
-import torch
 
 if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.e2e import paper_format  # noqa: E402
+# the pipeline every task shares (E2E is one task), known here by its old names too
+from data.task import (EOT, DataError, Examples, collate, encode_pairs,  # noqa: E402, F401
+                       loss_positions, read_text, tokenizer)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 URL = "https://github.com/tuetschek/e2e-dataset/releases/download/v1.0.0/e2e-dataset.zip"
@@ -49,13 +51,6 @@ SHA256 = {  # of the official release files (../shared/data/e2e/SOURCE.txt)
     "testset_w_refs.csv": "edc8db685e39bb9824d5bd70c18b1c9b0412d14b527aa960e2d1c8251ee15ccd",
     "testset.csv": "9b90c8f88feae14d9e1ef37350b14d17294c5958e90a3f1a7846590ee97bdbb9",
 }
-EOT = 50256  # <|endoftext|>: separates the context from the reference, and ends the reference
-
-
-class DataError(ValueError):
-    """A problem with the data files, naming the file (and row) and what to do."""
-
-
 # --- finding (and downloading) the CSVs ----------------------------------------------------------
 
 
@@ -153,17 +148,7 @@ def check_mr(mr: str) -> list[tuple[str, str]]:
 
 def read_split(path: str) -> list[tuple[str, str]]:
     """(MR, reference) rows of an E2E CSV, every row checked; errors name the file and row."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        text = data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise DataError(f"{path} is not UTF-8 (byte 0x{data[e.start]:02x} on line {line})") from None
-    records = list(csv.reader(io.StringIO(text, newline="")))
+    records = list(csv.reader(io.StringIO(read_text(path), newline="")))
     if not records:
         raise DataError(f"{path} is empty")
     header = [h.strip().lower() for h in records[0]]
@@ -233,19 +218,6 @@ def reference(ref: str, split: str, format: str = "paper") -> str:
     return paper_format.tokenize(ref, paper_format.style(split)) if format == "paper" else ref
 
 
-@functools.lru_cache(maxsize=1)
-def tokenizer():
-    """tiktoken's "gpt2" encoding (GPT-2's BPE), with a clear error when it cannot be fetched."""
-    import tiktoken
-
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as e:  # tiktoken fetches its vocabulary files on first use
-        raise DataError(f"cannot load GPT-2's vocabulary (tiktoken: {type(e).__name__}; it "
-                        "downloads the files on first use): offline, set TIKTOKEN_CACHE_DIR to a "
-                        "folder that holds them") from None
-
-
 def prompt_tokens(mr: str, format: str = "paper") -> list[int]:
     """What the model is given at test time: the context, then the separator."""
     text = context(mr, format)  # a malformed MR is reported before the vocabulary is needed
@@ -253,29 +225,9 @@ def prompt_tokens(mr: str, format: str = "paper") -> list[int]:
 
 
 def encode(rows: list[tuple[str, str]], split: str = "train", format: str = "paper") -> dict:
-    """Token arrays for (MR, reference) rows: all sequences concatenated, with their offsets and
-    the length of each prompt (context + separator), where the loss starts."""
-    enc = tokenizer()
-    prompts = {mr: prompt_tokens(mr, format) for mr in dict.fromkeys(mr for mr, _ in rows)}
-    sequences = [prompts[mr] + enc.encode(" " + reference(ref, split, format)) + [EOT]
-                 for mr, ref in rows]
-    return {"tokens": np.array([t for s in sequences for t in s], dtype=np.int32),
-            "offsets": np.cumsum([0] + [len(s) for s in sequences]).astype(np.int64),
-            "prompt_lengths": np.array([len(prompts[mr]) for mr, _ in rows], dtype=np.int32)}
-
-
-class Examples:
-    """Tokenized examples of one split: examples[i] -> (token ids, prompt length)."""
-
-    def __init__(self, arrays: dict):
-        self.tokens, self.offsets = arrays["tokens"], arrays["offsets"]
-        self.prompt_lengths = arrays["prompt_lengths"]
-
-    def __len__(self) -> int:
-        return len(self.prompt_lengths)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        return self.tokens[self.offsets[i]:self.offsets[i + 1]], int(self.prompt_lengths[i])
+    """Token arrays for (MR, reference) rows (data/task.py's encode_pairs of their contexts and
+    references as the format writes them)."""
+    return encode_pairs([(context(mr, format), reference(ref, split, format)) for mr, ref in rows])
 
 
 def load_examples(split: str, data_dir: str | None = None, format: str = "paper") -> Examples:
@@ -296,38 +248,6 @@ def load_examples(split: str, data_dir: str | None = None, format: str = "paper"
         np.savez(f, **arrays)
     os.replace(tmp, cache)
     return Examples(arrays)
-
-
-# --- batches: padding, and where the loss is taken ------------------------------------------------
-
-
-def collate(examples: list[tuple], pad: int = EOT,
-            multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad a batch to its longest example (rounded up to a multiple of `multiple`). targets[i, t]
-    is the token after inputs[i, t], or -100 where no loss is taken: over the context and
-    separator, and over the padding."""
-    longest = -(-(max(len(tokens) for tokens, _ in examples) - 1) // multiple) * multiple
-    inputs = torch.full((len(examples), longest), pad, dtype=torch.long)
-    targets = torch.full((len(examples), longest), -100, dtype=torch.long)
-    for i, (tokens, prompt_length) in enumerate(examples):
-        tokens = torch.as_tensor(tokens, dtype=torch.long)
-        inputs[i, :len(tokens) - 1] = tokens[:-1]
-        # the first position that predicts a reference token is the separator's
-        targets[i, prompt_length - 1:len(tokens) - 1] = tokens[prompt_length:]
-    return inputs, targets
-
-
-def loss_positions(targets: torch.Tensor, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where the loss is taken, as flat indices into (B*T), and the labels there. Computed on
-    the CPU next to collate, so the GPU never waits to find them. `multiple` pads their number
-    up to a multiple (position 0, label -100: no loss), so compiled code sees fewer shapes."""
-    flat = targets.flatten()
-    positions = (flat != -100).nonzero().squeeze(1)
-    extra = -len(positions) % multiple
-    if not extra:
-        return positions, flat[positions]
-    return (torch.cat([positions, positions.new_zeros(extra)]),
-            torch.cat([flat[positions], flat.new_full((extra,), -100)]))
 
 
 def load_mrs(split: str, data_dir: str | None = None) -> list[tuple[str, list[str]]]:

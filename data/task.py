@@ -1,0 +1,200 @@
+"""A task: context -> target pairs, Z = {(x_i, y_i)} (Sec. 2), and the one pipeline every task
+goes through: GPT-2's tokens, the training sequences, the batches, and what is decoded and scored.
+
+Every example is laid out as the paper's released E2E code lays it out:
+
+    context<|endoftext|> target<|endoftext|>
+    '--- the prompt ---''--- the loss ---'
+
+in tiktoken's "gpt2" encoding, the target with a leading space. The loss covers the target and
+the final <|endoftext|> only (collate): the model learns p(target | context). At test time it is
+given the prompt and writes until <|endoftext|>; each distinct context is decoded once and scored
+against all its targets with the E2E metrics (BLEU, NIST, METEOR, ROUGE-L, CIDEr:
+data/e2e/metrics.py, which work on any text).
+
+Two kinds of task, behind one interface (Task), picked by open_task(--data):
+- a folder with train.jsonl: your own task (data/jsonl.py, the format is there);
+- anything else (no --data, or a folder with the official CSVs): E2E (data/e2e/task.py).
+"""
+
+import functools
+import os
+
+import numpy as np
+import torch
+
+EOT = 50256  # <|endoftext|>: separates the context from the target, and ends the target
+
+
+class DataError(ValueError):
+    """A problem with the data files, naming the file (and row or line) and what to do."""
+
+
+class Task:
+    """What train.py, sample.py and reproduce.py know of a task; E2ETask and JsonlTask fill it
+    in. splits: those it has (train and dev always, test to score on). label, unit: the first
+    column of predictions.tsv, and what one decoded input is called. blank_line_ends: whether a
+    blank line ends an output, as <|endoftext|> does (E2E's released decode). decoding: default
+    decoding settings (evaluation.Decoding's fields) where the paper's do not fit."""
+
+    name, format, label, unit = "task", "", "context", "context"
+    splits = ("train", "dev", "test")
+    blank_line_ends = False
+    decoding: dict = {}
+    suffix = ""  # what predictions' file names add (E2E's official text: "-official")
+
+    @property
+    def stop_tokens(self) -> tuple:
+        return (EOT, 628) if self.blank_line_ends else (EOT,)  # 628: "\n\n"
+
+    def locate(self):
+        """Find (or download) the task's files: a DataError when they cannot be had."""
+
+    def describe(self) -> str:
+        """The layout of the text, recorded with a run (config.json's data_format)."""
+        raise NotImplementedError
+
+    def recorded(self) -> dict:
+        """What tells this task's data apart in a decode's settings, beyond its format."""
+        return {}
+
+    def examples(self, split: str) -> "Examples":
+        """The split's training sequences: examples[i] -> (token ids, prompt length)."""
+        raise NotImplementedError
+
+    def where(self, split: str, i: int) -> str:
+        """Where example i of the split comes from: 'FILE, line N'."""
+        raise NotImplementedError
+
+    def eval_groups(self, split: str) -> tuple[list[tuple[str, str, list[str]]], str]:
+        """What is decoded and scored: (label, context, references) per distinct context, and
+        where the references come from."""
+        raise NotImplementedError
+
+    def check_input(self, text: str, mr: bool = False):
+        """ValueError, saying what is wrong, for what a user typed: a context as the model reads
+        it (sample.py --context), or with mr an E2E meaning representation (--mr)."""
+        if mr:
+            raise ValueError(f"is E2E's input (a meaning representation); this task ({self.name}) "
+                             "reads --context TEXT")
+        if not text.strip():
+            raise ValueError("is empty")
+        if "<|endoftext|>" in text:
+            raise ValueError("holds '<|endoftext|>', which separates the context from the text "
+                             "here")
+
+    def prompt(self, text: str, mr: bool = False) -> list[int]:
+        """What the model is given for text (checked by check_input): the context, then the
+        separator."""
+        self.check_input(text, mr)
+        return tokenizer().encode(text) + [EOT]
+
+    def paper_size(self, config) -> str | None:
+        """The GPT-2 size whose row of the paper's table this task prints beside a model of this
+        shape (E2E: Table 3's), or None."""
+        return None
+
+
+def open_task(data: str | None = None, format: str | None = None) -> Task:
+    """The task in `data`: a JSONL task where it holds train.jsonl, else E2E (its CSVs in data,
+    or found as data/e2e/prepare.py finds them). format: E2E's text, paper (None) or official;
+    a JSONL task has one ("jsonl")."""
+    if format == "jsonl" or (data and os.path.isfile(os.path.join(data, "train.jsonl"))):
+        from data.jsonl import JsonlTask
+        if format not in (None, "jsonl"):
+            raise DataError(f"--format {format} is a layout of E2E's text; {data} is a JSONL "
+                            "task, which has one (drop --format)")
+        if not data:
+            raise DataError("a JSONL task needs --data FOLDER")
+        return JsonlTask(data)  # (which says what the folder lacks)
+    from data.e2e.task import E2ETask
+    return E2ETask(data, format or "paper")
+
+
+def read_text(path: str) -> str:
+    """A data file's text (UTF-8, a byte-order mark dropped); a DataError naming the file, and
+    the line of a byte that is not UTF-8."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f"{path} is not UTF-8 (byte 0x{data[e.start]:02x} on line {line})") from None
+
+
+# --- tokens ---------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def tokenizer():
+    """tiktoken's "gpt2" encoding (GPT-2's BPE), with a clear error when it cannot be fetched."""
+    import tiktoken
+
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # tiktoken fetches its vocabulary files on first use
+        raise DataError(f"cannot load GPT-2's vocabulary (tiktoken: {type(e).__name__}; it "
+                        "downloads the files on first use): offline, set TIKTOKEN_CACHE_DIR to a "
+                        "folder that holds them") from None
+
+
+def encode_pairs(pairs: list[tuple[str, str]]) -> dict:
+    """Token arrays for (context, target) pairs laid out as above: all sequences concatenated,
+    with their offsets and the length of each prompt (context + separator), where the loss
+    starts. A context several pairs share is encoded once."""
+    enc = tokenizer()
+    prompts = {c: enc.encode(c) + [EOT] for c in dict.fromkeys(c for c, _ in pairs)}
+    sequences = [prompts[c] + enc.encode(" " + t) + [EOT] for c, t in pairs]
+    return {"tokens": np.array([t for s in sequences for t in s], dtype=np.int32),
+            "offsets": np.cumsum([0] + [len(s) for s in sequences]).astype(np.int64),
+            "prompt_lengths": np.array([len(prompts[c]) for c, _ in pairs], dtype=np.int32)}
+
+
+class Examples:
+    """Tokenized examples of one split: examples[i] -> (token ids, prompt length)."""
+
+    def __init__(self, arrays: dict):
+        self.tokens, self.offsets = arrays["tokens"], arrays["offsets"]
+        self.prompt_lengths = arrays["prompt_lengths"]
+
+    def __len__(self) -> int:
+        return len(self.prompt_lengths)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        return self.tokens[self.offsets[i]:self.offsets[i + 1]], int(self.prompt_lengths[i])
+
+
+# --- batches: padding, and where the loss is taken ------------------------------------------
+
+
+def collate(examples: list[tuple], pad: int = EOT,
+            multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad a batch to its longest example (rounded up to a multiple of `multiple`). targets[i, t]
+    is the token after inputs[i, t], or -100 where no loss is taken: over the context and
+    separator, and over the padding."""
+    longest = -(-(max(len(tokens) for tokens, _ in examples) - 1) // multiple) * multiple
+    inputs = torch.full((len(examples), longest), pad, dtype=torch.long)
+    targets = torch.full((len(examples), longest), -100, dtype=torch.long)
+    for i, (tokens, prompt_length) in enumerate(examples):
+        tokens = torch.as_tensor(tokens, dtype=torch.long)
+        inputs[i, :len(tokens) - 1] = tokens[:-1]
+        # the first position that predicts a target token is the separator's
+        targets[i, prompt_length - 1:len(tokens) - 1] = tokens[prompt_length:]
+    return inputs, targets
+
+
+def loss_positions(targets: torch.Tensor, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the loss is taken, as flat indices into (B*T), and the labels there. Computed on
+    the CPU next to collate, so the GPU never waits to find them. `multiple` pads their number
+    up to a multiple (position 0, label -100: no loss), so compiled code sees fewer shapes."""
+    flat = targets.flatten()
+    positions = (flat != -100).nonzero().squeeze(1)
+    extra = -len(positions) % multiple
+    if not extra:
+        return positions, flat[positions]
+    return (torch.cat([positions, positions.new_zeros(extra)]),
+            torch.cat([flat[positions], flat.new_full((extra,), -100)]))

@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from data.e2e.prepare import EOT
+from data.task import EOT
 from model import KVCache
 
 STOP_TOKENS = (EOT, 628)  # <|endoftext|>, and "\n\n" (a blank line)
@@ -146,10 +146,11 @@ def decode(model, prompts: list[list[int]], *, beam: int = 10, length_penalty: f
            no_repeat_ngram: int = 4, max_new_tokens: int = 64, batch_size: int = 32,
            use_cache: bool = True, amp_dtype: torch.dtype | None = None,
            stop_tokens=STOP_TOKENS, progress: bool = True, on_batch=None,
-           shard: tuple[int, int] = (0, 1)) -> list[list[int]]:
+           shard: tuple[int, int] = (0, 1), unit: str = "MR") -> list[list[int]]:
     """Beam-search many prompts: batched by prompt length (no padding), in the input order,
     under autocast to amp_dtype (None: fp32). on_batch(indices, outputs), if given, sees each
-    batch's outputs as soon as they are found (sample.py writes them to disk).
+    batch's outputs as soon as they are found (sample.py writes them to disk). unit: what the
+    progress lines call a prompt (E2E's are MRs).
 
     shard (rank, size): search only every size-th batch, from the rank-th on (the others' are
     None in the result); the batches are the ones one process searches, so each output is the
@@ -160,7 +161,7 @@ def decode(model, prompts: list[list[int]], *, beam: int = 10, length_penalty: f
     device = next(model.parameters()).device
     rank, size = shard
     outputs = [None] * len(prompts)
-    bar = tqdm(total=len(prompts), unit="MR", disable=not (progress and sys.stderr.isatty()))
+    bar = tqdm(total=len(prompts), unit=unit, disable=not (progress and sys.stderr.isatty()))
     done, every, start = 0, max(1, len(prompts) // 10), time.time()  # no terminal: a line a tenth
     todo = batches(prompts, batch_size)
     for first in range(0, len(todo), size):
@@ -181,7 +182,7 @@ def decode(model, prompts: list[list[int]], *, beam: int = 10, length_penalty: f
         if progress and bar.disable and done // every > (done - n) // every \
                 and done < len(prompts):
             seconds = time.time() - start
-            print(f"decoded {done}/{len(prompts)} MRs in {seconds:.0f} s, about "
+            print(f"decoded {done}/{len(prompts)} {unit}s in {seconds:.0f} s, about "
                   f"{seconds / done * (len(prompts) - done):.0f} s to go", flush=True)
     bar.close()
     return outputs

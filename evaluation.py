@@ -1,11 +1,11 @@
-"""Decode an E2E split with a fine-tuned model and score it: what sample.py (one model) and
-reproduce.py (every kept epoch of every run) share.
+"""Decode a task's split (E2E's, or your own: data/task.py) with a fine-tuned model and score it:
+what sample.py (one model) and reproduce.py (every kept epoch of every run) share.
 
-Each distinct MR (context) of the split is decoded once with beam search (decoding.py). The
+Each distinct context (E2E: MR) of the split is decoded once with beam search (decoding.py). The
 outputs stream to STEM.tsv.part as they are found, so an interrupted decode resumes there (only
-with the same settings: model, adapter, split, decoding); then STEM.tsv holds (MR, output) rows,
-written before anything is scored, and STEM.scores.json the five metrics (data/e2e/metrics.py)
-with what was decoded and how.
+with the same settings: model, adapter, task, split, decoding); then STEM.tsv holds (MR or
+context, output) rows, written before anything is scored, and STEM.scores.json the five metrics
+(data/e2e/metrics.py, on any text) with what was decoded and how.
 
 Under torchrun (world, distributed.py) each rank searches its share of the batches one process
 searches, rank 0 gathers the outputs as each round of batches ends and writes every file: the
@@ -26,7 +26,7 @@ import cli
 from checkpoint import write_atomic
 from cli import UserError
 from data.e2e import metrics
-from data.e2e import prepare as e2e
+from data.task import Task, tokenizer
 from decoding import decode, search_bytes
 from distributed import ALONE
 
@@ -57,10 +57,11 @@ class Decoding:
                     amp_dtype=self.amp_dtype)
 
 
-def output_text(enc, tokens: list[int]) -> str:
+def output_text(enc, tokens: list[int], blank_line_ends: bool = True) -> str:
     """A decoded output, post-processed as the released decode script does (src/gpt2_decode.py):
-    cut at <|endoftext|> or a blank line, stripped."""
-    return enc.decode(tokens).split("<|endoftext|>")[0].split("\n\n")[0].strip()
+    cut at <|endoftext|> or (where the task says so, as E2E does) a blank line, stripped."""
+    text = enc.decode(tokens).split("<|endoftext|>")[0]
+    return (text.split("\n\n")[0] if blank_line_ends else text).strip()
 
 
 def identity(base: str, adapter: str | None) -> dict:
@@ -134,24 +135,24 @@ def decoded_so_far(stem: str) -> int | None:
         return max(0, sum(1 for line in f if line.endswith("\n")) - 1)  # (the settings line)
 
 
-def evaluate(model, *, split: str, data: str | None, format: str, limit: int, stem: str,
-             decoding: Decoding, what: dict, force: bool, meteor: bool, device,
-             world=ALONE) -> dict | None:
-    """Decode each distinct MR of the split once (the first `limit`, 0: all), resuming from
-    STEM.tsv.part, write STEM.tsv, score, write STEM.scores.json; returns that report (None on
-    the ranks of torchrun but 0). what: identity()'s record of the model decoded."""
-    groups, source = world.agree(e2e.eval_groups, split, data, format, main_first=True)
+def evaluate(model, *, task: Task, split: str, limit: int, stem: str, decoding: Decoding,
+             what: dict, force: bool, meteor: bool, device, world=ALONE) -> dict | None:
+    """Decode each distinct context of the task's split once (the first `limit`, 0: all),
+    resuming from STEM.tsv.part, write STEM.tsv, score, write STEM.scores.json; returns that
+    report (None on the ranks of torchrun but 0). what: identity()'s record of the model."""
+    groups, source = world.agree(task.eval_groups, split, main_first=True)
     if limit:
         groups = groups[:limit]
-    enc = e2e.tokenizer()
-    prompts = [enc.encode(ctx) + [e2e.EOT] for _, ctx, _ in groups]
+    enc, unit = tokenizer(), task.unit
+    prompts = [task.prompt(ctx) for _, ctx, _ in groups]
     world.agree(check_search, model, decoding, prompts, device)
-    settings = decode_settings(what, len(groups), split, format, decoding)
+    settings = {**decode_settings(what, len(groups), split, task.format, decoding),
+                **task.recorded()}
     part = stem + ".tsv.part"
     texts = world.agree(resumed_part, part, settings, force, main_only=True) or {}
     todo = world.broadcast([i for i in range(len(groups)) if i not in texts])  # (rank 0's)
     if texts:
-        print(f"resuming: {len(texts)} of {cli.plural(len(groups), 'MR')} were decoded already "
+        print(f"resuming: {len(texts)} of {cli.plural(len(groups), unit)} were decoded already "
               f"({part})")
     n_tokens = 0
     with open(part if world.main else os.devnull, "a", encoding="utf-8") as f:  # rank 0 writes
@@ -161,28 +162,28 @@ def evaluate(model, *, split: str, data: str | None, format: str, limit: int, st
         def write(chunk, outputs):  # as each batch (under torchrun: each round) finishes
             nonlocal n_tokens
             for j, tokens in world.gather(list(zip(chunk, outputs))):  # (on rank 0: all ranks')
-                texts[todo[j]] = output_text(enc, tokens)
+                texts[todo[j]] = output_text(enc, tokens, task.blank_line_ends)
                 f.write(json.dumps({"i": todo[j], "output": texts[todo[j]]}) + "\n")
                 n_tokens += len(tokens)
             f.flush()
 
         start = time.time()
         decode(model, [prompts[i] for i in todo], **decoding.kwargs(), on_batch=write,
-               shard=(world.rank, world.size))
+               shard=(world.rank, world.size), stop_tokens=task.stop_tokens, unit=unit)
         seconds = time.time() - start
     if not world.main:
         return None
-    print(f"decoded {cli.plural(len(todo), 'MR')} ({n_tokens:,} tokens) in {seconds:.1f} s: "
-          f"{len(todo) / max(seconds, 1e-9):.1f} MRs/s, {n_tokens / max(seconds, 1e-9):,.0f} "
+    print(f"decoded {cli.plural(len(todo), unit)} ({n_tokens:,} tokens) in {seconds:.1f} s: "
+          f"{len(todo) / max(seconds, 1e-9):.1f} {unit}s/s, {n_tokens / max(seconds, 1e-9):,.0f} "
           f"tokens/s (beam {decoding.beam}{'' if decoding.use_cache else ', no KV cache'})")
     table = io.StringIO()
     writer = csv.writer(table, delimiter="\t", lineterminator="\n")
-    writer.writerow(["mr", "output"])
-    writer.writerows((mr, texts[i]) for i, (mr, _, _) in enumerate(groups))
+    writer.writerow([task.label, "output"])
+    writer.writerows((label, texts[i]) for i, (label, _, _) in enumerate(groups))
     write_atomic(stem + ".tsv", table.getvalue())
     os.remove(part)
     print(f"wrote {stem}.tsv")
-    report = {"split": split, "format": format, "references": source, "mrs": len(groups),
+    report = {"split": split, "format": task.format, "references": source, "mrs": len(groups),
               "predictions": stem + ".tsv", "decoding": {**settings, "seconds": seconds}}
     try:
         report["scores"] = metrics.score([refs for _, _, refs in groups],

@@ -42,7 +42,7 @@ import rundir
 import training
 from checkpoint import read_hf_config, write_atomic
 from cli import UserError
-from data.e2e import prepare as e2e
+from data.task import open_task
 from model import GPT, GPTConfig, PRESETS
 
 
@@ -54,7 +54,7 @@ class RunConfig:
     method: str = "lora"  # lora | full | adapter_h | adapter_l
     random_init: bool = False
     data: str | None = None
-    format: str = "paper"
+    format: str | None = None  # E2E's text: paper (None) or official; a JSONL task's: jsonl
     out: str | None = None
     rank: int = 4
     alpha: float = 32
@@ -525,19 +525,21 @@ def checked(cfg: RunConfig, world=distributed.ALONE) -> tuple[RunConfig, torch.d
         for name in ("model", "data"):  # (a preset's name stays a name)
             if getattr(cfg, name) and os.path.exists(getattr(cfg, name)):
                 setattr(cfg, name, os.path.abspath(getattr(cfg, name)))
+    cfg.format = open_task(cfg.data, cfg.format).format  # (E2E's default text, or jsonl)
     return cfg, device, amp_dtype
 
 
 def run_directory(cfg) -> rundir.Claim:
     """The run's folder, owned by this process from here on (rundir.py): --resume's, --out, or a
-    new runs/e2e-<method>-<model>-<time>-<xxxx>. A new run refuses a folder that holds a
+    new runs/<task>-<method>-<model>-<time>-<xxxx>. A new run refuses a folder that holds a
     checkpoint or someone's files."""
     hint = "wait for it to end, or pick another --out"
     if cfg.resume:
         return rundir.claim(cfg.resume, "train.py", hint)
     if not cfg.out:
         cli.check_writable("runs")
-        name = (f"e2e-{cfg.method}-{os.path.basename(cfg.model.rstrip('/'))}"
+        name = (f"{open_task(cfg.data, cfg.format).name}-{cfg.method}-"
+                f"{os.path.basename(cfg.model.rstrip('/'))}"
                 + ("-scratch" if cfg.random_init else ""))
         return rundir.claim_new("runs", name, "train.py")
     cli.check_writable(cfg.out)
@@ -562,18 +564,20 @@ def setup(cfg, run_dir: str, device) -> tuple:
         if not os.path.isfile(state):
             print(f"{run_dir} has no checkpoint yet: resuming it from step 0")
             state = None
-    train_set = e2e.load_examples("train", cfg.data, cfg.format)
-    dev_set = e2e.load_examples("dev", cfg.data, cfg.format)
-    if cfg.limit:
-        train_set = [train_set[i] for i in range(min(cfg.limit, len(train_set)))]
-        dev_set = [dev_set[i] for i in range(min(cfg.limit, len(dev_set)))]
+    task = open_task(cfg.data, cfg.format)
+    splits = {}
+    for split in ("train", "dev"):
+        examples = task.examples(split)
+        splits[split] = [examples[i] for i in range(min(cfg.limit or len(examples),
+                                                        len(examples)))]
     model = build_model(cfg, device)
-    longest = max(len(examples[i][0]) for examples in (train_set, dev_set)
-                  for i in range(len(examples))) - 1
-    if longest > model.config.block_size:
-        raise UserError(f"the longest example has {longest} tokens, more than the model's "
-                        f"{model.config.block_size} positions")
-    return model, train_set, dev_set, state
+    for split, examples in splits.items():  # (an example's last token is only a label)
+        i = max(range(len(examples)), key=lambda i: len(examples[i][0]))
+        if len(examples[i][0]) - 1 > model.config.block_size:
+            raise UserError(f"{task.where(split, i)}: the example has {len(examples[i][0]) - 1} "
+                            f"tokens, more than the model's {model.config.block_size} "
+                            "positions; shorten it (or drop it)")
+    return model, splits["train"], splits["dev"], state
 
 
 def begin(cfg, run_dir: str):
@@ -595,7 +599,8 @@ def begin(cfg, run_dir: str):
     if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):  # a run that never saved
         os.remove(os.path.join(run_dir, "metrics.jsonl"))
     write_atomic(path, json.dumps({
-        "args": cfg.recorded(), "data_format": e2e.FORMATS[cfg.format], "torch": torch.__version__,
+        "args": cfg.recorded(), "data_format": open_task(cfg.data, cfg.format).describe(),
+        "torch": torch.__version__,
         "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
 
 

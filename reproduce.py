@@ -52,7 +52,7 @@ import training
 from checkpoint import load_metadata, write_atomic
 from cli import UserError
 from data.e2e import paper_results
-from data.e2e import prepare as e2e
+from data.task import open_task, tokenizer
 from evaluation import Decoding
 from finetune import RunConfig
 from model import GPT
@@ -134,6 +134,7 @@ def plan(args) -> tuple[dict, list[Unit]]:
     """The experiment's settings (what must match to resume it) and its training runs."""
     seeds = parse_list(args.seeds, "--seeds")
     shape = finetune.model_shape(args.model, 0.0, "this experiment")  # a preset or a checkpoint
+    task = open_task(args.data)  # E2E, or a JSONL folder
     common = dict(model=args.model, data=args.data, epochs=args.epochs, limit=args.limit,
                   device=args.device, dtype=args.dtype, save_every=args.save_every,
                   keep_epochs=True)
@@ -159,8 +160,8 @@ def plan(args) -> tuple[dict, list[Unit]]:
     units = [Unit(f"{name}-seed{seed}", label, seed,
                   RunConfig(**common, **settings, seed=seed, given=tuple(settings)), note)
              for name, label, settings, note in cells for seed in seeds]
-    settings = {"command": args.command, "model": args.model,
-                "size": paper_results.size_of(shape),  # whose paper rows are printed beside
+    settings = {"command": args.command, "model": args.model, **task.recorded(),
+                "size": task.paper_size(shape),  # whose paper rows are printed beside
                 "cells": [c[0] for c in cells],
                 "train": {name: s for name, _, s, _ in cells}, "seeds": seeds,
                 "epochs": args.epochs, "limit": args.limit, "mrs": args.mrs,
@@ -261,7 +262,7 @@ def decode_run(unit: Unit, folder: str, settings: dict, search: Decoding, device
         for split in [s for e, s in todo if e == epoch]:
             before = evaluation.decoded_so_far(stem(folder, epoch, split)) or 0
             report = evaluation.evaluate(
-                model, split=split, data=cfg.data, format=cfg.format, limit=settings["mrs"],
+                model, task=open_task(cfg.data, cfg.format), split=split, limit=settings["mrs"],
                 stem=stem(folder, epoch, split), decoding=search,
                 what=evaluation.identity(*what), force=False, meteor=settings["meteor"],
                 device=device, world=world)
@@ -275,12 +276,12 @@ def stem(folder: str, epoch: int, split: str) -> str:
 
 class Progress:
     """One line per stage, with the whole experiment's projected time from the rates measured
-    so far in this process (training steps/s, decoded MRs/s)."""
+    so far in this process (training steps/s, decoded MRs/s; unit: "MRs", or "contexts")."""
 
-    def __init__(self, stages: int, steps_left: int, mrs_left: int):
-        self.stages, self.done = stages, 0
-        self.left = {"steps": steps_left, "MRs": mrs_left}
-        self.work = {"steps": [0, 0.0], "MRs": [0, 0.0]}  # amount, seconds
+    def __init__(self, stages: int, steps_left: int, mrs_left: int, unit: str = "MRs"):
+        self.stages, self.done, self.unit = stages, 0, unit
+        self.left = {"steps": steps_left, unit: mrs_left}
+        self.work = {"steps": [0, 0.0], unit: [0, 0.0]}  # amount, seconds
 
     def stage(self, what: str, kind: str, amount: int, seconds: float, planned: int):
         self.done += 1
@@ -302,9 +303,10 @@ class Progress:
 
 
 def mrs_per_split(settings: dict, data: str | None) -> dict:
-    """How many MRs each split decodes."""
-    return {split: min(settings["mrs"] or math.inf,
-                       len(e2e.eval_groups(split, data, "paper")[0])) for split in SPLITS}
+    """How many MRs (contexts) each split decodes."""
+    task = open_task(data)
+    return {split: min(settings["mrs"] or math.inf, len(task.eval_groups(split)[0]))
+            for split in SPLITS}
 
 
 def steps_per_run(unit: Unit, examples: int) -> int:
@@ -393,7 +395,8 @@ def report(result: dict, model: str) -> str:
     s = result["settings"]
     out = [f"# {s['command']} on {model}: seeds {', '.join(map(str, s['seeds']))}, "
            f"{cli.plural(s['epochs'], 'epoch')}, test set"
-           + (f" (first {cli.plural(s['mrs'], 'MR')})" if s["mrs"] else ""),
+           + (f" (first {cli.plural(s['mrs'], open_task(s.get('task')).unit)})"
+              if s["mrs"] else ""),
            "", "Mean +- std over seeds (sample std), rounded as Table 3."]
     for sel, (what, _) in SELECTIONS.items():
         chosen = ", ".join(f"{name} {e}" for row in result["rows"].values()
@@ -480,7 +483,7 @@ def stages(settings: dict, units: list[Unit], exp: str, args) -> tuple[list, dic
     mrs = mrs_per_split(settings, args.data)
     to_train = [u.name for u in units
                 if not trained(run_folder(exp, u), u.config.epochs, u.config)]
-    examples = len(e2e.load_examples("train", args.data, units[0].config.format)) if to_train else 0
+    examples = len(open_task(args.data).examples("train")) if to_train else 0
     left = {u.name: steps_per_run(u, examples) - steps_done(run_folder(exp, u))
             for u in units if u.name in to_train}
     to_decode = {u.name: sum(mrs[split] for _, split in undecoded(u, run_folder(exp, u)))
@@ -495,7 +498,7 @@ def run(settings: dict, units: list[Unit], exp: str, args, device,
     to_train, left, to_decode = world.broadcast(stages(settings, units, exp, args)
                                                 if world.main else None)
     progress = Progress(len(to_train) + len(to_decode), sum(left.values()),
-                        sum(to_decode.values()))
+                        sum(to_decode.values()), f"{open_task(args.data).unit}s")
     for u in [u for u in units if u.name in to_train]:
         start = time.time()
         code, ran = train(u, run_folder(exp, u), world)
@@ -511,7 +514,8 @@ def run(settings: dict, units: list[Unit], exp: str, args, device,
         if u.name in to_decode:
             start = time.time()
             n = decode_run(u, run_folder(exp, u), settings, decoding(args), device, world)
-            progress.stage(f"decoded {u.name}", "MRs", n, time.time() - start, to_decode[u.name])
+            progress.stage(f"decoded {u.name}", progress.unit, n, time.time() - start,
+                           to_decode[u.name])
     if not world.main:  # rank 0 writes the results
         return 0
     result = results(settings, units, exp)
@@ -543,7 +547,8 @@ def parse_args(argv=None):
         q.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated")
         q.add_argument("--epochs", type=int, default=5, help="epochs per run (each one kept)")
         q.add_argument("--out", help="the experiment folder (default: runs/<command>-<model>)")
-        q.add_argument("--data", help="folder with the E2E CSVs (as train.py's --data)")
+        q.add_argument("--data", help="the task, as train.py's --data: a folder with train.jsonl, "
+                                      "dev.jsonl and test.jsonl, or the E2E CSVs'")
         q.add_argument("--limit", type=int, default=0,
                        help="train on the first N examples only (quick runs; 0: all)")
         q.add_argument("--mrs", type=int, default=0,
@@ -576,8 +581,11 @@ def parse_args(argv=None):
 def inputs(args, world) -> torch.device:
     """The data, the vocabulary and the device the stages need, found (or downloaded) now:
     missing, they are said before the folder is made, not hours later."""
-    e2e.locate(args.data)
-    e2e.tokenizer()
+    task = open_task(args.data)
+    if "test" not in task.splits:
+        raise UserError(f"{args.data} has no test.jsonl: every epoch is scored on test and dev")
+    task.locate()  # (E2E's release: downloaded if need be)
+    tokenizer()
     return world.place(cli.pick_device(args.device))
 
 

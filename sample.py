@@ -1,14 +1,17 @@
-"""Decode with a fine-tuned GPT-2: merge the adapter, beam-search the E2E test set, score it.
+"""Decode with a fine-tuned GPT-2: merge the adapter, beam-search the test set, score it.
 
     python sample.py --adapter RUN_DIR/adapter.safetensors        # the Table 3 row for a run
     python sample.py --adapter RUN_DIR/adapter.safetensors --mr "name[The Eagle], eatType[pub]"
+    python sample.py --adapter RUN_DIR/adapter.safetensors --context "city : Oslo | sky : snow"
     python sample.py --model gpt2 --prompt "The Eagle is" --temperature 0.8 --top-p 0.9
     python sample.py --latency                                     # the Table 1 latency grid
 
-Decoding follows the paper (Table 11): beam search (decoding.py) with 10 beams, length penalty
-0.9 and no repeated 4-grams, at most 64 new tokens, stopping at <|endoftext|> or a blank line.
-Each distinct MR of the test set (630) is decoded once; the predictions (MR, output) are written
-beside the adapter before they are scored with the official E2E metrics (data/e2e/metrics.py).
+The task is the run's own (E2E, or a JSONL folder: data/task.py), or --data's. Decoding follows
+the paper (Table 11): beam search (decoding.py) with 10 beams, length penalty 0.9 and no repeated
+4-grams, at most 64 new tokens (a JSONL task: its longest target), stopping at <|endoftext|> (E2E:
+or a blank line). Each distinct context of the test set (E2E: its 630 MRs) is decoded once; the
+predictions (MR or context, output) are written beside the adapter before they are scored with the
+E2E metrics (data/e2e/metrics.py), beside the paper's row where the task has one.
 `--latency` times the forward pass of the Table 1 variants (latency.py).
 
     torchrun --standalone --nproc_per_node 4 sample.py --adapter RUN_DIR/adapter.safetensors
@@ -35,7 +38,8 @@ import rundir
 from checkpoint import ADAPTER_FORMAT, load_metadata, write_atomic
 from cli import UserError
 from data.e2e import paper_results
-from data.e2e import prepare as e2e
+from data.e2e.prepare import FORMATS
+from data.task import EOT, open_task, tokenizer
 from decoding import decode
 from evaluation import Decoding
 from model import GPT, PRESETS, GPTConfig
@@ -98,15 +102,14 @@ def base_name(args) -> str:
     return run_config(args).get("model", args.model)
 
 
-# --- the E2E test set ----------------------------------------------------------------------------
+# --- the test set ------------------------------------------------------------------------------
 
 
 def output_stem(args) -> str:
     """Where the predictions go, named by what was decoded: e.g. RUN_DIR/predictions-dev-first5."""
     where = args.adapter or (args.model if os.path.isdir(args.model) else None)
     folder = args.out or (os.path.dirname(os.path.abspath(where.rstrip("/"))) if where else ".")
-    return os.path.join(folder, "predictions" + ("" if args.format == "paper" else
-                                                 f"-{args.format}")
+    return os.path.join(folder, "predictions" + args.task.suffix
                         + ("" if args.split == "test" else f"-{args.split}")
                         + (f"-first{args.limit}" if args.limit else ""))
 
@@ -140,13 +143,13 @@ def decoding(args) -> Decoding:
 def evaluate_split(model, kind: str, args, device, world) -> dict | None:
     """Decode and score the split (evaluation.py), then print the row next to the paper's."""
     report = evaluation.evaluate(
-        model, split=args.split, data=args.data, format=args.format, limit=args.limit,
+        model, task=args.task, split=args.split, limit=args.limit,
         stem=output_stem(args), decoding=decoding(args),
         what=evaluation.identity(base_name(args), args.adapter), force=args.force,
         meteor=not args.no_meteor, device=device, world=world)
     if report is None:  # (a rank of torchrun but 0: rank 0 scores)
         return None
-    size = None if run_config(args).get("random_init") else paper_results.size_of(model.config)
+    size = None if run_config(args).get("random_init") else args.task.paper_size(model.config)
     print(f"references: {report['references']}")
     print(table3(report["scores"], size, kind, args))
     if "meteor" in report:
@@ -160,8 +163,10 @@ def table3(scores: dict, size: str | None, kind: str, args) -> str:
     def cell(name, scale):  # one digit more than the paper prints
         return "n/a" if scores[name] is None else f"{scores[name] * scale:.{3 if scale == 1 else 2}f}"
 
-    what = (f"this run ({args.split}{f', first {args.limit} MRs' if args.limit else ''}"
-            f"{', official text: not comparable with Table 3' if args.format == 'official' else ''})")
+    what = (f"this run ({args.split}"
+            + (f", first {cli.plural(args.limit, args.task.unit)}" if args.limit else "")
+            + (", official text: not comparable with Table 3" if args.format == "official" else "")
+            + ")")
     lines = ["| | BLEU | NIST | METEOR | ROUGE-L | CIDEr |", "|---|---|---|---|---|---|",
              f"| {what} | {cell('BLEU', 100)} | {cell('NIST', 1)} | {cell('METEOR', 100)} | "
              f"{cell('ROUGE_L', 100)} | {cell('CIDEr', 1)} |"]
@@ -201,20 +206,21 @@ def latency_out(args, device) -> str:
 
 
 def parse_args(argv=None):
-    p = cli.parser("sample.py", description="Decode with a fine-tuned GPT-2 (E2E test set, one "
-                   "MR, or free text), or time the forward pass (paper Table 1).")
+    p = cli.parser("sample.py", description="Decode with a fine-tuned GPT-2 (a task's test set, "
+                   "one input, or free text), or time the forward pass (paper Table 1).")
     p.add_argument("--adapter", help="adapter.safetensors from train.py (its base model is "
                                      "read from the file)")
     p.add_argument("--model", help="base model (overrides the adapter's), or a full fine-tuned "
                                    "checkpoint to decode without an adapter")
-    p.add_argument("--data", help="folder with the E2E CSVs (default: $E2E_DATA_DIR, else data/e2e/, "
-                                  "downloaded on first use)")
-    p.add_argument("--split", default="test", choices=("test", "dev"), help="E2E split to decode")
-    p.add_argument("--format", choices=list(e2e.FORMATS),
-                   help="paper: the released pre-tokenized text, scored against the released "
-                        "references (comparable with Table 3); official: the raw CSVs (default: "
-                        "the run's own, else paper)")
-    p.add_argument("--limit", type=int, default=0, help="decode only the first N MRs")
+    p.add_argument("--data", help="the task: a folder with train.jsonl, dev.jsonl, test.jsonl, or the "
+                                  "E2E CSVs' (default: the run's own; else $E2E_DATA_DIR, else "
+                                  "data/e2e/, downloaded on first use)")
+    p.add_argument("--split", default="test", choices=("test", "dev"), help="split to decode")
+    p.add_argument("--format", choices=list(FORMATS),
+                   help="E2E's text: paper, the released pre-tokenized text, scored against the "
+                        "released references (comparable with Table 3); official: the raw CSVs "
+                        "(default: the run's own, else paper)")
+    p.add_argument("--limit", type=int, default=0, help="decode only the first N MRs (contexts)")
     p.add_argument("--out", help="folder for predictions and scores (default: the adapter's)")
     p.add_argument("--force", action="store_true",
                    help="replace earlier predictions (and discard an unfinished decode with other "
@@ -229,15 +235,19 @@ def parse_args(argv=None):
     g.add_argument("--length-penalty", type=float, default=0.9,
                    help="score = log p / length ** penalty (the original README used 0.8)")
     g.add_argument("--no-repeat-ngram", type=int, default=4, help="0 allows repeats")
-    g.add_argument("--max-new-tokens", type=int, default=64, help="longest output, in tokens")
-    g.add_argument("--batch-size", type=int, default=32, help="MRs decoded together")
+    g.add_argument("--max-new-tokens", type=int, default=64,
+                   help="longest output, in tokens (a JSONL task: its longest target's)")
+    g.add_argument("--batch-size", type=int, default=32, help="MRs (contexts) decoded together")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole sequence at "
                                                            "every step (slow; for comparison)")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
     g.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="auto: fp32, as the released code decodes; bf16/fp16: autocast on CUDA")
     g = p.add_argument_group("one input")
-    g.add_argument("--mr", help="one meaning representation, e.g. 'name[The Eagle], eatType[pub]'")
+    g.add_argument("--mr", help="one E2E meaning representation, e.g. 'name[The Eagle], "
+                                "eatType[pub]'")
+    g.add_argument("--context", help="one context as the model reads it (any task), e.g. "
+                                     "'city : Oslo | sky : snow' for data/toy")
     g.add_argument("--prompt", help="free text to continue (greedy, or sampled with "
                                     "--temperature); <|endoftext|> in it is GPT-2's end-of-text "
                                     "token")
@@ -271,17 +281,24 @@ READS = {
     "--latency": {"latency", "grid", "trials", "warmup_trials", "latency_model", "latency_out"},
     "--prompt": LOADS | {"prompt", "temperature", "top_k", "top_p", "seed", "max_new_tokens"},
     "--mr": LOADS | BEAM | {"mr", "format"},
+    "--context": LOADS | BEAM | {"context", "data", "format"},
     "the test set": LOADS | BEAM | {"data", "split", "format", "limit", "out", "force",
                                     "no_meteor", "batch_size"},
 }
 
 
+INPUTS = {"prompt": "--prompt (free text)", "mr": "--mr (one MR)",
+          "context": "--context (one context)"}
+
+
 def check_flags(args):
     """Refuse flags that would do nothing in the mode the command line asks for."""
-    if args.prompt is not None and args.mr is not None:
-        raise UserError("give --prompt (free text) or --mr (one MR), not both")
-    mode = ("--latency" if args.latency else "--prompt" if args.prompt is not None
-            else "--mr" if args.mr is not None else "the test set")
+    if len(given := [text for name, text in INPUTS.items() if getattr(args, name) is not None]) > 1:
+        raise UserError(f"give {', '.join(given[:-1])} or {given[-1]}, not "
+                        + ("both" if len(given) == 2 else "several"))
+    mode = ("--latency" if args.latency else
+            next((f"--{name}" for name in INPUTS if getattr(args, name) is not None),
+                 "the test set"))
     if unused := [name for name in args.given if name not in READS[mode] | {"device", "dtype"}]:
         flags = ", ".join("--" + name.replace("_", "-") for name in unused)
         raise UserError(f"{flags} {'does' if len(unused) == 1 else 'do'} nothing with {mode}; "
@@ -307,15 +324,10 @@ def check(args, world=distributed.ALONE) -> torch.device:
     if args.prompt is not None and not args.prompt.strip():
         raise UserError("--prompt is empty: give some text to continue")
     check_flags(args)
-    if world.size > 1 and (args.latency or args.prompt is not None or args.mr is not None):
-        raise UserError(f"--{'latency' if args.latency else 'mr' if args.mr else 'prompt'} runs "
-                        "in one process: start sample.py without torchrun (torchrun shares the "
-                        "test set's MRs among its processes)")
-    if args.mr is not None:
-        try:
-            e2e.check_mr(args.mr)
-        except ValueError as e:
-            raise UserError(f"--mr {e}") from None
+    if world.size > 1 and (one := next((f"--{name}" for name in ("latency", *INPUTS)
+                                        if getattr(args, name) not in (None, False)), None)):
+        raise UserError(f"{one} runs in one process: start sample.py without torchrun "
+                        "(torchrun shares the test set's MRs among its processes)")
     for flag, value in {"--length-penalty": args.length_penalty,
                         "--temperature": args.temperature}.items():
         if not math.isfinite(value):
@@ -328,8 +340,30 @@ def check(args, world=distributed.ALONE) -> torch.device:
     elif not (args.adapter or args.model):
         raise UserError("give --adapter RUN_DIR/adapter.safetensors (or --model for a plain or "
                         "fully fine-tuned checkpoint)")
-    args.format = args.format or run_config(args).get("format", "paper")
+    elif args.prompt is None:
+        check_task(args)
     return device
+
+
+def check_task(args):
+    """args.task: --data's, else the run's own (config.json), else E2E; its decoding defaults
+    where no flag is given; the input or the split checked against it."""
+    run = run_config(args)
+    args.task = open_task(args.data or run.get("data"), args.format or run.get("format"))
+    args.format = args.task.format
+    for name, value in args.task.decoding.items():
+        if name not in args.given:
+            setattr(args, name, value)
+    for name in ("mr", "context"):
+        if getattr(args, name) is not None:
+            try:
+                args.task.check_input(getattr(args, name), mr=name == "mr")
+            except ValueError as e:
+                raise UserError(f"--{name} {e}") from None
+            return
+    if args.split not in args.task.splits:
+        raise UserError(f"{args.data or run.get('data')} has no {args.split} split (no "
+                        f"{args.split}.jsonl); decode --split dev")
 
 
 def check_latency(args, device):
@@ -351,13 +385,16 @@ def check_latency(args, device):
 
 
 def one_input(model, args, device):
-    """--prompt: continue free text (greedy, or sampled); --mr: beam-search one MR."""
-    enc = e2e.tokenizer()
-    if args.mr is not None:
-        prompt = e2e.prompt_tokens(args.mr, args.format)
+    """--prompt: continue free text (greedy, or sampled); --mr, --context: beam-search one MR
+    or context, as the test set is decoded."""
+    enc, task = tokenizer(), getattr(args, "task", None)
+    if args.prompt is None:
+        text, mr = (args.mr, True) if args.mr is not None else (args.context, False)
+        prompt = task.prompt(text, mr=mr)
         evaluation.check_search(model, decoding(args), [prompt], device)
-        print(evaluation.output_text(enc, decode(model, [prompt], **decoding(args).kwargs(),
-                                                 progress=False)[0]))
+        tokens = decode(model, [prompt], **decoding(args).kwargs(), stop_tokens=task.stop_tokens,
+                        progress=False)[0]
+        print(evaluation.output_text(enc, tokens, task.blank_line_ends))
         return
     idx = torch.tensor([enc.encode(args.prompt, allowed_special={"<|endoftext|>"})],
                        device=device)
@@ -367,7 +404,7 @@ def one_input(model, args, device):
     generator = torch.Generator(device=device).manual_seed(args.seed)
     with cli.autocast(device, args.amp_dtype):
         out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k,
-                             args.top_p, stop_token=e2e.EOT, generator=generator)
+                             args.top_p, stop_token=EOT, generator=generator)
     print(enc.decode(out[0].tolist()))
 
 
@@ -376,7 +413,7 @@ def kept(args, decoding_test_set: bool) -> str:
     stem = output_stem(args) if decoding_test_set else None
     done = evaluation.decoded_so_far(stem) if stem else None
     if done is not None:
-        return (f"stopped; the {cli.plural(done, 'MR')} decoded so far "
+        return (f"stopped; the {cli.plural(done, args.task.unit)} decoded so far "
                 f"{'is' if done == 1 else 'are'} kept in {stem}.tsv.part: run the same command "
                 "again to go on from there")
     if stem and os.path.exists(stem + ".tsv"):
@@ -387,7 +424,7 @@ def kept(args, decoding_test_set: bool) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     owner = None  # the output folder's lock (rank 0's), while decoding the test set
-    test_set = args.prompt is None and args.mr is None and not args.latency
+    test_set = all(getattr(args, name) is None for name in INPUTS) and not args.latency
     claimed = False  # (on every rank: the folder is rank 0's)
     try:
         world = distributed.start()  # torchrun's processes join here; alone, nothing happens

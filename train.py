@@ -1,6 +1,8 @@
-"""Fine-tune GPT-2 on the E2E NLG Challenge with LoRA (or full fine-tuning, or adapters).
+"""Fine-tune GPT-2 on the E2E NLG Challenge with LoRA (or full fine-tuning, or adapters), or on
+your own task: `--data FOLDER` of JSONL files (data/jsonl.py), the same pipeline (data/task.py).
 
     python train.py --rank 4 --targets q,v            # the paper's GPT-2 M + LoRA recipe
+    python train.py --data data/toy --model gpt2      # a task of your own
 
 The defaults are the paper's (Hu et al. 2021, Table 11, GPT-2 M on E2E), with every detail the
 paper leaves out taken from its released code (microsoft/LoRA, examples/NLG): AdamW (betas
@@ -36,8 +38,8 @@ D = RunConfig()  # the defaults
 
 
 def parse_args(argv=None) -> RunConfig:
-    p = cli.parser("train.py", description="Fine-tune GPT-2 on E2E NLG (defaults: the paper's "
-                   "GPT-2 M + LoRA recipe).")
+    p = cli.parser("train.py", description="Fine-tune GPT-2 on E2E NLG, or your own task "
+                   "(defaults: the paper's GPT-2 M + LoRA recipe).")
     p.add_argument("--model", default=D.model,
                    help="GPT-2 preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or local checkpoint")
     p.add_argument("--method", default=D.method, choices=METHODS,
@@ -45,13 +47,14 @@ def parse_args(argv=None) -> RunConfig:
     p.add_argument("--random-init", action="store_true",
                    help="train from scratch: --model's shape with random weights (GPT-2's "
                         "init, seeded by --seed), nothing downloaded; needs --method full")
-    p.add_argument("--data", help="folder with the E2E CSVs (default: $E2E_DATA_DIR, else data/e2e/, "
-                                  "downloaded on first use)")
+    p.add_argument("--data", help="your task: a folder with train.jsonl and dev.jsonl (data/jsonl.py); "
+                                  "or the E2E CSVs' folder (default: $E2E_DATA_DIR, else "
+                                  "data/e2e/, downloaded on first use)")
     p.add_argument("--format", default=D.format, choices=list(e2e.FORMATS),
-                   help="paper: the pre-tokenized text the paper's released code trains on; "
-                        "official: the raw E2E CSVs")
+                   help="E2E's text: paper (the default), the pre-tokenized text the paper's "
+                        "released code trains on; official: the raw E2E CSVs")
     p.add_argument("--out", help="run directory (default: a new "
-                                 "runs/e2e-<method>-<model>-<time>-<xxxx>)")
+                                 "runs/<task>-<method>-<model>-<time>-<xxxx>)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run saved in RUN_DIR with its settings; only "
                         + ", ".join(SAFE_ON_RESUME) + " may change")

@@ -49,6 +49,13 @@ class LostRank(Exception):
         super().__init__(message)
         self.report = report
 
+    def say(self, prog: str, what: str) -> int:
+        """One line on stderr, "prog: this; what" (where this process reports); the exit
+        code, 1."""
+        if self.report:
+            print(f"{prog}: {self}; {what}", file=sys.stderr, flush=True)
+        return 1
+
 
 def launched() -> bool:
     """Whether torchrun (or another launcher setting its variables) started this process."""

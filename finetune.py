@@ -29,7 +29,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 
 import torch
@@ -400,9 +399,7 @@ class Trainer:
             return 1
         except distributed.LostRank as e:  # torchrun: another rank died or hung
             self.log.write({"event": "lost", "error": str(e), "step": self.position["step"]})
-            if e.report:  # (rank 1 when rank 0 is the one lost)
-                print(f"train.py: {e}; stopped, {self.kept()}", file=sys.stderr, flush=True)
-            return 1
+            return e.say("train.py", f"stopped, {self.kept()}")
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

@@ -613,9 +613,7 @@ def main(argv=None) -> int:
     except cli.USER_ERRORS as e:
         cli.fail("reproduce.py", e)
     except distributed.LostRank as e:
-        if e.report:
-            print(f"reproduce.py: {e}; nothing was started", file=sys.stderr)
-        return 1
+        return e.say("reproduce.py", "nothing was started")
     with owner or contextlib.nullcontext():
         try:
             code = run(settings, units, exp, args, device, world)
@@ -625,10 +623,8 @@ def main(argv=None) -> int:
         except STAGE_ERRORS as e:  # a download that fails, METEOR that breaks, ...
             cli.fail("reproduce.py", e)
         except distributed.LostRank as e:  # under torchrun: another rank died or hung
-            if e.report:
-                print(f"reproduce.py: {e}; what was done is kept in {exp}: rerun the same "
-                      "command to go on from there", file=sys.stderr)
-            return 1
+            return e.say("reproduce.py", f"what was done is kept in {exp}: rerun the same "
+                         "command to go on from there")
     world.close()
     return code
 

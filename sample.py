@@ -447,9 +447,7 @@ def main(argv=None) -> int:
             cli.interrupted("sample.py", kept(args, claimed))
         cli.fail("sample.py", e)
     except distributed.LostRank as e:  # torchrun: another rank died or hung
-        if e.report:
-            print(f"sample.py: {e}; {kept(args, claimed)}", file=sys.stderr)
-        return 1
+        return e.say("sample.py", kept(args, claimed))
     finally:
         if owner is not None:
             owner.release()

@@ -125,9 +125,7 @@ def main(argv=None) -> int:
     except cli.USER_ERRORS as e:
         cli.fail("train.py", e)
     except distributed.LostRank as e:
-        if e.report:
-            print(f"train.py: {e}; stopped before training began", file=sys.stderr)
-        return 1
+        return e.say("train.py", "stopped before training began")
     code = job.run()
     world.close()
     return code

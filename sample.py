@@ -361,9 +361,7 @@ def check_task(args):
             except ValueError as e:
                 raise UserError(f"--{name} {e}") from None
             return
-    if args.split not in args.task.splits:
-        raise UserError(f"{args.data or run.get('data')} has no {args.split} split (no "
-                        f"{args.split}.jsonl); decode --split dev")
+    args.task.check_split(args.split)
 
 
 def check_latency(args, device):

@@ -21,24 +21,10 @@ with one note that counts them.
 import json
 import os
 
-from data.task import DataError, Examples, Task, encode_pairs, read_text
+from data.task import (JSON_TYPES, DataError, Examples, Task, check_text, encode_pairs,
+                       read_text)
 
 FILES = {"train": "train.jsonl", "dev": "dev.jsonl", "test": "test.jsonl"}
-SEPARATOR = "<|endoftext|>"
-JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "a number",
-              float: "a number", bool: "true or false", type(None): "null"}
-
-
-def check_text(text, what: str) -> str:
-    """text stripped; ValueError when it is not a non-empty string free of the separator."""
-    if not isinstance(text, str):
-        raise ValueError(f"the {what} is {JSON_TYPES.get(type(text), 'a value')}, not a string")
-    if not text.strip():
-        raise ValueError(f"the {what} is empty")
-    if SEPARATOR in text:
-        raise ValueError(f"the {what} holds '{SEPARATOR}', GPT-2's end-of-text marker, which "
-                         "separates context and target here; remove it")
-    return text.strip()
 
 
 def parse_line(line: str) -> tuple[str, list[str]]:
@@ -58,8 +44,8 @@ def parse_line(line: str) -> tuple[str, list[str]]:
     targets = [record["target"]] if "target" in record else record["targets"]
     if not isinstance(targets, list) or not targets:
         raise ValueError('"targets" must be a list of one or more strings')
-    return (check_text(record["context"], "context"),
-            [check_text(t, "target") for t in targets])
+    return (check_text(record["context"], "the context"),
+            [check_text(t, "the target") for t in targets])
 
 
 def read_file(path: str) -> list[tuple[int, str, list[str]]]:
@@ -93,11 +79,14 @@ class JsonlTask(Task):
     def path(self, split: str) -> str:
         return os.path.join(self.folder, FILES[split])
 
+    def check_split(self, split: str):
+        if split not in self.splits:
+            raise DataError(f"{self.folder} has no {split} split (no {FILES[split]}); decode "
+                            "--split dev")
+
     def rows(self, split: str) -> list[tuple[int, str, list[str]]]:
         """The split's lines, read and checked once."""
-        if split not in self.splits:
-            raise DataError(f"{self.folder} has no {FILES[split]}"
-                            + ("; decode --split dev instead" if split == "test" else ""))
+        self.check_split(split)
         if split not in self._rows:
             self._rows[split] = read_file(self.path(split))
         return self._rows[split]

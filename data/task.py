@@ -30,6 +30,24 @@ class DataError(ValueError):
     """A problem with the data files, naming the file (and row or line) and what to do."""
 
 
+JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "a number",
+              float: "a number", bool: "true or false", type(None): "null"}
+
+
+def check_text(text, what: str = "") -> str:
+    """text stripped; ValueError, its subject `what` ("the context"), when it is not a non-empty
+    string free of the separator."""
+    subject = f"{what} " if what else ""
+    if not isinstance(text, str):
+        raise ValueError(f"{subject}is {JSON_TYPES.get(type(text), 'a value')}, not a string")
+    if not text.strip():
+        raise ValueError(f"{subject}is empty")
+    if "<|endoftext|>" in text:
+        raise ValueError(f"{subject}holds '<|endoftext|>', GPT-2's end-of-text marker, which "
+                         "separates context and target here; remove it")
+    return text.strip()
+
+
 class Task:
     """What train.py, sample.py and reproduce.py know of a task; E2ETask and JsonlTask fill it
     in. splits: those it has (train and dev always, test to score on). label, unit: the first
@@ -77,11 +95,10 @@ class Task:
         if mr:
             raise ValueError(f"is E2E's input (a meaning representation); this task ({self.name}) "
                              "reads --context TEXT")
-        if not text.strip():
-            raise ValueError("is empty")
-        if "<|endoftext|>" in text:
-            raise ValueError("holds '<|endoftext|>', which separates the context from the text "
-                             "here")
+        check_text(text)
+
+    def check_split(self, split: str):
+        """A DataError when the task has no such split (a JSONL task may lack test.jsonl)."""
 
     def prompt(self, text: str, mr: bool = False) -> list[int]:
         """What the model is given for text (checked by check_input): the context, then the

@@ -130,11 +130,10 @@ def row_settings(row: str, shape) -> tuple[dict, str]:
     return settings, ", ".join(f"{k} {v}" for k, v in settings.items()) + f"; {note}"
 
 
-def plan(args) -> tuple[dict, list[Unit]]:
+def plan(args, task) -> tuple[dict, list[Unit]]:
     """The experiment's settings (what must match to resume it) and its training runs."""
     seeds = parse_list(args.seeds, "--seeds")
     shape = finetune.model_shape(args.model, 0.0, "this experiment")  # a preset or a checkpoint
-    task = open_task(args.data)  # E2E, or a JSONL folder
     common = dict(model=args.model, data=args.data, epochs=args.epochs, limit=args.limit,
                   device=args.device, dtype=args.dtype, save_every=args.save_every,
                   keep_epochs=True)
@@ -236,7 +235,8 @@ def undecoded(unit: Unit, folder: str) -> list[tuple[int, str]]:
             if not os.path.exists(stem(folder, e, split) + ".scores.json")]
 
 
-def decode_run(unit: Unit, folder: str, settings: dict, search: Decoding, device, world) -> int:
+def decode_run(unit: Unit, folder: str, settings: dict, search: Decoding, device, task,
+               world) -> int:
     """Decode and score every kept epoch of one run on test and dev (what is done is skipped);
     returns the MRs decoded. The base model is loaded once and the epochs' adapters switched on
     it: unmerge, load, merge (the paper's task switching, Sec. 4.1)."""
@@ -262,7 +262,7 @@ def decode_run(unit: Unit, folder: str, settings: dict, search: Decoding, device
         for split in [s for e, s in todo if e == epoch]:
             before = evaluation.decoded_so_far(stem(folder, epoch, split)) or 0
             report = evaluation.evaluate(
-                model, task=open_task(cfg.data, cfg.format), split=split, limit=settings["mrs"],
+                model, task=task, split=split, limit=settings["mrs"],
                 stem=stem(folder, epoch, split), decoding=search,
                 what=evaluation.identity(*what), force=False, meteor=settings["meteor"],
                 device=device, world=world)
@@ -302,9 +302,8 @@ class Progress:
               flush=True)
 
 
-def mrs_per_split(settings: dict, data: str | None) -> dict:
+def mrs_per_split(settings: dict, task) -> dict:
     """How many MRs (contexts) each split decodes."""
-    task = open_task(data)
     return {split: min(settings["mrs"] or math.inf, len(task.eval_groups(split)[0]))
             for split in SPLITS}
 
@@ -390,12 +389,12 @@ def table(result: dict, selection: str) -> str:
     return "\n".join(lines)
 
 
-def report(result: dict, model: str) -> str:
+def report(result: dict, model: str, unit: str) -> str:
     """results.md: each selection's table, the epochs it chose, and how the rows were trained."""
     s = result["settings"]
     out = [f"# {s['command']} on {model}: seeds {', '.join(map(str, s['seeds']))}, "
            f"{cli.plural(s['epochs'], 'epoch')}, test set"
-           + (f" (first {cli.plural(s['mrs'], open_task(s.get('task')).unit)})"
+           + (f" (first {cli.plural(s['mrs'], unit)})"
               if s["mrs"] else ""),
            "", "Mean +- std over seeds (sample std), rounded as Table 3."]
     for sel, (what, _) in SELECTIONS.items():
@@ -478,12 +477,12 @@ def steps_done(folder: str) -> int:
 STAGE_ERRORS = tuple(e for e in cli.USER_ERRORS if e is not FileNotFoundError)
 
 
-def stages(settings: dict, units: list[Unit], exp: str, args) -> tuple[list, dict, dict]:
+def stages(settings: dict, units: list[Unit], exp: str, task) -> tuple[list, dict, dict]:
     """What is left: the runs to train (with their steps left) and to decode (their MRs)."""
-    mrs = mrs_per_split(settings, args.data)
+    mrs = mrs_per_split(settings, task)
     to_train = [u.name for u in units
                 if not trained(run_folder(exp, u), u.config.epochs, u.config)]
-    examples = len(open_task(args.data).examples("train")) if to_train else 0
+    examples = len(task.examples("train")) if to_train else 0
     left = {u.name: steps_per_run(u, examples) - steps_done(run_folder(exp, u))
             for u in units if u.name in to_train}
     to_decode = {u.name: sum(mrs[split] for _, split in undecoded(u, run_folder(exp, u)))
@@ -491,14 +490,14 @@ def stages(settings: dict, units: list[Unit], exp: str, args) -> tuple[list, dic
     return to_train, left, {name: n for name, n in to_decode.items() if n}
 
 
-def run(settings: dict, units: list[Unit], exp: str, args, device,
+def run(settings: dict, units: list[Unit], exp: str, args, device, task,
         world=distributed.ALONE) -> int:
     """Train what is not trained, decode what is not decoded, then the results."""
     # what is left, as rank 0 finds it (rank 0 writes the folder)
-    to_train, left, to_decode = world.broadcast(stages(settings, units, exp, args)
+    to_train, left, to_decode = world.broadcast(stages(settings, units, exp, task)
                                                 if world.main else None)
     progress = Progress(len(to_train) + len(to_decode), sum(left.values()),
-                        sum(to_decode.values()), f"{open_task(args.data).unit}s")
+                        sum(to_decode.values()), f"{task.unit}s")
     for u in [u for u in units if u.name in to_train]:
         start = time.time()
         code, ran = train(u, run_folder(exp, u), world)
@@ -513,7 +512,7 @@ def run(settings: dict, units: list[Unit], exp: str, args, device,
     for u in units:
         if u.name in to_decode:
             start = time.time()
-            n = decode_run(u, run_folder(exp, u), settings, decoding(args), device, world)
+            n = decode_run(u, run_folder(exp, u), settings, decoding(args), device, task, world)
             progress.stage(f"decoded {u.name}", progress.unit, n, time.time() - start,
                            to_decode[u.name])
     if not world.main:  # rank 0 writes the results
@@ -521,7 +520,7 @@ def run(settings: dict, units: list[Unit], exp: str, args, device,
     result = results(settings, units, exp)
     write_atomic(os.path.join(exp, "results.json"), json.dumps(result, indent=2,
                                                                sort_keys=True))
-    text = report(result, args.model)
+    text = report(result, args.model, task.unit)
     write_atomic(os.path.join(exp, "results.md"), text)
     print("\n" + text)
     for path in [os.path.join(exp, "results.json"), os.path.join(exp, "results.md"),
@@ -578,10 +577,9 @@ def parse_args(argv=None):
     return args
 
 
-def inputs(args, world) -> torch.device:
+def inputs(args, task, world) -> torch.device:
     """The data, the vocabulary and the device the stages need, found (or downloaded) now:
     missing, they are said before the folder is made, not hours later."""
-    task = open_task(args.data)
     if "test" not in task.splits:
         raise UserError(f"{args.data} has no test.jsonl: every epoch is scored on test and dev")
     task.locate()  # (E2E's release: downloaded if need be)
@@ -603,8 +601,9 @@ def main(argv=None) -> int:
     relaunch = args.nproc > 1 and not distributed.launched()
     try:
         world = distributed.ALONE if relaunch else distributed.start()  # torchrun's ranks join
-        settings, units = world.agree(plan, args)
-        device = world.agree(inputs, args, world, main_first=True)
+        task = world.agree(open_task, args.data)  # E2E, or a JSONL folder
+        settings, units = world.agree(plan, args, task)
+        device = world.agree(inputs, args, task, world, main_first=True)
         if relaunch:  # everything checked: now the same command over --nproc processes
             torchrun(args.nproc, sys.argv[1:] if argv is None else [str(a) for a in argv])
         exp = os.path.abspath(args.out or os.path.join(
@@ -616,7 +615,7 @@ def main(argv=None) -> int:
         return e.say("reproduce.py", "nothing was started")
     with owner or contextlib.nullcontext():
         try:
-            code = run(settings, units, exp, args, device, world)
+            code = run(settings, units, exp, args, device, task, world)
         except KeyboardInterrupt:
             cli.interrupted("reproduce.py", f"stopped; what was done is kept in {exp}: rerun the "
                             "same command to go on from there")

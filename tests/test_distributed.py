@@ -10,6 +10,7 @@ variables (RANK, WORLD_SIZE, MASTER_ADDR, ...) where a test must reach one rank 
 kill it, give it other flags, or read its exit code (torchrun reports only its own).
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -29,6 +30,12 @@ import finetune
 import reproduce
 import sample
 import train
+
+# what a run logged, and its result without a full fine-tuning's key biases (why: the script)
+_spec = importlib.util.spec_from_file_location("compare_runs", REPO / "scripts" / "compare_runs.py")
+compare_runs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compare_runs)
+records, result_tensors = compare_runs.losses, compare_runs.result_tensors
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
             "2", "--"]
@@ -51,32 +58,11 @@ METHODS = {"lora": ["--lr", "1e-2", "--lora-dropout", "0"], "full": ["--method",
            "adapter_h": ["--method", "adapter_h", "--lr", "1e-2"]}
 
 
-def records(run_dir) -> list[tuple]:
-    """(event, step, value) of every training loss and dev loss logged, in order."""
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        return [(r["event"], r["step"], r.get("loss", r.get("dev_loss")))
-                for r in map(json.loads, f) if r["event"] in ("train", "eval")]
-
-
 def assert_same_run(actual, expected):
     """The same losses logged at the same steps, each within 1e-5 relative."""
     assert [r[:2] for r in actual] == [r[:2] for r in expected]
     for (event, step, a), (_, _, b) in zip(actual, expected):
         assert abs(a - b) <= 1e-5 * abs(b), (event, step, a, b)
-
-
-def result_tensors(run_dir) -> dict:
-    """The run's adapter, or its model without the key biases. A key bias has a gradient of
-    exactly 0 (a query's scores all move by q . b_k, which the softmax ignores), so AdamW turns
-    its rounding noise into steps of about lr: those weights are noise, in one process too."""
-    path = os.path.join(run_dir, "adapter.safetensors")
-    if os.path.exists(path):
-        return load_file(path)
-    tensors = load_file(os.path.join(run_dir, "model", "model.safetensors"))
-    for name in [n for n in tensors if n.endswith("attn.c_attn.bias")]:  # [q | k | v]
-        q, _, v = tensors[name].chunk(3)
-        tensors[name] = torch.cat([q, v])
-    return tensors
 
 
 def one_process(argv) -> int:

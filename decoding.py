@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from data.task import EOT
+import multitask
 from model import KVCache
 
 STOP_TOKENS = (EOT, 628)  # <|endoftext|>, and "\n\n" (a blank line)
@@ -46,20 +47,38 @@ def ban_repeated_ngrams(logits: torch.Tensor, seqs: torch.Tensor, n: int) -> tor
 
 @torch.no_grad()
 def beam_search(model, prompts: torch.Tensor, beam: int = 10, length_penalty: float = 0.9,
-                no_repeat_ngram: int = 4, max_new_tokens: int = 64,
-                stop_tokens=STOP_TOKENS, use_cache: bool = True) -> list[list[int]]:
+                no_repeat_ngram: int = 4, max_new_tokens: int | list[int] = 64,
+                stop_tokens=STOP_TOKENS, use_cache: bool = True,
+                tasks: torch.Tensor | None = None) -> list[list[int]]:
     """Beam search for prompts of one length (n, T); returns each prompt's best continuation
     (without its stop token), with the released code's semantics (src/gpt2_beam.py). Each step
     keeps the `beam` best candidates; one that ends with a stop token is finished, scored
     log p(y | prompt) / len(y) ** length_penalty (len counting the stop token), and its slot stays
     empty for the next step. Beam 1 is greedy decoding. After max_new_tokens the live hypotheses
     count as they are. A prompt's search stops early when no live beam can beat its best finished
-    hypothesis any more (the result is the same: later tokens only lower a score)."""
+    hypothesis any more (the result is the same: later tokens only lower a score).
+
+    A batch that mixes tasks (multitask.py) gives max_new_tokens and stop_tokens per prompt (a
+    list of n each), and tasks: the adapter of each prompt, which all its beams keep."""
     n, T = prompts.shape
-    K, M, device = beam, max_new_tokens, prompts.device
-    stops = torch.tensor(stop_tokens, device=device)
+    limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * n
+    each = stop_tokens if stop_tokens and not isinstance(stop_tokens[0], int) else [stop_tokens] * n
+    K, M, device = beam, max(limits), prompts.device
+    width = max(map(len, each))
+    stops = torch.tensor([[*s] + [-1] * (width - len(s)) for s in each],  # -1: no token
+                         dtype=torch.long, device=device).view(n, width)
+    limit = torch.tensor(limits, device=device)
+    # the largest len ** length_penalty each prompt's hypotheses can reach (a bound, below)
+    longest = torch.tensor([max(m ** length_penalty, 1 ** length_penalty) for m in limits],
+                           device=device)
+
+    def forward(idx, prompt_of_row):  # the model on idx, each row with its prompt's adapter
+        if tasks is not None:
+            multitask.route(model, tasks[prompt_of_row])
+        return model(idx, cache=cache)[:, -1].float()
+
     cache = KVCache(model.config.n_layer, capacity=T + M) if use_cache else None
-    logits = model(prompts, cache=cache)[:, -1].float()
+    logits = forward(prompts, torch.arange(n, device=device))
     rows = torch.arange(n, device=device).repeat_interleave(K)  # K beams per prompt
     if cache is not None:
         cache.reorder(rows)
@@ -71,7 +90,6 @@ def beam_search(model, prompts: torch.Tensor, beam: int = 10, length_penalty: fl
     best_seq = torch.zeros(n, M, dtype=torch.long, device=device)
     best_len = torch.zeros(n, dtype=torch.long, device=device)
     active = torch.arange(n, device=device)  # prompts still searched, as rows of the above
-    longest = max(M ** length_penalty, 1 ** length_penalty)  # largest possible len ** penalty
 
     def record(value, beam, length):  # keep value/beam's sequence where it beats the best
         better = value > best[active]  # strictly: on a tie the earlier hypothesis stays
@@ -93,33 +111,38 @@ def beam_search(model, prompts: torch.Tensor, beam: int = 10, length_penalty: fl
         seqs[:, :, t] = token
         # a candidate that stops is finished: scored at its length (t + 1, the stop token
         # included), then its slot stays empty until the next step refills all K
-        ends = torch.isin(token, stops)
+        ends = (token[..., None] == stops[active, None]).any(-1)
         value, j = (torch.where(ends, top, float("-inf")) / (t + 1) ** length_penalty).max(1)
         record(value, j, t)
         scores = top.masked_fill(ends, float("-inf"))
-        if t + 1 == M:  # out of room: an unfinished hypothesis counts as it is
-            value, j = (scores / M ** length_penalty).max(1)
-            record(value, j, M)
-            break
+        goes_on = None  # which prompts go on, where some are done here
+        if t + 1 in limits:  # out of room: an unfinished hypothesis counts as it is
+            out = limit[active] == t + 1
+            value, j = (scores / (t + 1) ** length_penalty).max(1)
+            record(value.masked_fill(~out, float("-inf")), j, t + 1)
+            goes_on = ~out
         # stop where no live beam can beat the best ended one: later tokens only lower a score,
         # and the most favourable length normalisation is `longest`. Looking costs a wait for
         # the GPU (a host sync), so it is done every CHECK_EVERY steps; a prompt searched a few
         # steps longer has the same result.
         rows = (torch.arange(len(active), device=device)[:, None] * K + parent)
-        still_open = scores.max(1).values / longest > best[active]
-        if t % CHECK_EVERY == CHECK_EVERY - 1 and not bool(still_open.all()):
-            keep = still_open.nonzero().squeeze(1)
+        if t % CHECK_EVERY == CHECK_EVERY - 1:
+            still_open = scores.max(1).values / longest[active] > best[active]
+            goes_on = still_open if goes_on is None else goes_on & still_open
+        if goes_on is not None and not bool(goes_on.all()):
+            keep = goes_on.nonzero().squeeze(1)
             active, scores, seqs, token, rows = (active[keep], scores[keep], seqs[keep],
                                                  token[keep], rows[keep])
             if len(active) == 0:
                 break
+        prompt_of_row = active.repeat_interleave(K)  # of the rows fed next
         if cache is not None:  # follow the chosen beams, then feed only the new tokens
             cache.reorder(rows.flatten())
-            logits = model(token.view(-1, 1), cache=cache)[:, -1].float()
+            logits = forward(token.view(-1, 1), prompt_of_row)
         else:  # the whole sequence again (to check the cache, and to measure what it saves)
             full = torch.cat([prompts[active].repeat_interleave(K, 0),
                               seqs[:, :, :t + 1].flatten(0, 1)], dim=1)
-            logits = model(full)[:, -1].float()
+            logits = forward(full, prompt_of_row)
     return [best_seq[i, :best_len[i]].tolist() for i in range(n)]
 
 
@@ -143,14 +166,18 @@ def batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
 
 
 def decode(model, prompts: list[list[int]], *, beam: int = 10, length_penalty: float = 0.9,
-           no_repeat_ngram: int = 4, max_new_tokens: int = 64, batch_size: int = 32,
+           no_repeat_ngram: int = 4, max_new_tokens: int | list[int] = 64, batch_size: int = 32,
            use_cache: bool = True, amp_dtype: torch.dtype | None = None,
            stop_tokens=STOP_TOKENS, progress: bool = True, on_batch=None,
-           shard: tuple[int, int] = (0, 1), unit: str = "MR") -> list[list[int]]:
+           shard: tuple[int, int] = (0, 1), unit: str = "MR",
+           tasks: list[int] | None = None) -> list[list[int]]:
     """Beam-search many prompts: batched by prompt length (no padding), in the input order,
     under autocast to amp_dtype (None: fp32). on_batch(indices, outputs), if given, sees each
     batch's outputs as soon as they are found (sample.py writes them to disk). unit: what the
     progress lines call a prompt (E2E's are MRs).
+
+    For a model serving mixed batches (multitask.py): tasks, the adapter of each prompt, and
+    max_new_tokens and stop_tokens either for all or per prompt (lists), as beam_search takes them.
 
     shard (rank, size): search only every size-th batch, from the rank-th on (the others' are
     None in the result); the batches are the ones one process searches, so each output is the
@@ -164,14 +191,25 @@ def decode(model, prompts: list[list[int]], *, beam: int = 10, length_penalty: f
     bar = tqdm(total=len(prompts), unit=unit, disable=not (progress and sys.stderr.isatty()))
     done, every, start = 0, max(1, len(prompts) // 10), time.time()  # no terminal: a line a tenth
     todo = batches(prompts, batch_size)
+    if tasks is not None:  # one look at the indices, not one per step
+        multitask.route(model, torch.tensor(tasks, device=device), check=True)
+
+    stops_each = bool(stop_tokens) and not isinstance(stop_tokens[0], int)  # (tuples: each's)
+
+    def each(value, chunk, per_prompt):  # a setting given per prompt, for the prompts in chunk
+        return [value[i] for i in chunk] if per_prompt else value
     for first in range(0, len(todo), size):
         chunk = todo[first + rank] if first + rank < len(todo) else []
         results = []
         if chunk:
             batch = torch.tensor([prompts[i] for i in chunk], device=device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                results = beam_search(model, batch, beam, length_penalty, no_repeat_ngram,
-                                      max_new_tokens, stop_tokens, use_cache=use_cache)
+                results = beam_search(
+                    model, batch, beam, length_penalty, no_repeat_ngram,
+                    each(max_new_tokens, chunk, isinstance(max_new_tokens, list)),
+                    each(stop_tokens, chunk, stops_each), use_cache=use_cache,
+                    tasks=None if tasks is None else torch.tensor(each(tasks, chunk, True),
+                                                                  device=device))
         for i, tokens in zip(chunk, results):
             outputs[i] = tokens
         if on_batch is not None:

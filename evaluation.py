@@ -12,6 +12,7 @@ searches, rank 0 gathers the outputs as each round of batches ends and writes ev
 same predictions, byte for byte, scored once.
 """
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -135,63 +136,110 @@ def decoded_so_far(stem: str) -> int | None:
         return max(0, sum(1 for line in f if line.endswith("\n")) - 1)  # (the settings line)
 
 
+class Job:
+    """One split of one task, decoded by one model (or one adapter of several: multitask.py) into
+    STEM.tsv and STEM.scores.json: its inputs, what STEM.tsv.part holds already, what is left."""
+
+    def __init__(self, model, *, task: Task, split: str, limit: int, stem: str,
+                 decoding: Decoding, what: dict, force: bool, device, world=ALONE,
+                 mixed: bool = False):
+        self.task, self.split, self.stem, self.decoding = task, split, stem, decoding
+        groups, self.source = world.agree(task.eval_groups, split, main_first=True)
+        self.groups = groups[:limit] if limit else groups  # (label, context, references)
+        self.prompts = [task.prompt(ctx) for _, ctx, _ in self.groups]
+        world.agree(check_search, model, decoding, self.prompts, device)
+        self.settings = {**decode_settings(what, len(self.groups), split, task.format, decoding),
+                         **task.recorded(), **({"mixed": True} if mixed else {})}
+        self.part = stem + ".tsv.part"
+        self.texts = world.agree(resumed_part, self.part, self.settings, force, main_only=True) or {}
+        self.todo = world.broadcast([i for i in range(len(self.groups)) if i not in self.texts])
+        if self.texts:
+            print(f"resuming: {len(self.texts)} of {cli.plural(len(self.groups), task.unit)} "
+                  f"were decoded already ({self.part})")
+        self.n_tokens = 0
+
+    def finish(self, seconds: float, meteor: bool) -> dict:
+        """Write STEM.tsv (the .part goes), score, write STEM.scores.json; the report."""
+        table = io.StringIO()
+        writer = csv.writer(table, delimiter="\t", lineterminator="\n")
+        writer.writerow([self.task.label, "output"])
+        writer.writerows((label, self.texts[i]) for i, (label, _, _) in enumerate(self.groups))
+        write_atomic(self.stem + ".tsv", table.getvalue())
+        os.remove(self.part)
+        print(f"wrote {self.stem}.tsv")
+        report = {"split": self.split, "format": self.task.format, "references": self.source,
+                  "mrs": len(self.groups), "predictions": self.stem + ".tsv",
+                  "decoding": {**self.settings, "seconds": seconds}}
+        try:
+            report["scores"] = metrics.score([refs for _, _, refs in self.groups],
+                                             [self.texts[i] for i in range(len(self.groups))],
+                                             meteor=meteor)
+        except metrics.MeteorError as e:
+            raise UserError(f"{e} (the predictions are saved in {self.stem}.tsv)") from None
+        if report["scores"]["METEOR"] is None:
+            report["meteor"] = metrics.meteor_note(meteor)
+        write_atomic(self.stem + ".scores.json", json.dumps(report, indent=2))
+        print(f"wrote {self.stem}.scores.json")
+        return report
+
+
 def evaluate(model, *, task: Task, split: str, limit: int, stem: str, decoding: Decoding,
              what: dict, force: bool, meteor: bool, device, world=ALONE) -> dict | None:
     """Decode each distinct context of the task's split once (the first `limit`, 0: all),
     resuming from STEM.tsv.part, write STEM.tsv, score, write STEM.scores.json; returns that
     report (None on the ranks of torchrun but 0). what: identity()'s record of the model."""
-    groups, source = world.agree(task.eval_groups, split, main_first=True)
-    if limit:
-        groups = groups[:limit]
-    enc, unit = tokenizer(), task.unit
-    prompts = [task.prompt(ctx) for _, ctx, _ in groups]
-    world.agree(check_search, model, decoding, prompts, device)
-    settings = {**decode_settings(what, len(groups), split, task.format, decoding),
-                **task.recorded()}
-    part = stem + ".tsv.part"
-    texts = world.agree(resumed_part, part, settings, force, main_only=True) or {}
-    todo = world.broadcast([i for i in range(len(groups)) if i not in texts])  # (rank 0's)
-    if texts:
-        print(f"resuming: {len(texts)} of {cli.plural(len(groups), unit)} were decoded already "
-              f"({part})")
-    n_tokens = 0
-    with open(part if world.main else os.devnull, "a", encoding="utf-8") as f:  # rank 0 writes
-        if not texts:
-            f.write(json.dumps({"settings": settings}) + "\n")
+    job = Job(model, task=task, split=split, limit=limit, stem=stem, decoding=decoding,
+              what=what, force=force, device=device, world=world)
+    return run_jobs(model, [job], meteor=meteor, world=world)[0]
+
+
+def run_jobs(model, jobs: list[Job], *, meteor: bool, world=ALONE,
+             tasks: list[int] | None = None) -> list[dict | None]:
+    """Decode what the jobs have left, in one search, then finish each: their reports (None on
+    the ranks of torchrun but 0). tasks: for a model serving mixed batches (multitask.py), the
+    adapter of each job; its inputs are interleaved with the others', so each batch holds rows
+    of every task, and each keeps its task's decoding (max_new_tokens, stop tokens)."""
+    shared = [{k: v for k, v in job.decoding.kwargs().items() if k != "max_new_tokens"}
+              for job in jobs]
+    if any(s != shared[0] for s in shared):
+        raise ValueError("jobs decoded together must share their decoding settings")
+    order = [(n, job.todo[k]) for k in range(max(len(job.todo) for job in jobs))
+             for n, job in enumerate(jobs) if k < len(job.todo)]  # (job, input), interleaved
+    one = len(jobs) == 1
+    each = dict(max_new_tokens=jobs[0].decoding.max_new_tokens if one else
+                [jobs[n].decoding.max_new_tokens for n, _ in order],
+                stop_tokens=jobs[0].task.stop_tokens if one else
+                [jobs[n].task.stop_tokens for n, _ in order],
+                tasks=None if tasks is None else [tasks[n] for n, _ in order])
+    units = {job.task.unit for job in jobs}
+    unit = units.pop() if len(units) == 1 else "input"
+    enc = tokenizer()
+    with contextlib.ExitStack() as files:  # rank 0 writes
+        parts = [files.enter_context(open(job.part if world.main else os.devnull, "a",
+                                          encoding="utf-8")) for job in jobs]
+        for job, f in zip(jobs, parts):
+            if not job.texts:
+                f.write(json.dumps({"settings": job.settings}) + "\n")
 
         def write(chunk, outputs):  # as each batch (under torchrun: each round) finishes
-            nonlocal n_tokens
             for j, tokens in world.gather(list(zip(chunk, outputs))):  # (on rank 0: all ranks')
-                texts[todo[j]] = output_text(enc, tokens, task.blank_line_ends)
-                f.write(json.dumps({"i": todo[j], "output": texts[todo[j]]}) + "\n")
-                n_tokens += len(tokens)
-            f.flush()
+                n, i = order[j]
+                jobs[n].texts[i] = output_text(enc, tokens, jobs[n].task.blank_line_ends)
+                parts[n].write(json.dumps({"i": i, "output": jobs[n].texts[i]}) + "\n")
+                jobs[n].n_tokens += len(tokens)
+            for f in parts:
+                f.flush()
 
         start = time.time()
-        decode(model, [prompts[i] for i in todo], **decoding.kwargs(), on_batch=write,
-               shard=(world.rank, world.size), stop_tokens=task.stop_tokens, unit=unit)
+        decode(model, [jobs[n].prompts[i] for n, i in order],
+               **{**shared[0], **each}, on_batch=write, shard=(world.rank, world.size),
+               unit=unit)
         seconds = time.time() - start
     if not world.main:
-        return None
-    print(f"decoded {cli.plural(len(todo), unit)} ({n_tokens:,} tokens) in {seconds:.1f} s: "
-          f"{len(todo) / max(seconds, 1e-9):.1f} {unit}s/s, {n_tokens / max(seconds, 1e-9):,.0f} "
-          f"tokens/s (beam {decoding.beam}{'' if decoding.use_cache else ', no KV cache'})")
-    table = io.StringIO()
-    writer = csv.writer(table, delimiter="\t", lineterminator="\n")
-    writer.writerow([task.label, "output"])
-    writer.writerows((label, texts[i]) for i, (label, _, _) in enumerate(groups))
-    write_atomic(stem + ".tsv", table.getvalue())
-    os.remove(part)
-    print(f"wrote {stem}.tsv")
-    report = {"split": split, "format": task.format, "references": source, "mrs": len(groups),
-              "predictions": stem + ".tsv", "decoding": {**settings, "seconds": seconds}}
-    try:
-        report["scores"] = metrics.score([refs for _, _, refs in groups],
-                                         [texts[i] for i in range(len(groups))], meteor=meteor)
-    except metrics.MeteorError as e:
-        raise UserError(f"{e} (the predictions are saved in {stem}.tsv)") from None
-    if report["scores"]["METEOR"] is None:
-        report["meteor"] = metrics.meteor_note(meteor)
-    write_atomic(stem + ".scores.json", json.dumps(report, indent=2))
-    print(f"wrote {stem}.scores.json")
-    return report
+        return [None] * len(jobs)
+    n_tokens, d = sum(job.n_tokens for job in jobs), jobs[0].decoding
+    print(f"decoded {cli.plural(len(order), unit)} ({n_tokens:,} tokens) in {seconds:.1f} s: "
+          f"{len(order) / max(seconds, 1e-9):.1f} {unit}s/s, {n_tokens / max(seconds, 1e-9):,.0f} "
+          f"tokens/s (beam {d.beam}{'' if d.use_cache else ', no KV cache'}"
+          f"{'' if tasks is None else f', {len(jobs)} tasks in mixed batches'})")
+    return [job.finish(seconds, meteor) for job in jobs]

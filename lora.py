@@ -204,7 +204,7 @@ def _lora_params(model: GPT) -> dict:
             for p in "AB"}
 
 
-def _base_weights(model: GPT, targets: list[str]) -> list[torch.Tensor]:
+def base_weights(model: GPT, targets: list[str]) -> list[torch.Tensor]:
     """W0 of each adapted matrix (what the adapter file's fingerprint is taken of)."""
     layers = [model.get_submodule(f"transformer.h.{i}.{TARGETS[t]}")
               for i in range(model.config.n_layer) for t in targets]
@@ -217,24 +217,32 @@ def save(model: GPT, path: str):
     if model in _MERGED:
         raise ValueError("LoRA is merged into this model: lora.unmerge it before saving the adapter")
     s = settings(model)
-    metadata = checkpoint.adapter_metadata(model, "lora", _base_weights(model, s["targets"]), **s)
+    metadata = checkpoint.adapter_metadata(model, "lora", base_weights(model, s["targets"]), **s)
     checkpoint.save_adapter_file(model, path, _lora_params(model), metadata)
 
 
-def load(model: GPT, path: str, check_base: bool = True) -> dict:
-    """Load an adapter saved by save(): checks the file against the model (shape, and the base
-    weights' fingerprint unless check_base=False), applies LoRA with the file's settings if the
-    model has none yet, copies A and B in. Returns the settings."""
+def read_settings(model: GPT, path: str, check_base: bool = True) -> dict:
+    """The settings of an adapter file saved by save(), checked against the model: its shape, and
+    the base weights' fingerprint unless check_base=False."""
     s = checkpoint.read_adapter_metadata(path, "lora", model)
     try:  # a hand-edited file may record anything
         s["targets"] = check_settings(s["targets"], s["r"], s["alpha"], s["dropout"])
     except (KeyError, TypeError, ValueError) as e:
         raise checkpoint.invalid_settings(path, e) from None
+    if check_base:
+        checkpoint.check_base(path, model, base_weights(model, s["targets"]))
+    return s
+
+
+def load(model: GPT, path: str, check_base: bool = True) -> dict:
+    """Load an adapter saved by save(): read_settings checks it, LoRA is applied with the file's
+    settings if the model has none yet, A and B are copied in. Returns the settings."""
+    s = read_settings(model, path, check_base=False)
     if model in _MERGED:
         raise ValueError("LoRA is merged into this model: lora.unmerge it before loading another "
                          "adapter")
     if check_base:
-        checkpoint.check_base(path, model, _base_weights(model, s["targets"]))
+        checkpoint.check_base(path, model, base_weights(model, s["targets"]))
     if not lora_layers(model):
         apply(model, s["targets"], s["r"], s["alpha"], s["dropout"])
     have = settings(model)

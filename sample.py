@@ -5,6 +5,7 @@
     python sample.py --adapter RUN_DIR/adapter.safetensors --context "city : Oslo | sky : snow"
     python sample.py --model gpt2 --prompt "The Eagle is" --temperature 0.8 --top-p 0.9
     python sample.py --latency                                     # the Table 1 latency grid
+    python sample.py --adapter RUN_A/adapter.safetensors --adapter RUN_B/adapter.safetensors --mix
 
 The task is the run's own (E2E, or a JSONL folder: data/task.py), or --data's. Decoding follows
 the paper (Table 11): beam search (decoding.py) with 10 beams, length penalty 0.9 and no repeated
@@ -14,12 +15,18 @@ predictions (MR or context, output) are written beside the adapter before they a
 E2E metrics (data/e2e/metrics.py), beside the paper's row where the task has one.
 `--latency` times the forward pass of the Table 1 variants (latency.py).
 
+Several --adapter files (or a folder of them) share one base model (multitask.py): each decodes
+its own task's split (or the one --mr / --context), with its adapter merged in turn (Sec. 4.1), or
+with --mix in mixed batches, where each row adds its own adapter's B A x to the unmerged W0.
+
     torchrun --standalone --nproc_per_node 4 sample.py --adapter RUN_DIR/adapter.safetensors
 
 decodes the test set over 4 processes (GPUs): each searches a share of the batches, rank 0
 writes the predictions (the same file, byte for byte) and scores them once (distributed.py).
 """
 
+import argparse
+import glob
 import json
 import math
 import os
@@ -34,6 +41,7 @@ import distributed
 import evaluation
 import latency
 import lora
+import multitask
 import rundir
 from checkpoint import ADAPTER_FORMAT, load_metadata, write_atomic
 from cli import UserError
@@ -53,22 +61,7 @@ def load_model(args, device) -> tuple[GPT, str]:
     if not args.adapter:  # a preset is the pretrained base; a local checkpoint, fine-tuned
         kind = "base" if args.model.removeprefix("openai-community/") in PRESETS else "full"
         return GPT.from_pretrained(args.model).to(device).eval(), kind
-    if not os.path.isfile(args.adapter):
-        raise UserError(f"no such adapter file: {args.adapter}")
-    meta = load_metadata(args.adapter)
-    if meta.get("format") != ADAPTER_FORMAT:
-        raise UserError(f"{args.adapter} is not an adapter saved by train.py")
-    missing = [k for k in ("method", "base_model") if k not in meta]
-    if "method" in missing or (missing and not args.model):
-        raise UserError(f"{args.adapter}: its metadata lacks {' and '.join(missing)}, so it is "
-                        "damaged or was not written by train.py"
-                        + ("; pass --model with its base model" if "method" not in missing else ""))
-    base = args.model or meta["base_model"]
-    if not base:
-        raise UserError(f"{args.adapter} does not name its base model; pass --model")
-    if not args.model and os.sep in base and not os.path.exists(base):
-        raise UserError(f"the base model {base} recorded in {args.adapter} does not exist here; "
-                        "pass --model with its path (or a preset name)")
+    meta, base = adapter_base(args.adapter, args.model)
     model = GPT.from_pretrained(base)
     if meta["method"] == "lora":
         lora.load(model, args.adapter, check_base=not args.any_base)
@@ -79,6 +72,28 @@ def load_model(args, device) -> tuple[GPT, str]:
     kind = adapter.load(model, args.adapter, check_base=not args.any_base)["kind"]
     print(f"{adapter.describe(model)}: adapters cannot be merged; they run on every forward pass")
     return model.to(device).eval(), kind
+
+
+def adapter_base(path: str, model: str | None) -> tuple[dict, str]:
+    """An adapter file's metadata, and the base model to load it onto: --model, else the one the
+    file names."""
+    if not os.path.isfile(path):
+        raise UserError(f"no such adapter file: {path}")
+    meta = load_metadata(path)
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise UserError(f"{path} is not an adapter saved by train.py")
+    missing = [k for k in ("method", "base_model") if k not in meta]
+    if "method" in missing or (missing and not model):
+        raise UserError(f"{path}: its metadata lacks {' and '.join(missing)}, so it is "
+                        "damaged or was not written by train.py"
+                        + ("; pass --model with its base model" if "method" not in missing else ""))
+    base = model or meta["base_model"]
+    if not base:
+        raise UserError(f"{path} does not name its base model; pass --model")
+    if not model and os.sep in base and not os.path.exists(base):
+        raise UserError(f"the base model {base} recorded in {path} does not exist here; "
+                        "pass --model with its path (or a preset name)")
+    return meta, base
 
 
 def run_config(args) -> dict:
@@ -114,22 +129,29 @@ def output_stem(args) -> str:
                         + (f"-first{args.limit}" if args.limit else ""))
 
 
-def claim_output(args) -> rundir.Claim:
-    """Before any work: the folder the predictions go to, owned by this process from here on
+def claim_outputs(stems: list[str], force: bool) -> list[rundir.Claim]:
+    """Before any work: the folders the predictions go to, owned by this process from here on
     (rundir.py); earlier predictions are kept unless --force."""
-    stem = output_stem(args)
-    cli.check_writable(os.path.dirname(stem))
-    owner = rundir.claim(os.path.dirname(stem), "sample.py", "wait for it to end, or write the "
-                         "predictions elsewhere with --out DIR")
-    if os.path.exists(stem + ".tsv") and not args.force:
-        owner.abandon()
-        owner.release()
-        raise UserError(f"{stem}.tsv already holds predictions; pass --force to replace them, or "
-                        "--out DIR to write elsewhere")
-    for path in (stem + ".tsv.tmp", stem + ".scores.json.tmp"):  # an interrupted write's
-        if os.path.exists(path):
-            os.remove(path)
-    return owner
+    owners = []
+    try:
+        for folder in dict.fromkeys(os.path.dirname(stem) for stem in stems):
+            cli.check_writable(folder)
+            owners.append(rundir.claim(folder, "sample.py", "wait for it to end, or write the "
+                                       "predictions elsewhere with --out DIR"))
+        for stem in stems:
+            if os.path.exists(stem + ".tsv") and not force:
+                raise UserError(f"{stem}.tsv already holds predictions; pass --force to replace "
+                                "them, or --out DIR to write elsewhere")
+    except BaseException:
+        for owner in owners:
+            owner.abandon()
+            owner.release()
+        raise
+    for stem in stems:
+        for path in (stem + ".tsv.tmp", stem + ".scores.json.tmp"):  # an interrupted write's
+            if os.path.exists(path):
+                os.remove(path)
+    return owners
 
 
 def decoding(args) -> Decoding:
@@ -140,21 +162,24 @@ def decoding(args) -> Decoding:
                     amp_dtype=args.amp_dtype)
 
 
-def evaluate_split(model, kind: str, args, device, world) -> dict | None:
+def evaluate_split(model, kind: str, args, device, world):
     """Decode and score the split (evaluation.py), then print the row next to the paper's."""
     report = evaluation.evaluate(
         model, task=args.task, split=args.split, limit=args.limit,
         stem=output_stem(args), decoding=decoding(args),
         what=evaluation.identity(base_name(args), args.adapter), force=args.force,
         meteor=not args.no_meteor, device=device, world=world)
-    if report is None:  # (a rank of torchrun but 0: rank 0 scores)
-        return None
+    if report is not None:  # (a rank of torchrun but 0: rank 0 scores)
+        print_report(report, model, kind, args)
+
+
+def print_report(report: dict, model, kind: str, args):
+    """The scores next to the paper's row (where the task has one)."""
     size = None if run_config(args).get("random_init") else args.task.paper_size(model.config)
     print(f"references: {report['references']}")
     print(table3(report["scores"], size, kind, args))
     if "meteor" in report:
         print(f"METEOR: {report['meteor']}")
-    return report["scores"]
 
 
 def table3(scores: dict, size: str | None, kind: str, args) -> str:
@@ -176,6 +201,119 @@ def table3(scores: dict, size: str | None, kind: str, args) -> str:
             paper_results.paper_cell(m, *paper["scores"][m]) for m in paper_results.METRICS)
             + " |")
     return "\n".join(lines)
+
+
+# --- several adapters on one base (multitask.py) --------------------------------------------------
+
+
+def adapter_files(given: list[str]) -> list[str]:
+    """--adapter's files: each one given, and for a folder the adapters in it (*.safetensors) and
+    in the run folders inside it (*/adapter.safetensors)."""
+    files = []
+    for path in given:
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        inside = sorted(glob.glob(os.path.join(path, "*.safetensors"))
+                        + glob.glob(os.path.join(path, "*", "adapter.safetensors")))
+        if not inside:
+            raise UserError(f"--adapter {path} is a folder without adapters (*.safetensors, or "
+                            "run folders with adapter.safetensors)")
+        files += inside
+    if len(set(map(os.path.abspath, files))) < len(files):
+        raise UserError("an adapter is given twice: give each once")
+    return files
+
+
+def adapter_name(path: str) -> str:
+    """What an adapter is called in the output: its file's name, or its run folder's."""
+    stem = os.path.basename(path).removesuffix(".safetensors")
+    return stem if stem != "adapter" else os.path.basename(os.path.dirname(os.path.abspath(path)))
+
+
+def check_several(args):
+    """args.served: each adapter's own view of args (its task: --data's, else its run's; the
+    task's decoding defaults; where its predictions go), the input or split checked for each."""
+    if args.prompt is not None:
+        raise UserError("--prompt continues text with one model: give one --adapter (several "
+                        "decode a task's inputs, --mr or --context)")
+    args.served = []
+    for path in args.adapters:
+        view = argparse.Namespace(**vars(args))
+        view.adapter = path
+        check_task(view)
+        args.served.append(view)
+    stems = [output_stem(view) for view in args.served]
+    if len(set(stems)) < len(stems):  # adapters side by side in one folder, or one --out
+        for view in args.served:
+            view.out = os.path.join(args.out or os.path.dirname(os.path.abspath(view.adapter)),
+                                    adapter_name(view.adapter))
+        stems = [output_stem(view) for view in args.served]
+        if len(set(stems)) < len(stems):
+            raise UserError("two adapters have the same name, so their predictions would go to "
+                            "one file: rename one, or decode them separately")
+
+
+def load_several(args, device) -> multitask.Adapters:
+    """The base model (the first adapter's, or --model) on the device, with every adapter kept
+    beside it (multitask.Adapters: each checked against this base, LoRA only)."""
+    _, base = adapter_base(args.adapters[0], args.model)
+    model = GPT.from_pretrained(base).to(device).eval()
+    tasks = multitask.Adapters(model, args.adapters, check_base=not args.any_base)
+    how = ("mixed batches: W0 unmerged, each row adds its own adapter's B A x" if args.mix else
+           "one at a time, merged into W (W0 + B A, then W0 again: Sec. 4.1)")
+    print(f"{cli.plural(len(tasks), 'LoRA adapter')} on {base}, served in {how}")
+    if args.mix:
+        tasks.mix()
+    return tasks
+
+
+def serve_test_sets(tasks: multitask.Adapters, args, device, world):
+    """Each adapter decodes and scores its task's split: merged in turn, or all in mixed batches."""
+    model, views = tasks.model, args.served
+    if not args.mix:
+        for i, view in enumerate(views):
+            print(f"\n{adapter_name(view.adapter)} ({view.adapter}):")
+            with tasks.merged_into(i):
+                evaluate_split(model, "lora", view, device, world)
+        return
+    jobs = [evaluation.Job(model, task=view.task, split=view.split, limit=view.limit,
+                           stem=output_stem(view), decoding=decoding(view),
+                           what=evaluation.identity(base_name(view), view.adapter),
+                           force=view.force, device=device, world=world, mixed=True)
+            for view in views]
+    reports = evaluation.run_jobs(model, jobs, meteor=not args.no_meteor, world=world,
+                                  tasks=list(range(len(jobs))))
+    for view, report in zip(views, reports):
+        if report is not None:
+            print(f"\n{adapter_name(view.adapter)} ({view.adapter}):")
+            print_report(report, model, "lora", view)
+
+
+def serve_one_input(tasks: multitask.Adapters, args, device):
+    """--mr / --context: each adapter's answer to the one input, merged in turn or as the rows
+    of one mixed batch."""
+    enc, model, views = tokenizer(), tasks.model, args.served
+    text, mr = (args.mr, True) if args.mr is not None else (args.context, False)
+    prompts = [view.task.prompt(text, mr=mr) for view in views]
+    for view, prompt in zip(views, prompts):
+        evaluation.check_search(model, decoding(view), [prompt], device)
+    if args.mix:  # one search: row i is adapter i's
+        shared = {**decoding(views[0]).kwargs(), "batch_size": len(views)}
+        outputs = decode(model, prompts, **{**shared, "max_new_tokens": [
+            view.max_new_tokens for view in views]}, stop_tokens=[
+            view.task.stop_tokens for view in views], tasks=list(range(len(views))),
+            progress=False)
+    else:
+        outputs = []
+        for i, (view, prompt) in enumerate(zip(views, prompts)):
+            with tasks.merged_into(i):
+                outputs += decode(model, [prompt], **decoding(view).kwargs(),
+                                  stop_tokens=view.task.stop_tokens, progress=False)
+    width = max(len(adapter_name(view.adapter)) for view in views)
+    for view, tokens in zip(views, outputs):
+        print(f"{adapter_name(view.adapter):<{width}}  "
+              f"{evaluation.output_text(enc, tokens, view.task.blank_line_ends)}")
 
 
 # --- the latency of one forward pass (Table 1) ---------------------------------------------------
@@ -208,8 +346,9 @@ def latency_out(args, device) -> str:
 def parse_args(argv=None):
     p = cli.parser("sample.py", description="Decode with a fine-tuned GPT-2 (a task's test set, "
                    "one input, or free text), or time the forward pass (paper Table 1).")
-    p.add_argument("--adapter", help="adapter.safetensors from train.py (its base model is "
-                                     "read from the file)")
+    p.add_argument("--adapter", action="append",
+                   help="adapter.safetensors from train.py (its base model is read from the file); "
+                        "give several, or a folder of them, to serve them on one base")
     p.add_argument("--model", help="base model (overrides the adapter's), or a full fine-tuned "
                                    "checkpoint to decode without an adapter")
     p.add_argument("--data", help="the task: a folder with train.jsonl, dev.jsonl, test.jsonl, or the "
@@ -228,6 +367,9 @@ def parse_args(argv=None):
     p.add_argument("--any-base", action="store_true",
                    help="load the adapter even onto a base whose weights are not the ones it was "
                         "trained on (the check compares a fingerprint of those weights)")
+    p.add_argument("--mix", action="store_true",
+                   help="several adapters: decode in mixed batches, W0 unmerged and each row with "
+                        "its own adapter, instead of merging one adapter at a time")
     p.add_argument("--no-meteor", action="store_true",
                    help="skip METEOR (it needs Java and pycocoevalcap, and about 20 s)")
     g = p.add_argument_group("decoding")
@@ -270,20 +412,23 @@ def parse_args(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = p.parse_args(argv)
     args.given = cli.given(p, argv)  # the flags typed, which check() holds against the mode
+    args.adapters = args.adapter or []  # (a folder among them is opened by check)
+    args.adapter = args.adapters[0] if len(args.adapters) == 1 else None
     return args
 
 
 # What each way of running sample.py reads (besides --device and --dtype): a flag typed for
 # another one would do nothing, so it is refused instead of ignored.
 LOADS = {"model", "adapter", "any_base"}
+SERVES = {"mix"}  # several adapters
 BEAM = {"beam", "length_penalty", "no_repeat_ngram", "max_new_tokens", "no_cache"}
 READS = {
     "--latency": {"latency", "grid", "trials", "warmup_trials", "latency_model", "latency_out"},
     "--prompt": LOADS | {"prompt", "temperature", "top_k", "top_p", "seed", "max_new_tokens"},
-    "--mr": LOADS | BEAM | {"mr", "format"},
-    "--context": LOADS | BEAM | {"context", "data", "format"},
-    "the test set": LOADS | BEAM | {"data", "split", "format", "limit", "out", "force",
-                                    "no_meteor", "batch_size"},
+    "--mr": LOADS | BEAM | SERVES | {"mr", "format"},
+    "--context": LOADS | BEAM | SERVES | {"context", "data", "format"},
+    "the test set": LOADS | BEAM | SERVES | {"data", "split", "format", "limit", "out", "force",
+                                             "no_meteor", "batch_size"},
 }
 
 
@@ -335,11 +480,18 @@ def check(args, world=distributed.ALONE) -> torch.device:
     device = world.place(cli.pick_device(args.device))
     # fp32 unless --dtype says otherwise, as the released code decodes
     args.amp_dtype = cli.amp_dtype(device, args.dtype, "decoding", auto=None)
+    args.adapters = adapter_files(args.adapters)
+    args.adapter = args.adapters[0] if len(args.adapters) == 1 else None
+    args.several = len(args.adapters) > 1 or args.mix  # served by multitask.py
     if args.latency:
         check_latency(args, device)
-    elif not (args.adapter or args.model):
+    elif not (args.adapters or args.model):
         raise UserError("give --adapter RUN_DIR/adapter.safetensors (or --model for a plain or "
                         "fully fine-tuned checkpoint)")
+    elif args.several:
+        if not args.adapters:
+            raise UserError("--mix serves LoRA adapters: give them with --adapter")
+        check_several(args)
     elif args.prompt is None:
         check_task(args)
     return device
@@ -408,22 +560,27 @@ def one_input(model, args, device):
 
 def kept(args, decoding_test_set: bool) -> str:
     """What a Ctrl-C leaves: the outputs decoded so far, resumed by the same command."""
-    stem = output_stem(args) if decoding_test_set else None
-    done = evaluation.decoded_so_far(stem) if stem else None
-    if done is not None:
-        return (f"stopped; the {cli.plural(done, args.task.unit)} decoded so far "
-                f"{'is' if done == 1 else 'are'} kept in {stem}.tsv.part: run the same command "
-                "again to go on from there")
-    if stem and os.path.exists(stem + ".tsv"):
-        return f"stopped while scoring; the predictions are saved in {stem}.tsv"
+    views = (args.served if args.several else [args]) if decoding_test_set else []
+    parts, scored = [], []
+    for view in views:
+        stem = output_stem(view)
+        if (done := evaluation.decoded_so_far(stem)) is not None:
+            parts.append(f"{cli.plural(done, view.task.unit)} in {stem}.tsv.part")
+        elif os.path.exists(stem + ".tsv"):
+            scored.append(f"{stem}.tsv")
+    if parts:
+        return (f"stopped; what was decoded so far is kept ({', '.join(parts)}): run the same "
+                "command again to go on from there")
+    if scored:
+        return f"stopped while scoring; the predictions are saved in {', '.join(scored)}"
     return "stopped; nothing was written"
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    owner = None  # the output folder's lock (rank 0's), while decoding the test set
+    owners = []  # the output folders' locks (rank 0's), while decoding the test set
     test_set = all(getattr(args, name) is None for name in INPUTS) and not args.latency
-    claimed = False  # (on every rank: the folder is rank 0's)
+    claimed = False  # (on every rank: the folders are rank 0's)
     try:
         world = distributed.start()  # torchrun's processes join here; alone, nothing happens
         device = world.agree(check, args, world)
@@ -431,15 +588,23 @@ def main(argv=None) -> int:
             run_latency(args, device)
             return 0
         if test_set:
-            owner = world.agree(claim_output, args, main_only=True)
+            stems = [output_stem(view) for view in (args.served if args.several else [args])]
+            owners = world.agree(claim_outputs, stems, args.force, main_only=True) or []
             claimed = True
-        model, kind = world.agree(load_model, args, device, main_first=True)
-        if not test_set:
-            one_input(model, args, device)
+        if args.several:  # several adapters on one base (multitask.py)
+            tasks = world.agree(load_several, args, device, main_first=True)
+            if test_set:
+                serve_test_sets(tasks, args, device, world)
+            else:
+                serve_one_input(tasks, args, device)
         else:
-            evaluate_split(model, kind, args, device, world)
+            model, kind = world.agree(load_model, args, device, main_first=True)
+            if test_set:
+                evaluate_split(model, kind, args, device, world)
+            else:
+                one_input(model, args, device)
     except (*cli.USER_ERRORS, KeyboardInterrupt) as e:
-        if owner is not None:  # a folder made for this decode goes again if it stayed empty
+        for owner in owners:  # a folder made for this decode goes again if it stayed empty
             owner.abandon()
         if isinstance(e, KeyboardInterrupt):
             cli.interrupted("sample.py", kept(args, claimed))
@@ -447,7 +612,7 @@ def main(argv=None) -> int:
     except distributed.LostRank as e:  # torchrun: another rank died or hung
         return e.say("sample.py", kept(args, claimed))
     finally:
-        if owner is not None:
+        for owner in owners:
             owner.release()
     world.close()
     return 0

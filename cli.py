@@ -81,29 +81,37 @@ def given(p: argparse.ArgumentParser, argv: list[str]) -> list[str]:
 
 
 def pick_device(name: str) -> torch.device:
-    """--device: auto (cuda if available), cpu, cuda, cuda:N; refused when not usable here."""
+    """--device: auto (cuda, else mps on an Apple GPU, else cpu), cpu, cuda, cuda:N, mps; refused
+    when not usable here."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = ("cuda" if torch.cuda.is_available() else
+                "mps" if torch.backends.mps.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
-    if device.type not in ("cuda", "cpu"):
-        raise UserError(f"--device {name}: only cpu and cuda are supported")
+        raise UserError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or "
+                        "mps") from None
+    if device.type not in ("cuda", "mps", "cpu"):
+        raise UserError(f"--device {name}: only cpu, cuda and mps are supported")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}, but this torch ({torch.__version__}) sees no CUDA "
                         "GPU; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}, but this torch ({torch.__version__}) sees no Apple "
+                        "GPU (MPS); use --device cpu")
     return device
 
 
 def amp_dtype(device: torch.device, dtype: str, what: str,
               auto: torch.dtype | None = torch.bfloat16):
-    """--dtype: the autocast dtype, or None for fp32. 'auto' is `auto` on CUDA, fp32 on CPU;
-    bf16 / fp16 are mixed precision for CUDA and refused on CPU ("on CPU {what} runs in fp32")."""
+    """--dtype: the autocast dtype, or None for fp32. 'auto' is `auto` on CUDA, fp32 elsewhere;
+    bf16 / fp16 are mixed precision for CUDA, refused on CPU and MPS ("there {what} runs in
+    fp32"): autocast and fp16's GradScaler are used only where they are tested (MPS is not)."""
     if device.type != "cuda":
         if dtype in ("bf16", "fp16"):
-            raise UserError(f"--dtype {dtype} is mixed precision for CUDA; on CPU {what} runs in "
-                            "fp32 (drop --dtype)")
+            raise UserError(f"--dtype {dtype} is mixed precision for CUDA; on "
+                            f"{'CPU' if device.type == 'cpu' else 'MPS'} {what} runs in fp32 "
+                            "(drop --dtype)")
         return None
     return {"auto": auto, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[dtype]
 

@@ -151,7 +151,8 @@ class Job:
         self.settings = {**decode_settings(what, len(self.groups), split, task.format, decoding),
                          **task.recorded(), **({"mixed": True} if mixed else {})}
         self.part = stem + ".tsv.part"
-        self.texts = world.agree(resumed_part, self.part, self.settings, force, main_only=True) or {}
+        self.texts = world.agree(resumed_part, self.part, self.settings, force,
+                                 main_only=True) or {}
         self.todo = world.broadcast([i for i in range(len(self.groups)) if i not in self.texts])
         if self.texts:
             print(f"resuming: {len(self.texts)} of {cli.plural(len(self.groups), task.unit)} "

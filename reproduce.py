@@ -559,7 +559,8 @@ def parse_args(argv=None):
         q.add_argument("--batch-size", type=int, default=32, help="MRs decoded together")
         q.add_argument("--no-meteor", action="store_true", help="skip METEOR (it needs Java)")
         q.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps")
-        q.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
+        q.add_argument("--device", default="auto",
+                       help="auto (cuda, else mps, else cpu), cuda, cuda:N, mps, cpu")
         q.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                        help="training's autocast dtype on CUDA (decoding is fp32)")
         q.add_argument("--nproc", type=int, default=1,

@@ -382,7 +382,8 @@ def parse_args(argv=None):
     g.add_argument("--batch-size", type=int, default=32, help="MRs (contexts) decoded together")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole sequence at "
                                                            "every step (slow; for comparison)")
-    g.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
+    g.add_argument("--device", default="auto",
+                   help="auto (cuda, else mps, else cpu), cuda, cuda:N, mps, cpu")
     g.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="auto: fp32, as the released code decodes; bf16/fp16: autocast on CUDA")
     g = p.add_argument_group("one input")
@@ -519,7 +520,8 @@ def check_task(args):
 def check_latency(args, device):
     """--latency's flags, with the defaults for the device filled in; the output checked."""
     try:
-        args.grid = latency.parse_grid(args.grid or latency.DEFAULT_GRID[device.type])
+        args.grid = latency.parse_grid(
+            args.grid or latency.DEFAULT_GRID["cuda" if device.type == "cuda" else "cpu"])
     except ValueError as e:
         raise UserError(e) from None
     positions = GPTConfig.from_preset(args.latency_model).block_size

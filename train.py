@@ -88,7 +88,8 @@ def parse_args(argv=None) -> RunConfig:
                    help="max gradient norm (0: off)")
     g.add_argument("--seed", type=int, default=D.seed, help="the seed of the paper's released code")
     g = p.add_argument_group("hardware and logging")
-    g.add_argument("--device", default=D.device, help="auto (cuda if available), cuda, cuda:N, cpu")
+    g.add_argument("--device", default=D.device,
+                   help="auto (cuda, else mps, else cpu), cuda, cuda:N, mps, cpu")
     g.add_argument("--dtype", default=D.dtype, choices=("auto", "bf16", "fp16", "fp32"),
                    help="autocast dtype on CUDA (auto: bf16); fp16 adds a GradScaler; CPU: fp32")
     g.add_argument("--compile", nargs="?", const="default", choices=("default", "cuda-graphs"),

@@ -13,7 +13,6 @@ import lora
 import multitask
 import sample
 from conftest import REPO, assert_close, random_gpt2, run_main
-from data.task import EOT
 from decoding import beam_search, decode
 from model import GPT, GPTConfig
 
@@ -100,8 +99,9 @@ def test_mixed_beam_search_equals_each_task_decoded_alone(three, beam):
     model = small_base()
     multitask.Adapters(model, paths).mix()
     tasks = torch.arange(3).repeat_interleave(4)
-    got = beam_search(model, prompts.repeat(3, 1), max_new_tokens=[m for m in limits for _ in range(4)],
-                      stop_tokens=[s for s in stops for _ in range(4)], tasks=tasks, **kwargs)
+    got = beam_search(model, prompts.repeat(3, 1), tasks=tasks, **kwargs,
+                      max_new_tokens=[m for m in limits for _ in range(4)],
+                      stop_tokens=[s for s in stops for _ in range(4)])
     assert got == sum(expected, [])
     assert len({tuple(map(tuple, e)) for e in expected}) == 3  # three different behaviours
     # decode(): batches by prompt length, tasks interleaved, each batch mixed
@@ -260,7 +260,3 @@ def test_bad_adapters_are_one_line_and_exit_2(two_tasks, tmp_path, capsys, case,
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert err.startswith("sample.py: ")
 
-
-def test_eot_is_a_stop_token_of_every_task():  # (what mixing tasks' stop tokens relies on)
-    from data.task import Task
-    assert EOT in Task().stop_tokens

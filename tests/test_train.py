@@ -669,3 +669,25 @@ def test_what_a_run_shows_evaluations_projection_and_training_speed(tiny, data, 
     # 8 examples of 20+ tokens per (fake) second; with the evaluation's 100 s, step 3 would
     # have read under 10
     assert list(speeds) == [1, 2, 3, 4] and min(speeds.values()) > 100, speeds
+
+
+def test_device_auto_picks_cuda_then_mps_then_cpu_and_mps_runs_fp32(monkeypatch, tiny, data,
+                                                                     tmp_path, capsys):
+    """Apple GPUs: auto takes MPS where there is no CUDA, and there (as on the CPU) no autocast
+    and no GradScaler is used (nothing here runs on MPS: this machine has none)."""
+    import cli
+    for cuda, mps, picked in ((True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+        assert cli.pick_device("auto").type == picked
+    mps = torch.device("mps")
+    assert cli.amp_dtype(mps, "auto", "training") is None
+    with pytest.raises(cli.UserError, match="--dtype bf16 is mixed precision for CUDA; on MPS "
+                                            "training runs in fp32"):
+        cli.amp_dtype(mps, "bf16", "training")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    argv = quick(tiny, data, tmp_path / "run")
+    argv[argv.index("--device") + 1] = "mps"
+    code, out, err = main(capsys, *argv)
+    assert code == 2 and err == (f"train.py: --device mps, but this torch ({torch.__version__}) "
+                                 "sees no Apple GPU (MPS); use --device cpu\n")

@@ -2,7 +2,7 @@
 
     python bench.py --small --device cpu   # all sections, CPU: a small GPT-2 shape (minutes)
     python bench.py --compile              # all sections, GPU: GPT-2 medium in bf16
-    python bench.py train|memory|decode|latency|cache|profile [--small --device cpu]
+    python bench.py train|memory|decode|latency|cache|profile|tasks [--small --device cpu]
 
 - train:   training-step throughput at batch 8 on train.py's own E2E batches: ours (LoRA r=4 on
            q,v; full fine-tuning) against transformers' GPT2LMHeadModel + peft LoRA (r=4 on
@@ -13,6 +13,8 @@
 - latency: the paper's Table 1 grid, through sample.py's --latency code
 - cache:   our decoding with and without the KV cache
 - profile: where a training step's time goes, ours and transformers + peft (torch.profiler)
+- tasks:   several adapters on one base (multitask.py): a task switch against loading a whole
+           checkpoint, memory, and mixed-task batches against one task merged or unmerged
 
 Random weights time the same as trained ones (no operation depends on the values), so nothing
 here needs the real checkpoints: one random GPT-2 is saved in HF format and both sides load it.
@@ -20,7 +22,10 @@ A section that fails prints its traceback and the others still run (exit code 1)
 """
 
 import argparse
+import contextlib
+import io
 import json
+import math
 import os
 import random
 import resource
@@ -37,6 +42,7 @@ import torch.nn.functional as F
 import cli
 import latency
 import lora
+import multitask
 import training
 from checkpoint import write_atomic
 from cli import HelpFormatter
@@ -448,8 +454,149 @@ def bench_cache(setup) -> dict:
     return {"rows": rows}
 
 
+# --- many tasks on one base (multitask.py) ------------------------------------------------------
+
+
+def random_adapters(setup, n: int, folder: str) -> list[str]:
+    """n LoRA adapter files (r=4 on q,v, the paper's) with random A and B, for the shape timed."""
+    model = lora.apply(GPT.from_pretrained(setup.folder), "q,v", r=4, alpha=32)
+    g, paths = torch.Generator().manual_seed(0), []
+    for i in range(n):
+        with torch.no_grad():
+            for layer in lora.lora_layers(model).values():
+                layer.A.copy_(torch.randn(layer.A.shape, generator=g) * 0.02)
+                layer.B.copy_(torch.randn(layer.B.shape, generator=g) * 0.02)
+        paths.append(os.path.join(folder, f"task{i}.safetensors"))
+        with contextlib.redirect_stdout(io.StringIO()):  # (lora.save prints each file's size)
+            lora.save(model, paths[-1])
+    return paths
+
+
+def bench_tasks(setup) -> dict:
+    """Serving several adapters on one base: the cost of a task switch (the paper's unmerge, load,
+    merge) against loading a whole fine-tuned checkpoint, the memory of N merged copies against
+    one base and N adapters, and decoding throughput of mixed-task batches (each row its own
+    adapter, unmerged) against one task merged and one task unmerged."""
+    device = setup.device
+    folder = os.path.join(setup.folder, "adapters")
+    os.makedirs(folder, exist_ok=True)
+    paths = random_adapters(setup, max(TASK_COUNTS), folder)
+    model = GPT.from_pretrained(setup.folder).to(device).eval()
+    W0 = model.transformer.h[0].attn.q.weight.clone()
+    # a switch as the paper describes it: subtract B A, load the next file, add its B A
+    lora.load(model, paths[0])
+    lora.merge(model)
+
+    def switch(i):
+        lora.unmerge(model)
+        lora.load(model, paths[i % 2])
+        lora.merge(model)
+    switch_s = min(timed(lambda: [switch(i) for i in range(10)], device) for _ in range(3)) / 10
+    full_s = min(timed(lambda: GPT.from_pretrained(setup.folder).to(device), device)
+                 for _ in range(3))
+    lora.unmerge(model)
+    model = GPT.from_pretrained(setup.folder).to(device).eval()  # (without LoRA layers)
+    tasks = multitask.Adapters(model, paths[:2])
+    in_memory_s = min(timed(lambda: [tasks.switch(i % 2) for i in range(10)], device)
+                      for _ in range(3)) / 10
+    for i in range(SWITCHES - 20):  # (30 above): how far W0 drifts over many switches
+        tasks.switch(i % 2)
+    tasks.switch(None)
+    drift = ((model.transformer.h[0].attn.q.weight - W0).abs().max() / W0.abs().max()).item()
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    adapter_bytes = sum(t[0].numel() * t.element_size() for stack in (tasks.A, tasks.B)
+                        for t in stack.values())
+    rows = mixed_throughput(setup, model, paths)
+    result = {"switch_ms": 1e3 * switch_s, "switch_in_memory_ms": 1e3 * in_memory_s,
+              "load_full_checkpoint_s": full_s, "drift_after_switches": drift,
+              "switches": SWITCHES, "model_bytes": model_bytes, "adapter_bytes": adapter_bytes,
+              "throughput": rows}
+    print_tasks(setup, result)
+    return result
+
+
+TASK_COUNTS = (2, 8, 32)  # adapters in a mixed batch
+TASK_BATCHES = (1, 8, 32)  # prompts decoded together
+SWITCHES = 1000
+
+
+def mixed_throughput(setup, model, paths) -> list[dict]:
+    """Tokens/s of greedy decoding (32 new tokens after 40-token prompts, no stop) at each batch
+    size: one task merged, one task unmerged (lora.py), and rows of 2 / 8 / 32 tasks mixed; the
+    variants timed in turn, three rounds, the best of each."""
+    device = setup.device
+    prompts = torch.randint(0, setup.config.vocab_size, (max(TASK_BATCHES), 40),
+                            generator=torch.Generator().manual_seed(0)).to(device)
+    unmerged = GPT.from_pretrained(setup.folder).to(device).eval()
+    lora.load(unmerged, paths[0])
+    served = {n: multitask.Adapters(model, paths[:n]) for n in (1, *TASK_COUNTS)}
+
+    def variant(batch, n):  # n: None one task unmerged, 1 one task merged, else n tasks mixed
+        def run():
+            for tasks in served.values():  # the model as this variant uses it
+                tasks.unmix()
+            for tasks in served.values():
+                tasks.switch(None)
+            if n == 1:
+                served[1].switch(0)
+            elif n is not None:
+                served[n].mix()
+            net = unmerged if n is None else model
+            route = None if n in (None, 1) else torch.arange(batch, device=device) % n
+            with amp(device):  # row b: task b mod n
+                return timed(lambda: beam_search(net, prompts[:batch], beam=1, length_penalty=0.0,
+                                                 no_repeat_ngram=0, max_new_tokens=32,
+                                                 stop_tokens=(), tasks=route), device)
+        return run
+
+    rows = []
+    for batch in TASK_BATCHES:
+        variants = {"one task, merged": 1, "one task, unmerged": None,
+                    **{f"{n} tasks, mixed": n for n in TASK_COUNTS}}
+        runs = {name: variant(batch, n) for name, n in variants.items()}
+        for run in runs.values():
+            run()  # warm-up
+        seconds = {name: math.inf for name in runs}
+        for _ in range(3):
+            for name, run in runs.items():
+                seconds[name] = min(seconds[name], run())
+        base = seconds["one task, merged"]
+        rows += [{"batch": batch, "variant": name, "tokens_per_s": batch * 32 / s,
+                  "vs_merged": base / s} for name, s in seconds.items()]
+    for tasks in served.values():
+        tasks.unmix()
+    return rows
+
+
+def print_tasks(setup, r: dict):
+    n = max(TASK_COUNTS)
+    print(f"\n### Many tasks on one base ({setup.describe()}, {setup.device}; adapters LoRA r=4 "
+          "on q,v, random)\n")
+    print("| | time | memory |\n|---|---|---|")
+    print(f"| switch task: unmerge, load the adapter file, merge (lora.py) | "
+          f"{r['switch_ms']:.1f} ms | {r['adapter_bytes'] / 1e6:.2f} MB per adapter |")
+    print(f"| switch task, adapters in memory (multitask.Adapters.switch) | "
+          f"{r['switch_in_memory_ms']:.1f} ms | |")
+    print(f"| load a fully fine-tuned checkpoint instead | {r['load_full_checkpoint_s']:.2f} s | "
+          f"{r['model_bytes'] / 1e6:,.0f} MB per task |")
+    print(f"| {n} tasks: {n} merged copies vs one base + {n} adapters | | "
+          f"{n * r['model_bytes'] / 1e9:.2f} GB vs "
+          f"{(r['model_bytes'] + n * r['adapter_bytes']) / 1e9:.2f} GB |")
+    print(f"\nAfter {r['switches']:,} switches W0 is back to within "
+          f"{r['drift_after_switches']:.1e} of its largest entry (float rounding).")
+    print("\nGreedy decoding, 32 new tokens after 40-token prompts: tokens/s (x one task "
+          "merged)\n")
+    names = list(dict.fromkeys(row["variant"] for row in r["throughput"]))
+    print("| batch | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+    for batch in TASK_BATCHES:
+        cells = {row["variant"]: row for row in r["throughput"] if row["batch"] == batch}
+        print(f"| {batch} | " + " | ".join(f"{cells[v]['tokens_per_s']:,.0f} "
+                                          f"({cells[v]['vs_merged']:.2f}x)" for v in names) + " |")
+
+
 SECTIONS = {"train": bench_train, "memory": bench_memory, "decode": bench_decode,
-            "latency": bench_latency, "cache": bench_cache, "profile": bench_profile}
+            "latency": bench_latency, "cache": bench_cache, "profile": bench_profile,
+            "tasks": bench_tasks}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

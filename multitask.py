@@ -125,9 +125,11 @@ class Adapters:
     def mix(self) -> GPT:
         """Put a MixedLoRALinear in place of each adapted matrix: unmerged, each row of a batch
         adds its own task's B A x (route() says which)."""
-        self.switch(None)  # W = W0
-        if self.model in _MIXED:
+        if _MIXED.get(self.model) is self:
             return self.model
+        if self.model in _MIXED:
+            raise ValueError("another Adapters serves mixed batches on this model: unmix it first")
+        self.switch(None)  # W = W0
         scaling = torch.tensor(self.scaling, device=self.A[self.names[0]].device)
         for name in self.names:
             base = self.model.get_submodule(name)
@@ -138,7 +140,8 @@ class Adapters:
 
     def unmix(self) -> GPT:
         """The plain base model again (the layers mix() put in are taken out)."""
-        if _MIXED.pop(self.model, None) is not None:
+        if _MIXED.get(self.model) is self:
+            del _MIXED[self.model]
             for name in self.names:
                 self.model.set_submodule(name, self.model.get_submodule(name).base)
         return self.model

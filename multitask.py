@@ -98,7 +98,8 @@ class Adapters:
 
     def switch(self, i: int | None) -> GPT:
         """Serve task i with its adapter merged: subtract the merged task's B A (W0 again, up to
-        float rounding), add task i's. None: the base model."""
+        float rounding), add task i's. None: the base model. The rounding adds up over many
+        switches (bench.py tasks measures it): a server that switches for days reloads W0."""
         if self.model in _MIXED:
             raise ValueError("the model is serving mixed batches: call unmix() before switch()")
         if i is not None and not 0 <= i < len(self):

@@ -65,3 +65,34 @@ def test_an_unwritable_json_is_refused_before_any_measurement(capsys):
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count("\n") == 1
     assert err.startswith("bench.py: cannot write to /proc/lora-gpt2"), err
+
+
+def test_tasks_section_reports_what_it_measured(e2e_data, gpt2_vocab, tmp_path, capsys,
+                                                monkeypatch):
+    monkeypatch.setattr(bench, "TASK_COUNTS", (2, 4))  # (a smaller grid than the real one)
+    monkeypatch.setattr(bench, "TASK_BATCHES", (1, 4))
+    monkeypatch.setattr(bench, "SWITCHES", 40)
+    argv = ["tasks", "--small", "--device", "cpu", "--steps", "1", "--warmup", "1", "--data",
+            e2e_data, "--json", str(tmp_path / "bench.json")]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    r = json.loads((tmp_path / "bench.json").read_text())["tasks"]
+    # one adapter is A and B of r=4 on q,v in every layer: 2 L (d + k) r floats (Sec. 5.1)
+    c = bench.SMALL
+    assert r["adapter_bytes"] == 4 * 2 * c["n_layer"] * (2 * c["n_embd"]) * 4
+    assert f"| {r['switch_ms']:.1f} ms | {r['adapter_bytes'] / 1e6:.2f} MB per adapter |" in out
+    assert f"{4 * r['model_bytes'] / 1e9:.2f} GB vs " \
+           f"{(r['model_bytes'] + 4 * r['adapter_bytes']) / 1e9:.2f} GB" in out
+    assert 0 < r["drift_after_switches"] < 1e-4  # rounding, not a lost update
+    rows = r["throughput"]
+    assert [(row["batch"], row["variant"]) for row in rows] == [
+        (b, v) for b in (1, 4) for v in ("one task, merged", "one task, unmerged",
+                                         "2 tasks, mixed", "4 tasks, mixed")]
+    for b in (1, 4):
+        cells = {row["variant"]: row for row in rows if row["batch"] == b}
+        merged = cells["one task, merged"]["tokens_per_s"]
+        for v, row in cells.items():
+            assert math.isclose(row["vs_merged"], row["tokens_per_s"] / merged)
+        assert re.search(rf"\| {b} \| " + " \\| ".join(
+            f"{cells[v]['tokens_per_s']:,.0f} \\({cells[v]['vs_merged']:.2f}x\\)" for v in cells),
+            out)

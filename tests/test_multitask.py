@@ -260,3 +260,23 @@ def test_bad_adapters_are_one_line_and_exit_2(two_tasks, tmp_path, capsys, case,
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert err.startswith("sample.py: ")
 
+
+
+def test_the_readme_serves_two_tasks_in_three_lines(two_tasks):
+    """The README's three lines, run with this test's base and adapters: each row its task's."""
+    import re
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Many tasks on one base\n"):]
+    code = re.search(r"```py\n(.*?)```", section, flags=re.S)[1]
+    assert len(code.strip().splitlines()) == 3
+    a, b = adapters(two_tasks)
+    code = (code.replace('"gpt2-medium"', repr(str(two_tasks / "base")))
+            .replace('"e2e/adapter.safetensors"', repr(str(a)))
+            .replace('"toy/adapter.safetensors"', repr(str(b))))
+    prompts = [sample.tokenizer().encode(f"city : {c}") + [50256] for c in ("Pisa", "Nice")] * 2
+    scope = {"prompts": prompts}
+    exec("import decoding, multitask\nfrom model import GPT\n" + code, scope)
+    texts = [sample.tokenizer().decode(out).split("<|endoftext|>")[0].strip()
+             for out in scope["outputs"]]
+    assert texts[0].startswith("Yes") and texts[3].startswith("Yes")  # tasks 0, 1, 1, 0
+    assert texts[1] == texts[2] == "No."

@@ -567,12 +567,17 @@ def kept(args, decoding_test_set: bool) -> str:
     for view in views:
         stem = output_stem(view)
         if (done := evaluation.decoded_so_far(stem)) is not None:
-            parts.append(f"{cli.plural(done, view.task.unit)} in {stem}.tsv.part")
+            parts.append((cli.plural(done, view.task.unit), done, f"{stem}.tsv.part"))
         elif os.path.exists(stem + ".tsv"):
             scored.append(f"{stem}.tsv")
+    again = "run the same command again to go on from there"
+    if len(parts) == 1:
+        (what, done, part), = parts
+        return (f"stopped; the {what} decoded so far {'is' if done == 1 else 'are'} kept in "
+                f"{part}: {again}")
     if parts:
-        return (f"stopped; what was decoded so far is kept ({', '.join(parts)}): run the same "
-                "command again to go on from there")
+        return (f"stopped; what was decoded so far is kept "
+                f"({', '.join(f'{what} in {part}' for what, _, part in parts)}): {again}")
     if scored:
         return f"stopped while scoring; the predictions are saved in {', '.join(scored)}"
     return "stopped; nothing was written"

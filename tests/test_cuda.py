@@ -32,6 +32,36 @@ def test_beam_search_on_cuda_equals_cpu(tiny):
     assert beam_search(model.to(CUDA), prompts.to(CUDA), **kwargs) == cpu
 
 
+def test_mixed_task_batch_on_cuda_equals_each_adapter_merged(tiny, tmp_path):
+    """multitask.py on the GPU: a batch whose rows use two adapters, in fp32 and under bf16
+    autocast (as sample.py --dtype bf16), against each adapter merged alone."""
+    import lora
+    import multitask
+    paths = []
+    for i in range(2):
+        model = lora.apply(GPT.from_pretrained(tiny), "q,v", r=4)
+        with torch.no_grad():
+            for layer in lora.lora_layers(model).values():
+                layer.B.normal_(0, 0.3, generator=torch.Generator().manual_seed(i))
+        paths.append(str(tmp_path / f"task{i}.safetensors"))
+        lora.save(model, paths[-1])
+    idx = torch.randint(0, 50257, (4, 9), generator=torch.Generator().manual_seed(0)).to(CUDA)
+    tasks = torch.tensor([0, 1, 1, 0], device=CUDA)
+    mixed = GPT.from_pretrained(tiny).to(CUDA).eval()
+    multitask.Adapters(mixed, paths).mix()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for dtype, tolerance in ((None, 1e-4), (torch.bfloat16, 5e-2)):
+        with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+            multitask.route(mixed, tasks)
+            got = mixed(idx).float()
+            for row, t in enumerate(tasks.tolist()):
+                alone = GPT.from_pretrained(tiny)
+                lora.load(alone, paths[t])
+                expected = lora.merge(alone).to(CUDA).eval()(idx[row:row + 1]).float()
+                torch.testing.assert_close(got[row:row + 1], expected, rtol=tolerance,
+                                           atol=tolerance)
+
+
 def test_kv_cache_on_cuda_one_token_at_a_time_equals_full_forward(tiny):
     model = GPT.from_pretrained(tiny).to(CUDA).eval()
     idx = torch.randint(0, model.config.vocab_size, (2, 12), device=CUDA)

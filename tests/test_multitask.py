@@ -280,3 +280,31 @@ def test_the_readme_serves_two_tasks_in_three_lines(two_tasks):
              for out in scope["outputs"]]
     assert texts[0].startswith("Yes") and texts[3].startswith("Yes")  # tasks 0, 1, 1, 0
     assert texts[1] == texts[2] == "No."
+
+
+def test_ctrl_c_in_a_mixed_decode_keeps_each_tasks_outputs_and_resumes(two_tasks, tmp_path,
+                                                                        capsys, monkeypatch):
+    import evaluation
+    a, b = adapters(two_tasks)
+    flags = ["--adapter", a, "--adapter", b, "--mix", "--no-meteor", "--out", tmp_path / "mixed"]
+    code, _, err = run_main(sample.main, capsys, *flags[:-1], tmp_path / "whole")
+    assert code == 0, err
+    real = evaluation.decode
+
+    def three_then_ctrl_c(model, prompts, **kwargs):  # (the tasks' inputs alternate: a b a)
+        kwargs = {k: v[:3] if isinstance(v, list) else v for k, v in kwargs.items()}
+        real(model, prompts[:3], **kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(evaluation, "decode", three_then_ctrl_c)
+    code, out, err = run_main(sample.main, capsys, *flags)
+    parts = [tmp_path / "mixed" / name / "predictions.tsv.part" for name in ("run-yes", "run-no")]
+    assert code == 130 and err == (
+        f"sample.py: Ctrl-C: stopped; what was decoded so far is kept (2 contexts in {parts[0]}, "
+        f"1 context in {parts[1]}): run the same command again to go on from there\n")
+    monkeypatch.setattr(evaluation, "decode", real)
+    code, out, err = run_main(sample.main, capsys, *flags)
+    assert code == 0, err
+    assert "resuming: 2 of 5 contexts" in out and "resuming: 1 of 5 contexts" in out
+    for name in ("run-yes", "run-no"):
+        assert (tmp_path / "mixed" / name / "predictions.tsv").read_text() == \
+            (tmp_path / "whole" / name / "predictions.tsv").read_text()

@@ -232,6 +232,8 @@ def test_a_folder_of_adapters_is_served_and_the_user_flow_needs_no_test_package(
     ("empty folder", "is a folder without adapters"),
     ("prompt", "--prompt continues text with one model: give one --adapter"),
     ("mix alone", "--mix serves LoRA adapters: give them with --adapter"),
+    ("more adapters than rows", "--mix with 2 adapters needs --batch-size 2 or more, so that a "
+                                "batch can hold a row of each task (it is 1)"),
 ])
 def test_bad_adapters_are_one_line_and_exit_2(two_tasks, tmp_path, capsys, case, message):
     import adapter
@@ -254,6 +256,8 @@ def test_bad_adapters_are_one_line_and_exit_2(two_tasks, tmp_path, capsys, case,
         argv[3] = tmp_path / "none"
     elif case == "prompt":
         argv[4:] = ["--prompt", "hello"]
+    elif case == "more adapters than rows":
+        argv[4:] = ["--mix", "--batch-size", "1"]
     elif case == "mix alone":
         argv = ["--model", two_tasks / "base", "--mix", "--context", "x"]
     code, out, err = run_main(sample.main, capsys, *argv)

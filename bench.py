@@ -517,11 +517,12 @@ def bench_tasks(setup) -> dict:
 
 TASK_COUNTS = (2, 8, 32)  # adapters in a mixed batch
 TASK_BATCHES = (1, 8, 32)  # prompts decoded together
+TASK_NEW_TOKENS = 32  # decoded after each prompt
 SWITCHES = 1000
 
 
 def mixed_throughput(setup, model, paths) -> list[dict]:
-    """Tokens/s of greedy decoding (32 new tokens after 40-token prompts, no stop) at each batch
+    """Tokens/s of greedy decoding (TASK_NEW_TOKENS after 40-token prompts, no stop) at each batch
     size: one task merged, one task unmerged (lora.py), and rows of 2 / 8 / 32 tasks mixed; the
     variants timed in turn, three rounds, the best of each."""
     device = setup.device
@@ -545,7 +546,8 @@ def mixed_throughput(setup, model, paths) -> list[dict]:
             route = None if n in (None, 1) else torch.arange(batch, device=device) % n
             with amp(device):  # row b: task b mod n
                 return timed(lambda: beam_search(net, prompts[:batch], beam=1, length_penalty=0.0,
-                                                 no_repeat_ngram=0, max_new_tokens=32,
+                                                 no_repeat_ngram=0,
+                                                 max_new_tokens=TASK_NEW_TOKENS,
                                                  stop_tokens=(), tasks=route), device)
         return run
 
@@ -561,7 +563,7 @@ def mixed_throughput(setup, model, paths) -> list[dict]:
             for name, run in runs.items():
                 seconds[name] = min(seconds[name], run())
         base = seconds["one task, merged"]
-        rows += [{"batch": batch, "variant": name, "tokens_per_s": batch * 32 / s,
+        rows += [{"batch": batch, "variant": name, "tokens_per_s": batch * TASK_NEW_TOKENS / s,
                   "vs_merged": base / s} for name, s in seconds.items()]
     for tasks in served.values():
         tasks.unmix()
@@ -584,8 +586,8 @@ def print_tasks(setup, r: dict):
           f"{(r['model_bytes'] + n * r['adapter_bytes']) / 1e9:.2f} GB |")
     print(f"\nAfter {r['switches']:,} switches W0 is back to within "
           f"{r['drift_after_switches']:.1e} of its largest entry (float rounding).")
-    print("\nGreedy decoding, 32 new tokens after 40-token prompts: tokens/s (x one task "
-          "merged)\n")
+    print(f"\nGreedy decoding, {TASK_NEW_TOKENS} new tokens after 40-token prompts: tokens/s "
+          "(x one task merged)\n")
     names = list(dict.fromkeys(row["variant"] for row in r["throughput"]))
     print("| batch | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     for batch in TASK_BATCHES:

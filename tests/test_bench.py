@@ -72,6 +72,7 @@ def test_tasks_section_reports_what_it_measured(e2e_data, gpt2_vocab, tmp_path, 
     monkeypatch.setattr(bench, "TASK_COUNTS", (2, 4))  # (a smaller grid than the real one)
     monkeypatch.setattr(bench, "TASK_BATCHES", (1, 4))
     monkeypatch.setattr(bench, "SWITCHES", 40)
+    monkeypatch.setattr(bench, "TASK_NEW_TOKENS", 4)
     argv = ["tasks", "--small", "--device", "cpu", "--steps", "1", "--warmup", "1", "--data",
             e2e_data, "--json", str(tmp_path / "bench.json")]
     assert bench.main(argv) == 0

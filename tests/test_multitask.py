@@ -191,12 +191,13 @@ def test_one_context_answered_by_each_adapter(two_tasks, capsys, mix):
 def test_test_sets_served_switched_and_mixed_equal_each_adapter_alone(two_tasks, tmp_path, capsys):
     a, b = adapters(two_tasks)
     for path, name in ((a, "yes"), (b, "no")):
-        code, _, err = run_main(sample.main, capsys, "--adapter", path, "--out", tmp_path / name)
+        code, _, err = run_main(sample.main, capsys, "--adapter", path, "--out", tmp_path / name,
+                                "--no-meteor")  # (the jar takes seconds to start; not the point)
         assert code == 0, err
     for how in ([], ["--mix"]):
         out_dir = tmp_path / ("mixed" if how else "switched")
         code, out, err = run_main(sample.main, capsys, "--adapter", a, "--adapter", b, "--out",
-                                  out_dir, *how)
+                                  out_dir, "--no-meteor", *how)
         assert code == 0, err
         assert out.count("| this run (test) |") == 2
         for name in ("yes", "no"):

@@ -19,7 +19,7 @@ its A and B (1.6 MB for GPT-2 medium at r=4 on W_q, W_v). Two ways to serve the 
   shared W0 x is one matmul for the whole batch, as for one task; what is added is LoRA's
   unmerged path (Table 1's "no additional latency" is given up for the batch's sake).
 
-    model = GPT.from_pretrained("gpt2-medium")
+    model = GPT.from_pretrained("gpt2-medium").eval()
     tasks = multitask.Adapters(model, ["e2e/adapter.safetensors", "toy/adapter.safetensors"])
     tasks.switch(0)                                            # W0 + s_0 B_0 A_0: the E2E model
     tasks.mix()                                                # or: every row its own adapter

@@ -160,12 +160,13 @@ def trained(model, seed=0, std=0.3):
     return model
 
 
-def tiny_vocab_model(seed=0):
+def tiny_vocab_model(seed=0, vocab_size=6, block_size=16):
     """Our GPT with 6 tokens (5 is the stop token), weights large enough for peaked
     distributions: small enough to search every continuation exhaustively."""
     from model import GPT, GPTConfig
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(block_size=16, vocab_size=6, n_layer=2, n_head=2, n_embd=16, dropout=0))
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2,
+                          n_embd=16, dropout=0))
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.5)

@@ -12,22 +12,17 @@ import torch
 import lora
 import multitask
 import sample
-from conftest import REPO, assert_close, random_gpt2, run_main
+from conftest import REPO, assert_close, random_gpt2, run_main, tiny_vocab_model
 from decoding import beam_search, decode
-from model import GPT, GPTConfig
+from model import GPT
 
 # three adapters that differ in everything they may differ in: targets, rank, alpha
 SHAPES = [("q,v", 4, 32), ("q,k,o,fc", 2, 4), ("v,proj", 8, 8)]
 
 
-def small_base(seed=0):
-    """Our GPT with a 60-token vocabulary and weights large enough for peaked distributions."""
-    torch.manual_seed(seed)
-    model = GPT(GPTConfig(block_size=64, vocab_size=60, n_layer=2, n_head=2, n_embd=16, dropout=0))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.5)
-    return model.eval()
+def small_base():
+    """Our GPT with 60 tokens and weights large enough for peaked distributions."""
+    return tiny_vocab_model(vocab_size=60, block_size=64)
 
 
 @pytest.fixture

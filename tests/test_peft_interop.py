@@ -81,3 +81,28 @@ def test_import_refuses_what_plain_lora_does_not_cover(base, tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3"}))
     with pytest.raises(ValueError, match="peft_type 'IA3'"):
         import_peft(base, str(tmp_path))
+
+
+def test_our_mixed_task_batch_equals_peft_mixed_adapter_batch(base, hf_dir, tmp_path):
+    """multitask.py against PEFT's own mixed-adapter batches (forward(adapter_names=...)): two
+    adapters of other targets and ranks on one base, each row its own adapter, equal logits."""
+    import multitask
+    from model import GPT
+    shapes = {"task0": ("q,v", 2, 4), "task1": ("v,o,fc", 3, 9)}
+    paths = []
+    for seed, (name, (targets, r, alpha)) in enumerate(shapes.items()):
+        model = trained(lora.apply(GPT.from_pretrained(str(hf_dir)).eval(), targets, r=r,
+                                   alpha=alpha), seed=seed)
+        lora.save(model, str(tmp_path / f"{name}.safetensors"))
+        export_peft(model, str(tmp_path / name))
+        paths.append(str(tmp_path / f"{name}.safetensors"))
+    ref = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(str(hf_dir)),
+                                    str(tmp_path / "task0"), adapter_name="task0")
+    ref.load_adapter(str(tmp_path / "task1"), adapter_name="task1")
+    ref.eval()
+    multitask.Adapters(base, paths).mix()
+    rows = ["task1", "task0", "task0", "task1"]
+    idx = batch(7, shape=(4, 11))
+    multitask.route(base, torch.tensor([int(name[-1]) for name in rows]))
+    with torch.no_grad():
+        assert_close(base(idx), ref(idx, adapter_names=rows).logits)

@@ -45,6 +45,11 @@ def ban_repeated_ngrams(logits: torch.Tensor, seqs: torch.Tensor, n: int) -> tor
     return logits.scatter_add_(-1, windows[..., -1], penalty.masked_fill_(match, float("-inf")))
 
 
+def per_prompt(stop_tokens) -> bool:
+    """Whether stop_tokens are given for each prompt (a list of tuples), not for all (ids)."""
+    return bool(stop_tokens) and not isinstance(stop_tokens[0], int)
+
+
 @torch.no_grad()
 def beam_search(model, prompts: torch.Tensor, beam: int = 10, length_penalty: float = 0.9,
                 no_repeat_ngram: int = 4, max_new_tokens: int | list[int] = 64,
@@ -62,7 +67,7 @@ def beam_search(model, prompts: torch.Tensor, beam: int = 10, length_penalty: fl
     list of n each), and tasks: the adapter of each prompt, which all its beams keep."""
     n, T = prompts.shape
     limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * n
-    each = stop_tokens if stop_tokens and not isinstance(stop_tokens[0], int) else [stop_tokens] * n
+    each = stop_tokens if per_prompt(stop_tokens) else [stop_tokens] * n
     K, M, device = beam, max(limits), prompts.device
     width = max(map(len, each))
     stops = torch.tensor([[*s] + [-1] * (width - len(s)) for s in each],  # -1: no token
@@ -72,13 +77,13 @@ def beam_search(model, prompts: torch.Tensor, beam: int = 10, length_penalty: fl
     longest = torch.tensor([max(m ** length_penalty, 1 ** length_penalty) for m in limits],
                            device=device)
 
-    def forward(idx, prompt_of_row):  # the model on idx, each row with its prompt's adapter
+    def forward(idx, prompt_of_row, check=False):  # each row with its prompt's adapter
         if tasks is not None:
-            multitask.route(model, tasks[prompt_of_row])
+            multitask.route(model, tasks[prompt_of_row], check)
         return model(idx, cache=cache)[:, -1].float()
 
     cache = KVCache(model.config.n_layer, capacity=T + M) if use_cache else None
-    logits = forward(prompts, torch.arange(n, device=device))
+    logits = forward(prompts, torch.arange(n, device=device), check=True)  # (once: a host sync)
     rows = torch.arange(n, device=device).repeat_interleave(K)  # K beams per prompt
     if cache is not None:
         cache.reorder(rows)
@@ -191,13 +196,10 @@ def decode(model, prompts: list[list[int]], *, beam: int = 10, length_penalty: f
     bar = tqdm(total=len(prompts), unit=unit, disable=not (progress and sys.stderr.isatty()))
     done, every, start = 0, max(1, len(prompts) // 10), time.time()  # no terminal: a line a tenth
     todo = batches(prompts, batch_size)
-    if tasks is not None:  # one look at the indices, not one per step
-        multitask.route(model, torch.tensor(tasks, device=device), check=True)
 
-    stops_each = bool(stop_tokens) and not isinstance(stop_tokens[0], int)  # (tuples: each's)
+    def each(value, chunk, given_per_prompt):  # a setting, for the prompts in chunk
+        return [value[i] for i in chunk] if given_per_prompt else value
 
-    def each(value, chunk, per_prompt):  # a setting given per prompt, for the prompts in chunk
-        return [value[i] for i in chunk] if per_prompt else value
     for first in range(0, len(todo), size):
         chunk = todo[first + rank] if first + rank < len(todo) else []
         results = []
@@ -207,7 +209,7 @@ def decode(model, prompts: list[list[int]], *, beam: int = 10, length_penalty: f
                 results = beam_search(
                     model, batch, beam, length_penalty, no_repeat_ngram,
                     each(max_new_tokens, chunk, isinstance(max_new_tokens, list)),
-                    each(stop_tokens, chunk, stops_each), use_cache=use_cache,
+                    each(stop_tokens, chunk, per_prompt(stop_tokens)), use_cache=use_cache,
                     tasks=None if tasks is None else torch.tensor(each(tasks, chunk, True),
                                                                   device=device))
         for i, tokens in zip(chunk, results):

@@ -206,11 +206,8 @@ def run_jobs(model, jobs: list[Job], *, meteor: bool, world=ALONE,
         raise ValueError("jobs decoded together must share their decoding settings")
     order = [(n, job.todo[k]) for k in range(max(len(job.todo) for job in jobs))
              for n, job in enumerate(jobs) if k < len(job.todo)]  # (job, input), interleaved
-    one = len(jobs) == 1
-    each = dict(max_new_tokens=jobs[0].decoding.max_new_tokens if one else
-                [jobs[n].decoding.max_new_tokens for n, _ in order],
-                stop_tokens=jobs[0].task.stop_tokens if one else
-                [jobs[n].task.stop_tokens for n, _ in order],
+    each = dict(max_new_tokens=[jobs[n].decoding.max_new_tokens for n, _ in order],
+                stop_tokens=[jobs[n].task.stop_tokens for n, _ in order],
                 tasks=None if tasks is None else [tasks[n] for n, _ in order])
     units = {job.task.unit for job in jobs}
     unit = units.pop() if len(units) == 1 else "input"

@@ -162,13 +162,18 @@ def decoding(args) -> Decoding:
                     amp_dtype=args.amp_dtype)
 
 
+def split_job(model, args, device, world, mixed: bool = False) -> evaluation.Job:
+    """The split to decode as the flags say (evaluation.Job): the task's, into output_stem."""
+    return evaluation.Job(model, task=args.task, split=args.split, limit=args.limit,
+                          stem=output_stem(args), decoding=decoding(args),
+                          what=evaluation.identity(base_name(args), args.adapter),
+                          force=args.force, device=device, world=world, mixed=mixed)
+
+
 def evaluate_split(model, kind: str, args, device, world):
     """Decode and score the split (evaluation.py), then print the row next to the paper's."""
-    report = evaluation.evaluate(
-        model, task=args.task, split=args.split, limit=args.limit,
-        stem=output_stem(args), decoding=decoding(args),
-        what=evaluation.identity(base_name(args), args.adapter), force=args.force,
-        meteor=not args.no_meteor, device=device, world=world)
+    report, = evaluation.run_jobs(model, [split_job(model, args, device, world)],
+                                  meteor=not args.no_meteor, world=world)
     if report is not None:  # (a rank of torchrun but 0: rank 0 scores)
         print_report(report, model, kind, args)
 
@@ -282,11 +287,7 @@ def serve_test_sets(tasks: multitask.Adapters, args, device, world):
             with tasks.merged_into(i):
                 evaluate_split(model, "lora", view, device, world)
         return
-    jobs = [evaluation.Job(model, task=view.task, split=view.split, limit=view.limit,
-                           stem=output_stem(view), decoding=decoding(view),
-                           what=evaluation.identity(base_name(view), view.adapter),
-                           force=view.force, device=device, world=world, mixed=True)
-            for view in views]
+    jobs = [split_job(model, view, device, world, mixed=True) for view in views]
     reports = evaluation.run_jobs(model, jobs, meteor=not args.no_meteor, world=world,
                                   tasks=list(range(len(jobs))))
     for view, report in zip(views, reports):
@@ -303,12 +304,11 @@ def serve_one_input(tasks: multitask.Adapters, args, device):
     prompts = [view.task.prompt(text, mr=mr) for view in views]
     for view, prompt in zip(views, prompts):
         evaluation.check_search(model, decoding(view), [prompt], device)
-    if args.mix:  # one search: row i is adapter i's
-        shared = {**decoding(views[0]).kwargs(), "batch_size": len(views)}
-        outputs = decode(model, prompts, **{**shared, "max_new_tokens": [
-            view.max_new_tokens for view in views]}, stop_tokens=[
-            view.task.stop_tokens for view in views], tasks=list(range(len(views))),
-            progress=False)
+    if args.mix:  # one search: row i is adapter i's, with its task's length and stop tokens
+        settings = {**decoding(views[0]).kwargs(), "batch_size": len(views),
+                    "max_new_tokens": [view.max_new_tokens for view in views]}
+        outputs = decode(model, prompts, **settings, tasks=list(range(len(views))),
+                         stop_tokens=[view.task.stop_tokens for view in views], progress=False)
     else:
         outputs = []
         for i, (view, prompt) in enumerate(zip(views, prompts)):

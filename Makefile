@@ -28,7 +28,7 @@ test: $(VENV)/.dev-deps
 	$(PY) -m pytest -q -n auto tests
 
 # What a lent GPU machine needs and cannot download (scripts/gpu.sh): the E2E CSVs, the paper's
-# released text and GPT-2's vocabulary, copied into the git-ignored gpu_carry/.
+# released text, GPT-2's vocabulary and pytest's wheels, into the git-ignored gpu_carry/.
 SHARED ?= ../shared
 E2E_DATA_DIR ?= $(SHARED)/data/e2e
 E2E_LORA_DIR ?= $(SHARED)/data/e2e-lora
@@ -38,6 +38,7 @@ gpu-carry:
 	cp $(E2E_DATA_DIR)/*.csv gpu_carry/e2e/
 	cp -r $(E2E_LORA_DIR) gpu_carry/e2e-lora
 	cp -r $(TIKTOKEN_CACHE_DIR) gpu_carry/tiktoken_cache
+	$(PYTHON) -m pip download --quiet --dest gpu_carry/wheels pytest
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,6 +1,6 @@
 """The CUDA paths, against the CPU ones: decoding, the KV cache, mixed-precision training, the
 compiled and CUDA-graph training steps, the latency timer, torchrun with NCCL. Skipped without a
-CUDA GPU (CI has none); `scripts/gpu.sh bench-decode` runs this file first on a lent GPU
+CUDA GPU (CI has none); `scripts/gpu.sh a` runs this file first on a lent GPU
 machine."""
 
 import json

@@ -89,6 +89,13 @@ class Setup:
         self.batches = [[examples[i] for i in batch]
                         for batch in order[:args.warmup + args.steps]]
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):  # the random weights go (not a --weights folder: the caller's)
+        if not self.args.weights:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
     def describe(self) -> str:
         c = self.config
         return (f"GPT-2 shape n_layer={c.n_layer} n_head={c.n_head} n_embd={c.n_embd} "
@@ -678,7 +685,7 @@ def run(args, argv) -> int:
           f"torch {torch.__version__}, transformers {transformers.__version__}, peft "
           f"{peft.__version__}, {time.strftime('%Y-%m-%d')}", flush=True)
     results, failed = {}, []
-    try:
+    with setup:
         for name in SECTIONS if args.what == "all" else [args.what]:
             try:
                 results[name] = SECTIONS[name](setup)
@@ -689,8 +696,6 @@ def run(args, argv) -> int:
             sys.stdout.flush()
             if args.json:
                 write_atomic(args.json, json.dumps(results, indent=2, default=str))
-    finally:
-        shutil.rmtree(setup.folder, ignore_errors=True)
     if failed:
         print(f"\nfailed sections: {', '.join(failed)} (tracebacks above)", file=sys.stderr)
     return 1 if failed else 0

@@ -3,6 +3,7 @@ nothing here is timed, so nothing here depends on this machine's speed)."""
 
 import json
 import math
+import os
 import re
 
 import pytest
@@ -47,13 +48,15 @@ def test_training_section_reports_what_it_measured(e2e_data, gpt2_vocab, tmp_pat
 def test_both_sides_compute_the_same_loss(e2e_data, gpt2_vocab):
     # the referee is fair only if every variant does the same work: on the same batch, with the
     # same weights (B = 0, so LoRA adds nothing yet) and no dropout, the same loss
-    setup = bench.Setup(bench.parse_args(["train", "--small", "--device", "cpu", "--steps", "1",
-                                          "--warmup", "1", "--data", e2e_data]))
-    batch = setup.batches[0]
-    ours = bench.ours_trainer(setup, "lora", lora_dropout=0.0)(batch)
-    everywhere = bench.ours_trainer(setup, "lora", every_position=True, lora_dropout=0.0)(batch)
-    theirs = bench.hf_peft_trainer(setup, lora_dropout=0.0)(batch)
-    full = bench.ours_trainer(setup, "full")(batch)
+    with bench.Setup(bench.parse_args(["train", "--small", "--device", "cpu", "--steps", "1",
+                                       "--warmup", "1", "--data", e2e_data])) as setup:
+        batch = setup.batches[0]
+        ours = bench.ours_trainer(setup, "lora", lora_dropout=0.0)(batch)
+        everywhere = bench.ours_trainer(setup, "lora", every_position=True,
+                                        lora_dropout=0.0)(batch)
+        theirs = bench.hf_peft_trainer(setup, lora_dropout=0.0)(batch)
+        full = bench.ours_trainer(setup, "full")(batch)
+    assert not os.path.exists(setup.folder)  # the random weights are gone
     assert 5 < ours < 20  # a random model's loss: about ln(50,257) = 10.8
     for other in (everywhere, theirs, full):
         assert torch.isclose(ours, other, rtol=1e-5), (ours, other)

@@ -94,10 +94,10 @@ def test_compiled_steps_compute_the_eager_loss(e2e_data, gpt2_vocab):
     # the first step's loss, before any update: the same model, the same batch, three ways
     argv = ["train", "--small", "--device", "cuda", "--steps", "1", "--warmup", "1",
             "--data", e2e_data]
-    setup = bench.Setup(bench.parse_args(argv))
-    batch = setup.batches[0]
-    losses = [bench.ours_trainer(setup, "lora", compile=mode, lora_dropout=0.0)(batch)
-              for mode in (None, "default", "cuda-graphs")]
+    with bench.Setup(bench.parse_args(argv)) as setup:
+        batch = setup.batches[0]
+        losses = [bench.ours_trainer(setup, "lora", compile=mode, lora_dropout=0.0)(batch)
+                  for mode in (None, "default", "cuda-graphs")]
     for loss in losses[1:]:
         torch.testing.assert_close(loss, losses[0], rtol=2e-2, atol=0)  # bf16 autocast
 

@@ -242,8 +242,8 @@ def check_several(args):
     if args.prompt is not None:
         raise UserError("--prompt continues text with one model: give one --adapter (several "
                         "decode a task's inputs, --mr or --context)")
-    one_input = args.mr is not None or args.context is not None  # (a batch of one row each)
-    if args.mix and not one_input and args.batch_size < len(args.adapters):
+    test_set = args.mr is None and args.context is None  # (one input: a row per adapter)
+    if args.mix and test_set and args.batch_size < len(args.adapters):
         raise UserError(f"--mix with {len(args.adapters)} adapters needs --batch-size "
                         f"{len(args.adapters)} or more, so that a batch can hold a row of each "
                         f"task (it is {args.batch_size}); raise it, or drop --mix")

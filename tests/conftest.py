@@ -202,32 +202,43 @@ def run_main(main, capsys, *argv):
 # The user's environment: `make train` installs requirements.txt alone, so the test-only packages
 # (transformers, peft, pycocoevalcap) are absent there, and Java may be too. A subprocess started
 # with this environment cannot import them (sitecustomize hides them) and finds no `java`.
-_HIDE_TEST_PACKAGES = '''
+_HIDE_PACKAGES = '''
 import sys
 
 
-class HideTestPackages:
-    names = {"transformers", "peft", "pycocoevalcap"}
+class HidePackages:
+    names = {names!r}
 
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in self.names:
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
         return None
 
 
-sys.meta_path.insert(0, HideTestPackages())
+sys.meta_path.insert(0, HidePackages())
 '''
+
+
+def _plain_env(tmp_path, hidden: set[str]) -> dict:
+    site = tmp_path / "user_site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_HIDE_PACKAGES.format(names=hidden))
+    (tmp_path / "empty_bin").mkdir()
+    return {**os.environ, "PYTHONPATH": str(site), "PATH": str(tmp_path / "empty_bin")}
 
 
 @pytest.fixture
 def user_env(tmp_path):
     """os.environ for a subprocess as a plain install sees it: no reference packages, no Java
     (PATH holds only an empty folder; scripts run as sys.executable, an absolute path)."""
-    site = tmp_path / "user_site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(_HIDE_TEST_PACKAGES)
-    (tmp_path / "empty_bin").mkdir()
-    return {**os.environ, "PYTHONPATH": str(site), "PATH": str(tmp_path / "empty_bin")}
+    return _plain_env(tmp_path, {"transformers", "peft", "pycocoevalcap"})
+
+
+@pytest.fixture
+def meteor_env(tmp_path):
+    """As user_env, plus pycocoevalcap (METEOR's word lists): a plain install that scores METEOR,
+    still without Java."""
+    return _plain_env(tmp_path, {"transformers", "peft"})
 
 
 # A local HTTP server standing in for the Hugging Face hub and the E2E release (no network here).

@@ -44,7 +44,8 @@ import numpy as np
 ALPHA, BETA, GAMMA, DELTA = 0.85, 0.20, 0.60, 0.75
 MODULES = ("exact", "stem", "synonym", "paraphrase")
 SCORING_WEIGHTS = (1.0, 0.6, 0.8, 0.6)  # Constants.WEIGHT_RANK, English
-ALIGNMENT_WEIGHTS = (1.0, 0.5, 0.5, 0.5)  # MeteorScorer.loadConfiguration: "best weights for evaluation"
+ALIGNMENT_WEIGHTS = (1.0, 0.5, 0.5, 0.5)  # MeteorScorer.loadConfiguration: "best weights for
+#                                           evaluation", what the aligner counts
 BEAM_SIZE = 40  # Constants.DEFAULT_BEAM_SIZE
 CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cache")
 
@@ -125,13 +126,13 @@ def paraphrase_table(vocabulary: set[str]) -> dict[tuple, list[tuple]]:
     `vocabulary` (no other entry can match): phrase -> its paraphrases, in the table's order (the
     order the jar tries them), with every first part of a phrase as a key too (most with no
     paraphrase of their own), so the dict is the jar's trie of phrases."""
-    words, phrases, paraphrases = _paraphrase_arrays()
-    known = np.zeros(len(words), dtype=bool)
-    known[[i for i, w in enumerate(words) if w in vocabulary]] = True
+    table_words, phrases, paraphrases = _paraphrase_arrays()
+    known = np.zeros(len(table_words), dtype=bool)
+    known[[i for i, w in enumerate(table_words) if w in vocabulary]] = True
     keep = np.flatnonzero(_all_known(known, *phrases) & _all_known(known, *paraphrases))
     table = {}
     for k in keep.tolist():
-        phrase, paraphrase = (tuple(words[i] for i in ids[start[k]:start[k + 1]].tolist())
+        phrase, paraphrase = (tuple(table_words[i] for i in ids[start[k]:start[k + 1]].tolist())
                               for ids, start in (phrases, paraphrases))
         for end in range(1, len(phrase)):
             table.setdefault(phrase[:end], [])
@@ -165,9 +166,10 @@ def _paraphrase_arrays() -> tuple[list[str], tuple, tuple]:
             os.replace(tmp, cache)
         except OSError:  # a read-only checkout: parse again next time
             pass
-    words = arrays["words"].tobytes().decode("utf-8").split("\n")
-    return words, *((arrays[side], np.cumsum(np.r_[0, arrays[side + "_lengths"]], dtype=np.int64))
-                    for side in ("phrase", "paraphrase"))
+    starts = {side: np.cumsum(np.r_[0, arrays[side + "_lengths"]], dtype=np.int64)
+              for side in ("phrase", "paraphrase")}
+    return (arrays["words"].tobytes().decode("utf-8").split("\n"),
+            (arrays["phrase"], starts["phrase"]), (arrays["paraphrase"], starts["paraphrase"]))
 
 
 def _parse_paraphrases(source: str) -> dict[str, np.ndarray]:
@@ -212,12 +214,19 @@ _JAVA_TRIM = "".join(map(chr, range(33)))  # String.trim() strips every characte
 
 
 def _split(line: str) -> list[str]:
-    """Java's StringTokenizer: words between spaces, tabs, newlines, carriage returns, form feeds."""
+    """Java's StringTokenizer: the words between spaces, tabs, line breaks and form feeds."""
     return re.findall(r"[^ \t\n\r\f]+", line)
 
 
-def normalize(line: str) -> list[str]:
-    """The words METEOR aligns: the jar's `-norm` tokenization of line, lowercased."""
+def words(line: str) -> list[str]:
+    """The words METEOR aligns: line normalised as `-norm` does, lowercased, split."""
+    return _split(normalize(line.strip(_JAVA_TRIM)).lower())
+
+
+def normalize(line: str) -> str:
+    """Normalizer.normalizeLine for English, punctuation kept: symbols split off, "..." kept
+    whole, commas split off outside numbers, quotes and dashes unified, contractions split
+    to the right, a final dot split off unless it ends a known abbreviation."""
     line = f" {line} "
     for pattern, replacement in _RULES:
         line = pattern.sub(replacement, line)
@@ -230,9 +239,9 @@ def normalize(line: str) -> list[str]:
     line = _WORD_DASH.sub(r"\1 \2", line.replace("\u2013", "-").replace("--", "-"))
     for pattern, replacement in _APOSTROPHES:
         line = pattern.sub(replacement, line)
-    words, prefixes, out = _split(line), nonbreaking_prefixes(), []
-    for i, word in enumerate(words):  # a final dot is split off unless it ends an abbreviation
-        following = words[i + 1] if i + 1 < len(words) else ""
+    tokens, prefixes, out = _split(line), nonbreaking_prefixes(), []
+    for i, word in enumerate(tokens):  # a final dot is split off unless it ends an abbreviation
+        following = tokens[i + 1] if i + 1 < len(tokens) else ""
         prefix = word[:-1]
         if len(word) < 2 or not word.endswith("."):
             out.append(word)
@@ -246,8 +255,7 @@ def normalize(line: str) -> list[str]:
     line = " ".join(out) + " "
     while "DOTDOTMULTI" in line:
         line = line.replace("DOTDOTMULTI", "DOTMULTI.")
-    line = _WHITE.sub(" ", line.replace("DOTMULTI", ".")).strip(_JAVA_TRIM)
-    return _split(line.lower())
+    return _WHITE.sub(" ", line.replace("DOTMULTI", ".")).strip(_JAVA_TRIM)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -541,16 +549,14 @@ def add(total: list[float], stats: list[float]) -> list[float]:
 def segment_statistics(refs: list[list[str]], outputs: list[str]) -> list[list[float]]:
     """For each segment, the statistics of its best-scoring reference (the first on a tie): what
     the jar's SCORE answers. refs: a list of reference strings per segment."""
-    outputs = [out.replace("|||", "").replace("  ", " ") for out in outputs]  # as the COCO code sends it
-    out_words = [normalize(out.strip(_JAVA_TRIM)) for out in outputs]
-    ref_words = [[normalize(ref.strip(_JAVA_TRIM)) for ref in group] for group in refs]
-    vocabulary = {w for ws in out_words for w in ws} | {w for g in ref_words for ws in g for w in ws}
+    outputs = [out.replace("|||", "").replace("  ", " ") for out in outputs]  # as COCO sends them
+    out_words = [words(out) for out in outputs]
+    ref_words = [[words(ref) for ref in group] for group in refs]
+    vocabulary = {w for ws in out_words for w in ws}
+    vocabulary.update(w for group in ref_words for ws in group for w in ws)
     paraphrases = paraphrase_table(vocabulary)
-    best = []
-    for out, group in zip(out_words, ref_words):
-        scored = [(statistics(out, ref, paraphrases), ref) for ref in group]
-        best.append(max(scored, key=lambda s: score_of(s[0]))[0])  # max keeps the first of ties
-    return best
+    return [max((statistics(out, ref, paraphrases) for ref in group), key=score_of)
+            for out, group in zip(out_words, ref_words)]  # (max keeps the first of equals)
 
 
 def corpus_score(refs: list[list[str]], outputs: list[str]) -> float:

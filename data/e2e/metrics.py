@@ -1,4 +1,4 @@
-"""The five E2E NLG Challenge metrics, equal to the official scorer, without Perl or CoreNLP.
+"""The five E2E NLG Challenge metrics, equal to the official scorer, in plain Python (no Perl, no Java).
 
     python -m data.e2e.metrics REFS PREDS     (or python data/e2e/metrics.py REFS PREDS)
     SCORES:
@@ -23,17 +23,17 @@ The official scorer (tuetschek/e2e-metrics, measure_scores.py) computes
   PTBTokenizer (Java; ptb_tokenizer.py is a pure-Python port that gives the jar's tokens on all
   50,598 E2E references and system outputs) and the removal of punctuation tokens.
 
-BLEU, NIST, ROUGE-L and CIDEr below are pure Python, written from those definitions, and equal the
-official numbers to all four printed decimals on six public cases (tests/test_metrics.py, against
-tests/fixtures/e2e-metrics/SCORES*.md), and pycocoevalcap's own ROUGE-L and CIDEr to 1e-12.
+All five are pure Python, written from those definitions, and equal the official numbers to all
+four printed decimals on six public cases (tests/test_metrics.py, against
+tests/fixtures/e2e-metrics/SCORES*.md); ROUGE-L and CIDEr also equal pycocoevalcap's own code to
+1e-12, and METEOR the jar's statistics for every MR (tests/test_meteor.py).
 
-METEOR 1.5 matches words through WordNet synonyms and a 65 MB paraphrase table that only its jar
-carries (with exact and stem matching alone the jar itself scores 0.4735 and 0.4427 instead of
-0.4801 and 0.4504 on two of those cases), so METEOR runs the official jar when Java and the PyPI
-package pycocoevalcap (which ships the jar and the table) are installed. Otherwise it prints what
-is missing, e.g. `METEOR: n/a (needs Java)`, and the other four are still scored (exit code 0);
-`--no-meteor` prints `METEOR: skipped (--no-meteor)`. The jar needs about 11 s to load its table,
-so it is started first and overlaps the Python metrics (BENCHMARKS.md).
+METEOR 1.5 (meteor.py) matches words through a stemmer, WordNet synonyms and a paraphrase table:
+it reads the jar's word lists and table from the PyPI package pycocoevalcap, which ships them
+(without it, `METEOR: n/a (needs the pycocoevalcap package for METEOR's word lists)`, and the
+other four are still scored, exit code 0). No Java is needed; `--meteor jar` runs the official
+jar instead (it needs Java too and takes 11 s to start) to check the port against;
+`--no-meteor` prints `METEOR: skipped (--no-meteor)`. Timings: BENCHMARKS.md.
 
 Inputs, as the official script takes them: references as CSV/TSV with MR and reference columns
 (rows sharing an MR on consecutive lines are one MR's references) or plain text (one reference per
@@ -59,6 +59,7 @@ from collections import Counter
 
 if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from data.e2e import meteor as meteor_port  # noqa: E402
 from data.e2e.ptb_tokenizer import ptb_tokenize_lines  # noqa: E402
 
 # -------------------------------------------------------------------------------------------------
@@ -337,11 +338,15 @@ def cider_d(refs: list[list[str]], preds: list[str], n: int = 4, sigma: float = 
 
 
 # -------------------------------------------------------------------------------------------------
-# METEOR 1.5: the official jar (shipped in pycocoevalcap) through its stdio protocol
+# METEOR 1.5: the Python port (meteor.py, the default) or the official jar through its stdio
+# protocol, which the port equals (tests/test_meteor.py) and which stays here to check it
 
 
-def meteor_missing() -> str | None:
-    """Why the METEOR jar cannot run here (what to install), or None when it can."""
+def meteor_missing(implementation: str = "python") -> str | None:
+    """Why METEOR cannot run here (what to install), or None when it can. implementation:
+    "python" (meteor.py: pycocoevalcap's word lists) or "jar" (also Java)."""
+    if implementation == "python":
+        return meteor_port.resources_missing()
     missing = []
     if shutil.which("java") is None:
         missing.append("Java")
@@ -358,15 +363,16 @@ def meteor_missing() -> str | None:
 
 def meteor_jar() -> str | None:
     """Path of meteor-1.5.jar when Java and pycocoevalcap are installed, else None."""
-    if meteor_missing():
+    if meteor_missing("jar"):
         return None
     import pycocoevalcap
     return os.path.join(list(pycocoevalcap.__path__)[0], "meteor", "meteor-1.5.jar")
 
 
-def meteor_note(requested: bool = True) -> str:
+def meteor_note(requested: bool = True, implementation: str = "python") -> str:
     """What to print instead of a METEOR score: skipped on request, or n/a and what it needs."""
-    return "skipped (--no-meteor)" if not requested else f"n/a ({meteor_missing() or 'not run'})"
+    return "skipped (--no-meteor)" if not requested else \
+        f"n/a ({meteor_missing(implementation) or 'not run'})"
 
 
 class MeteorError(RuntimeError):
@@ -401,14 +407,20 @@ class Meteor:
     def score(self, refs: list[list[str]], preds: list[str]) -> float:
         """Corpus METEOR of COCO-tokenized predictions, as pycocoevalcap's meteor.py asks it:
         statistics per MR ("SCORE"), then one "EVAL" over all of them."""
+        return self.evaluate(self.statistics(refs, preds))[1]
+
+    def statistics(self, refs: list[list[str]], preds: list[str]) -> list[list[float]]:
+        """The jar's SCORE answer for each MR: 23 sufficient statistics (meteor.statistics)."""
         stats = []
         for group, pred in zip(refs, preds):
             self._send(" ||| ".join(["SCORE", *group, pred.replace("|||", "").replace("  ", " ")]))
-            stats.append(self._receive())
-        self._send(" ||| ".join(["EVAL", *stats]))
-        for _ in stats:  # one score per MR, then the corpus score
-            self._receive()
-        return float(self._receive())
+            stats.append([float(x) for x in self._receive().split()])
+        return stats
+
+    def evaluate(self, stats: list[list[float]]) -> tuple[list[float], float]:
+        """The jar's EVAL answer: the score of each MR's statistics, then the corpus score."""
+        self._send(" ||| ".join(["EVAL", *(" ".join(map(repr, s)) for s in stats)]))
+        return [float(self._receive()) for _ in stats], float(self._receive())
 
     def close(self):
         try:
@@ -430,33 +442,39 @@ class Meteor:
 NAMES = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 
 
-def score(refs: list[list[str]], preds: list[str], meteor: bool | Meteor = True) -> dict:
+def score(refs: list[list[str]], preds: list[str], meteor: bool | str | Meteor = True) -> dict:
     """The five metrics for predictions (one per MR) against references (a list per MR).
-    METEOR is None with meteor=False or where the jar cannot run (meteor_missing() says why);
-    pass a running Meteor to score several sets with one jar. A jar that starts but does not
-    answer raises MeteorError."""
+    meteor: True or "python" (meteor.py), "jar" (the official jar, started here), a running
+    Meteor jar (to score several sets with one), or False. METEOR is None with False or where
+    it cannot run (meteor_missing() says why). A jar that does not answer raises MeteorError."""
     if len(refs) != len(preds):
         raise ValueError(f"{len(preds)} predictions for {len(refs)} MRs")
     if not all(refs):
         raise ValueError("every MR needs at least one reference")
-    jar = meteor_jar() if meteor is True else None
+    jar = meteor_jar() if meteor == "jar" else None
     running = Meteor(jar) if jar else (meteor if isinstance(meteor, Meteor) else None)
     try:
         bleu, nist = bleu_nist(refs, preds)
         flat = iter(coco_tokenize([r for group in refs for r in group]))
         coco_refs = [[next(flat) for _ in group] for group in refs]
         coco_preds = coco_tokenize(preds)
-        return {"BLEU": bleu, "NIST": nist,
-                "METEOR": running.score(coco_refs, coco_preds) if running else None,
+        if running:
+            meteor_score = running.score(coco_refs, coco_preds)
+        elif meteor in (True, "python") and not meteor_missing():
+            meteor_score = meteor_port.corpus_score(coco_refs, coco_preds)
+        else:
+            meteor_score = None
+        return {"BLEU": bleu, "NIST": nist, "METEOR": meteor_score,
                 "ROUGE_L": rouge_l(coco_refs, coco_preds), "CIDEr": cider_d(coco_refs, coco_preds)}
     finally:
         if jar:
             running.close()
 
 
-def format_scores(scores: dict, meteor_requested: bool = True) -> str:
+def format_scores(scores: dict, meteor_requested: bool = True,
+                  implementation: str = "python") -> str:
     """The official script's lines; a missing METEOR says why (meteor_note)."""
-    note = meteor_note(meteor_requested)
+    note = meteor_note(meteor_requested, implementation)
     return "\n".join(f"{name}: {note if scores[name] is None else format(scores[name], '.4f')}"
                      for name in NAMES)
 
@@ -468,12 +486,14 @@ def main(argv=None) -> int:
     parser.add_argument("refs", help="references: CSV/TSV (MR, reference) or text (one per line, "
                                      "MRs separated by an empty line)")
     parser.add_argument("preds", help="predictions: CSV/TSV (MR, output) or text (one per line)")
-    parser.add_argument("--no-meteor", action="store_true",
-                        help="skip METEOR (it needs Java and pycocoevalcap, and about 20 s)")
+    parser.add_argument("--meteor", choices=("python", "jar"), default="python",
+                        help="METEOR from meteor.py (default; it reads pycocoevalcap's word lists) "
+                             "or from the official jar (it also needs Java), to check the other")
+    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR")
     args = parser.parse_args(argv)
     try:
         refs, preds = load(args.refs, args.preds)
-        scores = score(refs, preds, meteor=not args.no_meteor)
+        scores = score(refs, preds, meteor=not args.no_meteor and args.meteor)
     except (InputError, MeteorError) as e:
         print(f"metrics.py: {e}", file=sys.stderr)
         return 2
@@ -481,7 +501,7 @@ def main(argv=None) -> int:
         print("metrics.py: Ctrl-C: stopped; nothing was written", file=sys.stderr)
         return 130
     print("SCORES:\n==============")
-    print(format_scores(scores, meteor_requested=not args.no_meteor))
+    print(format_scores(scores, meteor_requested=not args.no_meteor, implementation=args.meteor))
     return 0
 
 

@@ -51,7 +51,7 @@ import rundir
 import training
 from checkpoint import load_metadata, write_atomic
 from cli import UserError
-from data.e2e import paper_results
+from data.e2e import metrics, paper_results
 from data.task import open_task, tokenizer
 from evaluation import Decoding
 from finetune import RunConfig
@@ -405,8 +405,7 @@ def report(result: dict, model: str, unit: str) -> str:
         out += ["", "## How the rows were trained", ""]
         out += [f"- {label}: {row['trained']}" for label, row in result["rows"].items()]
     if any(r["epochs"][1]["test"]["METEOR"] is None for r in result["runs"].values()):
-        out += ["", "METEOR: " + ("n/a (it needs Java and pycocoevalcap)." if s["meteor"]
-                                  else "skipped (--no-meteor).")]
+        out += ["", f"METEOR: {metrics.meteor_note(s['meteor'])}."]
     return "\n".join(out) + "\n"
 
 
@@ -557,7 +556,8 @@ def parse_args(argv=None):
                        help="as Table 11 (the released README used 0.8)")
         q.add_argument("--max-new-tokens", type=int, default=64, help="longest output")
         q.add_argument("--batch-size", type=int, default=32, help="MRs decoded together")
-        q.add_argument("--no-meteor", action="store_true", help="skip METEOR (it needs Java)")
+        q.add_argument("--no-meteor", action="store_true",
+                       help="skip METEOR (it needs pycocoevalcap's word lists)")
         q.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps")
         q.add_argument("--device", default="auto",
                        help="auto (cuda, else mps, else cpu), cuda, cuda:N, mps, cpu")

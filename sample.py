@@ -376,7 +376,7 @@ def parse_args(argv=None):
                    help="several adapters: decode in mixed batches, W0 unmerged and each row with "
                         "its own adapter, instead of merging one adapter at a time")
     p.add_argument("--no-meteor", action="store_true",
-                   help="skip METEOR (it needs Java and pycocoevalcap, and about 20 s)")
+                   help="skip METEOR (it needs pycocoevalcap's word lists, and about 10 s)")
     g = p.add_argument_group("decoding")
     g.add_argument("--beam", type=int, default=10, help="beam width (1: greedy)")
     g.add_argument("--length-penalty", type=float, default=0.9,

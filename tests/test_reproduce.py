@@ -212,5 +212,5 @@ def test_a_plain_install_without_java_runs_the_experiment_and_says_meteor_is_mis
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     md = (tmp_path / "plain" / "results.md").read_text()
-    assert "METEOR: n/a (it needs Java and pycocoevalcap)." in md
+    assert "METEOR: n/a (needs the pycocoevalcap package for METEOR's word lists)." in md
     assert "| ours: lora | 1,024 |" in md and "| n/a |" in md

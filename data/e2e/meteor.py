@@ -47,7 +47,9 @@ SCORING_WEIGHTS = (1.0, 0.6, 0.8, 0.6)  # Constants.WEIGHT_RANK, English
 ALIGNMENT_WEIGHTS = (1.0, 0.5, 0.5, 0.5)  # MeteorScorer.loadConfiguration: "best weights for
 #                                           evaluation", what the aligner counts
 BEAM_SIZE = 40  # Constants.DEFAULT_BEAM_SIZE
-CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cache")
+# where the parsed paraphrase table is kept (the user's cache folder, as checkpoint.cache_dir)
+CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                     "lora-gpt2", "meteor")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -149,10 +151,10 @@ def _all_known(known: np.ndarray, ids: np.ndarray, start: np.ndarray) -> np.ndar
 def _paraphrase_arrays() -> tuple[list[str], tuple, tuple]:
     """The whole table as arrays: its words, then (word ids, where each entry starts) for the
     phrases and for the paraphrases. Parsing the 5.3 million entries (a probability line, a
-    phrase line, a paraphrase line) takes 15 to 25 s, so the arrays are cached in data/e2e/cache/
-    (19 MB; 0.5 s to load)."""
+    phrase line, a paraphrase line) takes 15 to 25 s, so the arrays are cached in CACHE (19 MB;
+    0.5 s to load)."""
     source = os.path.join(_folder(), "data", "paraphrase-en.gz")
-    cache = os.path.join(CACHE, f"meteor-paraphrase-en-{os.path.getsize(source)}.npz")
+    cache = os.path.join(CACHE, f"paraphrase-en-{os.path.getsize(source)}-v1.npz")  # v: layout
     if os.path.isfile(cache):
         with np.load(cache) as saved:
             arrays = dict(saved)
@@ -164,7 +166,7 @@ def _paraphrase_arrays() -> tuple[list[str], tuple, tuple]:
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, **arrays)
             os.replace(tmp, cache)
-        except OSError:  # a read-only checkout: parse again next time
+        except OSError:  # no writable cache folder: parse again next time
             pass
     starts = {side: np.cumsum(np.r_[0, arrays[side + "_lengths"]], dtype=np.int64)
               for side in ("phrase", "paraphrase")}

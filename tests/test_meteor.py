@@ -126,7 +126,8 @@ def test_the_normalizer_splits_as_the_jar_does():
     # the jar's output for these lines (test_normalizer_equals_the_jar checks them with Java)
     assert meteor.normalize("Mr. Smith's pub costs £20-25.") == "Mr. Smith 's pub costs £ 20 25 ."
     assert meteor.normalize("U.S.-based diners... e.g. \u201cThe Eagle\u201d -- 1990's, don't "
-                            "No. 5") == "US based diners ... eg \" The Eagle \" - 1990 's , don 't No. 5"
+                            "No. 5") == ("US based diners ... eg \" The Eagle \" - 1990 's , "
+                                         "don 't No. 5")
     assert meteor.words("  The PUB.  ") == ["the", "pub", "."]
 
 
@@ -169,16 +170,15 @@ def _mixed_segments(e2e_data) -> tuple[list[list[str]], list[str]]:
     """E2E segments as the scorer sends them (300 MRs of test-tgen, COCO-tokenized), raw text
     (each of 60 MRs' first reference as the output, the others as references: punctuation,
     capitals, £), and edge cases: an empty output, an output equal to its reference."""
-    refs, preds = metrics.load(os.path.join(e2e_data, "testset_w_refs.csv"),
-                               str(CASES / "test-tgen-std.run0.txt"))
-    refs, preds = refs[:300], preds[:300]
+    all_refs, preds = metrics.load(os.path.join(e2e_data, "testset_w_refs.csv"),
+                                   str(CASES / "test-tgen-std.run0.txt"))
+    refs, preds = all_refs[:300], preds[:300]
     flat = iter(metrics.coco_tokenize([r for group in refs for r in group]))
     coco_refs = [[next(flat) for _ in group] for group in refs]
-    raw = [group for group in metrics.load(os.path.join(e2e_data, "testset_w_refs.csv"),
-                                           str(CASES / "test-tgen-std.run0.txt"))[0][300:]
-           if len(group) > 1][:60]
-    return (coco_refs + [group[1:] for group in raw] + [["The Eagle is a pub."]] * 2,
-            metrics.coco_tokenize(preds) + [group[0] for group in raw] + ["", "The Eagle is a pub."])
+    raw = [group for group in all_refs[300:] if len(group) > 1][:60]
+    edge_refs, edge_outputs = [["The Eagle is a pub."]] * 2, ["", "The Eagle is a pub."]
+    return (coco_refs + [group[1:] for group in raw] + edge_refs,
+            metrics.coco_tokenize(preds) + [group[0] for group in raw] + edge_outputs)
 
 
 @needs_jar

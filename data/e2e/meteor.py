@@ -59,8 +59,7 @@ CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cac
 def resources_missing() -> str | None:
     """Why this METEOR cannot run here (what to install), or None when it can."""
     try:
-        import pycocoevalcap  # a namespace package: it ships the jar and its paraphrase table
-        folder = os.path.join(list(pycocoevalcap.__path__)[0], "meteor")
+        folder = _folder()
     except ImportError:
         return "needs the pycocoevalcap package for METEOR's word lists"
     for name in ("meteor-1.5.jar", os.path.join("data", "paraphrase-en.gz")):
@@ -77,7 +76,8 @@ def resources_missing() -> str | None:
 
 
 def _folder() -> str:
-    import pycocoevalcap
+    """pycocoevalcap's meteor/ folder: the jar (a zip of classes and word lists) and data/."""
+    import pycocoevalcap  # a namespace package
     return os.path.join(list(pycocoevalcap.__path__)[0], "meteor")
 
 
@@ -90,26 +90,27 @@ def _jar_file(name: str) -> str:
 @functools.cache
 def function_words() -> frozenset[str]:
     """function/english.words: the words weighted 1 - delta."""
-    return frozenset(_jar_file("function/english.words").split("\n"))
+    return frozenset(_jar_file("function/english.words").splitlines())
 
 
 @functools.cache
-def nonbreaking_prefixes() -> dict[str, bool]:
-    """nonbreaking/english.prefixes: prefix -> True if its dot stays only before a number."""
+def nonbreaking_prefixes() -> dict[str, str]:
+    """nonbreaking/english.prefixes: abbreviation -> "any" (Mr.) or "number" (its dot stays
+    only before a number: No. 5)."""
     prefixes = {}
     for line in _jar_file("nonbreaking/english.prefixes").splitlines():
         fields = line.split()
         if fields and not fields[0].startswith("#"):
-            prefixes[fields[0]] = fields[1:2] == ["#NUMERIC_ONLY#"]
+            prefixes[fields[0]] = "number" if fields[1:2] == ["#NUMERIC_ONLY#"] else "any"
     return prefixes
 
 
 @functools.cache
 def _wordnet() -> tuple[dict[str, str], dict[str, list[str]]]:
     """(word -> its synset numbers as text, inflected form -> base forms) from synonym/."""
-    lines = _jar_file("synonym/english.synsets").split("\n")
+    lines = _jar_file("synonym/english.synsets").splitlines()
     synsets = dict(zip(lines[0::2], lines[1::2]))
-    lines = _jar_file("synonym/english.exceptions").split("\n")
+    lines = _jar_file("synonym/english.exceptions").splitlines()
     bases = {}
     for base, forms in zip(lines[0::2], lines[1::2]):
         for form in forms.split():
@@ -245,12 +246,13 @@ def normalize(line: str) -> str:
     for i, word in enumerate(tokens):  # a final dot is split off unless it ends an abbreviation
         following = tokens[i + 1] if i + 1 < len(tokens) else ""
         prefix = word[:-1]
+        kind = prefixes.get(prefix)
         if len(word) < 2 or not word.endswith("."):
             out.append(word)
         elif "." in prefix and _HAS_LETTER.search(prefix):  # U.S. -> US
             out.append(word.replace(".", ""))
-        elif prefixes.get(prefix) is False or re.match("[a-z]", following) or (
-                prefixes.get(prefix) and re.match("[0-9]", following)):
+        elif kind == "any" or re.match("[a-z]", following) or (
+                kind == "number" and re.match("[0-9]", following)):
             out.append(word)  # Mr. Smith, Inc. is, No. 5
         else:
             out.append(prefix + " .")
@@ -278,12 +280,12 @@ class Match:
 
 
 @functools.cache
-def _synsets(word: str) -> frozenset[str]:
+def _synsets(word: str) -> frozenset[int]:
     """The WordNet synsets of word and of its base form (SynonymDictionary and its morph())."""
     synsets, bases = _wordnet()
-    found = set(synsets.get(word, "").split())
+    found = set(map(int, synsets.get(word, "").split()))
     for base in bases.get(word) or [_base_form(word, synsets)]:
-        found.update(synsets.get(base, "").split())
+        found.update(map(int, synsets.get(base, "").split()))
     return frozenset(found)
 
 
@@ -368,20 +370,22 @@ def _occurrences(phrase: tuple, words: list[str], where: dict) -> list[int]:
 class _Path:
     """A partial alignment: the matches chosen so far (by reference position), the words they use,
     and what the search ranks paths by."""
-    __slots__ = ("matches", "out_used", "ref_used", "matched1", "matched2", "chunks", "idx",
-                 "last_end", "distance")
+    __slots__ = ("matches", "out_used", "ref_used", "out_matched", "ref_matched", "chunks",
+                 "idx", "last_end", "distance")
 
     def __init__(self, n_ref: int):
         self.matches = [None] * n_ref
         self.out_used = self.ref_used = 0  # bit sets of the words taken
-        self.matched1 = self.matched2 = self.chunks = self.idx = self.distance = 0
+        self.out_matched = self.ref_matched = 0  # what the search maximizes first
+        self.chunks = self.idx = self.distance = 0  # idx: the reference word to decide next
         self.last_end = -1  # where the last match ended in the output (-1: no open chunk)
 
     def copy(self) -> "_Path":
         new = _Path.__new__(_Path)
         new.matches, new.out_used, new.ref_used = self.matches[:], self.out_used, self.ref_used
-        new.matched1, new.matched2, new.chunks = self.matched1, self.matched2, self.chunks
-        new.idx, new.last_end, new.distance = self.idx, self.last_end, self.distance
+        new.out_matched, new.ref_matched = self.out_matched, self.ref_matched
+        new.chunks, new.idx, new.last_end, new.distance = (self.chunks, self.idx, self.last_end,
+                                                           self.distance)
         return new
 
     def use(self, m: Match):
@@ -391,8 +395,9 @@ class _Path:
     def extend(self, m: Match):
         """Count match m (the distance is added by the caller: see resolve)."""
         weight = ALIGNMENT_WEIGHTS[m.module]
-        self.matched1 = int(self.matched1 + m.out_len * weight)  # (jar) ints: 0.5 is truncated
-        self.matched2 = int(self.matched2 + m.ref_len * weight)
+        # matched words times the alignment weight; (jar) kept as ints, so 0.5 is truncated
+        self.out_matched = int(self.out_matched + m.out_len * weight)
+        self.ref_matched = int(self.ref_matched + m.ref_len * weight)
         if self.last_end != -1 and m.out_start != self.last_end:
             self.chunks += 1  # not contiguous in the output: a new chunk
         self.idx = m.ref_start + m.ref_len
@@ -400,7 +405,7 @@ class _Path:
 
     def rank(self) -> tuple:
         """Aligner's PARTIAL_COMPARE_TOTAL: more matched words, fewer chunks, less distance."""
-        return -(self.matched1 + self.matched2), self.chunks, self.distance
+        return -(self.out_matched + self.ref_matched), self.chunks, self.distance
 
 
 def align(out: list[str], ref: list[str], found: list[list[Match]]) -> list[Match | None]:

@@ -140,12 +140,16 @@ def test_the_paraphrase_table_is_cached_and_filtered(tmp_path, monkeypatch):
     monkeypatch.setattr(meteor, "_folder", lambda: str(tmp_path))
     monkeypatch.setattr(meteor, "CACHE", str(tmp_path / "cache"))
     meteor._paraphrase_arrays.cache_clear()
+    size = os.path.getsize(tmp_path / "data" / "paraphrase-en.gz")
+    (tmp_path / "cache").mkdir()
+    cache = tmp_path / "cache" / f"paraphrase-en-{size}-v1.npz"
+    cache.write_bytes(b"a cache file cut short")  # unreadable: parsed again, replaced
     try:
         vocabulary = {"near", "close", "to", "the", "city", "town", "word"}
         expected = {("near",): [("close", "to")], ("close",): [], ("close", "to"): [("near",)],
                     ("the",): [], ("the", "city"): [("town",)]}  # first words of phrases: keys
         assert meteor.paraphrase_table(vocabulary) == expected
-        assert len(os.listdir(tmp_path / "cache")) == 1
+        assert os.listdir(tmp_path / "cache") == [cache.name] and cache.stat().st_size > 100
         meteor._paraphrase_arrays.cache_clear()
         monkeypatch.setattr(meteor, "_parse_paraphrases", None)  # the cache is read, not the table
         assert meteor.paraphrase_table(vocabulary) == expected

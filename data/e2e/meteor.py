@@ -156,10 +156,10 @@ def _paraphrase_arrays() -> tuple[list[str], tuple, tuple]:
     0.5 s to load)."""
     source = os.path.join(_folder(), "data", "paraphrase-en.gz")
     cache = os.path.join(CACHE, f"paraphrase-en-{os.path.getsize(source)}-v1.npz")  # v: layout
-    if os.path.isfile(cache):
+    try:
         with np.load(cache) as saved:
             arrays = dict(saved)
-    else:
+    except (OSError, ValueError, zipfile.BadZipFile):  # none yet (or unreadable): parse the table
         arrays = _parse_paraphrases(source)
         try:
             os.makedirs(CACHE, exist_ok=True)

@@ -137,7 +137,7 @@ def test_the_paraphrase_table_is_cached_and_filtered(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     with gzip.open(tmp_path / "data" / "paraphrase-en.gz", "wt", encoding="utf-8") as f:
         f.writelines(f"0.5\n{phrase}\n{paraphrase}\n" for phrase, paraphrase in entries)
-    monkeypatch.setattr(meteor, "_folder", lambda: str(tmp_path))
+    monkeypatch.setattr(meteor, "data_folder", lambda: str(tmp_path))
     monkeypatch.setattr(meteor, "CACHE", str(tmp_path / "cache"))
     meteor._paraphrase_arrays.cache_clear()
     size = os.path.getsize(tmp_path / "data" / "paraphrase-en.gz")

@@ -59,7 +59,7 @@ CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cac
 def resources_missing() -> str | None:
     """Why this METEOR cannot run here (what to install), or None when it can."""
     try:
-        folder = _folder()
+        folder = data_folder()
     except ImportError:
         return "needs the pycocoevalcap package for METEOR's word lists"
     for name in ("meteor-1.5.jar", os.path.join("data", "paraphrase-en.gz")):
@@ -75,7 +75,7 @@ def resources_missing() -> str | None:
     return None
 
 
-def _folder() -> str:
+def data_folder() -> str:
     """pycocoevalcap's meteor/ folder: the jar (a zip of classes and word lists) and data/."""
     import pycocoevalcap  # a namespace package
     return os.path.join(list(pycocoevalcap.__path__)[0], "meteor")
@@ -83,7 +83,7 @@ def _folder() -> str:
 
 @functools.cache
 def _jar_file(name: str) -> str:
-    with zipfile.ZipFile(os.path.join(_folder(), "meteor-1.5.jar")) as jar:
+    with zipfile.ZipFile(os.path.join(data_folder(), "meteor-1.5.jar")) as jar:
         return jar.read(name).decode("utf-8")
 
 
@@ -154,7 +154,7 @@ def _paraphrase_arrays() -> tuple[list[str], tuple, tuple]:
     phrases and for the paraphrases. Parsing the 5.3 million entries (a probability line, a
     phrase line, a paraphrase line) takes 15 to 25 s, so the arrays are cached in CACHE (19 MB;
     0.5 s to load)."""
-    source = os.path.join(_folder(), "data", "paraphrase-en.gz")
+    source = os.path.join(data_folder(), "data", "paraphrase-en.gz")
     cache = os.path.join(CACHE, f"paraphrase-en-{os.path.getsize(source)}-v1.npz")  # v: layout
     try:
         with np.load(cache) as saved:
@@ -553,11 +553,16 @@ def add(total: list[float], stats: list[float]) -> list[float]:
 # Everything together, as the COCO code asks the jar
 
 
+def as_coco_sends(output: str) -> str:
+    """An output as pycocoevalcap's meteor.py writes it to the jar: "|||" (the protocol's
+    separator) removed, double spaces made single."""
+    return output.replace("|||", "").replace("  ", " ")
+
+
 def segment_statistics(refs: list[list[str]], outputs: list[str]) -> list[list[float]]:
     """For each segment, the statistics of its best-scoring reference (the first on a tie): what
     the jar's SCORE answers. refs: a list of reference strings per segment."""
-    outputs = [out.replace("|||", "").replace("  ", " ") for out in outputs]  # as COCO sends them
-    out_words = [words(out) for out in outputs]
+    out_words = [words(as_coco_sends(out)) for out in outputs]
     ref_words = [[words(ref) for ref in group] for group in refs]
     vocabulary = {w for ws in out_words for w in ws}
     vocabulary.update(w for group in ref_words for ws in group for w in ws)

@@ -1,4 +1,4 @@
-"""The five E2E NLG Challenge metrics, equal to the official scorer, in plain Python (no Perl, no Java).
+"""The five E2E NLG Challenge metrics, equal to the official scorer, without Perl or Java.
 
     python -m data.e2e.metrics REFS PREDS     (or python data/e2e/metrics.py REFS PREDS)
     SCORES:
@@ -347,26 +347,19 @@ def meteor_missing(implementation: str = "python") -> str | None:
     "python" (meteor.py: pycocoevalcap's word lists) or "jar" (also Java)."""
     if implementation == "python":
         return meteor_port.resources_missing()
-    missing = []
-    if shutil.which("java") is None:
-        missing.append("Java")
+    missing = [] if shutil.which("java") else ["Java"]
     try:
-        import pycocoevalcap  # a namespace package: it ships the jar and its paraphrase table
-        folders = list(pycocoevalcap.__path__)
+        if not os.path.isfile(os.path.join(meteor_port.data_folder(), "meteor-1.5.jar")):
+            missing.append("pycocoevalcap's meteor-1.5.jar (reinstall pycocoevalcap)")
     except ImportError:
-        folders = []
         missing.append("the Python package pycocoevalcap")
-    if folders and not os.path.isfile(os.path.join(folders[0], "meteor", "meteor-1.5.jar")):
-        missing.append("pycocoevalcap's meteor-1.5.jar (reinstall pycocoevalcap)")
     return f"needs {' and '.join(missing)}" if missing else None
 
 
 def meteor_jar() -> str | None:
     """Path of meteor-1.5.jar when Java and pycocoevalcap are installed, else None."""
-    if meteor_missing("jar"):
-        return None
-    import pycocoevalcap
-    return os.path.join(list(pycocoevalcap.__path__)[0], "meteor", "meteor-1.5.jar")
+    return None if meteor_missing("jar") else os.path.join(meteor_port.data_folder(),
+                                                            "meteor-1.5.jar")
 
 
 def meteor_note(requested: bool = True, implementation: str = "python") -> str:
@@ -413,7 +406,7 @@ class Meteor:
         """The jar's SCORE answer for each MR: 23 sufficient statistics (meteor.statistics)."""
         stats = []
         for group, pred in zip(refs, preds):
-            self._send(" ||| ".join(["SCORE", *group, pred.replace("|||", "").replace("  ", " ")]))
+            self._send(" ||| ".join(["SCORE", *group, meteor_port.as_coco_sends(pred)]))
             stats.append([float(x) for x in self._receive().split()])
         return stats
 

@@ -1,10 +1,11 @@
 """metrics.py against the official E2E scorer.
 
 Ground truth: tests/fixtures/e2e-metrics/SCORES.md and SCORES-short.md, the five scores the
-official script printed for six cases. Also compared with the reference code itself where it runs
-here: pycocoevalcap's ROUGE-L and CIDEr (Python), and the Stanford PTBTokenizer and METEOR jars it
-ships (Java). The cases scored against the whole test set read its references from the official
-testset_w_refs.csv (the e2e_data fixture) and skip without it.
+official script printed for six cases (METEOR from meteor.py, which test_meteor.py compares with
+the jar MR by MR). Also compared with the reference code itself where it runs here:
+pycocoevalcap's ROUGE-L and CIDEr (Python), and the Stanford PTBTokenizer jar it ships (Java). The
+cases scored against the whole test set read its references from the official testset_w_refs.csv
+(the e2e_data fixture) and skip without it.
 """
 
 import csv

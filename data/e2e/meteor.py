@@ -44,8 +44,8 @@ import numpy as np
 ALPHA, BETA, GAMMA, DELTA = 0.85, 0.20, 0.60, 0.75
 MODULES = ("exact", "stem", "synonym", "paraphrase")
 SCORING_WEIGHTS = (1.0, 0.6, 0.8, 0.6)  # Constants.WEIGHT_RANK, English
-ALIGNMENT_WEIGHTS = (1.0, 0.5, 0.5, 0.5)  # MeteorScorer.loadConfiguration: "best weights for
-#                                           evaluation", what the aligner counts
+ALIGNMENT_WEIGHTS = (1.0, 0.5, 0.5, 0.5)  # what the aligner counts (MeteorScorer's "best
+#                                           weights for evaluation"), not the scoring weights
 BEAM_SIZE = 40  # Constants.DEFAULT_BEAM_SIZE
 # where the parsed paraphrase table is kept (the user's cache folder, as checkpoint.cache_dir)
 CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
@@ -269,6 +269,7 @@ def normalize(line: str) -> str:
 
 
 class Match:
+    """One candidate: which words of each side it pairs, and the module that found it."""
     __slots__ = ("ref_start", "ref_len", "out_start", "out_len", "module", "ref_words", "out_words")
 
     def __init__(self, ref_start, ref_len, out_start, out_len, module):
@@ -418,10 +419,11 @@ def align(out: list[str], ref: list[str], found: list[list[Match]]) -> list[Matc
             ref_cover[m.ref_start + k] += 1
     start = _Path(len(ref))
     for j, ms in enumerate(found):  # a word's only candidate, covering no contested word, is fixed
-        if len(ms) == 1 and all(ref_cover[ms[0].ref_start + k] == 1 for k in range(ms[0].ref_len)) \
-                and all(out_cover[ms[0].out_start + k] == 1 for k in range(ms[0].out_len)):
-            start.matches[j] = ms[0]
-            start.use(ms[0])
+        m = ms[0] if len(ms) == 1 else None
+        if m and all(ref_cover[k] == 1 for k in range(m.ref_start, m.ref_start + m.ref_len)) \
+                and all(out_cover[k] == 1 for k in range(m.out_start, m.out_start + m.out_len)):
+            start.matches[j] = m
+            start.use(m)
     return _resolve(found, start).matches
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from data.e2e import metrics
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES = REPO / "tests" / "fixtures"
@@ -28,6 +30,11 @@ if (SHARED / "tiktoken_cache").is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
 if (SHARED / "data" / "e2e-lora").is_dir():  # the paper's released dev and test text
     os.environ.setdefault("E2E_LORA_DIR", str(SHARED / "data" / "e2e-lora"))
+# The METEOR 1.5 jar that pycocoevalcap ships (None without Java or pycocoevalcap): the reference
+# for meteor.py, with the Stanford PTBTokenizer jar beside it
+METEOR_JAR = metrics.meteor_jar()
+needs_jar = pytest.mark.skipif(METEOR_JAR is None,
+                               reason=f"the jars: {metrics.meteor_note(implementation='jar')}")
 
 
 @pytest.fixture(scope="session")

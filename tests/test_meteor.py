@@ -14,14 +14,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, METEOR_JAR, needs_jar
 
 from data.e2e import meteor, metrics
 
 MISSING = meteor.resources_missing()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"METEOR {MISSING}")
-JAR = metrics.meteor_jar()
-needs_jar = pytest.mark.skipif(JAR is None, reason=f"the jar {metrics.meteor_note('jar')}")
 CASES = FIXTURES / "e2e-metrics"
 
 
@@ -189,7 +187,7 @@ def _mixed_segments(e2e_data) -> tuple[list[list[str]], list[str]]:
 def test_statistics_and_scores_equal_the_jar_for_every_segment(e2e_data):
     refs, outputs = _mixed_segments(e2e_data)
     ours = meteor.segment_statistics(refs, outputs)
-    with metrics.Meteor(JAR) as jar:
+    with metrics.Meteor(METEOR_JAR) as jar:
         theirs = jar.statistics(refs, outputs)
         jar_scores, jar_corpus = jar.evaluate(theirs)
     assert len(ours) == len(theirs) == 362
@@ -206,7 +204,7 @@ def test_statistics_and_scores_equal_the_jar_for_every_segment(e2e_data):
 def _java(*args: str, lines: list[str]) -> list[str]:
     """Run Java with the jar on the class path, lines on stdin; the lines it prints."""
     result = subprocess.run(["java", "-Dfile.encoding=UTF-8", "-Dstdout.encoding=UTF-8", "-cp",
-                             JAR, *args], input="\n".join(lines) + "\n", capture_output=True,
+                             METEOR_JAR, *args], input="\n".join(lines) + "\n", capture_output=True,
                             text=True, encoding="utf-8", check=True)
     return result.stdout.split("\n")[:-1]
 

@@ -17,13 +17,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FIXTURES, REPO, SHARED
+from conftest import FIXTURES, REPO, SHARED, needs_jar
 
 from data.e2e import metrics
 
 CASES = FIXTURES / "e2e-metrics"
-METEOR_JAR = metrics.meteor_jar()  # None without Java and pycocoevalcap
-needs_jar = pytest.mark.skipif(METEOR_JAR is None, reason=f"the jar {metrics.meteor_note('jar')}")
 HAVE_COCO = importlib.util.find_spec("pycocoevalcap") is not None
 
 

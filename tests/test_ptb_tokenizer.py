@@ -7,14 +7,11 @@ import os
 import subprocess
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, METEOR_JAR, needs_jar
 
-from data.e2e import metrics
 from data.e2e.ptb_tokenizer import ptb_tokenize_lines
 
 CASES = FIXTURES / "e2e-metrics"
-METEOR_JAR = metrics.meteor_jar()  # the tokenizer jar ships beside it in pycocoevalcap
-needs_jar = pytest.mark.skipif(METEOR_JAR is None, reason=f"the jars: {metrics.meteor_note()}")
 
 
 # Outputs of the Stanford PTBTokenizer 3.4.1 jar (-preserveLines -lowerCase) on these lines: the

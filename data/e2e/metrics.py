@@ -362,7 +362,7 @@ def meteor_jar() -> str | None:
                                                             "meteor-1.5.jar")
 
 
-def meteor_note(requested: bool = True, implementation: str = "python") -> str:
+def meteor_note(requested: bool = True, *, implementation: str = "python") -> str:
     """What to print instead of a METEOR score: skipped on request, or n/a and what it needs."""
     return "skipped (--no-meteor)" if not requested else \
         f"n/a ({meteor_missing(implementation) or 'not run'})"
@@ -464,10 +464,10 @@ def score(refs: list[list[str]], preds: list[str], meteor: bool | str | Meteor =
             running.close()
 
 
-def format_scores(scores: dict, meteor_requested: bool = True,
+def format_scores(scores: dict, meteor_requested: bool = True, *,
                   implementation: str = "python") -> str:
     """The official script's lines; a missing METEOR says why (meteor_note)."""
-    note = meteor_note(meteor_requested, implementation)
+    note = meteor_note(meteor_requested, implementation=implementation)
     return "\n".join(f"{name}: {note if scores[name] is None else format(scores[name], '.4f')}"
                      for name in NAMES)
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import checkpoint
+from kit import checkpoint
 from model import GPT, Block
 
 # Which matrices of each block LoRA can adapt, by the names used on the command line.

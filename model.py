@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import checkpoint
+from kit import checkpoint
 
 
 @dataclass

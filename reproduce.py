@@ -41,20 +41,14 @@ import time
 import numpy as np
 import torch
 
-import adapter
-import cli
-import distributed
-import evaluation
-import finetune
 import lora
-import rundir
-import training
-from checkpoint import load_metadata, write_atomic
-from cli import UserError
 from data.e2e import metrics, paper_results
 from data.task import open_task, tokenizer
-from evaluation import Decoding
-from finetune import RunConfig
+from kit import adapter, cli, distributed, evaluation, finetune, rundir, training
+from kit.checkpoint import load_metadata, write_atomic
+from kit.cli import UserError
+from kit.evaluation import Decoding
+from kit.finetune import RunConfig
 from model import GPT
 
 SEEDS = (110, 111, 112)  # the released code's seed, and the two after it

@@ -35,21 +35,15 @@ import time
 
 import torch
 
-import adapter
-import cli
-import distributed
-import evaluation
-import latency
 import lora
-import multitask
-import rundir
-from checkpoint import ADAPTER_FORMAT, load_metadata, write_atomic
-from cli import UserError
 from data.e2e import paper_results
 from data.e2e.prepare import FORMATS
 from data.task import EOT, open_task, tokenizer
-from decoding import decode
-from evaluation import Decoding
+from kit import adapter, cli, distributed, evaluation, latency, multitask, rundir
+from kit.checkpoint import ADAPTER_FORMAT, load_metadata, write_atomic
+from kit.cli import UserError
+from kit.decoding import decode
+from kit.evaluation import Decoding
 from model import GPT, PRESETS, GPTConfig
 
 # --- loading -------------------------------------------------------------------------------------

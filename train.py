@@ -28,11 +28,9 @@ batch, each process takes its share of it, and rank 0 writes the run folder.
 
 import sys
 
-import cli
-import distributed
-import finetune
 from data.e2e import prepare as e2e
-from finetune import METHODS, SAFE_ON_RESUME, RunConfig
+from kit import cli, distributed, finetune
+from kit.finetune import METHODS, SAFE_ON_RESUME, RunConfig
 
 D = RunConfig()  # the defaults
 

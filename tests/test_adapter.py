@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import VOCAB, assert_close, batch
 
-import adapter
+from kit import adapter
 from model import GPT, GPTConfig
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import REPO, trained
 
-import analysis
 import lora
+from kit import analysis
 from model import GPT
 
 
@@ -77,7 +77,7 @@ def two_adapters(hf_dir, tmp_path):
 
 
 def run(*args):
-    return subprocess.run([sys.executable, str(REPO / "analysis.py"), *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "kit.analysis", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True)
 
 
@@ -106,7 +106,7 @@ def test_amplification_cli_prints_table_7(two_adapters, hf_dir):
 
 
 def test_a_peft_adapter_reads_as_its_import(two_adapters, hf_dir, tmp_path):
-    import peft_interop
+    from kit import peft_interop
     model = GPT.from_pretrained(str(hf_dir))
     lora.load(model, str(two_adapters / "r2.safetensors"))
     peft_interop.export_peft(model, str(tmp_path / "peft"))

@@ -9,9 +9,8 @@ import re
 import pytest
 import torch
 
-import bench
-import training
 from data.e2e import prepare as e2e
+from kit import bench, training
 
 
 def test_training_section_reports_what_it_measured(e2e_data, gpt2_vocab, tmp_path, capsys):

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-import checkpoint
+from kit import checkpoint
 from model import GPT
 
 

@@ -12,9 +12,8 @@ import pytest
 import torch
 from conftest import REPO
 
-import bench
-import latency
-from decoding import beam_search
+from kit import bench, latency
+from kit.decoding import beam_search
 from model import GPT, GPTConfig, KVCache
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
@@ -36,7 +35,7 @@ def test_mixed_task_batch_on_cuda_equals_each_adapter_merged(tiny, tmp_path):
     """multitask.py on the GPU: a batch whose rows use two adapters, in fp32 and under bf16
     autocast (as sample.py --dtype bf16), against each adapter merged alone."""
     import lora
-    import multitask
+    from kit import multitask
     paths = []
     for i in range(2):
         model = lora.apply(GPT.from_pretrained(tiny), "q,v", r=4)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from conftest import random_gpt2, tiny_vocab_model
 
-from decoding import ban_repeated_ngrams, beam_search, decode
+from kit.decoding import ban_repeated_ngrams, beam_search, decode
 from model import GPT, GPTConfig
 
 

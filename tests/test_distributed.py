@@ -24,12 +24,10 @@ import torch
 from conftest import REPO, run_main
 from safetensors.torch import load_file
 
-import cli
-import distributed
-import finetune
 import reproduce
 import sample
 import train
+from kit import cli, distributed, finetune
 
 # what a run logged, and its result without a full fine-tuning's key biases (why: the script)
 _spec = importlib.util.spec_from_file_location("compare_runs", REPO / "scripts" / "compare_runs.py")
@@ -101,7 +99,7 @@ def signal_at(proc, step, sig, target=None) -> str:
 
 
 def state_step(run_dir) -> int:
-    from checkpoint import load_metadata
+    from kit.checkpoint import load_metadata
     return json.loads(load_metadata(str(run_dir / "state.safetensors"))["state"])["step"]
 
 

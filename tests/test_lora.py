@@ -247,7 +247,7 @@ def test_loading_while_merged_or_a_foreign_file_is_refused(base, hf_dir, tmp_pat
 @pytest.mark.parametrize("kind, message", [("lin", "blocks are wrapped"),
                                            ("houlsby", "o is a WithAdapter here")])
 def test_lora_on_a_model_with_adapters_is_refused(base, kind, message):
-    import adapter
+    from kit import adapter
     adapter.apply(base, kind, r=2)
     with pytest.raises(ValueError, match=message):
         lora.apply(base, "q,v,o", r=2)

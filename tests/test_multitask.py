@@ -8,12 +8,12 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, assert_close, random_gpt2, run_main, tiny_vocab_model
 
 import lora
-import multitask
 import sample
-from conftest import REPO, assert_close, random_gpt2, run_main, tiny_vocab_model
-from decoding import beam_search, decode
+from kit import multitask
+from kit.decoding import beam_search, decode
 from model import GPT
 
 # three adapters that differ in everything they may differ in: targets, rank, alpha
@@ -234,7 +234,7 @@ def test_a_folder_of_adapters_is_served_and_the_user_flow_needs_no_test_package(
                                 "batch can hold a row of each task (it is 1)"),
 ])
 def test_bad_adapters_are_one_line_and_exit_2(two_tasks, tmp_path, capsys, case, message):
-    import adapter
+    from kit import adapter
     a, b = adapters(two_tasks)
     argv = ["--adapter", a, "--adapter", b, "--context", "city : Paris"]
     if case == "adapter_h":
@@ -277,7 +277,7 @@ def test_the_readme_serves_two_tasks_in_three_lines(two_tasks):
             .replace('"toy/adapter.safetensors"', repr(str(b))))
     prompts = [sample.tokenizer().encode(f"city : {c}") + [50256] for c in ("Pisa", "Nice")] * 2
     scope = {"prompts": prompts}
-    exec("import decoding, multitask\nfrom model import GPT\n" + code, scope)
+    exec("from kit import decoding, multitask\nfrom model import GPT\n" + code, scope)
     texts = [sample.tokenizer().decode(out).split("<|endoftext|>")[0].strip()
              for out in scope["outputs"]]
     assert texts[0].startswith("Yes") and texts[3].startswith("Yes")  # tasks 0, 1, 1, 0
@@ -286,7 +286,7 @@ def test_the_readme_serves_two_tasks_in_three_lines(two_tasks):
 
 def test_ctrl_c_in_a_mixed_decode_keeps_each_tasks_outputs_and_resumes(two_tasks, tmp_path,
                                                                         capsys, monkeypatch):
-    import evaluation
+    from kit import evaluation
     a, b = adapters(two_tasks)
     flags = ["--adapter", a, "--adapter", b, "--mix", "--no-meteor", "--out", tmp_path / "mixed"]
     code, _, err = run_main(sample.main, capsys, *flags[:-1], tmp_path / "whole")

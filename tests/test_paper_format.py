@@ -11,8 +11,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from data.e2e import paper_format
-from data.e2e import prepare as e2e
+from data.e2e import paper_format, prepare as e2e
 
 
 @pytest.mark.parametrize("text, style, expected", [

@@ -11,8 +11,8 @@ from safetensors import safe_open
 from transformers import GPT2LMHeadModel
 
 import lora
+from kit.peft_interop import export_peft, import_peft
 from model import GPT
-from peft_interop import export_peft, import_peft
 
 
 @pytest.mark.parametrize("targets", ["q,v", "q,k,v,o,fc,proj", "v,o", "fc,proj"])
@@ -86,7 +86,7 @@ def test_import_refuses_what_plain_lora_does_not_cover(base, tmp_path):
 def test_our_mixed_task_batch_equals_peft_mixed_adapter_batch(base, hf_dir, tmp_path):
     """multitask.py against PEFT's own mixed-adapter batches (forward(adapter_names=...)): two
     adapters of other targets and ranks on one base, each row its own adapter, equal logits."""
-    import multitask
+    from kit import multitask
     from model import GPT
     shapes = {"task0": ("q,v", 2, 4), "task1": ("v,o,fc", 3, 9)}
     paths = []

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from conftest import REPO, run_main
 
-import adapter
 import reproduce
 from data.e2e import paper_results
+from kit import adapter
 from model import GPTConfig
 
 

@@ -14,7 +14,7 @@ import torch
 from conftest import REPO, assert_close, random_gpt2, run_main
 
 import lora
-import rundir
+from kit import rundir
 from model import GPT
 
 
@@ -191,7 +191,7 @@ def adapter_with(tiny_run, tmp_path, edit_meta=None, edit_tensors=None):
     """A copy of the tiny run's adapter with its metadata or tensors changed."""
     from safetensors.torch import load_file, save_file
 
-    from checkpoint import load_metadata
+    from kit.checkpoint import load_metadata
     src = str(tiny_run / "run" / "adapter.safetensors")
     meta, tensors = load_metadata(src), load_file(src)
     if edit_meta:
@@ -271,7 +271,7 @@ def test_an_interrupted_decode_resumes_from_its_part_file(tiny_run, e2e_data, tm
     whole = (tmp_path / "whole" / "predictions-first6.tsv").read_text()
     # what a decode killed after three MRs leaves: the settings, then three outputs (and a
     # fourth line cut short)
-    import evaluation
+    from kit import evaluation
     import sample
     args = sample.parse_args([str(f) for f in flags])
     args.amp_dtype = None
@@ -384,7 +384,7 @@ def test_an_output_folder_in_use_is_refused(tiny_run, e2e_data, tmp_path, capsys
 
 def test_ctrl_c_while_decoding_keeps_what_was_decoded(tiny_run, e2e_data, gpt2_vocab, tmp_path,
                                                       capsys, monkeypatch):
-    import evaluation
+    from kit import evaluation
     flags = ["--adapter", tiny_run / "run" / "adapter.safetensors", "--data", e2e_data,
              "--limit", "3", "--beam", "2", "--max-new-tokens", "4", "--batch-size", "1",
              "--device", "cpu", "--no-meteor", "--out", tmp_path]

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from conftest import REPO, run_main
 
-import analysis
 import reproduce
 import sample
 import train
 from data.e2e import prepare
 from data.e2e.task import E2ETask
 from data.task import EOT, open_task
+from kit import analysis
 
 TOY = REPO / "data" / "toy"
 
@@ -158,8 +158,8 @@ def test_e2e_through_the_task_scores_what_it_scored(e2e_data, tiny, vocab, tmp_p
     # evaluation.evaluate with the task against the path it replaced, written out: the MRs'
     # prompts (context + EOT), decode, the released decode's cut, the five metrics
     from data.e2e import metrics
-    from decoding import decode
-    from evaluation import Decoding, evaluate, identity
+    from kit.decoding import decode
+    from kit.evaluation import Decoding, evaluate, identity
     from model import GPT
     model = GPT.from_pretrained(tiny).eval()
     search = Decoding(beam=2, max_new_tokens=8, batch_size=2)

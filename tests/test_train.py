@@ -16,12 +16,9 @@ import torch
 from conftest import REPO, run_main
 from safetensors import safe_open
 
-import checkpoint
-import finetune
 import lora
-import rundir
 import train
-import training
+from kit import checkpoint, finetune, rundir, training
 from model import GPT
 
 
@@ -675,7 +672,7 @@ def test_device_auto_picks_cuda_then_mps_then_cpu_and_mps_runs_fp32(monkeypatch,
                                                                      tmp_path, capsys):
     """Apple GPUs: auto takes MPS where there is no CUDA, and there (as on the CPU) no autocast
     and no GradScaler is used (nothing here runs on MPS: this machine has none)."""
-    import cli
+    from kit import cli
     for cuda, mps, picked in ((True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from conftest import batch
 
-import training
 from data.e2e.prepare import collate, loss_positions
+from kit import training
 
 
 def test_the_schedule_is_the_released_linear_schedule_with_warmup():

@@ -70,7 +70,7 @@ def locate(data_dir: str | None = None) -> str:
 
 def download_release(folder: str):
     """Download the official zip, extract the four CSVs into folder, check their SHA-256."""
-    from checkpoint import download  # the resumable downloader the GPT-2 checkpoints use
+    from kit.checkpoint import download  # the resumable downloader the GPT-2 checkpoints use
 
     archive = os.path.join(folder, "e2e-dataset.zip")
     if not os.path.isfile(archive):
@@ -274,7 +274,7 @@ def released_lines(split: str) -> list[str] | None:
     folder = os.environ.get("E2E_LORA_DIR") or here
     path = os.path.join(folder, name)
     if not os.path.isfile(path) and folder == here:
-        from checkpoint import DownloadError, download
+        from kit.checkpoint import DownloadError, download
         try:
             download(paper_format.RELEASED_URL + name, path, hint="")
         except DownloadError:

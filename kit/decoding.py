@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from data.task import EOT
-import multitask
+from kit import multitask
 from model import KVCache
 
 STOP_TOKENS = (EOT, 628)  # <|endoftext|>, and "\n\n" (a blank line)

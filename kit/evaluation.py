@@ -23,13 +23,13 @@ import time
 
 import torch
 
-import cli
-from checkpoint import write_atomic
-from cli import UserError
 from data.e2e import metrics
 from data.task import Task, tokenizer
-from decoding import decode, search_bytes
-from distributed import ALONE
+from kit import cli
+from kit.checkpoint import write_atomic
+from kit.cli import UserError
+from kit.decoding import decode, search_bytes
+from kit.distributed import ALONE
 
 
 @dataclasses.dataclass

@@ -39,8 +39,8 @@ import weakref
 import torch
 import torch.nn as nn
 
-import checkpoint
 import lora
+from kit import checkpoint
 from model import GPT
 
 

@@ -14,10 +14,10 @@ import tempfile
 
 import torch
 
-from checkpoint import CheckpointError, DownloadError
 from data.e2e.metrics import InputError, MeteorError
 from data.task import DataError
-from rundir import FolderInUse
+from kit.checkpoint import CheckpointError, DownloadError
+from kit.rundir import FolderInUse
 
 
 class UserError(ValueError):

@@ -39,15 +39,12 @@ import traceback
 import torch
 import torch.nn.functional as F
 
-import cli
-import latency
 import lora
-import multitask
-import training
-from checkpoint import write_atomic
-from cli import HelpFormatter
 from data.e2e import prepare as e2e
-from decoding import batches, beam_search, decode
+from kit import cli, latency, multitask, training
+from kit.checkpoint import write_atomic
+from kit.cli import HelpFormatter
+from kit.decoding import batches, beam_search, decode
 from model import GPT, GPTConfig
 
 SMALL = dict(n_layer=4, n_head=4, n_embd=256)  # --small: GPT-2's vocabulary, a small body
@@ -314,7 +311,7 @@ def bench_memory(setup) -> dict:
     rows = {}
     args = setup.args
     for method in MEMORY_ROWS:
-        argv = [sys.executable, os.path.abspath(__file__), "--peak-worker", method,
+        argv = [sys.executable, "-m", "kit.bench", "--peak-worker", method,
                 "--device", str(setup.device), "--model", args.model, "--weights", setup.folder]
         argv += (["--small"] if args.small else []) + (["--bucket"] if args.bucket else [])
         argv += ["--data", args.data] if args.data else []

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-import adapter
 import lora
+from kit import adapter
 from model import GPT, GPTConfig
 
 # The cells timed by default: the paper's grid on a GPU; on a CPU, where one 1x128 forward pass

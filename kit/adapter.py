@@ -15,8 +15,8 @@ Same shape of API as lora.py: apply, count (describe), save, load.
 
 import torch.nn as nn
 
-import checkpoint
 import lora
+from kit import checkpoint
 from model import GPT
 
 KINDS = ("houlsby", "lin")  # Adapter^H, Adapter^L

@@ -33,15 +33,11 @@ import time
 
 import torch
 
-import adapter
-import cli
-import distributed
 import lora
-import rundir
-import training
-from checkpoint import read_hf_config, write_atomic
-from cli import UserError
 from data.task import open_task
+from kit import adapter, cli, distributed, rundir, training
+from kit.checkpoint import read_hf_config, write_atomic
+from kit.cli import UserError
 from model import GPT, GPTConfig, PRESETS
 
 

@@ -30,11 +30,9 @@ import sys
 
 import torch
 
-import checkpoint
-import cli
 import lora
-import peft_interop
-from cli import UserError
+from kit import checkpoint, cli, peft_interop
+from kit.cli import UserError
 from model import GPT
 
 # --- the adapters' factors -------------------------------------------------------------------------

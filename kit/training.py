@@ -13,10 +13,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from checkpoint import (CheckpointError, load_metadata, load_tensors, save_tensors,
-                        short_list, tensor_mismatch, write_atomic)
 from data.task import collate, loss_positions
-from distributed import ALONE
+from kit.checkpoint import (CheckpointError, load_metadata, load_tensors, save_tensors, short_list,
+                            tensor_mismatch, write_atomic)
+from kit.distributed import ALONE
 
 
 def token_loss(model, inputs, positions, labels, label_smoothing: float = 0.0):

@@ -18,8 +18,8 @@ import re
 import torch
 import torch.nn.functional as F
 
-import checkpoint
 import lora
+from kit import checkpoint
 from model import GPT, PRESETS
 
 _MODULES = {"o": "attn.c_proj", "fc": "mlp.c_fc", "proj": "mlp.c_proj"}  # q,k,v: attn.c_attn

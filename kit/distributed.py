@@ -38,7 +38,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from cli import USER_ERRORS, UserError
+from kit.cli import USER_ERRORS, UserError
 
 
 class LostRank(Exception):

@@ -23,10 +23,12 @@ import os
 import numpy as np
 import torch
 
+from kit.errors import UserError
+
 EOT = 50256  # <|endoftext|>: separates the context from the target, and ends the target
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A problem with the data files, naming the file (and row or line) and what to do."""
 
 

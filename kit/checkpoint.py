@@ -18,13 +18,15 @@ import urllib.request
 
 import torch
 
+from kit.errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError):
     """A file that is not what it should be (unreadable, another shape or format), named, with
     what to do about it."""
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download that failed or stopped, with what to do instead."""
 
 

@@ -14,19 +14,11 @@ import tempfile
 
 import torch
 
-from data.e2e.metrics import InputError, MeteorError
-from data.task import DataError
-from kit.checkpoint import CheckpointError, DownloadError
-from kit.rundir import FolderInUse
+from kit.errors import UserError
 
-
-class UserError(ValueError):
-    """A bad flag or input, reported as one line (exit code 2)."""
-
-
-# The errors a user can cause; scripts turn these, and only these, into one line.
-USER_ERRORS = (UserError, CheckpointError, DownloadError, DataError, InputError, MeteorError,
-               FileNotFoundError, FolderInUse)
+# The errors a user can cause: every subsystem's subclasses UserError (kit/errors.py), and a
+# path given that does not exist. Scripts turn these, and only these, into one line.
+USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def speaks() -> bool:

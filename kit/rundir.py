@@ -25,12 +25,14 @@ try:
 except ImportError:  # Windows: no flock; one process per folder is then up to the user
     fcntl = None
 
+from kit.errors import UserError
+
 LOCK = ".lock"
 # what our writers leave when killed mid-write: NAME.tmp (ours), .tmpXXXXXX (safetensors')
 STALE = re.compile(r".+\.tmp|\.tmp[0-9A-Za-z]{6}")
 
 
-class FolderInUse(ValueError):
+class FolderInUse(UserError):
     """Another process owns the folder; the message names it and its pid."""
 
 

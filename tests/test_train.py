@@ -203,6 +203,15 @@ def test_user_errors_are_one_line_and_write_nothing(tiny, data, tmp_path, capsys
     assert not (tmp_path / "run").exists()
 
 
+def test_the_command_line_imports_no_subsystem_it_does_not_use():
+    # every subsystem's error subclasses kit/errors.py's UserError, so train.py's one-line
+    # errors need no import of them: training loads neither the metrics nor METEOR
+    code = ("import sys; import train; "
+            "print([m for m in sys.modules if 'meteor' in m or 'metrics' in m])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == "[]\n", proc.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_device_cuda_without_cuda(tiny, data, tmp_path):
     argv = quick(tiny, data, tmp_path / "run")

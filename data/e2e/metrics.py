@@ -61,12 +61,13 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.e2e import meteor as meteor_port  # noqa: E402
 from data.e2e.ptb_tokenizer import ptb_tokenize_lines  # noqa: E402
+from kit.errors import UserError  # noqa: E402
 
 # -------------------------------------------------------------------------------------------------
 # Reading references and predictions
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """A problem with an input file, worded for the person who made it."""
 
 
@@ -368,7 +369,7 @@ def meteor_note(requested: bool = True, *, implementation: str = "python") -> st
         f"n/a ({meteor_missing(implementation) or 'not run'})"
 
 
-class MeteorError(RuntimeError):
+class MeteorError(UserError, RuntimeError):
     """The METEOR jar started but did not answer (a broken Java, or too little memory)."""
 
 

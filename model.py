@@ -1,8 +1,10 @@
 """GPT-2 in one file, with the attention projections W_q, W_k, W_v, W_o as separate layers.
 
 Read it top to bottom: the config, then the modules in the order the forward pass uses them
-(attention, MLP, block, the whole model), then loading and saving the official checkpoints, whose
-file formats, checks and download live in checkpoint.py.
+(attention, MLP, block, the whole model), then loading and saving the official checkpoints, and
+last the conversion of their layout to ours. The files themselves (formats, strict checks, the
+download) are kit/checkpoint.py's, imported only inside from_pretrained and save_pretrained: this
+file alone is the model.
 
 OpenAI's GPT-2 (and Hugging Face's port of it) fuses W_q, W_k, W_v into one `c_attn` layer stored
 as a "Conv1D" whose weight is the transpose of an nn.Linear weight. LoRA (Hu et al. 2021, Sec. 4.2)
@@ -11,14 +13,11 @@ adapts W_q and W_v separately, so here they are four plain nn.Linear layers `q`,
 """
 
 import math
-import os
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from kit import checkpoint
 
 
 @dataclass
@@ -264,31 +263,27 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     # ---------------------------------------------------------------------------------------------
-    # Official checkpoints (Hugging Face GPT-2 format) in and out; the file handling is checkpoint.py
+    # The official checkpoints in and out: their layout is converted to ours below the class;
+    # finding, downloading, reading, checking and writing the files is kit/checkpoint.py's
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dropout: float | None = None) -> "GPT":
         """Load official GPT-2 weights: a preset name (downloaded once from the Hugging Face hub),
         a local HF model directory (config.json + model.safetensors or pytorch_model.bin), or a
         single weights file. Loading is strict: every tensor must be there with the right shape."""
-        preset = name_or_path.removeprefix("openai-community/")  # the hub's repository names
-        if os.path.exists(name_or_path):
-            fields, weights_file = checkpoint.find_weights(name_or_path)
-        elif preset in PRESETS:
-            fields, weights_file = PRESETS[preset], checkpoint.download_checkpoint(preset)
-        elif os.sep in name_or_path or name_or_path.endswith((".safetensors", ".bin", ".json")):
-            raise FileNotFoundError(f"no such file or directory: {name_or_path}")
-        else:
-            raise checkpoint.CheckpointError(f"unknown model '{name_or_path}': not a local path "
-                                             f"and not a preset ({', '.join(PRESETS)})")
-        hf = checkpoint.load_tensors(weights_file)
-        heads = {p["n_embd"]: p["n_head"] for p in PRESETS.values()}
-        config = GPTConfig(**(fields or checkpoint.shape_from_weights(hf, weights_file, heads)))
+        from kit import checkpoint  # the files: found or downloaded, read, checked (plumbing)
+
+        fields, hf, source = checkpoint.read_official(name_or_path, PRESETS)
+        config = GPTConfig(**fields)
         if dropout is not None:
             config.dropout = dropout
         with torch.device("meta"):  # build without allocating; the checkpoint supplies the tensors
             model = cls(config)
-        state = checkpoint.official_to_ours(hf, model.state_dict(), asdict(config), weights_file)
+        # every tensor our layout needs, with its shape, or one error that lists what is not
+        expected = ours_to_hf(model.state_dict(), config.n_layer)
+        hf = checkpoint.checked_official(hf, expected, asdict(config), source)
+        state = hf_to_ours(hf, config.n_layer)
+        state["lm_head.weight"] = state["transformer.wte.weight"]  # tied: not stored
         model.load_state_dict(state, strict=True, assign=True)
         model.lm_head.weight = model.transformer.wte.weight  # re-tie after assign
         model.name_or_path = name_or_path  # recorded in adapter checkpoints as their base model
@@ -296,6 +291,8 @@ class GPT(nn.Module):
 
     def save_pretrained(self, directory: str):
         """Write config.json + model.safetensors in HF's GPT-2 format (GPT2LMHeadModel loads it)."""
+        from kit import checkpoint
+
         state = {k: v for k, v in self.state_dict().items() if k != "lm_head.weight"}  # tied
         with torch.device("meta"):
             plain = set(GPT(self.config).state_dict())
@@ -303,4 +300,57 @@ class GPT(nn.Module):
             raise ValueError(f"cannot save as GPT-2: {checkpoint.short_list(extra)} are not GPT-2 "
                              "weights; merge LoRA into the weights first (lora.merge) or save the "
                              "adapter on its own")
-        checkpoint.save_official(directory, state, asdict(self.config))
+        checkpoint.save_official(directory, ours_to_hf(state, self.config.n_layer),
+                                 asdict(self.config))
+
+
+# -------------------------------------------------------------------------------------------------
+# The official layout (OpenAI's GPT-2, as Hugging Face's GPT2LMHeadModel stores it) and ours:
+#   official                                      ours
+#   h.{i}.attn.c_attn   Conv1D (C, 3C), q|k|v     h.{i}.attn.q / .k / .v   Linear (C, C) each
+#   h.{i}.attn.c_proj   Conv1D (C, C)             h.{i}.attn.o             Linear
+#   h.{i}.mlp.c_fc      Conv1D (C, 4C)            h.{i}.mlp.fc             Linear (4C, C)
+#   h.{i}.mlp.c_proj    Conv1D (4C, C)            h.{i}.mlp.proj           Linear (C, 4C)
+# A Conv1D computes x @ W + b with W of shape (in, out): the transpose of nn.Linear's (out, in).
+# Everything else (wte, wpe, ln_1, ln_2, ln_f) has the same name and layout in both; lm_head is
+# wte itself (tied), so it is not stored.
+
+_CONV1D_RENAMES = {"attn.c_proj": "attn.o", "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}
+_LAYER_NORMS = ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias")
+
+
+def hf_to_ours(hf: dict, n_layer: int) -> dict:
+    """Official GPT-2 tensors (keys without 'transformer.') -> our state dict (without lm_head)."""
+    ours = {"transformer." + k: v for k, v in hf.items() if not k.startswith("h.")}
+    for i in range(n_layer):
+        h, p = f"h.{i}.", f"transformer.h.{i}."
+        for name in _LAYER_NORMS:
+            ours[p + name] = hf[h + name]
+        # c_attn's output columns are [q | k | v]: split them into three Linear layers
+        weights = hf[h + "attn.c_attn.weight"].t().chunk(3, dim=0)
+        biases = hf[h + "attn.c_attn.bias"].chunk(3, dim=0)
+        for name, w, b in zip("qkv", weights, biases):
+            ours[p + f"attn.{name}.weight"] = w.contiguous()
+            ours[p + f"attn.{name}.bias"] = b.contiguous()
+        for old, new in _CONV1D_RENAMES.items():
+            ours[p + f"{new}.weight"] = hf[h + f"{old}.weight"].t().contiguous()
+            ours[p + f"{new}.bias"] = hf[h + f"{old}.bias"]
+    return ours
+
+
+def ours_to_hf(state: dict, n_layer: int) -> dict:
+    """Our state dict -> official GPT-2 tensors, keys without 'transformer.' (lm_head left out:
+    it is wte). The exact inverse of hf_to_ours."""
+    hf = {k.removeprefix("transformer."): v for k, v in state.items()
+          if not k.startswith("transformer.h.") and k != "lm_head.weight"}
+    for i in range(n_layer):
+        p = f"transformer.h.{i}."
+        for name in _LAYER_NORMS:
+            hf[f"h.{i}.{name}"] = state[p + name]
+        hf[f"h.{i}.attn.c_attn.weight"] = torch.cat(
+            [state[p + f"attn.{n}.weight"] for n in "qkv"], dim=0).t()
+        hf[f"h.{i}.attn.c_attn.bias"] = torch.cat([state[p + f"attn.{n}.bias"] for n in "qkv"])
+        for old, new in _CONV1D_RENAMES.items():
+            hf[f"h.{i}.{old}.weight"] = state[p + f"{new}.weight"].t()
+            hf[f"h.{i}.{old}.bias"] = state[p + f"{new}.bias"]
+    return hf

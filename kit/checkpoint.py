@@ -1,9 +1,11 @@
-"""Checkpoint plumbing: the official GPT-2 layout <-> ours, strict checks, reading and writing
-safetensors (and reading .bin), atomic writes, adapter files, and the download from the hub.
+"""Checkpoint plumbing: the official GPT-2 checkpoints found, downloaded from the hub and checked
+strictly; safetensors read and written (and .bin read, without running pickled code); atomic
+writes; adapter files with their settings and the fingerprint of their base.
 
-model.py, lora.py and adapter.py hold the ideas; this file holds what it takes to store them.
-Nothing here builds a model: it works on dicts of tensors and plain config fields, so model.py can
-call it without a circle of imports.
+model.py, lora.py and adapter.py hold the ideas (model.py also the conversion of the official
+layout to ours); this file holds what it takes to store them. Nothing here builds a model: it
+works on dicts of tensors and plain config fields, so model.py can call it without a circle of
+imports.
 """
 
 import contextlib
@@ -31,58 +33,33 @@ class DownloadError(UserError, RuntimeError):
 
 
 # -------------------------------------------------------------------------------------------------
-# Converting between the official layout and ours.
-#   official (HF GPT2LMHeadModel)                 ours (model.py)
-#   h.{i}.attn.c_attn   Conv1D (C, 3C), q|k|v     h.{i}.attn.q / .k / .v   Linear (C, C) each
-#   h.{i}.attn.c_proj   Conv1D (C, C)             h.{i}.attn.o             Linear
-#   h.{i}.mlp.c_fc      Conv1D (C, 4C)            h.{i}.mlp.fc             Linear (4C, C)
-#   h.{i}.mlp.c_proj    Conv1D (4C, C)            h.{i}.mlp.proj           Linear (C, 4C)
-# A Conv1D computes x @ W + b with W of shape (in, out): the transpose of nn.Linear's (out, in).
-# Everything else (wte, wpe, ln_1, ln_2, ln_f) has the same name and layout in both.
-
-_CONV1D_RENAMES = {"attn.c_proj": "attn.o", "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}
-_LAYER_NORMS = ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias")
+# The official checkpoints: found (or downloaded), read, and checked strictly. The conversion of
+# their layout to ours is model.py's (hf_to_ours, ours_to_hf).
 
 
-def hf_to_ours(hf: dict, n_layer: int) -> dict:
-    """Official GPT-2 tensors (keys without 'transformer.') -> our state dict (without lm_head)."""
-    ours = {"transformer." + k: v for k, v in hf.items() if not k.startswith("h.")}
-    for i in range(n_layer):
-        h, p = f"h.{i}.", f"transformer.h.{i}."
-        for name in _LAYER_NORMS:
-            ours[p + name] = hf[h + name]
-        # c_attn's output columns are [q | k | v]: split them into three Linear layers
-        weights = hf[h + "attn.c_attn.weight"].t().chunk(3, dim=0)
-        biases = hf[h + "attn.c_attn.bias"].chunk(3, dim=0)
-        for name, w, b in zip("qkv", weights, biases):
-            ours[p + f"attn.{name}.weight"] = w.contiguous()
-            ours[p + f"attn.{name}.bias"] = b.contiguous()
-        for old, new in _CONV1D_RENAMES.items():
-            ours[p + f"{new}.weight"] = hf[h + f"{old}.weight"].t().contiguous()
-            ours[p + f"{new}.bias"] = hf[h + f"{old}.bias"]
-    return ours
+def read_official(name_or_path: str, presets: dict) -> tuple[dict, dict, str]:
+    """An official GPT-2 checkpoint: a preset name (downloaded once from the hub), a local HF
+    model folder (config.json + model.safetensors or pytorch_model.bin) or one weights file.
+    Returns (GPTConfig fields: its config.json's, the preset's or read off the shapes; its
+    tensors; the file they came from)."""
+    preset = name_or_path.removeprefix("openai-community/")  # the hub's repository names
+    if os.path.exists(name_or_path):
+        fields, weights_file = find_weights(name_or_path)
+    elif preset in presets:
+        fields, weights_file = presets[preset], download_checkpoint(preset)
+    elif os.sep in name_or_path or name_or_path.endswith((".safetensors", ".bin", ".json")):
+        raise FileNotFoundError(f"no such file or directory: {name_or_path}")
+    else:
+        raise CheckpointError(f"unknown model '{name_or_path}': not a local path and not a preset "
+                              f"({', '.join(presets)})")
+    tensors = load_tensors(weights_file)
+    heads = {p["n_embd"]: p["n_head"] for p in presets.values()}
+    return fields or shape_from_weights(tensors, weights_file, heads), tensors, weights_file
 
 
-def ours_to_hf(state: dict, n_layer: int) -> dict:
-    """Our state dict (without lm_head) -> official GPT-2 tensors, keys without 'transformer.'."""
-    hf = {k.removeprefix("transformer."): v for k, v in state.items()
-          if not k.startswith("transformer.h.")}
-    for i in range(n_layer):
-        p = f"transformer.h.{i}."
-        for name in _LAYER_NORMS:
-            hf[f"h.{i}.{name}"] = state[p + name]
-        hf[f"h.{i}.attn.c_attn.weight"] = torch.cat(
-            [state[p + f"attn.{n}.weight"] for n in "qkv"], dim=0).t()
-        hf[f"h.{i}.attn.c_attn.bias"] = torch.cat([state[p + f"attn.{n}.bias"] for n in "qkv"])
-        for old, new in _CONV1D_RENAMES.items():
-            hf[f"h.{i}.{old}.weight"] = state[p + f"{new}.weight"].t()
-            hf[f"h.{i}.{old}.bias"] = state[p + f"{new}.bias"]
-    return hf
-
-
-def official_to_ours(hf: dict, expected: dict, config: dict, source: str) -> dict:
-    """An official state dict, checked against our model's (expected: its state dict, shapes
-    only) and converted to it, lm_head tied to wte. Every problem is listed in one error.
+def checked_official(hf: dict, expected: dict, config: dict, source: str) -> dict:
+    """An official state dict with exactly the tensors of expected (our model's, in the official
+    layout: names and shapes), in fp32; every problem is listed in one CheckpointError.
 
     Accepted variations: the 'transformer.' prefix (present in files saved from GPT2LMHeadModel,
     absent in OpenAI's originals), the causal-mask buffers attn.bias / attn.masked_bias (constants,
@@ -91,18 +68,15 @@ def official_to_ours(hf: dict, expected: dict, config: dict, source: str) -> dic
     hf = {k.removeprefix("transformer."): v for k, v in hf.items()}
     hf = {k: v for k, v in hf.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     lm_head = hf.pop("lm_head.weight", None)
-    expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}
     untied = (["lm_head.weight (differs from wte.weight: GPT-2 ties them)"]
               if lm_head is not None and "wte.weight" in hf
               and not torch.equal(lm_head, hf["wte.weight"]) else [])
-    problems = tensor_mismatch(hf, ours_to_hf(expected, config["n_layer"]), untied)
+    problems = tensor_mismatch(hf, expected, untied)
     if problems:
         shape = ", ".join(f"{k}={config[k]}" for k in ("n_layer", "n_head", "n_embd",
                                                         "vocab_size", "block_size"))
         raise CheckpointError(f"{source} does not match GPT-2 ({shape}): {problems}")
-    state = hf_to_ours({k: v.float() for k, v in hf.items()}, config["n_layer"])
-    state["lm_head.weight"] = state["transformer.wte.weight"]
-    return state
+    return {k: v.float() for k, v in hf.items()}
 
 
 def tensor_mismatch(found: dict, expected: dict, also_unexpected: list = ()) -> str:
@@ -199,10 +173,10 @@ def shape_from_weights(hf: dict, path: str, heads_by_width: dict) -> dict:
                 n_head=heads_by_width[n_embd], n_embd=n_embd)
 
 
-def save_official(directory: str, state: dict, config: dict):
-    """Our state dict (without lm_head) as config.json + model.safetensors in HF's GPT-2 format."""
-    hf = {"transformer." + k: v.detach().cpu().contiguous()
-          for k, v in ours_to_hf(state, config["n_layer"]).items()}
+def save_official(directory: str, hf: dict, config: dict):
+    """Official GPT-2 tensors (model.ours_to_hf's) as config.json + model.safetensors in HF's
+    GPT-2 format."""
+    hf = {"transformer." + k: v.detach().cpu().contiguous() for k, v in hf.items()}
     os.makedirs(directory, exist_ok=True)
     save_tensors(os.path.join(directory, "model.safetensors"), hf, {"format": "pt"})
     write_atomic(os.path.join(directory, "config.json"),

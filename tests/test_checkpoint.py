@@ -1,5 +1,5 @@
-"""checkpoint.py: the resumable download of the official checkpoints (served locally: this
-machine has no network). The layout conversion and the strict checks are tested through
+"""kit/checkpoint.py: the resumable download of the official checkpoints (served locally: this
+machine has no network). The layout conversion (model.py) and the strict checks are tested through
 GPT.from_pretrained in test_model.py, and the adapter files through lora and adapter."""
 
 import os
@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+import model
 from kit import checkpoint
 from model import GPT
 
@@ -53,9 +54,9 @@ def test_preset_without_network_says_so_and_how_to_pass_a_path(tmp_path, monkeyp
 
 def test_the_layout_conversion_is_its_own_inverse(base):
     state = {k: v for k, v in base.state_dict().items() if k != "lm_head.weight"}
-    hf = checkpoint.ours_to_hf(state, base.config.n_layer)
+    hf = model.ours_to_hf(state, base.config.n_layer)
     assert hf["h.0.attn.c_attn.weight"].shape == (32, 96)  # Conv1D: (in, out), q|k|v fused
-    back = checkpoint.hf_to_ours(hf, base.config.n_layer)
+    back = model.hf_to_ours(hf, base.config.n_layer)
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
 
 

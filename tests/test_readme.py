@@ -19,7 +19,7 @@ def code_blocks(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("title, source_files", [
-    ("GPT-2, as model.py builds it", ["model.py", "kit/checkpoint.py"]),
+    ("GPT-2, as model.py builds it", ["model.py"]),
     ("LoRA in 40 lines", ["lora.py"]),
 ])
 def test_walkthroughs_quote_lines_that_exist_in_the_code(title, source_files):

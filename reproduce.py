@@ -24,15 +24,19 @@ Rerunning the same command skips what is done and resumes what was interrupted (
 last checkpoint, a decode from its .part file), so a kill at any moment costs at most one
 checkpoint interval. The stages run one after another in this process: no scheduler of ours.
 With --nproc N the command starts itself again under torchrun (PyTorch's launcher) with N
-processes, and each stage runs data-parallel over them (distributed.py): training as
-`torchrun train.py` does it, decoding as `torchrun sample.py`. Built from the modules
-(finetune.py, evaluation.py, lora.py, adapter.py), never from train.py or sample.py.
+processes, and each stage runs data-parallel over them (kit/distributed.py): training as
+`torchrun train.py` does it, decoding as `torchrun sample.py`.
+
+Read it top to bottom: the rows and their settings, the plan (rows x seeds), the two stages
+(train.train, the very loop train.py runs; each kept epoch merged into the base and decoded),
+the selections and the summary over seeds, then run(), which puts them together. The experiment
+folder's bookkeeping (its lock, what is left, the projected time, results.json and results.md,
+the plots, --nproc) is kit/experiment.py's.
 """
 
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import platform
 import sys
@@ -42,17 +46,15 @@ import numpy as np
 import torch
 
 import lora
-from data.e2e import metrics, paper_results
-from data.task import open_task, tokenizer
-from kit import adapter, cli, distributed, evaluation, finetune, rundir, training
-from kit.checkpoint import load_metadata, write_atomic
-from kit.cli import UserError
+import train
+from data.e2e import paper_results
+from data.task import open_task
+from kit import adapter, cli, distributed, evaluation, experiment, training
+from kit.errors import UserError
 from kit.evaluation import Decoding
-from kit.finetune import RunConfig
 from model import GPT
 
 SEEDS = (110, 111, 112)  # the released code's seed, and the two after it
-SPLITS = ("test", "dev")
 SELECTIONS = {  # name -> (what it is, which split picks the epoch)
     "best_test": ("best epoch on test (the paper's protocol, Appendix D.3: comparable with "
                   "Table 3, and optimistic: the epoch is picked by the scores reported)", "test"),
@@ -88,22 +90,11 @@ class Unit:
     name: str
     label: str
     seed: int
-    config: RunConfig
+    config: train.Recipe
     note: str = ""
 
 
-# --- the plan ------------------------------------------------------------------------------------
-
-
-def parse_list(text: str, flag: str, kind=int) -> list:
-    """'1,2,4' -> [1, 2, 4]; refused when it does not parse or repeats an entry."""
-    try:
-        values = [kind(v.strip()) for v in text.split(",")]
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: give a comma-separated list, e.g. 1,2,4") from None
-    if twice := sorted({v for v in values if values.count(v) > 1}):
-        raise UserError(f"{flag} {text} repeats {', '.join(map(str, twice))}")
-    return values
+# --- the plan: rows x seeds ----------------------------------------------------------------------
 
 
 def row_settings(row: str, shape) -> tuple[dict, str]:
@@ -126,20 +117,20 @@ def row_settings(row: str, shape) -> tuple[dict, str]:
 
 def plan(args, task) -> tuple[dict, list[Unit]]:
     """The experiment's settings (what must match to resume it) and its training runs."""
-    seeds = parse_list(args.seeds, "--seeds")
-    shape = finetune.model_shape(args.model, 0.0, "this experiment")  # a preset or a checkpoint
+    seeds = experiment.parse_list(args.seeds, "--seeds")
+    shape = training.model_shape(args.model, 0.0, "this experiment")  # a preset or a checkpoint
     common = dict(model=args.model, data=args.data, epochs=args.epochs, limit=args.limit,
                   device=args.device, dtype=args.dtype, save_every=args.save_every,
                   keep_epochs=True)
     cells = []  # (name, label, settings, note)
     if args.command == "table3":
-        rows = parse_list(args.rows, "--rows", str)
+        rows = experiment.parse_list(args.rows, "--rows", str)
         if unknown := [r for r in rows if r not in ROWS]:
             raise UserError(f"unknown row {', '.join(map(repr, unknown))}: choose from "
                             f"{', '.join(ROWS)}")
         cells = [(row, row, *row_settings(row, shape)) for row in rows]
     else:
-        ranks = parse_list(args.rank, "--rank")
+        ranks = experiment.parse_list(args.rank, "--rank")
         for targets in args.targets:
             try:
                 names = lora.check_settings(targets, 1, 1.0, 0.0)
@@ -151,7 +142,7 @@ def plan(args, task) -> tuple[dict, list[Unit]]:
                 cells.append((f"lora-{''.join(names)}-r{r}", f"{','.join(names)} r={r}",
                               {"method": "lora", "targets": ",".join(names), "rank": r}, ""))
     units = [Unit(f"{name}-seed{seed}", label, seed,
-                  RunConfig(**common, **settings, seed=seed, given=tuple(settings)), note)
+                  train.Recipe(**common, **settings, seed=seed, given=tuple(settings)), note)
              for name, label, settings, note in cells for seed in seeds]
     settings = {"command": args.command, "model": args.model, **task.recorded(),
                 "size": task.paper_size(shape),  # whose paper rows are printed beside
@@ -167,66 +158,23 @@ def decoding(args) -> Decoding:
                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
 
 
-def open_experiment(folder: str, settings: dict) -> rundir.Claim:
-    """Own the experiment folder; one that holds another experiment is refused, untouched."""
-    cli.check_writable(folder)
-    owner = rundir.claim(folder, "reproduce.py", "wait for it to end, or pick another --out")
-    path = os.path.join(folder, "experiment.json")
-    settings = json.loads(json.dumps(settings))  # as experiment.json holds them (lists, not tuples)
-    problem = None
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f).get("settings") or {}
-        if differ := sorted(k for k in set(saved) | set(settings)
-                            if saved.get(k) != settings.get(k)):
-            problem = (f"holds an experiment with other settings ({', '.join(differ)} differ); "
-                       "rerun its own command, or pick another --out")
-    elif os.listdir(folder) not in ([], [rundir.LOCK]):
-        problem = "already holds files that are not an experiment; pick another --out"
-    if problem:
-        owner.abandon()
-        owner.release()
-        raise UserError(f"{folder} {problem}")
-    if not os.path.exists(path):
-        write_atomic(path, json.dumps({"settings": settings}, indent=2))
-    return owner
+# --- the stages: train each run, decode each kept epoch ------------------------------------------
 
 
-# --- the stages ----------------------------------------------------------------------------------
-
-
-def trained(folder: str, epochs: int, cfg: RunConfig) -> bool:
-    """Whether the run in folder has finished, with every epoch's result kept."""
-    log = os.path.join(folder, "metrics.jsonl")
-    if not os.path.isfile(log):
-        return False
-    with open(log, encoding="utf-8") as f:
-        done = any(json.loads(line).get("event") == "done" for line in f if line.strip())
-    return done and all(os.path.exists(finetune.result_path(cfg, folder, e))
-                        for e in range(1, epochs + 1))
-
-
-def train(unit: Unit, folder: str, world) -> tuple[int, int]:
-    """Start or resume the run: (train.py's exit code, the steps it ran)."""
+def train_run(unit: Unit, folder: str, world) -> tuple[int, int]:
+    """Start or resume the run, train.train: (its exit code, the steps it ran)."""
     config = os.path.join(folder, "config.json")
     if os.path.isfile(config):  # resumed where it stopped, on this command's device
         with open(config, encoding="utf-8") as f:
             saved = json.load(f)["args"]
         changed = tuple(k for k in ("device", "dtype") if saved.get(k) != getattr(unit.config, k))
-        cfg = RunConfig(resume=folder, device=unit.config.device, dtype=unit.config.dtype,
-                        given=("resume", *changed))
+        cfg = train.Recipe(resume=folder, device=unit.config.device, dtype=unit.config.dtype,
+                           given=("resume", *changed))
     else:
         cfg = dataclasses.replace(unit.config, out=folder)
-    job = finetune.prepare(cfg, world)
-    first = job.trainer.position["step"]
-    code = job.run()
-    return code, job.trainer.position["step"] - first
-
-
-def undecoded(unit: Unit, folder: str) -> list[tuple[int, str]]:
-    """The (epoch, split) pairs of a run not scored yet."""
-    return [(e, split) for e in range(1, unit.config.epochs + 1) for split in SPLITS
-            if not os.path.exists(stem(folder, e, split) + ".scores.json")]
+    first = experiment.steps_done(folder)
+    code = train.train(cfg, world)
+    return code, experiment.steps_done(folder) - first
 
 
 def decode_run(unit: Unit, folder: str, settings: dict, search: Decoding, device, task,
@@ -234,10 +182,10 @@ def decode_run(unit: Unit, folder: str, settings: dict, search: Decoding, device
     """Decode and score every kept epoch of one run on test and dev (what is done is skipped);
     returns the MRs decoded. The base model is loaded once and the epochs' adapters switched on
     it: unmerge, load, merge (the paper's task switching, Sec. 4.1)."""
-    todo = world.broadcast(undecoded(unit, folder))  # (rank 0's view of the folder)
+    todo = world.broadcast(experiment.undecoded(unit, folder))  # (rank 0's view of the folder)
     cfg, model, merged, decoded = unit.config, None, False, 0
     for epoch in sorted({e for e, _ in todo}):
-        path = finetune.result_path(cfg, folder, epoch)
+        path = training.result_path(cfg.method, folder, epoch)
         if cfg.method == "full":  # each epoch is a whole model
             model, what = GPT.from_pretrained(path).to(device).eval(), (path, None)
         else:  # one base, the epochs' adapters switched on it
@@ -254,60 +202,17 @@ def decode_run(unit: Unit, folder: str, settings: dict, search: Decoding, device
             model.to(device).eval()
             what = (cfg.model, path)
         for split in [s for e, s in todo if e == epoch]:
-            before = evaluation.decoded_so_far(stem(folder, epoch, split)) or 0
+            stem = experiment.stem(folder, epoch, split)
+            before = evaluation.decoded_so_far(stem) or 0
             report = evaluation.evaluate(
-                model, task=task, split=split, limit=settings["mrs"],
-                stem=stem(folder, epoch, split), decoding=search,
+                model, task=task, split=split, limit=settings["mrs"], stem=stem, decoding=search,
                 what=evaluation.identity(*what), force=False, meteor=settings["meteor"],
                 device=device, world=world)
             decoded += report["mrs"] - before if report else 0
     return decoded
 
 
-def stem(folder: str, epoch: int, split: str) -> str:
-    return os.path.join(folder, "decode", f"epoch{epoch}-{split}")
-
-
-class Progress:
-    """One line per stage, with the whole experiment's projected time from the rates measured
-    so far in this process (training steps/s, decoded MRs/s; unit: "MRs", or "contexts")."""
-
-    def __init__(self, stages: int, steps_left: int, mrs_left: int, unit: str = "MRs"):
-        self.stages, self.done, self.unit = stages, 0, unit
-        self.left = {"steps": steps_left, unit: mrs_left}
-        self.work = {"steps": [0, 0.0], unit: [0, 0.0]}  # amount, seconds
-
-    def stage(self, what: str, kind: str, amount: int, seconds: float, planned: int):
-        self.done += 1
-        self.left[kind] -= planned
-        self.work[kind][0] += amount
-        self.work[kind][1] += seconds
-        rates = {k: n / s for k, (n, s) in self.work.items() if n and s}
-        if all(k in rates or not n for k, n in self.left.items()):
-            eta = sum(n / rates[k] for k, n in self.left.items() if n)
-            rest = (f"about {training.duration(eta)} left for the whole experiment"
-                    if any(self.left.values()) else "nothing left")
-        else:
-            rest = "the time left is projected once a stage of each kind has run"
-        rate = ", ".join(f"{r:,.2f} {k}/s" for k, r in rates.items())
-        done = cli.plural(amount, kind[:-1])
-        print(f"reproduce.py [{self.done}/{self.stages}] {what}: {done} in "
-              f"{training.duration(seconds)}; {rest}" + (f" (at {rate})" if rate else ""),
-              flush=True)
-
-
-def mrs_per_split(settings: dict, task) -> dict:
-    """How many MRs (contexts) each split decodes."""
-    return {split: min(settings["mrs"] or math.inf, len(task.eval_groups(split)[0]))
-            for split in SPLITS}
-
-
-def steps_per_run(unit: Unit, examples: int) -> int:
-    n = min(examples, unit.config.limit) if unit.config.limit else examples
-    return math.ceil(n / unit.config.batch_size) * unit.config.epochs
-
-
-# --- the results ---------------------------------------------------------------------------------
+# --- the results: the epoch each selection picks, mean +- std over seeds -------------------------
 
 
 def select(epochs: dict) -> dict:
@@ -329,26 +234,9 @@ def summarize(scores: list[dict]) -> dict:
     return out
 
 
-def read_run(unit: Unit, folder: str) -> dict:
-    """One run's record: its settings, trainable parameters, dev loss and scores by epoch."""
-    with open(os.path.join(folder, "metrics.jsonl"), encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    start = next(r for r in records if r["event"] == "start")
-    dev_loss = {r["epoch"]: r["dev_loss"] for r in records
-                if r["event"] == "eval" and "epoch" in r}
-    epochs = {}
-    for e in range(1, unit.config.epochs + 1):
-        epochs[e] = {}
-        for split in SPLITS:
-            with open(stem(folder, e, split) + ".scores.json", encoding="utf-8") as f:
-                epochs[e][split] = json.load(f)["scores"]
-    return {"label": unit.label, "seed": unit.seed, "config": unit.config.recorded(),
-            "trainable": start["trainable"], "dev_loss": dev_loss, "epochs": epochs}
-
-
 def results(settings: dict, units: list[Unit], exp: str) -> dict:
     """Every run x epoch x split x metric, and each row's selections summarized over seeds."""
-    runs = {u.name: read_run(u, run_folder(exp, u)) for u in units}
+    runs = {u.name: experiment.read_run(u, experiment.run_folder(exp, u)) for u in units}
     rows = {}
     for label in dict.fromkeys(u.label for u in units):
         mine = {name: r for name, r in runs.items() if r["label"] == label}
@@ -363,137 +251,20 @@ def results(settings: dict, units: list[Unit], exp: str) -> dict:
     return {"settings": settings, "versions": versions, "runs": runs, "rows": rows}
 
 
-def table(result: dict, selection: str) -> str:
-    """One selection's rows as Table 3 lays them out, each beside the paper's where it has one."""
-    lines = ["| Model & Method | # Trainable Parameters | BLEU | NIST | MET | ROUGE-L | CIDEr |",
-             "|---|---|---|---|---|---|---|"]
-    for label, row in result["rows"].items():
-        s = row["selections"][selection]
-        cells = ["n/a" if s[m]["mean"] is None else paper_results.cell(m, s[m]["mean"],
-                                                                       s[m]["std"])
-                 for m in paper_results.METRICS]
-        n = row["trainable"]
-        lines.append(f"| ours: {label} | {f'{n / 1e6:.2f}M' if n >= 1e4 else f'{n:,}'} | "
-                     + " | ".join(cells) + " |")
-        paper = paper_results.TABLE3.get((result["settings"]["size"], label))
-        if paper and result["settings"]["command"] == "table3":
-            lines.append(f"| paper: {paper['name']} | {paper['params']} | " + " | ".join(
-                paper_results.paper_cell(m, *paper["scores"][m]) for m in paper_results.METRICS)
-                + " |")
-    return "\n".join(lines)
-
-
-def report(result: dict, model: str, unit: str) -> str:
-    """results.md: each selection's table, the epochs it chose, and how the rows were trained."""
-    s = result["settings"]
-    out = [f"# {s['command']} on {model}: seeds {', '.join(map(str, s['seeds']))}, "
-           f"{cli.plural(s['epochs'], 'epoch')}, test set"
-           + (f" (first {cli.plural(s['mrs'], unit)})"
-              if s["mrs"] else ""),
-           "", "Mean +- std over seeds (sample std), rounded as Table 3."]
-    for sel, (what, _) in SELECTIONS.items():
-        chosen = ", ".join(f"{name} {e}" for row in result["rows"].values()
-                           for name, e in row["selections"][sel]["epochs"].items())
-        out += ["", f"## {what}", "", table(result, sel), "", f"Epochs: {chosen}."]
-    if s["command"] == "table3":
-        out += ["", "## How the rows were trained", ""]
-        out += [f"- {label}: {row['trained']}" for label, row in result["rows"].items()]
-    if any(r["epochs"][1]["test"]["METEOR"] is None for r in result["runs"].values()):
-        out += ["", f"METEOR: {metrics.meteor_note(s['meteor'])}."]
-    return "\n".join(out) + "\n"
-
-
-def plots(result: dict, exp: str) -> list[str]:
-    """PNGs when matplotlib is installed (an optional extra), one per row: each seed's training
-    and dev loss by step, and each test metric by epoch with the selected epochs marked."""
-    try:
-        import matplotlib
-        import matplotlib.ticker
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plots (pip install matplotlib for them)")
-        return []
-    os.makedirs(os.path.join(exp, "plots"), exist_ok=True)
-    written = []
-    for label, row in result["rows"].items():
-        runs = {n: r for n, r in result["runs"].items() if r["label"] == label}
-        metrics = [m for m in paper_results.METRICS
-                   if any(e["test"][m] is not None for r in runs.values()
-                          for e in r["epochs"].values())]
-        fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
-        axes = axes.ravel()
-        for name, r in runs.items():
-            with open(os.path.join(exp, "runs", name, "metrics.jsonl"), encoding="utf-8") as f:
-                log = [json.loads(line) for line in f if line.strip()]
-            train = [(x["step"], x["loss"]) for x in log if x["event"] == "train"]
-            dev = [(x["step"], x["dev_loss"]) for x in log if x["event"] == "eval"]
-            color = axes[0].plot(*zip(*train), lw=0.8, label=f"seed {r['seed']}")[0].get_color()
-            axes[0].plot(*zip(*dev), "o--", color=color)
-            epochs = sorted(r["epochs"], key=int)
-            for ax, m in zip(axes[1:], metrics):
-                ax.plot([int(e) for e in epochs], [r["epochs"][e]["test"][m] for e in epochs],
-                        "-", color=color)
-                for sel, marker in (("best_test", "*"), ("best_dev", "s")):
-                    e = row["selections"][sel]["epochs"][name]
-                    ax.plot([int(e)], [r["epochs"][e]["test"][m]], marker, color=color, ms=10,
-                            mfc="none" if marker == "s" else color)
-                ax.set(title=f"test {m}", xlabel="epoch")
-                ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        axes[0].set(title="loss (line: training, o: dev)", xlabel="step")
-        axes[0].legend(fontsize=8)
-        for ax in axes[1 + len(metrics):]:
-            ax.axis("off")
-        fig.suptitle(f"{label}: * the best epoch on test, square the best on dev")
-        fig.tight_layout()
-        path = os.path.join(exp, "plots", f"{label.replace(' ', '').replace(',', '')}.png")
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
-    return written
-
-
-# --- the command line ----------------------------------------------------------------------------
-
-
-def run_folder(exp: str, unit: Unit) -> str:
-    return os.path.join(exp, "runs", unit.name)
-
-
-def steps_done(folder: str) -> int:
-    """The step a run's last checkpoint holds (0 without one)."""
-    state = os.path.join(folder, "state.safetensors")
-    return json.loads(load_metadata(state)["state"])["step"] if os.path.isfile(state) else 0
-
-
-# What a stage can raise that the user can mend (a missing file, by now, is a bug of ours).
-STAGE_ERRORS = tuple(e for e in cli.USER_ERRORS if e is not FileNotFoundError)
-
-
-def stages(settings: dict, units: list[Unit], exp: str, task) -> tuple[list, dict, dict]:
-    """What is left: the runs to train (with their steps left) and to decode (their MRs)."""
-    mrs = mrs_per_split(settings, task)
-    to_train = [u.name for u in units
-                if not trained(run_folder(exp, u), u.config.epochs, u.config)]
-    examples = len(task.examples("train")) if to_train else 0
-    left = {u.name: steps_per_run(u, examples) - steps_done(run_folder(exp, u))
-            for u in units if u.name in to_train}
-    to_decode = {u.name: sum(mrs[split] for _, split in undecoded(u, run_folder(exp, u)))
-                 for u in units}
-    return to_train, left, {name: n for name, n in to_decode.items() if n}
+# --- the experiment ------------------------------------------------------------------------------
 
 
 def run(settings: dict, units: list[Unit], exp: str, args, device, task,
         world=distributed.ALONE) -> int:
     """Train what is not trained, decode what is not decoded, then the results."""
     # what is left, as rank 0 finds it (rank 0 writes the folder)
-    to_train, left, to_decode = world.broadcast(stages(settings, units, exp, task)
+    to_train, left, to_decode = world.broadcast(experiment.stages(settings, units, exp, task)
                                                 if world.main else None)
-    progress = Progress(len(to_train) + len(to_decode), sum(left.values()),
-                        sum(to_decode.values()), f"{task.unit}s")
+    progress = experiment.Progress(len(to_train) + len(to_decode), sum(left.values()),
+                                   sum(to_decode.values()), f"{task.unit}s")
     for u in [u for u in units if u.name in to_train]:
         start = time.time()
-        code, ran = train(u, run_folder(exp, u), world)
+        code, ran = train_run(u, experiment.run_folder(exp, u), world)
         if code:
             what = ("diverged (its loss or weights became NaN): the experiment cannot go on "
                     "without it" if code == 1 and not world.broken
@@ -504,21 +275,15 @@ def run(settings: dict, units: list[Unit], exp: str, args, device, task,
         progress.stage(f"trained {u.name}", "steps", ran, time.time() - start, left[u.name])
     for u in units:
         if u.name in to_decode:
-            start = time.time()
-            n = decode_run(u, run_folder(exp, u), settings, decoding(args), device, task, world)
+            start, folder = time.time(), experiment.run_folder(exp, u)
+            n = decode_run(u, folder, settings, decoding(args), device, task, world)
             progress.stage(f"decoded {u.name}", progress.unit, n, time.time() - start,
                            to_decode[u.name])
     if not world.main:  # rank 0 writes the results
         return 0
     result = results(settings, units, exp)
-    write_atomic(os.path.join(exp, "results.json"), json.dumps(result, indent=2,
-                                                               sort_keys=True))
-    text = report(result, args.model, task.unit)
-    write_atomic(os.path.join(exp, "results.md"), text)
-    print("\n" + text)
-    for path in [os.path.join(exp, "results.json"), os.path.join(exp, "results.md"),
-                 *plots(result, exp)]:
-        print(f"wrote {path}")
+    experiment.write_results(result, exp, experiment.report(result, args.model, task.unit,
+                                                            SELECTIONS))
     return 0
 
 
@@ -564,31 +329,12 @@ def parse_args(argv=None):
     for flag in ("epochs", "beam", "max_new_tokens", "batch_size", "nproc"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
-    if RunConfig().batch_size % args.nproc:
-        p.error(f"--nproc {args.nproc}: the paper's batch of {RunConfig().batch_size} examples "
+    if train.Recipe().batch_size % args.nproc:
+        p.error(f"--nproc {args.nproc}: the paper's batch of {train.Recipe().batch_size} examples "
                 "does not split over that many processes")
     if min(args.limit, args.mrs, args.save_every) < 0:
         p.error("--limit, --mrs and --save-every must not be negative")
     return args
-
-
-def inputs(args, task, world) -> torch.device:
-    """The data, the vocabulary and the device the stages need, found (or downloaded) now:
-    missing, they are said before the folder is made, not hours later."""
-    if "test" not in task.splits:
-        raise UserError(f"{args.data} has no test.jsonl: every epoch is scored on test and dev")
-    task.locate()  # (E2E's release: downloaded if need be)
-    tokenizer()
-    return world.place(cli.pick_device(args.device))
-
-
-def torchrun(nproc: int, argv: list[str]):
-    """This same command under torchrun, with nproc processes on this machine: this process
-    becomes torchrun (PyTorch's launcher), whose exit code is the command's."""
-    sys.stdout.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                              f"--nproc_per_node={nproc}", "--", os.path.abspath(__file__),
-                              *argv])  # ("--": torchrun reads none of argv as its own flags)
 
 
 def main(argv=None) -> int:
@@ -598,12 +344,13 @@ def main(argv=None) -> int:
         world = distributed.ALONE if relaunch else distributed.start()  # torchrun's ranks join
         task = world.agree(open_task, args.data)  # E2E, or a JSONL folder
         settings, units = world.agree(plan, args, task)
-        device = world.agree(inputs, args, task, world, main_first=True)
+        device = world.agree(experiment.inputs, args, task, world, main_first=True)
         if relaunch:  # everything checked: now the same command over --nproc processes
-            torchrun(args.nproc, sys.argv[1:] if argv is None else [str(a) for a in argv])
+            experiment.torchrun(args.nproc, __file__,
+                                sys.argv[1:] if argv is None else [str(a) for a in argv])
         exp = os.path.abspath(args.out or os.path.join(
             "runs", f"{args.command}-{os.path.basename(args.model.rstrip('/'))}"))
-        owner = world.agree(open_experiment, exp, settings, main_only=True)
+        owner = world.agree(experiment.open_experiment, exp, settings, main_only=True)
     except cli.USER_ERRORS as e:
         cli.fail("reproduce.py", e)
     except distributed.LostRank as e:
@@ -614,7 +361,7 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             cli.interrupted("reproduce.py", f"stopped; what was done is kept in {exp}: rerun the "
                             "same command to go on from there")
-        except STAGE_ERRORS as e:  # a download that fails, METEOR that breaks, ...
+        except experiment.STAGE_ERRORS as e:  # a download that fails, METEOR that breaks, ...
             cli.fail("reproduce.py", e)
         except distributed.LostRank as e:  # under torchrun: another rank died or hung
             return e.say("reproduce.py", f"what was done is kept in {exp}: rerun the same "

@@ -1,123 +1,347 @@
-"""Fine-tune GPT-2 on the E2E NLG Challenge with LoRA (or full fine-tuning, or adapters), or on
-your own task: `--data FOLDER` of JSONL files (data/jsonl.py), the same pipeline (data/task.py).
+"""Fine-tune GPT-2 with LoRA: the paper's recipe and its training loop, top to bottom.
 
-    python train.py --rank 4 --targets q,v            # the paper's GPT-2 M + LoRA recipe
-    python train.py --data data/toy --model gpt2      # a task of your own
+    python train.py --rank 4 --targets q,v                # GPT-2 M + LoRA on E2E (Table 11)
+    python train.py --data data/toy --model gpt2          # your own task (data/jsonl.py)
+    torchrun --standalone --nproc_per_node 4 train.py     # the same run on 4 GPUs
 
-The defaults are the paper's (Hu et al. 2021, Table 11, GPT-2 M on E2E), with every detail the
-paper leaves out taken from its released code (microsoft/LoRA, examples/NLG): AdamW (betas
-0.9/0.999, eps 1e-6, weight decay 0.01), lr 2e-4 with 500 warmup steps then linear decay to 0,
-batch 8, 5 epochs, LoRA r=4 on W_q and W_v with alpha 32, dropout 0.1 on the LoRA path only (the
-released model has none in the backbone), label smoothing 0.1, seed 110, and the released
-pre-tokenized E2E text (--format paper; data/e2e/paper_format.py). `--method full | adapter_h |
-adapter_l` trains the other rows of Table 3 from the same script; `--method full --random-init`
-trains the same shape from scratch (no pretrained weights: the control for what pretraining buys).
+Read it in order: the recipe (one dataclass, a field per flag, the defaults Table 11's), the
+method's small pieces (the loss at the reference tokens, AdamW's groups, the learning-rate
+schedule, the dev loss, the model with LoRA applied), then train(), which sets the run up and
+runs the loop: learning rate, micro-batches, forward under autocast, backward, clip, step, log,
+evaluate, save. The rest is one call each into kit/training.py (the flags' checks, the run
+folder and its lock, resuming, checkpoints, Ctrl-C and SIGTERM, the log) and kit/distributed.py
+(torchrun): skip both on a first read.
 
-This file is the command line; the run itself (the loop, checkpoints every --save-every steps and
-at each epoch end, Ctrl-C and SIGTERM: save after the step, exit 130 / 143) is finetune.py, which
-reproduce.py runs too. `--resume RUN_DIR` continues exactly where a run stopped (the losses equal
-an uninterrupted run's), on another device if need be; only the flags in
-finetune.SAFE_ON_RESUME may change. A run folder belongs to one process at a time (rundir.py).
+What the paper leaves out comes from its released code (microsoft/LoRA, examples/NLG): AdamW's
+betas 0.9/0.999 and eps 1e-6, the schedule decaying to 0, dropout 0.1 on the LoRA path only (no
+dropout in the backbone), seed 110, and the released pre-tokenized E2E text (--format paper,
+data/e2e/paper_format.py). `--method full | adapter_h | adapter_l` trains Table 3's other rows;
+`--method full --random-init` the same shape from scratch (what pretraining buys).
 
-    torchrun --standalone --nproc_per_node 4 train.py ...     # data-parallel over 4 GPUs
-
-trains the same run over several processes (distributed.py): --batch-size stays the global
-batch, each process takes its share of it, and rank 0 writes the run folder.
+A run folder holds config.json, metrics.jsonl, the result (adapter.safetensors, or model/ for
+full fine-tuning) and state.safetensors, saved atomically every --save-every steps, at each
+epoch end, at the last step and after Ctrl-C or SIGTERM (exit 130 / 143). `--resume RUN_DIR`
+goes on with the losses of an uninterrupted run. Under torchrun, --batch-size stays the global
+batch: each process takes its share, DDP sums the gradients, and rank 0 writes the folder.
 """
 
-
+import dataclasses
+import math
 import sys
 
-from data.e2e import prepare as e2e
-from kit import cli, distributed, finetune
-from kit.finetune import METHODS, SAFE_ON_RESUME, RunConfig
+import torch
+import torch.nn.functional as F
 
-D = RunConfig()  # the defaults
+import lora
+from data.e2e.prepare import FORMATS
+from data.task import collate, loss_positions
+from kit import adapter, cli, distributed, training
+from kit.cli import flag
+from model import GPT
+
+METHODS = ("lora", "full", "adapter_h", "adapter_l")  # LoRA, and Table 3's other rows
 
 
-def parse_args(argv=None) -> RunConfig:
-    p = cli.parser("train.py", description="Fine-tune GPT-2 on E2E NLG, or your own task "
-                   "(defaults: the paper's GPT-2 M + LoRA recipe).")
-    p.add_argument("--model", default=D.model,
-                   help="GPT-2 preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or local checkpoint")
-    p.add_argument("--method", default=D.method, choices=METHODS,
-                   help="lora, full fine-tuning, or the Adapter^H / Adapter^L baselines")
-    p.add_argument("--random-init", action="store_true",
-                   help="train from scratch: --model's shape with random weights (GPT-2's "
-                        "init, seeded by --seed), nothing downloaded; needs --method full")
-    p.add_argument("--data", help="your task: a folder with train.jsonl and dev.jsonl (data/jsonl.py); "
-                                  "or the E2E CSVs' folder (default: $E2E_DATA_DIR, else "
-                                  "data/e2e/, downloaded on first use)")
-    p.add_argument("--format", default=D.format, choices=list(e2e.FORMATS),
-                   help="E2E's text: paper (the default), the pre-tokenized text the paper's "
-                        "released code trains on; official: the raw E2E CSVs")
-    p.add_argument("--out", help="run directory (default: a new "
-                                 "runs/<task>-<method>-<model>-<time>-<xxxx>)")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue the run saved in RUN_DIR with its settings; only "
-                        + ", ".join(SAFE_ON_RESUME) + " may change")
-    g = p.add_argument_group("LoRA / adapters")
-    g.add_argument("--rank", type=int, default=D.rank,
-                   help="LoRA rank r (the adapter bottleneck for adapter_h / adapter_l)")
-    g.add_argument("--alpha", type=float, default=D.alpha,
-                   help="LoRA alpha: the update is scaled by alpha / r")
-    g.add_argument("--targets", default=D.targets,
-                   help="matrices LoRA adapts: q,k,v,o (attention) and fc,proj (MLP)")
-    g.add_argument("--dropout", type=float, default=D.dropout,
-                   help="dropout in the GPT-2 backbone (embeddings, attention, residual "
-                        "branches); the released code uses none")
-    g.add_argument("--lora-dropout", type=float, default=D.lora_dropout,
-                   help="dropout on the input of the LoRA path (paper: 0.1)")
-    g = p.add_argument_group("optimization")
-    g.add_argument("--epochs", type=int, default=D.epochs, help="passes over the training set")
-    g.add_argument("--max-steps", type=int, default=D.max_steps,
-                   help="stop after this many optimizer steps (0: run all epochs)")
-    g.add_argument("--batch-size", type=int, default=D.batch_size,
-                   help="examples per optimizer step")
-    g.add_argument("--grad-accum", type=int, default=D.grad_accum,
-                   help="split each batch into this many micro-batches (same result, less memory)")
-    g.add_argument("--lr", type=float, default=D.lr, help="peak learning rate (AdamW)")
-    g.add_argument("--warmup", type=int, default=D.warmup, help="linear warmup steps")
-    g.add_argument("--weight-decay", type=float, default=D.weight_decay,
-                   help="AdamW's decoupled weight decay, on matrices only")
-    g.add_argument("--label-smoothing", type=float, default=D.label_smoothing,
-                   help="of the training loss (the dev loss has none)")
-    g.add_argument("--grad-clip", type=float, default=D.grad_clip,
-                   help="max gradient norm (0: off)")
-    g.add_argument("--seed", type=int, default=D.seed, help="the seed of the paper's released code")
-    g = p.add_argument_group("hardware and logging")
-    g.add_argument("--device", default=D.device,
-                   help="auto (cuda, else mps, else cpu), cuda, cuda:N, mps, cpu")
-    g.add_argument("--dtype", default=D.dtype, choices=("auto", "bf16", "fp16", "fp32"),
-                   help="autocast dtype on CUDA (auto: bf16); fp16 adds a GradScaler; CPU: fp32")
-    g.add_argument("--compile", nargs="?", const="default", choices=("default", "cuda-graphs"),
-                   help="torch.compile the loss function (with the model in it); cuda-graphs "
-                        "also replays CUDA graphs, over batches padded to a few shapes")
-    g.add_argument("--bucket", action="store_true",
-                   help="batch examples of similar length together (less padding)")
-    g.add_argument("--eval-interval", type=int, default=D.eval_interval,
-                   help="dev loss every N steps, besides each epoch end (0: epoch ends only)")
-    g.add_argument("--log-interval", type=int, default=D.log_interval,
-                   help="steps between log lines")
-    g.add_argument("--save-every", type=int, default=D.save_every,
-                   help="also checkpoint every N steps (0: only at epoch ends, the last step "
-                        "and on Ctrl-C or SIGTERM)")
-    g.add_argument("--limit", type=int, default=D.limit,
-                   help="use only the first N training and dev examples (quick runs)")
-    g.add_argument("--keep-epochs", action="store_true",
-                   help="also keep each epoch's result (adapter-epoch{N}.safetensors, or "
-                        "model-epoch{N}/), to pick the best epoch afterwards (reproduce.py)")
-    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    args = p.parse_args(argv)  # the flags typed (not defaults) are checked against the method
-    return RunConfig(**vars(args), given=tuple(cli.given(p, argv)))  # and, on --resume, kept
+@dataclasses.dataclass
+class Recipe:
+    """One run's settings, a field per flag of train.py (the text beside each is its --help).
+    The defaults are the paper's GPT-2 M + LoRA recipe on E2E (Table 11)."""
+    model: str = flag("gpt2-medium", "GPT-2 preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or "
+                      "local checkpoint")
+    method: str = flag("lora", "lora, full fine-tuning, or the Adapter^H / Adapter^L baselines",
+                       choices=METHODS)
+    random_init: bool = flag(False, "train from scratch: --model's shape with random weights "
+                             "(GPT-2's init, seeded by --seed), nothing downloaded; needs "
+                             "--method full")
+    data: str | None = flag(None, "your task: a folder with train.jsonl and dev.jsonl "
+                            "(data/jsonl.py); or the E2E CSVs' folder (default: $E2E_DATA_DIR, "
+                            "else data/e2e/, downloaded on first use)")
+    format: str | None = flag(None, "E2E's text: paper (the default), the pre-tokenized text the "
+                              "paper's released code trains on; official: the raw E2E CSVs",
+                              choices=list(FORMATS))
+    out: str | None = flag(None, "run directory (default: a new "
+                           "runs/<task>-<method>-<model>-<time>-<xxxx>)")
+    resume: str | None = flag(None, "continue the run saved in RUN_DIR with its settings; only "
+                              + ", ".join(training.SAFE_ON_RESUME) + " may change",
+                              metavar="RUN_DIR")
+    # LoRA (Sec. 4): W0 + (alpha / r) B A on the chosen matrices
+    rank: int = flag(4, "LoRA rank r (the adapter bottleneck for adapter_h / adapter_l)",
+                     group="LoRA / adapters")
+    alpha: float = flag(32, "LoRA alpha: the update is scaled by alpha / r")
+    targets: str = flag("q,v", "matrices LoRA adapts: q,k,v,o (attention) and fc,proj (MLP)")
+    dropout: float = flag(0.0, "dropout in the GPT-2 backbone (embeddings, attention, residual "
+                          "branches); the released code uses none")
+    lora_dropout: float = flag(0.1, "dropout on the input of the LoRA path (paper: 0.1)")
+    # the optimization (Table 11)
+    epochs: int = flag(5, "passes over the training set", group="optimization")
+    max_steps: int = flag(0, "stop after this many optimizer steps (0: run all epochs)")
+    batch_size: int = flag(8, "examples per optimizer step")
+    grad_accum: int = flag(1, "split each batch into this many micro-batches (same result, less "
+                           "memory)")
+    lr: float = flag(2e-4, "peak learning rate (AdamW)")
+    warmup: int = flag(500, "linear warmup steps")
+    weight_decay: float = flag(0.01, "AdamW's decoupled weight decay, on matrices only")
+    label_smoothing: float = flag(0.1, "of the training loss (the dev loss has none)")
+    grad_clip: float = flag(0.0, "max gradient norm (0: off)")
+    seed: int = flag(110, "the seed of the paper's released code")
+    # where it runs, how fast, how it reports
+    device: str = flag("auto", "auto (cuda, else mps, else cpu), cuda, cuda:N, mps, cpu",
+                       group="hardware and logging")
+    dtype: str = flag("auto", "autocast dtype on CUDA (auto: bf16); fp16 adds a GradScaler; CPU: "
+                      "fp32", choices=("auto", "bf16", "fp16", "fp32"))
+    compile: str | None = flag(None, "torch.compile the loss function (with the model in it); "
+                               "cuda-graphs also replays CUDA graphs, over batches padded to a "
+                               "few shapes", nargs="?", const="default",
+                               choices=("default", "cuda-graphs"))
+    bucket: bool = flag(False, "batch examples of similar length together (less padding)")
+    eval_interval: int = flag(0, "dev loss every N steps, besides each epoch end (0: epoch ends "
+                              "only)")
+    log_interval: int = flag(10, "steps between log lines")
+    save_every: int = flag(1000, "also checkpoint every N steps (0: only at epoch ends, the last "
+                           "step and on Ctrl-C or SIGTERM)")
+    limit: int = flag(0, "use only the first N training and dev examples (quick runs)")
+    keep_epochs: bool = flag(False, "also keep each epoch's result (adapter-epoch{N}.safetensors, "
+                             "or model-epoch{N}/), to pick the best epoch afterwards "
+                             "(reproduce.py)")
+    # the flags typed on the command line (not defaults): checked against the method, and on a
+    # resume against what may change
+    given: tuple = ()
+
+    def recorded(self) -> dict:
+        """What config.json records: every setting but --resume and `given`."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("resume", "given")}
+
+
+def parse_args(argv=None) -> Recipe:
+    return cli.parse_dataclass(Recipe, "train.py", argv, description="Fine-tune GPT-2 on E2E "
+                               "NLG, or your own task (defaults: the paper's GPT-2 M + LoRA "
+                               "recipe).")
+
+
+# --- the method's pieces -------------------------------------------------------------------------
+
+
+def token_loss(model, inputs, positions, labels, label_smoothing: float = 0.0):
+    """Summed cross-entropy at the given positions (the reference tokens and the final
+    <|endoftext|>: data/task.py): the LM head (50,257 outputs per position) runs only there,
+    about half of the positions of an E2E batch."""
+    hidden = model.features(inputs).flatten(0, 1).index_select(0, positions)
+    logits = model.lm_head(hidden).float()
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum")
+
+
+def device_batch(examples: list, device, multiple: tuple[int, int] = (1, 1)):
+    """A batch on the device: (inputs, loss positions, labels), copied from pinned memory on
+    CUDA so the copy does not wait for the GPU. multiple rounds the sequence length and the number
+    of loss positions up (padding takes no loss), for compiled code that wants few shapes."""
+    inputs, targets = collate(examples, multiple=multiple[0])
+    positions, labels = loss_positions(targets, multiple=multiple[1])
+    if device.type == "cuda":
+        return tuple(t.pin_memory().to(device, non_blocking=True)
+                     for t in (inputs, positions, labels))
+    return inputs, positions, labels
+
+
+def make_optimizer(model, lr: float, weight_decay: float, fused: bool = False):
+    """AdamW over the trainable parameters (LoRA's A and B), betas 0.9/0.999 and eps 1e-6 as the
+    released code; weight decay on matrices only (not on biases and LayerNorms)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-6, fused=fused)
+
+
+def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
+    """Linear warmup over `warmup` steps, then linear decay towards 0 at the last step. Step 0
+    (the first update) has learning rate 0, as in the released code's LambdaLR schedule; Adam's
+    moments still take its gradient."""
+    if step < warmup:
+        return lr * step / warmup
+    return lr * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def epoch_batches(examples, epoch: int, batch_size: int, seed: int,
+                  bucket: bool = False) -> list[list[int]]:
+    """The batches of one epoch: a seeded shuffle, so a resumed run sees the same order. bucket
+    sorts by length within windows of 100 batches, then shuffles the batches (less padding)."""
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(len(examples), generator=g).tolist()
+    if bucket:
+        window = 100 * batch_size
+        order = [i for s in range(0, len(order), window)
+                 for i in sorted(order[s:s + window], key=lambda i: len(examples[i][0]))]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if bucket:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+    return batches
+
+
+@torch.no_grad()
+def dev_loss(model, loss_fn, examples, batch_size: int, device, amp_dtype,
+             multiple: tuple[int, int] = (1, 1), world=distributed.ALONE) -> float:
+    """Mean cross-entropy per reference token on the dev examples (no label smoothing); multiple
+    as device_batch's. Under torchrun each rank takes every world.size-th batch, and the sums
+    are added up over the ranks: the number one process computes."""
+    model.eval()
+    total, count = torch.zeros((), device=device), 0
+    for start in range(world.rank * batch_size, len(examples), world.size * batch_size):
+        batch = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
+        with cli.autocast(device, amp_dtype):
+            total += loss_fn(model, *device_batch(batch, device, multiple))
+        count += sum(len(tokens) - prompt_length for tokens, prompt_length in batch)
+    model.train()
+    total, count = world.sum(total, count)
+    return total / count
+
+
+def build_model(cfg: Recipe, device) -> GPT:
+    """GPT-2 with the method's trainable parameters, the rest frozen: LoRA's A and B on the
+    chosen matrices (Sec. 4.2), an adapter's layers, or every weight (--method full). With
+    --random-init, --model's shape with GPT-2's random init instead of its weights."""
+    if cfg.random_init:
+        torch.manual_seed(cfg.seed)
+        model = GPT(training.model_shape(cfg.model, cfg.dropout))
+    else:
+        model = GPT.from_pretrained(cfg.model, dropout=cfg.dropout)
+    torch.manual_seed(cfg.seed)  # LoRA's A (and the adapters) start from the seed
+    try:  # what only the model's shape can refuse: a rank above its width
+        if cfg.method == "lora":
+            lora.apply(model, cfg.targets, r=cfg.rank, alpha=cfg.alpha, dropout=cfg.lora_dropout)
+        elif cfg.method in ("adapter_h", "adapter_l"):
+            adapter.apply(model, "houlsby" if cfg.method == "adapter_h" else "lin", r=cfg.rank)
+    except ValueError as e:
+        raise cli.UserError(f"{e} (--rank)") from None
+    return model.to(device)
+
+
+def describe(model: GPT, cfg: Recipe) -> str:
+    """One line: what trains, e.g. 'LoRA r=4 alpha=32 on q,v (48 matrices): 393,216 trainable
+    parameters, 0.11% of 355,216,384'."""
+    if cfg.method == "lora":
+        return lora.describe(model)
+    if cfg.method == "full":
+        start = "random init (--random-init)" if cfg.random_init else cfg.model
+        return f"full fine-tuning: all {model.num_params():,} parameters trainable, from {start}"
+    return adapter.describe(model)
+
+
+def save_result(model: GPT, cfg: Recipe, path: str):
+    """What the run produces: LoRA's A and B (lora.save: 1.6 MB for the paper's setting), the
+    adapters' tensors, or for full fine-tuning a whole GPT-2 checkpoint."""
+    if cfg.method == "lora":
+        lora.save(model, path)
+    elif cfg.method == "full":
+        model.save_pretrained(path)
+    else:
+        adapter.save(model, path)
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def train(cfg: Recipe, world: distributed.World = distributed.ALONE) -> int:
+    """One run, from its start (or its last checkpoint) to its last step: 0 when done, 1 when the
+    loss or the weights stop being finite (or a rank of torchrun is lost), 130 / 143 after Ctrl-C
+    / SIGTERM (with a checkpoint). Bad settings raise a user error before anything is written."""
+    # the flags checked, the run folder owned; a resumed run's settings come from its config.json
+    run = training.open_run(cfg, world)
+    cfg, device, amp_dtype = run.cfg, run.device, run.amp_dtype
+    with run.setting_up():  # a user error or Ctrl-C in here leaves every file as it was
+        # the data: each example is (token ids, prompt length), laid out as data/task.py says:
+        # context<|endoftext|> target<|endoftext|>, the loss on the target and the last token
+        train_set, dev_set = run.examples("train"), run.examples("dev")
+        model = build_model(cfg, device)  # GPT-2 from its checkpoint, LoRA on W_q and W_v
+        run.check_lengths(model)  # every example fits its positions
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, fused=device.type == "cuda")
+        # fp16 needs loss scaling; a disabled GradScaler is a no-op, so bf16 and fp32 share the code
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        # --compile compiles the loss function, not the model: the checkpoints, saved from `model`
+        # itself, never get torch.compile's "_orig_mod." prefix
+        loss_fn, multiple = training.compiled(token_loss, cfg.compile)
+        # what a checkpoint holds; a resumed run's is loaded into them: where it stopped
+        start = run.restore(model, optimizer, scaler, save_result)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    total = min(steps_per_epoch * cfg.epochs, cfg.max_steps or math.inf)
+    if start["step"] >= total:
+        return run.done_already(total)
+    # the loss as one module: under torchrun DDP's, which sums the ranks' gradients in backward
+    forward = world.wrap_loss(model, loss_fn, cfg.label_smoothing)
+
+    with run.training(describe(model, cfg), len(train_set), total) as log:
+        model.train()
+        step, where = start["step"], start
+        for epoch in range(start["epoch"], cfg.epochs):
+            batches = epoch_batches(train_set, epoch, cfg.batch_size, cfg.seed, cfg.bucket)
+            first = start["batch"] if epoch == start["epoch"] else 0
+            last = min(len(batches), first + total - step)  # (--max-steps may end it early)
+            for b in range(first, last):
+                # the learning rate: linear warmup, then linear decay to 0 (Table 11)
+                lr = lr_at(step, total, cfg.lr, cfg.warmup)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                # the batch in --grad-accum micro-batches (under torchrun, this rank's share of
+                # it): each loss divided by the batch's reference tokens, so that the gradients
+                # add up to the gradient of the batch's mean loss
+                batch = [train_set[i] for i in batches[b]]
+                n_targets = sum(len(tokens) - prompt for tokens, prompt in batch)
+                chunks, weight = world.share(batch, cfg.batch_size // cfg.grad_accum)
+                world.seed_step(cfg.seed, step)  # dropout's masks (each rank its own)
+                for m, chunk in enumerate(chunks):
+                    # forward and loss under autocast: bf16 (or fp16) on CUDA, fp32 on the CPU
+                    with world.syncing(forward, now=m == len(chunks) - 1), \
+                            cli.autocast(device, amp_dtype):
+                        loss = forward(*device_batch(chunk, device, multiple)) / n_targets
+                    # backward outside autocast, as PyTorch's AMP notes ask; under torchrun the
+                    # last micro-batch's sums the ranks' gradients (a rank lost there is named)
+                    with world.guard():
+                        scaler.scale(loss * weight).backward()
+                    log.count(loss, chunk, weight)
+                if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                scaler.step(optimizer)  # AdamW on A and B (fp16: skipped when inf or NaN)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                where = {"step": step, "epoch": epoch, "batch": b + 1}  # where a resume goes on
+                # log, evaluate, save; Ctrl-C or SIGTERM on any rank stops every rank here
+                stop = run.stop_requested(step)
+                if step % cfg.log_interval == 0 or step == total:
+                    log.train(step, epoch + 1, lr)
+                if cfg.eval_interval and step % cfg.eval_interval == 0 and b + 1 < len(batches):
+                    with log.paused():  # (evaluations and saves are left out of tokens/s)
+                        loss = dev_loss(model, loss_fn, dev_set, cfg.batch_size, device,
+                                        amp_dtype, multiple, world)
+                    log.eval(step, epoch + 1, loss, f"step {step}")
+                if stop:
+                    run.save(where, "interrupted")
+                    return run.stopped(step, stop)
+                if cfg.save_every and step % cfg.save_every == 0 and step < total \
+                        and b + 1 < len(batches):
+                    run.save(where, f"every {cfg.save_every} steps")
+            if last < len(batches):
+                break  # --max-steps reached inside the epoch
+            # the epoch ran to its end: its dev loss, and a checkpoint
+            log.check(step)  # (a loss no longer finite stops the run first)
+            with log.paused():
+                loss = dev_loss(model, loss_fn, dev_set, cfg.batch_size, device, amp_dtype,
+                                multiple, world)
+            log.eval(step, epoch + 1, loss, f"epoch {epoch + 1}")
+            run.save({"step": step, "epoch": epoch + 1, "batch": 0}, f"epoch {epoch + 1}",
+                     epoch_end=epoch + 1)
+        if run.saved_at != step:
+            run.save(where, "last step")
+        return run.done(step)
+    return run.exit_code  # 1 when the loss or weights diverged or a rank was lost; 130 / 143
 
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)
     try:
         world = distributed.start()  # torchrun's processes join here; alone, nothing happens
-        job = finetune.prepare(cfg, world)
-    except KeyboardInterrupt:
+        code = train(cfg, world)
+    except KeyboardInterrupt:  # (once training runs, Ctrl-C saves after the step instead)
         cli.interrupted("train.py", "stopped before training began; nothing was written"
                         + (f" (continue with: python train.py --resume {cfg.resume})"
                            if cfg.resume else ""))
@@ -125,7 +349,6 @@ def main(argv=None) -> int:
         cli.fail("train.py", e)
     except distributed.LostRank as e:
         return e.say("train.py", "stopped before training began")
-    code = job.run()
     world.close()
     return code
 

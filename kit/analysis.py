@@ -1,7 +1,7 @@
 """Why does LoRA work? The paper's Section 7 measurements, on adapters you trained.
 
-    python analysis.py similarity RUN_R8/adapter.safetensors RUN_R64/adapter.safetensors --out phi.csv
-    python analysis.py amplification RUN/adapter.safetensors [--model BASE]
+    python -m kit.analysis similarity RUN_R8/adapter.safetensors RUN_R64/adapter.safetensors --out phi.csv
+    python -m kit.analysis amplification RUN/adapter.safetensors [--model BASE]
 
 similarity (Sec. 7.2, Figures 3 and 4): two adapters on the same matrices, e.g. r=8 and r=64, or
 two seeds of one rank. With U_r the right-singular vectors of A (r x k) ordered by singular value,

@@ -1,8 +1,10 @@
 """Benchmarks: ours against transformers + peft, same weights, same E2E batches, same dtype.
+The one module of kit/ that imports an entry script: it times train.py's own loss, batches and
+optimizer.
 
-    python bench.py --small --device cpu   # all sections, CPU: a small GPT-2 shape (minutes)
-    python bench.py --compile              # all sections, GPU: GPT-2 medium in bf16
-    python bench.py train|memory|decode|latency|cache|profile|tasks [--small --device cpu]
+    python -m kit.bench --small --device cpu   # all sections, CPU: a small GPT-2 shape (minutes)
+    python -m kit.bench --compile              # all sections, GPU: GPT-2 medium in bf16
+    python -m kit.bench train|memory|decode|latency|cache|profile|tasks [--small --device cpu]
 
 - train:   training-step throughput at batch 8 on train.py's own E2E batches: ours (LoRA r=4 on
            q,v; full fine-tuning) against transformers' GPT2LMHeadModel + peft LoRA (r=4 on
@@ -40,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 import lora
+import train
 from data.e2e import prepare as e2e
 from kit import cli, latency, multitask, training
 from kit.checkpoint import write_atomic
@@ -82,7 +85,7 @@ class Setup:
             torch.manual_seed(0)
             GPT(self.config).save_pretrained(self.folder)  # random weights, loaded by both sides
         examples = e2e.load_examples("train", args.data)
-        order = training.epoch_batches(examples, 0, 8, seed=110, bucket=args.bucket)
+        order = train.epoch_batches(examples, 0, 8, seed=110, bucket=args.bucket)
         self.batches = [[examples[i] for i in batch]
                         for batch in order[:args.warmup + args.steps]]
 
@@ -113,19 +116,19 @@ class Setup:
 
 def ours_trainer(setup, method: str, compile: str | None = None, every_position: bool = False,
                  lora_dropout: float = 0.1):
-    """A train.py step: its model set-up, batches (training.device_batch), loss
-    (training.token_loss: the LM head at the loss positions only) and AdamW
-    (training.make_optimizer). compile: None (eager), or train.py's --compile: "default" or
-    "cuda-graphs" (over shapes padded to training.CUDA_GRAPH_SHAPES); every_position ignores
+    """A train.py step: its model set-up, batches (train.device_batch), loss (train.token_loss:
+    the LM head at the loss positions only) and AdamW (train.make_optimizer). compile: None
+    (eager), or train.py's --compile: "default" or "cuda-graphs" (over shapes padded to
+    training.CUDA_GRAPH_SHAPES); every_position ignores
     it. Returns step(batch) -> loss."""
     device = setup.device
     model = GPT.from_pretrained(setup.folder)
     if method == "lora":
         lora.apply(model, "q,v", r=4, alpha=32, dropout=lora_dropout)
     model.to(device).train()
-    optimizer = training.make_optimizer(model, lr=2e-4, weight_decay=0.01,
+    optimizer = train.make_optimizer(model, lr=2e-4, weight_decay=0.01,
                                         fused=device.type == "cuda")
-    loss_fn, multiple = training.compiled_loss(compile)
+    loss_fn, multiple = training.compiled(train.token_loss, compile)
 
     def step(batch):
         n_targets = sum(len(tokens) - prompt_length for tokens, prompt_length in batch)
@@ -134,7 +137,7 @@ def ours_trainer(setup, method: str, compile: str | None = None, every_position:
                 inputs, targets = e2e.collate(batch)
                 loss = every_position_loss(model(inputs.to(device)), targets.to(device))
             else:
-                loss = loss_fn(model, *training.device_batch(batch, device, multiple), 0.1)
+                loss = loss_fn(model, *train.device_batch(batch, device, multiple), 0.1)
         loss = loss / n_targets
         loss.backward()
         optimizer.step()

@@ -1,5 +1,6 @@
-"""What the command-line scripts (train.py, sample.py, analysis.py, bench.py) share: one-line user
-errors, Ctrl-C, the device and mixed-precision choice, and --help that shows each default once.
+"""What the command lines (train.py, sample.py, reproduce.py, kit/analysis.py, kit/bench.py) share:
+one-line user errors, Ctrl-C, flags from a dataclass, the device and mixed-precision choice, and
+--help that shows each default once.
 
 A user error (a bad flag, a missing or wrong file, no data, a folder another process owns) ends
 with one line on stderr and exit code 2; Ctrl-C with one line saying what was kept, exit code 130.
@@ -8,9 +9,11 @@ so, and rank 0 alone says it (speaks()).
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
+import types
 
 import torch
 
@@ -70,6 +73,37 @@ def given(p: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     """The dests of the flags on the command line (typed, not defaults), sorted."""
     options = {o: a.dest for a in p._actions for o in a.option_strings}
     return sorted({options[w.split("=")[0]] for w in argv if w.split("=")[0] in options})
+
+
+def flag(default, help: str, **argparse_settings):
+    """A field of a settings dataclass that is also a command-line flag (parse_dataclass): its
+    default, its --help, and argparse's own settings (choices, metavar, nargs, const). group="..."
+    starts a group of flags in --help, which the fields after it join."""
+    return dataclasses.field(default=default, metadata={"help": help, **argparse_settings})
+
+
+def parse_dataclass(cls, prog: str, argv=None, **kwargs):
+    """cls(**flags) from the command line: one --flag per field made with flag() (--max-steps
+    for max_steps; a bool field is a switch), with `given`, the fields whose flags were typed."""
+    p = parser(prog, **kwargs)
+    group = p
+    for field in dataclasses.fields(cls):
+        if "help" not in field.metadata:
+            continue
+        settings = dict(field.metadata)
+        if "group" in settings:
+            group = p.add_argument_group(settings.pop("group"))
+        name = "--" + field.name.replace("_", "-")
+        if field.type is bool:
+            group.add_argument(name, action="store_true", **settings)
+            continue
+        kind = field.type  # str | None: str
+        if isinstance(kind, types.UnionType):
+            kind = next(k for k in kind.__args__ if k is not type(None))
+        group.add_argument(name, type=kind, default=field.default, **settings)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = p.parse_args(argv)
+    return cls(**vars(args), given=tuple(given(p, argv)))
 
 
 def pick_device(name: str) -> torch.device:

@@ -10,16 +10,16 @@ one process where every method below is a no-op, so the scripts run the same lin
 (under torchrun with one process, the methods do run: a check of the machinery on one GPU).
 
 What the scripts ask of a world, each a method with one collective:
-- agree(fn): a set-up step on every rank (rank 0 first where it downloads or caches). A user
-  error on any rank is raised on all of them, so every rank exits 2 and none waits for the
-  others; rank 0 alone prints it (cli.speaks).
-- share(batch), wrap(module), syncing(...), backward(loss): each rank's part of a global batch,
-  and DDP, which sums the ranks' gradients in the backward pass of the last micro-batch.
+- agree(fn), agreeing(): a set-up step on every rank (rank 0 first where it downloads or caches).
+  A user error on any rank is raised on all of them, so every rank exits 2 and none waits for
+  the others; rank 0 alone prints it (cli.speaks).
+- share(batch, micro_batch), wrap_loss(...), syncing(...), guard(): each rank's part of a global
+  batch, and DDP, which sums the ranks' gradients in the backward pass of the last micro-batch.
 - sum, max, gather, broadcast, barrier: the few values the ranks exchange.
 - A collective that fails because a rank died or hung raises LostRank, which names the rank
   (a roll call after the failure); any other failure keeps its traceback. Checked on CPU (gloo);
   on GPUs, untested so far, NCCL's gradient all-reduce waits on the GPU, and a lost rank is
-  found by the gloo exchange that follows each step (finetune.py), else at NCCL's own timeout.
+  found by the gloo exchange that follows each step (train.py), else at NCCL's own timeout.
 
 CPU tensors travel over gloo (flags, sums, decoded text: no wait for the GPU), CUDA tensors over
 NCCL (DDP's gradients). Every collective gives up after LORA_DIST_TIMEOUT seconds (default 600:
@@ -94,23 +94,29 @@ class World:
 
     def agree(self, fn, *args, main_first: bool = False, main_only: bool = False):
         """fn(*args) on every rank (main_only: on rank 0 only, None elsewhere), its result
-        returned. A user error on any rank is raised on every rank: the lowest rank's, so all
-        stop together. main_first: rank 0 runs fn before the others start, so they read what it
-        downloaded or cached instead of writing it at the same time."""
+        returned, agreeing() as below."""
+        with self.agreeing(main_first):
+            return fn(*args) if self.main or not main_only else None
+
+    @contextlib.contextmanager
+    def agreeing(self, main_first: bool = False):
+        """Around a set-up step that every rank runs: a user error on any rank is raised on every
+        rank, the lowest rank's, so all stop together and none waits for the others. main_first:
+        rank 0 runs the step before the others start, so they read what it downloaded or cached
+        instead of writing it at the same time."""
         if not self.joined:
-            return fn(*args)
+            yield
+            return
         if main_first and not self.main:
             self._verdict(None)  # rank 0's outcome: go on, or stop with its error
-        result, error = None, None
-        if self.main or not main_only:
-            try:
-                result = fn(*args)
-            except USER_ERRORS as e:
-                error = e
+        error = None
+        try:
+            yield
+        except USER_ERRORS as e:
+            error = e
         if main_first and self.main:
             self._verdict(error)
         self._verdict(error)
-        return result
 
     def _verdict(self, error: Exception | None):
         """Raise, on every rank, the user error of the lowest rank that had one."""
@@ -126,9 +132,22 @@ class World:
 
     # --- training ----------------------------------------------------------------------------
 
-    def share(self, batch: list) -> list:
-        """This rank's examples of a global batch: every size-th one, from the rank-th on."""
-        return batch[self.rank::self.size]
+    def share(self, batch: list, micro_batch: int) -> tuple[list[list], int]:
+        """This rank's part of a global batch (every size-th example, from the rank-th on) in
+        micro-batches of micro_batch / size examples (micro_batch: of the whole batch), and the
+        weight of its losses. DDP averages the ranks' gradients: weight = size makes that their
+        sum, the batch's gradient. A rank that the epoch's short last batch leaves without
+        examples still joins the all-reduce, with one example at weight 0."""
+        mine, micro = batch[self.rank::self.size], micro_batch // self.size
+        if not mine:
+            return [batch[:1]], 0
+        return [mine[m:m + micro] for m in range(0, len(mine), micro)], self.size
+
+    def wrap_loss(self, model: torch.nn.Module, loss_fn, label_smoothing: float):
+        """The training loss as one module, loss(inputs, positions, labels) = loss_fn(model,
+        ..., label_smoothing): under torchrun, in DDP (wrap), which sees only what runs inside
+        forward() and starts by giving every rank rank 0's weights."""
+        return self.wrap(TrainingLoss(model, loss_fn, label_smoothing))
 
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         """DDP around module: its backward all-reduces the gradients (an average over ranks).
@@ -143,14 +162,10 @@ class World:
                 module, device_ids=[device.index] if device.type == "cuda" else None)
 
     def syncing(self, module, now: bool):
-        """Around one micro-batch's forward and backward: DDP all-reduces the gradients only
-        when `now` (the last micro-batch); before it, they accumulate on each rank (no_sync)."""
+        """Around one micro-batch's forward: DDP all-reduces the gradients in that forward's
+        backward only when `now` (the last micro-batch); before it they accumulate on each rank
+        (no_sync). The backward itself goes inside guard(): the all-reduce is in it."""
         return contextlib.nullcontext() if now or not self.joined else module.no_sync()
-
-    def backward(self, loss: torch.Tensor):
-        """loss.backward(), in which DDP all-reduces the gradients."""
-        with self.guard():
-            loss.backward()
 
     def seed_step(self, seed: int, step: int):
         """Dropout's random masks. Rank 0 draws them from the run's own RNG stream, saved in its
@@ -251,6 +266,18 @@ class World:
 
 
 ALONE = World()
+
+
+class TrainingLoss(torch.nn.Module):
+    """The training loss of a batch as one call of a module, loss(inputs, positions, labels):
+    what DistributedDataParallel wraps (World.wrap_loss)."""
+
+    def __init__(self, model, loss_fn, label_smoothing: float):
+        super().__init__()
+        self.model, self.loss_fn, self.label_smoothing = model, loss_fn, label_smoothing
+
+    def forward(self, inputs, positions, labels):
+        return self.loss_fn(self.model, inputs, positions, labels, self.label_smoothing)
 
 
 class _NotATerminal:

@@ -1,42 +1,179 @@
-"""The pieces of fine-tuning that train.py puts together (and bench.py times): the loss at the
-reference tokens, AdamW with the paper's settings, the learning-rate schedule, the epoch's batches,
-the dev loss, the resumable training state, and the run's log.
+"""What a training run needs besides its loop (train.py): its settings checked, its folder owned,
+a resume, the checkpoints, Ctrl-C and SIGTERM, the log. train.py calls it in this order:
 
-Every function takes explicit arguments; the loop itself, with its flags, is finetune.py.
+    run = training.open_run(cfg, world)  # every check; the run folder owned; nothing written
+    with run.setting_up():               # a user error or Ctrl-C in here: every file as it was
+        run.examples("train"); ...; run.check_lengths(model)
+        start = run.restore(model, optimizer, scaler, save_result)  # a resumed run's state
+    with run.training(what, examples, total) as log:  # config.json, signals, metrics.jsonl
+        log.count(loss, ...); stop = run.stop_requested(step); log.train(...); log.eval(...)
+        run.save(where, why); return run.stopped(step, stop)  # at the end: run.done(step)
+    return run.exit_code  # after a second signal, a loss or weights no longer finite, a lost rank
+
+A run folder holds config.json (the settings, paths absolute), metrics.jsonl (every logged
+value), the result (adapter.safetensors, or model/ for full fine-tuning) and state.safetensors
+(the trainable tensors, the optimizer's moments, the RNG states, the position). Both are saved
+atomically at every checkpoint, so a kill at any moment leaves the last one whole; weights that
+are no longer finite are never saved. `keep_epochs` also keeps each epoch's result
+(adapter-epoch{N}.safetensors, model-epoch{N}/). A resumed run goes on where it stopped with an
+uninterrupted run's losses, on another device if need be; only SAFE_ON_RESUME may change.
+
+Ctrl-C or SIGTERM: every rank stops after the same step, saves, and exits 130 / 143; a second
+signal quits at once, unless a checkpoint is being written. Under torchrun (distributed.py)
+every rank runs the same calls: rank 0 owns and writes the folder, a user error on any rank is
+raised on all, and rank 0 loads (and downloads) first.
 """
 
+import contextlib
+import dataclasses
 import json
+import math
 import os
+import signal
 import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
-from data.task import collate, loss_positions
-from kit.checkpoint import (CheckpointError, load_metadata, load_tensors, save_tensors, short_list,
-                            tensor_mismatch, write_atomic)
-from kit.distributed import ALONE
+import lora
+from data.task import open_task
+from kit import cli, distributed, rundir
+from kit.checkpoint import (CheckpointError, load_metadata, load_tensors, read_hf_config,
+                            save_tensors, short_list, tensor_mismatch, write_atomic)
+from kit.errors import UserError
+from model import GPTConfig, PRESETS
+
+# What a resumed run may change: how long it runs, where and how fast, how often it reports.
+SAFE_ON_RESUME = ("--max-steps", "--epochs", "--device", "--dtype", "--log-interval",
+                  "--eval-interval", "--save-every", "--compile")
+# The flags each method leaves unused: given anyway, they are refused rather than ignored.
+UNUSED = {"lora": (), "full": ("targets", "rank", "alpha", "lora_dropout"),
+          "adapter_h": ("targets", "alpha", "lora_dropout"),
+          "adapter_l": ("targets", "alpha", "lora_dropout")}
 
 
-def token_loss(model, inputs, positions, labels, label_smoothing: float = 0.0):
-    """Summed cross-entropy at the given positions: the LM head (50,257 outputs per position)
-    runs only where the loss is, about half of the positions of an E2E batch."""
-    hidden = model.features(inputs).flatten(0, 1).index_select(0, positions)
-    logits = model.lm_head(hidden).float()
-    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum")
+# --- the settings ------------------------------------------------------------------------------
 
 
-class TrainingLoss(torch.nn.Module):
-    """The training loss of a batch as one call of a module, loss(inputs, positions, labels):
-    what DistributedDataParallel wraps, since DDP sees only what runs inside forward()."""
+def check(cfg, world=distributed.ALONE) -> tuple[torch.device, torch.dtype | None]:
+    """Refuse bad settings before anything is loaded or written: (device, autocast dtype)."""
+    positive = {"--epochs": cfg.epochs, "--batch-size": cfg.batch_size,
+                "--grad-accum": cfg.grad_accum, "--log-interval": cfg.log_interval}
+    for flag, value in positive.items():
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    for flag, value in {"--max-steps": cfg.max_steps, "--warmup": cfg.warmup,
+                        "--eval-interval": cfg.eval_interval, "--limit": cfg.limit,
+                        "--save-every": cfg.save_every, "--weight-decay": cfg.weight_decay,
+                        "--grad-clip": cfg.grad_clip}.items():
+        if not value >= 0 or not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number, not negative: got {value}")
+    for flag, value in {"--lr": cfg.lr, "--alpha": cfg.alpha, "--dropout": cfg.dropout,
+                        "--lora-dropout": cfg.lora_dropout,
+                        "--label-smoothing": cfg.label_smoothing}.items():
+        if not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number, got {value}")
+    if not cfg.lr > 0:
+        raise UserError(f"--lr must be positive, got {cfg.lr}")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise UserError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.batch_size % cfg.grad_accum:
+        raise UserError(f"--batch-size {cfg.batch_size} is not a multiple of --grad-accum "
+                        f"{cfg.grad_accum}")
+    if cfg.batch_size % (world.size * cfg.grad_accum):  # (the global batch, split over ranks)
+        raise UserError(f"--batch-size {cfg.batch_size} does not split over {world.size} "
+                        f"processes x --grad-accum {cfg.grad_accum}: give a multiple of "
+                        f"{world.size * cfg.grad_accum}")
+    if cfg.compile == "cuda-graphs" and world.size > 1:
+        raise UserError("--compile cuda-graphs is untested with several processes (DDP); use "
+                        "--compile or no --compile under torchrun")
+    if not 0 <= cfg.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    try:  # --targets, --rank, --alpha, --lora-dropout: checked by the function lora.apply uses
+        lora.check_settings(cfg.targets if cfg.method == "lora" else "q", cfg.rank, cfg.alpha,
+                            cfg.lora_dropout)
+    except ValueError as e:
+        raise UserError(f"{e} (--targets, --rank, --alpha, --lora-dropout)") from None
+    if cfg.random_init and cfg.method != "full":
+        raise UserError(f"--random-init trains every weight from scratch, which is --method full; "
+                        f"--method {cfg.method} adapts pretrained weights that it would lack")
+    if unused := [name for name in UNUSED[cfg.method] if name in cfg.given]:
+        raise UserError(f"--method {cfg.method} does not use "
+                        f"{', '.join('--' + n.replace('_', '-') for n in unused)}; drop "
+                        f"{'it' if len(unused) == 1 else 'them'}")
+    device = world.place(cli.pick_device(cfg.device))
+    return device, cli.amp_dtype(device, cfg.dtype, "training")
 
-    def __init__(self, model, loss_fn, label_smoothing: float):
-        super().__init__()
-        self.model, self.loss_fn, self.label_smoothing = model, loss_fn, label_smoothing
 
-    def forward(self, inputs, positions, labels):
-        return self.loss_fn(self.model, inputs, positions, labels, self.label_smoothing)
+def resumed(cfg):
+    """The settings saved in cfg.resume's config.json, with the flags that are safe to change
+    taken from the command line; any other flag given is refused."""
+    config = os.path.join(cfg.resume, "config.json")
+    if not os.path.isfile(config):
+        raise UserError(f"{cfg.resume} holds no run to resume (no config.json): start one with "
+                        f"--out {cfg.resume}")
+    try:
+        with open(config, encoding="utf-8") as f:
+            saved = json.load(f).get("args")
+    except (OSError, ValueError, AttributeError) as e:
+        saved = f"unreadable: {e}"
+    if not isinstance(saved, dict) or "dropout" not in saved:
+        raise UserError(f"{config} is not a run's config.json written by train.py (its 'args': "
+                        f"{str(saved)[:60]}); start a new run instead")
+    safe = {flag.lstrip("-").replace("-", "_") for flag in SAFE_ON_RESUME}
+    if unsafe := [name for name in cfg.given if name not in safe | {"resume"}]:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unsafe)
+        raise UserError(f"{flags} cannot change when a run resumes (only "
+                        f"{', '.join(SAFE_ON_RESUME)} can); start a new run with --out instead")
+    # runs saved before --format and --lora-dropout existed trained on the CSVs' own text,
+    # with one dropout for the model and the LoRA path
+    saved.setdefault("format", "official")
+    saved.setdefault("lora_dropout", saved["dropout"])
+    saved.setdefault("save_every", 0)
+    saved.setdefault("random_init", False)
+    if saved.get("compile") in (True, False):  # a switch before cuda-graphs existed
+        saved["compile"] = "default" if saved["compile"] else None
+    saved.update({name: getattr(cfg, name) for name in cfg.given if name in safe})
+    known = {f.name for f in dataclasses.fields(cfg)}
+    return type(cfg)(**{k: v for k, v in saved.items() if k in known},
+                     resume=os.path.abspath(cfg.resume), given=tuple(cfg.given))
+
+
+def checked(cfg, world=distributed.ALONE) -> tuple:
+    """The run's settings (a resumed run's from its config.json), checked, before anything is
+    loaded or written: (settings, device, autocast dtype)."""
+    if cfg.resume:
+        cfg = resumed(cfg)
+    device, amp_dtype = check(cfg, world)
+    if not cfg.resume:  # paths recorded absolute, so a resume works from anywhere
+        cfg = dataclasses.replace(cfg, out=cfg.out and os.path.abspath(cfg.out))
+        for name in ("model", "data"):  # (a preset's name stays a name)
+            if getattr(cfg, name) and os.path.exists(getattr(cfg, name)):
+                setattr(cfg, name, os.path.abspath(getattr(cfg, name)))
+    cfg.format = open_task(cfg.data, cfg.format).format  # (E2E's default text, or jsonl)
+    return cfg, device, amp_dtype
+
+
+def model_shape(name: str, dropout: float, who: str = "--random-init") -> GPTConfig:
+    """The shape of --model (a preset, or a checkpoint's config.json), without its weights:
+    what --random-init trains, and what reproduce.py sizes adapters by."""
+    preset = name.removeprefix("openai-community/")
+    if preset in PRESETS:
+        return GPTConfig.from_preset(preset, dropout=dropout)
+    folder = name if os.path.isdir(name) else os.path.dirname(name)
+    config = os.path.join(folder, "config.json")
+    if not os.path.isfile(config):
+        raise UserError(f"{who} needs the shape of --model {name}: a preset "
+                        f"({', '.join(PRESETS)}) or a checkpoint folder with a config.json")
+    return GPTConfig(**{**read_hf_config(config), "dropout": dropout})
+
+
+def result_path(method: str, run_dir: str, epoch: int | None = None) -> str:
+    """Where a run's result goes: adapter.safetensors, or model/ for full fine-tuning; an
+    epoch's kept copy (keep_epochs) is adapter-epoch{N}.safetensors, model-epoch{N}/."""
+    suffix = "" if epoch is None else f"-epoch{epoch}"
+    return os.path.join(run_dir, f"model{suffix}" if method == "full"
+                        else f"adapter{suffix}.safetensors")
 
 
 # --compile cuda-graphs: CUDA graphs replay one recorded shape each, so the sequence length is
@@ -45,78 +182,67 @@ class TrainingLoss(torch.nn.Module):
 CUDA_GRAPH_SHAPES = (16, 128)
 
 
-def compiled_loss(mode: str | None):
-    """The loss function for --compile (None: eager; "default"; "cuda-graphs": torch.compile's
-    reduce-overhead mode), and the shape multiples its batches need."""
+def compiled(loss_fn, mode: str | None):
+    """loss_fn as --compile asks (None: eager; "default"; "cuda-graphs": torch.compile's
+    reduce-overhead mode), and the shape multiples its batches need (train.device_batch)."""
     if mode is None:
-        return token_loss, (1, 1)
+        return loss_fn, (1, 1)
     if mode == "cuda-graphs":
-        return torch.compile(token_loss, dynamic=True, mode="reduce-overhead"), CUDA_GRAPH_SHAPES
-    return torch.compile(token_loss, dynamic=True), (1, 1)
+        return torch.compile(loss_fn, dynamic=True, mode="reduce-overhead"), CUDA_GRAPH_SHAPES
+    return torch.compile(loss_fn, dynamic=True), (1, 1)
 
 
-def device_batch(examples: list, device, multiple: tuple[int, int] = (1, 1)):
-    """A batch on the device: (inputs, loss positions, labels), copied from pinned memory on
-    CUDA so the copy does not wait for the GPU. multiple rounds the sequence length and the number
-    of loss positions up (padding takes no loss), for compiled code that wants few shapes."""
-    inputs, targets = collate(examples, multiple=multiple[0])
-    positions, labels = loss_positions(targets, multiple=multiple[1])
-    if device.type == "cuda":
-        return tuple(t.pin_memory().to(device, non_blocking=True)
-                     for t in (inputs, positions, labels))
-    return inputs, positions, labels
+# --- the run folder ------------------------------------------------------------------------------
 
 
-def make_optimizer(model, lr: float, weight_decay: float, fused: bool = False):
-    """AdamW over the trainable parameters, betas 0.9/0.999 and eps 1e-6 as the paper's released
-    code; weight decay on matrices only (not on biases and LayerNorms)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-6, fused=fused)
+def run_directory(cfg) -> rundir.Claim:
+    """The run's folder, owned by this process from here on (rundir.py): --resume's, --out, or a
+    new runs/<task>-<method>-<model>-<time>-<xxxx>. A new run refuses a folder that holds a
+    checkpoint or someone's files."""
+    hint = "wait for it to end, or pick another --out"
+    if cfg.resume:
+        return rundir.claim(cfg.resume, "train.py", hint)
+    if not cfg.out:
+        cli.check_writable("runs")
+        name = (f"{open_task(cfg.data, cfg.format).name}-{cfg.method}-"
+                f"{os.path.basename(cfg.model.rstrip('/'))}"
+                + ("-scratch" if cfg.random_init else ""))
+        return rundir.claim_new("runs", name, "train.py")
+    cli.check_writable(cfg.out)
+    owner = rundir.claim(cfg.out, "train.py", hint)
+    files = {name for name in os.listdir(owner.folder)
+             if name != rundir.LOCK and not rundir.is_stale(name)}
+    if not files <= {"config.json", "metrics.jsonl"}:  # a checkpoint, or someone's files
+        owner.release()
+        raise UserError(f"{owner.folder} already holds files; pick another --out, or continue "
+                        f"that run with --resume {owner.folder}")
+    if files:
+        print(f"{owner.folder} holds a run that never saved a checkpoint: starting it again")
+    return owner
 
 
-def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
-    """Linear warmup over `warmup` steps, then linear decay towards 0 at the last step. Step 0
-    (the first update) has learning rate 0, as in the released code's LambdaLR schedule; Adam's
-    moments still take its gradient."""
-    if step < warmup:
-        return lr * step / warmup
-    return lr * max(0.0, (total - step) / max(1, total - warmup))
-
-
-def epoch_batches(examples, epoch: int, batch_size: int, seed: int,
-                  bucket: bool = False) -> list[list[int]]:
-    """The batches of one epoch: a seeded shuffle, so a resumed run sees the same order. bucket
-    sorts by length within windows of 100 batches, then shuffles the batches (less padding)."""
-    g = torch.Generator().manual_seed(seed * 1000 + epoch)
-    order = torch.randperm(len(examples), generator=g).tolist()
-    if bucket:
-        window = 100 * batch_size
-        order = [i for s in range(0, len(order), window)
-                 for i in sorted(order[s:s + window], key=lambda i: len(examples[i][0]))]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if bucket:
-        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
-    return batches
-
-
-@torch.no_grad()
-def dev_loss(model, loss_fn, examples, batch_size: int, device, amp_dtype,
-             multiple: tuple[int, int] = (1, 1), world=ALONE) -> float:
-    """Mean cross-entropy per reference token on the dev examples (no label smoothing); multiple
-    as device_batch's. Under torchrun each rank takes every world.size-th batch, and the sums
-    are added up over the ranks: the number one process computes."""
-    model.eval()
-    total, count = torch.zeros((), device=device), 0
-    for start in range(world.rank * batch_size, len(examples), world.size * batch_size):
-        batch = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            total += loss_fn(model, *device_batch(batch, device, multiple))
-        count += sum(len(tokens) - prompt_length for tokens, prompt_length in batch)
-    model.train()
-    total, count = world.sum(total, count)
-    return total / count
+def begin(cfg, run_dir: str):
+    """What a start writes, once every check has passed: the leftovers of interrupted writes
+    removed, and config.json: a new run's settings, or the flags a resume changed (so the next
+    resume keeps them), listed under "resumed"."""
+    for name in rundir.remove_stale_files(run_dir):
+        print(f"removed {name}, left behind by an interrupted write")
+    path = os.path.join(run_dir, "config.json")
+    if cfg.resume:
+        if changed := {name: getattr(cfg, name) for name in cfg.given if name != "resume"}:
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+            config["args"].update(changed)
+            config.setdefault("resumed", []).append(
+                {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changed": changed})
+            write_atomic(path, json.dumps(config, indent=2))
+        return
+    if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):  # a run that never saved
+        os.remove(os.path.join(run_dir, "metrics.jsonl"))
+    write_atomic(path, json.dumps({
+        "args": cfg.recorded(), "data_format": open_task(cfg.data, cfg.format).describe(),
+        "torch": torch.__version__,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
 
 
 # --- the resumable state -------------------------------------------------------------------------
@@ -175,7 +301,7 @@ def load_state(path: str, model, optimizer, scaler) -> dict:
     return meta
 
 
-# --- the run's log ------------------------------------------------------------------------------
+# --- the log -------------------------------------------------------------------------------------
 
 
 def duration(seconds: float) -> str:
@@ -204,11 +330,23 @@ def trim_log(run_dir: str, step: int):
     write_atomic(path, "".join(kept))
 
 
+class Diverged(Exception):
+    """The loss or the weights are no longer finite: the run stops, and nothing more is saved
+    over the last good checkpoint."""
+
+    def __init__(self, what: str, value: float, step: int):
+        super().__init__(f"{what} became {value} at step {step}")
+        self.what, self.value, self.step = what, value, step
+
+
 class Log:
     """Progress on the terminal (a tqdm bar, or plain lines when stderr is not a terminal) and
-    every value in metrics.jsonl; run_dir None: nothing at all (the ranks of torchrun but 0)."""
+    every value in metrics.jsonl; run_dir None: nothing at all (the ranks of torchrun but 0).
+    It keeps the loss and tokens since the last log line (every rank's, summed when logged), and
+    the clock of training tokens/s, which evaluations and saves (paused) do not count."""
 
-    def __init__(self, run_dir: str | None, step: int, total: int):
+    def __init__(self, run_dir: str | None, step: int, total: int,
+                 world=distributed.ALONE, device="cpu"):
         from tqdm import tqdm
 
         self.silent = run_dir is None
@@ -216,8 +354,10 @@ class Log:
                                                   encoding="utf-8")
         self.bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True,
                         disable=self.silent or not sys.stderr.isatty())
-        self.total, self.start, self.start_step = total, time.time(), step
+        self.total, self.start, self.start_step, self.world = total, time.time(), step, world
         self.projected = False  # the time the whole run takes, said once
+        self.running, self.tokens = torch.zeros((), device=device), 0  # since the last line
+        self.logged, self.clock = step, time.time()
 
     def write(self, record: dict, line: str | None = None, error: bool = False):
         if self.silent:
@@ -228,6 +368,45 @@ class Log:
             print(line, file=sys.stderr if error else sys.stdout, flush=True)
         elif line:
             self.bar.write(line)
+
+    def count(self, loss: torch.Tensor, examples: list, weight: float):
+        """A micro-batch's loss and input tokens, for the next line (not where weight is 0: a
+        rank without examples in a short last batch)."""
+        if weight:
+            self.running += loss.detach()
+            self.tokens += sum(len(tokens) - 1 for tokens, _ in examples)
+
+    def check(self, step: int):
+        """Diverged when the mean loss since the last line is no longer finite (summed over the
+        ranks, so every rank decides the same)."""
+        if step > self.logged:
+            self._finite(self.world.sum(self.running)[0] / (step - self.logged), step)
+
+    @staticmethod
+    def _finite(value: float, step: int):
+        if not math.isfinite(value):
+            raise Diverged("the loss", value, step)
+
+    def train(self, step: int, epoch: int, lr: float):
+        """The log line of the steps since the last one: their mean loss, lr, tokens/s."""
+        loss_sum, tokens = self.world.sum(self.running, self.tokens)  # (of every rank)
+        mean_loss = loss_sum / (step - self.logged)
+        self._finite(mean_loss, step)
+        self.progress(step, {"event": "train", "step": step, "epoch": epoch, "loss": mean_loss,
+                             "lr": lr, "tokens_per_s": tokens / max(time.time() - self.clock,
+                                                                    1e-9)})
+        self.running, self.tokens, self.logged, self.clock = self.running * 0, 0, step, time.time()
+
+    def eval(self, step: int, epoch: int, loss: float, when: str):
+        self.write({"event": "eval", "step": step, "epoch": epoch, "dev_loss": loss},
+                   f"{when}: dev loss {loss:.4f}")
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Evaluations and saves: their time is left out of the tokens/s of training steps."""
+        start = time.time()
+        yield
+        self.clock += time.time() - start
 
     def progress(self, step: int, record: dict):
         self.bar.update(step - self.bar.n)
@@ -250,3 +429,235 @@ class Log:
         self.bar.close()
         if self.file:
             self.file.close()
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+class Stop(Exception):
+    """A second Ctrl-C or SIGTERM outside a checkpoint write: quit without saving."""
+
+    def __init__(self, name: str, code: int):
+        super().__init__(name)
+        self.code = code
+
+
+class Run:
+    """One run that passed every check, its folder owned (by rank 0 under torchrun): what the
+    loop in train.py calls for its data, checkpoints, signals and log."""
+
+    def __init__(self, cfg, device, amp_dtype, folder: str, owner: rundir.Claim | None,
+                 state: str | None, world=distributed.ALONE):
+        self.cfg, self.device, self.amp_dtype, self.world = cfg, device, amp_dtype, world
+        self.folder, self.owner, self.state = folder, owner, state
+        self.task, self.splits = None, {}  # the examples handed out, by split
+        self.position = {"step": 0, "epoch": 0, "batch": 0, "last_good": None}
+        self.step = 0  # the steps done so far
+        self.log, self.exit_code = None, None
+        self.stop_code, self.saving = None, False  # exit code once a signal asks to stop
+
+    @contextlib.contextmanager
+    def setting_up(self):
+        """Around loading the data and the model: every rank, rank 0 first (it downloads and
+        caches, the others read what it wrote); a user error on any rank is raised on all. Any
+        error or Ctrl-C meanwhile releases the folder, and removes it again if this run made
+        it: nothing has been written yet."""
+        try:
+            with self.world.agreeing(main_first=True):
+                yield
+        except BaseException:
+            if self.owner:
+                self.owner.abandon()
+                self.owner.release()
+            raise
+
+    def examples(self, split: str) -> list:
+        """The split's training examples (task.examples: (token ids, prompt length)), the first
+        --limit of them where it is set."""
+        self.task = self.task or open_task(self.cfg.data, self.cfg.format)
+        examples = self.task.examples(split)
+        n = min(self.cfg.limit or len(examples), len(examples))
+        self.splits[split] = [examples[i] for i in range(n)]
+        return self.splits[split]
+
+    def check_lengths(self, model):
+        """Refuse an example longer than the model's positions, naming where it comes from (an
+        example's last token is only a label)."""
+        for split, examples in self.splits.items():
+            i = max(range(len(examples)), key=lambda i: len(examples[i][0]))
+            if len(examples[i][0]) - 1 > model.config.block_size:
+                raise UserError(f"{self.task.where(split, i)}: the example has "
+                                f"{len(examples[i][0]) - 1} tokens, more than the model's "
+                                f"{model.config.block_size} positions; shorten it (or drop it)")
+
+    def restore(self, model, optimizer, scaler, save_result) -> dict:
+        """What a checkpoint holds: the model's trainable tensors, the optimizer and the scaler
+        (state.safetensors) and the result (save_result(model, cfg, path) writes it). A resumed
+        run's state is loaded into them, checked first. Returns where the run starts: its step,
+        epoch and batch."""
+        self.model, self.optimizer, self.scaler, self.save_result = (model, optimizer, scaler,
+                                                                     save_result)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if self.state:
+            self.position = load_state(self.state, model, optimizer, scaler)
+        self.step = self.position["step"]
+        return {k: self.position[k] for k in ("step", "epoch", "batch")}
+
+    @property
+    def saved_at(self) -> int | None:
+        """The step of the last checkpoint (None before the first)."""
+        return self.position["last_good"]
+
+    def done_already(self, total: int) -> int:
+        """A finished run resumed as it was: nothing to train (exit code 0)."""
+        with self.owner or contextlib.nullcontext():
+            if self.owner:
+                begin(self.cfg, self.folder)
+            print(f"{self.folder} has run all its {total:,} steps already: nothing to do (to "
+                  "train it longer, resume with a larger --max-steps or --epochs)")
+        return 0
+
+    @contextlib.contextmanager
+    def training(self, what: str, examples: int, total: int):
+        """Around the loop: config.json written, Ctrl-C and SIGTERM caught (save after the step),
+        metrics.jsonl opened (what ran after a resumed checkpoint dropped: it runs again) and
+        yielded; the folder released at the end, however it ends. A second signal, a loss or
+        weights no longer finite, a lost rank: one line, and exit_code says which."""
+        self.saving = True  # a second signal before the loop waits for it
+        previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            with self.owner or contextlib.nullcontext():
+                if self.owner:
+                    begin(self.cfg, self.folder)
+                    trim_log(self.folder, self.step)  # what ran after the checkpoint runs again
+                self.log = Log(self.folder if self.world.main else None, self.step, total,
+                               self.world, self.device)
+                self.saving = False
+                self._started(what, examples, total)
+                try:
+                    yield self.log
+                except Stop as e:
+                    self.log.write({"event": "quit", "signal": str(e), "step": self.step},
+                                   f"train.py: {e} again: quit without saving; {self.kept()}",
+                                   error=True)
+                    self.exit_code = e.code
+                except Diverged as e:
+                    kept = (f"the last good checkpoint (step {self.saved_at}) is in {self.folder}"
+                            if self.saved_at is not None else "no checkpoint had been saved yet")
+                    self.log.write({"event": "nonfinite", "step": e.step, "loss": str(e.value)},
+                                   f"train.py: {e}; stopped, {kept}", error=True)
+                    self.exit_code = 1
+                except distributed.LostRank as e:  # torchrun: another rank died or hung
+                    self.log.write({"event": "lost", "error": str(e), "step": self.step})
+                    self.exit_code = e.say("train.py", f"stopped, {self.kept()}")
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if self.log:
+                self.log.close()
+
+    def _started(self, what: str, examples: int, total: int):
+        cfg, world, step = self.cfg, self.world, self.step
+        self.log.write({"event": "start", "step": step, "total_steps": total,
+                        "trainable": sum(p.numel() for p in self.params), "processes": world.size},
+                       f"{what}; {examples:,} examples, "
+                       f"{math.ceil(examples / cfg.batch_size):,} steps per epoch, {total:,} steps"
+                       + (f", resuming at step {step}" if step else "")
+                       + (f"; {world.size} processes (torchrun), "
+                          f"{cfg.batch_size // world.size} examples of each batch apiece"
+                          if world.size > 1 else ""))
+        if self.device.type == "cpu" and cfg.device == "auto":
+            self.log.write({"event": "note", "device": "cpu"}, "no CUDA GPU here, so this "
+                           "trains on the CPU: how long that takes is projected after the first "
+                           f"{min(cfg.log_interval, total - step)} steps")
+
+    def on_signal(self, signum, frame):
+        """Ctrl-C or SIGTERM: save after this step and stop (exit 130 or 143). A second one
+        quits at once, unless a checkpoint is being written: that finishes first."""
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if self.stop_code is not None and not self.saving:
+            raise Stop(name, 128 + signum)
+        if self.stop_code is None:
+            self.stop_code = 128 + signum
+            record = {"event": "signal", "signal": name, "step": self.step}
+            line = f"{name}: saving after this step (again to quit without saving)"
+            if self.log:
+                self.log.write(record, line)
+            else:  # (the log opens a moment later)
+                print(line, flush=True)
+
+    def stop_requested(self, step: int) -> int | None:
+        """After each step: the exit code a Ctrl-C or SIGTERM on any rank asks for, or None. A
+        signal may reach the ranks at different steps: all stop after the same one. (Asked
+        before anything waits for the GPU: on GPUs this exchange, over gloo, is also what finds
+        a rank that died while NCCL waits for it.)"""
+        self.step = step
+        return self.world.max(self.stop_code)
+
+    def save(self, where: dict, why: str, epoch_end: int | None = None):
+        """A checkpoint: the result (adapter or model) and the resumable state, both written
+        atomically; a signal that arrives meanwhile waits until both are written. A loss since
+        the last log line or weights no longer finite are never saved (Diverged): the last
+        checkpoint stays the last good one. At an epoch's end with keep_epochs, that epoch's
+        result is kept too (written first: a kill before the state is saved runs the epoch's end
+        again, which writes the same file)."""
+        self.log.check(where["step"])
+        if not bool(torch.stack([p.isfinite().all() for p in self.params]).all()):  # one sync
+            raise Diverged("the weights", float("nan"), where["step"])
+        self.saving = True
+        with self.log.paused():
+            self.position.update(where, last_good=where["step"])
+            if self.world.main:  # (every rank holds the same weights)
+                method = self.cfg.method
+                if epoch_end is not None and self.cfg.keep_epochs:
+                    self.save_result(self.model, self.cfg,
+                                     result_path(method, self.folder, epoch_end))
+                self.save_result(self.model, self.cfg, result_path(method, self.folder))
+                save_state(os.path.join(self.folder, "state.safetensors"), self.model,
+                           self.optimizer, self.scaler, self.position)
+            self.world.barrier()  # no rank goes on (or exits) before the checkpoint is whole
+        self.saving = False
+        self.log.write({"event": "checkpoint", "why": why, **where},
+                       f"saved {self.folder} ({why}, step {where['step']})")
+
+    def kept(self) -> str:
+        return (f"the last checkpoint (step {self.saved_at}) is in {self.folder}"
+                if self.saved_at is not None else "no checkpoint was saved")
+
+    def stopped(self, step: int, code: int) -> int:
+        """After the checkpoint a signal asked for: how to go on, and the signal's exit code."""
+        self.log.write({"event": "stopped", "step": step}, f"stopped at step {step}; continue "
+                       f"with: python train.py --resume {self.folder}")
+        return code
+
+    def done(self, step: int) -> int:
+        result = result_path(self.cfg.method, self.folder)
+        self.log.write({"event": "done", "step": step}, f"done: {result}; decode and score it "
+                       f"with: python sample.py --{'model' if self.cfg.method == 'full' else 'adapter'}"
+                       f" {result}")
+        return 0
+
+
+def open_run(cfg, world=distributed.ALONE) -> Run:
+    """Every check, and the run folder owned, before anything is loaded or written: a bad
+    setting, a missing file, a folder in use raise a user error with nothing touched. Under
+    torchrun every rank calls it: rank 0 owns the folder, a user error on any rank is raised on
+    all (world.agree)."""
+    cfg, device, amp_dtype = world.agree(checked, cfg, world)
+    owner = world.agree(run_directory, cfg, main_only=True)
+    try:
+        folder = world.broadcast(owner and owner.folder)  # (a new run's name is rank 0's)
+    except BaseException:
+        if owner:
+            owner.abandon()
+            owner.release()
+        raise
+    if not cfg.resume:
+        cfg.out = folder
+    state = None
+    if cfg.resume:
+        state = os.path.join(folder, "state.safetensors")
+        if not os.path.isfile(state):
+            print(f"{folder} has no checkpoint yet: resuming it from step 0")
+            state = None
+    return Run(cfg, device, amp_dtype, folder, owner, state, world)

@@ -1,4 +1,4 @@
-"""bench.py runs, and what it prints is what it measured (its figures live in BENCHMARKS.md;
+"""kit/bench.py runs, and what it prints is what it measured (its figures live in BENCHMARKS.md;
 nothing here is timed, so nothing here depends on this machine's speed)."""
 
 import json
@@ -9,8 +9,9 @@ import re
 import pytest
 import torch
 
+import train
 from data.e2e import prepare as e2e
-from kit import bench, training
+from kit import bench
 
 
 def test_training_section_reports_what_it_measured(e2e_data, gpt2_vocab, tmp_path, capsys):
@@ -26,7 +27,7 @@ def test_training_section_reports_what_it_measured(e2e_data, gpt2_vocab, tmp_pat
     # every variant steps through the same timed batches, train.py's first ones: tokens per
     # step is theirs, exactly
     examples = e2e.load_examples("train", e2e_data)
-    batches = training.epoch_batches(examples, 0, 8, seed=110)[1:3]
+    batches = train.epoch_batches(examples, 0, 8, seed=110)[1:3]
     tokens_per_step = sum(len(examples[i][0]) for batch in batches for i in batch) / 2
     reference = rows["transformers + peft, LoRA r=4 c_attn"]["tokens_per_s"]
     for name, r in rows.items():

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 import reproduce
 import sample
 import train
-from kit import cli, distributed, finetune
+from kit import cli, distributed, training
 
 # what a run logged, and its result without a full fine-tuning's key biases (why: the script)
 _spec = importlib.util.spec_from_file_location("compare_runs", REPO / "scripts" / "compare_runs.py")
@@ -65,7 +65,7 @@ def assert_same_run(actual, expected):
 
 def one_process(argv) -> int:
     """train.py's run in this process (seconds quicker than a new interpreter)."""
-    return finetune.prepare(train.parse_args(argv)).run()
+    return train.train(train.parse_args(argv))
 
 
 def torchrun(script, *args):
@@ -237,7 +237,7 @@ def test_what_one_process_does_alone_is_refused_under_torchrun(tiny, script, arg
     # the checks as rank 0 of two runs them (they need no process group to refuse)
     world = distributed.World(rank=0, size=2)
     if script == "train":
-        run = lambda: finetune.check(train.parse_args(["--model", tiny, "--device", "cpu",
+        run = lambda: training.check(train.parse_args(["--model", tiny, "--device", "cpu",
                                                        *argv]), world)
     else:
         run = lambda: sample.check(sample.parse_args(["--model", tiny, *argv]), world)

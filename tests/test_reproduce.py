@@ -16,6 +16,7 @@ from conftest import REPO, run_main
 import reproduce
 from data.e2e import paper_results
 from kit import adapter
+from kit.experiment import table
 from model import GPTConfig
 
 
@@ -69,7 +70,7 @@ def test_the_paper_row_is_chosen_by_the_models_shape_not_its_name():
     row = {"trainable": 393216, "selections": {"best_test": summary}}
     for size, expected in (("gpt2-medium", True), (None, False)):
         result = {"settings": {"command": "table3", "size": size}, "rows": {"lora": row}}
-        text = reproduce.table(result, "best_test")
+        text = table(result, "best_test")
         assert ("| paper: GPT-2 M (LoRA) | 0.35M | 70.4+-.1 |" in text) == expected, text
 
 

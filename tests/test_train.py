@@ -1,5 +1,5 @@
-"""train.py and finetune.py (the run it starts) on CPU: a tiny random GPT-2 (HF format, made
-here) fine-tuned on real E2E examples."""
+"""train.py and kit/training.py (its run's plumbing) on CPU: a tiny random GPT-2 (HF format,
+made here) fine-tuned on real E2E examples."""
 
 import json
 import os
@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 import lora
 import train
-from kit import checkpoint, finetune, rundir, training
+from kit import checkpoint, rundir, training
 from model import GPT
 
 
@@ -41,11 +41,32 @@ def losses(run_dir):
 
 
 def run_in_process(argv):
-    """train.py's own setup and loop (finetune.py), keeping the model to look at afterwards."""
-    job = finetune.prepare(train.parse_args(argv))
-    model = job.trainer.model
-    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    return job.run(), model, frozen
+    """train.py's own run (train.train) in this process, keeping the model it built (and its
+    frozen weights as built) to look at afterwards."""
+    built, build_model = {}, train.build_model
+
+    def keep(*args):
+        model = built["model"] = build_model(*args)
+        built["frozen"] = {n: p.detach().clone() for n, p in model.named_parameters()
+                           if not p.requires_grad}
+        return model
+    train.build_model = keep
+    try:
+        code = train.train(train.parse_args(argv))
+    finally:
+        train.build_model = build_model
+    return code, built["model"], built["frozen"]
+
+
+def on_step(monkeypatch, hook):
+    """hook(step) at the start of each optimizer step of train.py's loop (step: the steps done
+    before it), through lr_at, which the loop calls once per step."""
+    lr_at = train.lr_at
+
+    def wrapped(step, *args):
+        hook(step)
+        return lr_at(step, *args)
+    monkeypatch.setattr(train, "lr_at", wrapped)
 
 
 def assert_loss_falls(run_dir):
@@ -88,7 +109,7 @@ def test_full_fine_tuning_saves_a_gpt2_checkpoint(tiny, data, tmp_path):
 def test_random_init_trains_the_shape_from_scratch(tiny, data, tmp_path):
     argv = quick(tiny, data, tmp_path / "run", "--method", "full", "--random-init",
                  "--max-steps", "30", "--lr", "2e-3", "--label-smoothing", "0")
-    model = finetune.build_model(train.parse_args(argv), torch.device("cpu"))
+    model = train.build_model(train.parse_args(argv), torch.device("cpu"))
     pretrained = GPT.from_pretrained(tiny)
     torch.manual_seed(110)  # --seed's default: GPT-2's init of the checkpoint's shape
     fresh = GPT(pretrained.config)
@@ -109,7 +130,7 @@ def test_random_init_trains_the_shape_from_scratch(tiny, data, tmp_path):
 def test_random_init_of_a_preset_downloads_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2_CACHE_DIR", str(tmp_path / "cache"))  # empty, and no network here
     args = train.parse_args(["--model", "gpt2", "--random-init", "--method", "full"])
-    model = finetune.build_model(args, torch.device("cpu"))
+    model = train.build_model(args, torch.device("cpu"))
     assert model.num_params() == 124_439_808  # GPT-2 small, as transformers counts it
     assert not (tmp_path / "cache").exists()
 
@@ -125,13 +146,13 @@ def test_gradient_accumulation_gives_the_same_steps(tiny, data, tmp_path):
 def test_a_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, data, tmp_path, monkeypatch,
                                                                     capsys):
     calls = {"n": 0}
-    real = training.token_loss
+    real = train.token_loss
 
     def nan_after_epoch_1(*args, **kwargs):  # steps 1-8 fine (epoch 1 ends, saved), then NaN
         calls["n"] += 1
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] > 8 + 64 // 8 else loss  # 8 steps + dev batches
-    monkeypatch.setattr(training, "token_loss", nan_after_epoch_1)
+    monkeypatch.setattr(train, "token_loss", nan_after_epoch_1)
     rc, _, _ = run_in_process(quick(tiny, data, tmp_path / "run", "--max-steps", "20"))
     assert rc == 1
     assert "the loss became nan at step 9; stopped, the last good checkpoint (step 8)" in \
@@ -142,15 +163,22 @@ def test_a_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, data, t
 
 def test_weights_that_are_no_longer_finite_are_never_saved(tiny, data, tmp_path, monkeypatch,
                                                            capsys):
-    real_step = finetune.Trainer.step
+    make_optimizer, steps = train.make_optimizer, []
 
-    def step(self, batch, lr):  # the 4th step's loss is finite, but it leaves NaN in B
-        result = real_step(self, batch, lr)
-        if self.position["step"] == 3:
-            with torch.no_grad():
-                self.params[0].fill_(float("nan"))
-        return result
-    monkeypatch.setattr(finetune.Trainer, "step", step)
+    def optimizer_leaving_nan(*args, **kwargs):  # the 4th step's loss is finite, but it leaves
+        optimizer = make_optimizer(*args, **kwargs)  # NaN in B
+        step = optimizer.step
+
+        def nan_at_step_4(*args, **kwargs):
+            result = step(*args, **kwargs)
+            steps.append(len(steps) + 1)
+            if len(steps) == 4:
+                with torch.no_grad():
+                    optimizer.param_groups[0]["params"][0].fill_(float("nan"))
+            return result
+        optimizer.step = nan_at_step_4
+        return optimizer
+    monkeypatch.setattr(train, "make_optimizer", optimizer_leaving_nan)
     rc, _, _ = run_in_process(quick(tiny, data, tmp_path / "run", "--max-steps", "6",
                                     "--save-every", "2", "--log-interval", "100"))
     assert rc == 1
@@ -246,7 +274,7 @@ def test_the_readme_command_runs_end_to_end(tiny, data, tmp_path, user_env):
     # the released recipe: its text, no dropout in the backbone, 0.1 on the LoRA path
     assert (config["args"]["format"], config["args"]["dropout"], config["args"]["lora_dropout"]) \
         == ("paper", 0.0, 0.1)
-    model = finetune.build_model(train.parse_args(["--model", tiny]), torch.device("cpu"))
+    model = train.build_model(train.parse_args(["--model", tiny]), torch.device("cpu"))
     assert model.transformer.drop.p == model.transformer.h[0].attn.attn_dropout == 0.0  # (the
     assert model.transformer.h[0].mlp.dropout.p == 0.0  # checkpoint's config.json says 0.1)
     assert {layer.dropout.p for layer in lora.lora_layers(model).values()} == {0.1}
@@ -368,7 +396,7 @@ def test_a_run_saved_when_compile_was_a_switch_resumes(finished, tmp_path, saved
     assert config["args"]["compile"] is None  # today's runs record the mode
     config["args"]["compile"] = saved
     (run_dir / "config.json").write_text(json.dumps(config))
-    assert finetune.resumed(train.parse_args(["--resume", str(run_dir)])).compile == resumed
+    assert training.resumed(train.parse_args(["--resume", str(run_dir)])).compile == resumed
 
 
 def test_relative_paths_are_recorded_absolute_so_a_resume_works_from_anywhere(tiny, data,
@@ -442,20 +470,19 @@ def test_a_cuda_run_resumes_on_cpu(finished, tmp_path):
 def test_a_second_signal_during_a_save_waits_for_it(tiny, data, tmp_path, monkeypatch):
     # in this process, so the signals land exactly where they must
     calls = {"n": 0}
-    real_step, real_save = finetune.Trainer.step, finetune.save_result
+    real_save = train.save_result
 
-    def step(self, batch, lr):
+    def step(_):
         calls["n"] += 1
         if calls["n"] == 3:
             os.kill(os.getpid(), signal.SIGINT)  # stop after this step
-        return real_step(self, batch, lr)
 
     def save_result(model, args, run_dir):
         os.kill(os.getpid(), signal.SIGINT)  # again, while the checkpoint is written
         real_save(model, args, run_dir)
 
-    monkeypatch.setattr(finetune.Trainer, "step", step)
-    monkeypatch.setattr(finetune, "save_result", save_result)
+    on_step(monkeypatch, step)
+    monkeypatch.setattr(train, "save_result", save_result)
     rc, _, _ = run_in_process(quick(tiny, data, tmp_path / "run", "--max-steps", "20"))
     assert rc == 130
     with safe_open(str(tmp_path / "run" / "state.safetensors"), "pt") as f:
@@ -465,15 +492,12 @@ def test_a_second_signal_during_a_save_waits_for_it(tiny, data, tmp_path, monkey
 
 def test_two_signals_before_a_checkpoint_quit_with_one_line(tiny, data, tmp_path, monkeypatch,
                                                             capsys):
-    real_step = finetune.Trainer.step
-
-    def step(self, batch, lr):
-        if self.position["step"] == 2:
+    def step(done):
+        if done == 2:
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
-        return real_step(self, batch, lr)
 
-    monkeypatch.setattr(finetune.Trainer, "step", step)
+    on_step(monkeypatch, step)
     rc, _, _ = run_in_process(quick(tiny, data, tmp_path / "run", "--max-steps", "20"))
     err = capsys.readouterr().err
     assert rc == 130  # as for one Ctrl-C (2 is a usage error)
@@ -629,7 +653,7 @@ def test_ctrl_c_before_training_is_one_line_and_writes_nothing(tiny, data, finis
                                                                capsys, monkeypatch, resume):
     def interrupted(*args):
         raise KeyboardInterrupt
-    monkeypatch.setattr(finetune, "build_model", interrupted)  # Ctrl-C while the model loads
+    monkeypatch.setattr(train, "build_model", interrupted)  # Ctrl-C while the model loads
     if resume:
         run_dir = finished_copy(finished, tmp_path)
         before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
@@ -649,19 +673,19 @@ def test_what_a_run_shows_evaluations_projection_and_training_speed(tiny, data, 
     # a clock that moves 1 s per step and 100 s per dev evaluation: tokens/s counts steps only
     now = [1000.0]
     fake = type("FakeTime", (), {"time": staticmethod(lambda: now[0]),
-                                 "strftime": staticmethod(time.strftime)})
-    real_step, real_dev_loss = finetune.Trainer.step, training.dev_loss
+                                 "strftime": staticmethod(time.strftime),
+                                 "gmtime": staticmethod(time.gmtime)})
+    real_dev_loss = train.dev_loss
 
-    def step(self, batch, lr):
+    def step(_):
         now[0] += 1
-        return real_step(self, batch, lr)
 
     def dev_loss(*args, **kwargs):
         now[0] += 100
         return real_dev_loss(*args, **kwargs)
-    monkeypatch.setattr(finetune, "time", fake)
-    monkeypatch.setattr(finetune.Trainer, "step", step)
-    monkeypatch.setattr(training, "dev_loss", dev_loss)
+    monkeypatch.setattr(training, "time", fake)
+    on_step(monkeypatch, step)
+    monkeypatch.setattr(train, "dev_loss", dev_loss)
     argv = quick(tiny, data, tmp_path / "run", "--max-steps", "4", "--eval-interval", "2")
     argv[argv.index("--device") + 1] = "auto"  # what make train does on a machine without a GPU
     code, out, err = main(capsys, *argv)

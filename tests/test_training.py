@@ -1,11 +1,12 @@
-"""training.py against the paper's released code (microsoft/LoRA, examples/NLG/src): the learning
-rate schedule as its LambdaLR gives it, and the label-smoothed loss as its GPT2LMModel computes
-it. The loop itself is tested through train.py (test_train.py)."""
+"""train.py's pieces against the paper's released code (microsoft/LoRA, examples/NLG/src): the
+learning rate schedule as its LambdaLR gives it, and the label-smoothed loss as its GPT2LMModel
+computes it. The loop itself is tested through train.py (test_train.py)."""
 
 import torch
 import torch.nn.functional as F
 from conftest import batch
 
+import train
 from data.e2e.prepare import collate, loss_positions
 from kit import training
 
@@ -21,7 +22,7 @@ def test_the_schedule_is_the_released_linear_schedule_with_warmup():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, released_lambda)
     for step in range(total):  # the lr each optimizer step uses, then scheduler.step()
-        assert abs(optimizer.param_groups[0]["lr"] - training.lr_at(step, total, lr, warmup)) < 1e-15
+        assert abs(optimizer.param_groups[0]["lr"] - train.lr_at(step, total, lr, warmup)) < 1e-15
         optimizer.step()
         scheduler.step()
 
@@ -34,7 +35,7 @@ def test_the_loss_is_the_released_label_smoothed_loss(base):
     positions, labels = loss_positions(targets)
     eps = 0.1
     with torch.no_grad():
-        ours = training.token_loss(base, inputs, positions, labels, eps) / len(labels)
+        ours = train.token_loss(base, inputs, positions, labels, eps) / len(labels)
         logp = F.log_softmax(base(inputs).view(-1, base.config.vocab_size), -1)
         mask = (targets.flatten() != -100).float()
         nll = -logp.gather(1, targets.flatten().clamp_min(0)[:, None]).squeeze(1)
@@ -43,18 +44,18 @@ def test_the_loss_is_the_released_label_smoothed_loss(base):
 
 
 def test_padding_to_few_shapes_changes_no_loss(base):
-    # bench.py's CUDA-graph variant rounds the length and the number of loss positions up: the
+    # --compile cuda-graphs (and kit/bench.py's variant of it) rounds the length and the number of loss positions up: the
     # padding sits after every real token (causal attention never looks ahead) and takes no loss
     examples = [(batch(seed, (1, n))[0].numpy(), p) for seed, n, p in [(0, 12, 5), (1, 9, 4)]]
     cpu = torch.device("cpu")
-    plain = training.device_batch(examples, cpu)
-    padded = training.device_batch(examples, cpu, multiple=(16, 64))
+    plain = train.device_batch(examples, cpu)
+    padded = train.device_batch(examples, cpu, multiple=(16, 64))
     assert plain[0].shape == (2, 11) and padded[0].shape == (2, 16)
     assert len(plain[1]) == 7 + 5 and len(padded[1]) == 64
     assert (padded[2][12:] == -100).all() and torch.equal(padded[2][:12], plain[2])
     with torch.no_grad():
-        a = training.token_loss(base, *plain, 0.1)
-        b = training.token_loss(base, *padded, 0.1)
+        a = train.token_loss(base, *plain, 0.1)
+        b = train.token_loss(base, *padded, 0.1)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 

@@ -1,0 +1,296 @@
+"""An experiment folder, as reproduce.py keeps it: owned by one process, refused when it holds
+another experiment, resumed where it stopped; what is left to train and to decode, the time it
+takes (projected from the rates measured so far), and the results written whole (results.json,
+results.md, plots with matplotlib). Under torchrun, rank 0 keeps the folder; `torchrun` starts
+the same command again with --nproc processes.
+
+    EXP/experiment.json                       the settings that must match to resume it
+    EXP/runs/NAME/                            each training run, as train.py writes it
+    EXP/runs/NAME/decode/epoch{N}-{split}.*   each kept epoch's predictions and scores
+    EXP/results.json, results.md, plots/      the rows, the epochs chosen, how they were trained
+"""
+
+import json
+import math
+import os
+import sys
+
+import torch
+
+from data.e2e import metrics, paper_results
+from data.task import tokenizer
+from kit import cli, rundir, training
+from kit.checkpoint import load_metadata, write_atomic
+from kit.errors import UserError
+
+SPLITS = ("test", "dev")  # every kept epoch is decoded and scored on both
+# What a stage can raise that the user can mend (a missing file, by now, is a bug of ours).
+STAGE_ERRORS = (UserError,)
+
+
+# --- the folder ----------------------------------------------------------------------------------
+
+
+def parse_list(text: str, flag: str, kind=int) -> list:
+    """'1,2,4' -> [1, 2, 4]; refused when it does not parse or repeats an entry."""
+    try:
+        values = [kind(v.strip()) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: give a comma-separated list, e.g. 1,2,4") from None
+    if twice := sorted({v for v in values if values.count(v) > 1}):
+        raise UserError(f"{flag} {text} repeats {', '.join(map(str, twice))}")
+    return values
+
+
+def open_experiment(folder: str, settings: dict) -> rundir.Claim:
+    """Own the experiment folder; one that holds another experiment is refused, untouched."""
+    cli.check_writable(folder)
+    owner = rundir.claim(folder, "reproduce.py", "wait for it to end, or pick another --out")
+    path = os.path.join(folder, "experiment.json")
+    settings = json.loads(json.dumps(settings))  # as experiment.json holds them (lists, not tuples)
+    problem = None
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f).get("settings") or {}
+        if differ := sorted(k for k in set(saved) | set(settings)
+                            if saved.get(k) != settings.get(k)):
+            problem = (f"holds an experiment with other settings ({', '.join(differ)} differ); "
+                       "rerun its own command, or pick another --out")
+    elif os.listdir(folder) not in ([], [rundir.LOCK]):
+        problem = "already holds files that are not an experiment; pick another --out"
+    if problem:
+        owner.abandon()
+        owner.release()
+        raise UserError(f"{folder} {problem}")
+    if not os.path.exists(path):
+        write_atomic(path, json.dumps({"settings": settings}, indent=2))
+    return owner
+
+
+def inputs(args, task, world) -> torch.device:
+    """The data, the vocabulary and the device the stages need, found (or downloaded) now:
+    missing, they are said before the folder is made, not hours later."""
+    if "test" not in task.splits:
+        raise UserError(f"{args.data} has no test.jsonl: every epoch is scored on test and dev")
+    task.locate()  # (E2E's release: downloaded if need be)
+    tokenizer()
+    return world.place(cli.pick_device(args.device))
+
+
+def torchrun(nproc: int, script: str, argv: list[str]):
+    """This same command under torchrun, with nproc processes on this machine: this process
+    becomes torchrun (PyTorch's launcher), whose exit code is the command's. script: the
+    command's file."""
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              f"--nproc_per_node={nproc}", "--", os.path.abspath(script),
+                              *argv])  # ("--": torchrun reads none of argv as its own flags)
+
+
+# --- what is left, and the time it takes ---------------------------------------------------------
+
+
+def run_folder(exp: str, unit) -> str:
+    return os.path.join(exp, "runs", unit.name)
+
+
+def stem(folder: str, epoch: int, split: str) -> str:
+    return os.path.join(folder, "decode", f"epoch{epoch}-{split}")
+
+
+def steps_done(folder: str) -> int:
+    """The step a run's last checkpoint holds (0 without one)."""
+    state = os.path.join(folder, "state.safetensors")
+    return json.loads(load_metadata(state)["state"])["step"] if os.path.isfile(state) else 0
+
+
+def trained(folder: str, epochs: int, cfg) -> bool:
+    """Whether the run in folder has finished, with every epoch's result kept."""
+    log = os.path.join(folder, "metrics.jsonl")
+    if not os.path.isfile(log):
+        return False
+    with open(log, encoding="utf-8") as f:
+        done = any(json.loads(line).get("event") == "done" for line in f if line.strip())
+    return done and all(os.path.exists(training.result_path(cfg.method, folder, e))
+                        for e in range(1, epochs + 1))
+
+
+def undecoded(unit, folder: str) -> list[tuple[int, str]]:
+    """The (epoch, split) pairs of a run not scored yet."""
+    return [(e, split) for e in range(1, unit.config.epochs + 1) for split in SPLITS
+            if not os.path.exists(stem(folder, e, split) + ".scores.json")]
+
+
+def mrs_per_split(settings: dict, task) -> dict:
+    """How many MRs (contexts) each split decodes."""
+    return {split: min(settings["mrs"] or math.inf, len(task.eval_groups(split)[0]))
+            for split in SPLITS}
+
+
+def steps_per_run(unit, examples: int) -> int:
+    n = min(examples, unit.config.limit) if unit.config.limit else examples
+    return math.ceil(n / unit.config.batch_size) * unit.config.epochs
+
+
+def stages(settings: dict, units: list, exp: str, task) -> tuple[list, dict, dict]:
+    """What is left: the runs to train (with their steps left) and to decode (their MRs)."""
+    mrs = mrs_per_split(settings, task)
+    to_train = [u.name for u in units
+                if not trained(run_folder(exp, u), u.config.epochs, u.config)]
+    examples = len(task.examples("train")) if to_train else 0
+    left = {u.name: steps_per_run(u, examples) - steps_done(run_folder(exp, u))
+            for u in units if u.name in to_train}
+    to_decode = {u.name: sum(mrs[split] for _, split in undecoded(u, run_folder(exp, u)))
+                 for u in units}
+    return to_train, left, {name: n for name, n in to_decode.items() if n}
+
+
+class Progress:
+    """One line per stage, with the whole experiment's projected time from the rates measured
+    so far in this process (training steps/s, decoded MRs/s; unit: "MRs", or "contexts")."""
+
+    def __init__(self, stages: int, steps_left: int, mrs_left: int, unit: str = "MRs"):
+        self.stages, self.done, self.unit = stages, 0, unit
+        self.left = {"steps": steps_left, unit: mrs_left}
+        self.work = {"steps": [0, 0.0], unit: [0, 0.0]}  # amount, seconds
+
+    def stage(self, what: str, kind: str, amount: int, seconds: float, planned: int):
+        self.done += 1
+        self.left[kind] -= planned
+        self.work[kind][0] += amount
+        self.work[kind][1] += seconds
+        rates = {k: n / s for k, (n, s) in self.work.items() if n and s}
+        if all(k in rates or not n for k, n in self.left.items()):
+            eta = sum(n / rates[k] for k, n in self.left.items() if n)
+            rest = (f"about {training.duration(eta)} left for the whole experiment"
+                    if any(self.left.values()) else "nothing left")
+        else:
+            rest = "the time left is projected once a stage of each kind has run"
+        rate = ", ".join(f"{r:,.2f} {k}/s" for k, r in rates.items())
+        done = cli.plural(amount, kind[:-1])
+        print(f"reproduce.py [{self.done}/{self.stages}] {what}: {done} in "
+              f"{training.duration(seconds)}; {rest}" + (f" (at {rate})" if rate else ""),
+              flush=True)
+
+
+# --- the results ---------------------------------------------------------------------------------
+
+
+def read_run(unit, folder: str) -> dict:
+    """One run's record: its settings, trainable parameters, dev loss and scores by epoch."""
+    with open(os.path.join(folder, "metrics.jsonl"), encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    start = next(r for r in records if r["event"] == "start")
+    dev_loss = {r["epoch"]: r["dev_loss"] for r in records
+                if r["event"] == "eval" and "epoch" in r}
+    epochs = {}
+    for e in range(1, unit.config.epochs + 1):
+        epochs[e] = {}
+        for split in SPLITS:
+            with open(stem(folder, e, split) + ".scores.json", encoding="utf-8") as f:
+                epochs[e][split] = json.load(f)["scores"]
+    return {"label": unit.label, "seed": unit.seed, "config": unit.config.recorded(),
+            "trainable": start["trainable"], "dev_loss": dev_loss, "epochs": epochs}
+
+
+def table(result: dict, selection: str) -> str:
+    """One selection's rows as Table 3 lays them out, each beside the paper's where it has one."""
+    lines = ["| Model & Method | # Trainable Parameters | BLEU | NIST | MET | ROUGE-L | CIDEr |",
+             "|---|---|---|---|---|---|---|"]
+    for label, row in result["rows"].items():
+        s = row["selections"][selection]
+        cells = ["n/a" if s[m]["mean"] is None else paper_results.cell(m, s[m]["mean"],
+                                                                       s[m]["std"])
+                 for m in paper_results.METRICS]
+        n = row["trainable"]
+        lines.append(f"| ours: {label} | {f'{n / 1e6:.2f}M' if n >= 1e4 else f'{n:,}'} | "
+                     + " | ".join(cells) + " |")
+        paper = paper_results.TABLE3.get((result["settings"]["size"], label))
+        if paper and result["settings"]["command"] == "table3":
+            lines.append(f"| paper: {paper['name']} | {paper['params']} | " + " | ".join(
+                paper_results.paper_cell(m, *paper["scores"][m]) for m in paper_results.METRICS)
+                + " |")
+    return "\n".join(lines)
+
+
+def report(result: dict, model: str, unit: str, selections: dict) -> str:
+    """results.md: each selection's table (selections: name -> (what it is, ...)), the epochs it
+    chose, and how the rows were trained."""
+    s = result["settings"]
+    out = [f"# {s['command']} on {model}: seeds {', '.join(map(str, s['seeds']))}, "
+           f"{cli.plural(s['epochs'], 'epoch')}, test set"
+           + (f" (first {cli.plural(s['mrs'], unit)})"
+              if s["mrs"] else ""),
+           "", "Mean +- std over seeds (sample std), rounded as Table 3."]
+    for sel, (what, _) in selections.items():
+        chosen = ", ".join(f"{name} {e}" for row in result["rows"].values()
+                           for name, e in row["selections"][sel]["epochs"].items())
+        out += ["", f"## {what}", "", table(result, sel), "", f"Epochs: {chosen}."]
+    if s["command"] == "table3":
+        out += ["", "## How the rows were trained", ""]
+        out += [f"- {label}: {row['trained']}" for label, row in result["rows"].items()]
+    if any(r["epochs"][1]["test"]["METEOR"] is None for r in result["runs"].values()):
+        out += ["", f"METEOR: {metrics.meteor_note(s['meteor'])}."]
+    return "\n".join(out) + "\n"
+
+
+def plots(result: dict, exp: str) -> list[str]:
+    """PNGs when matplotlib is installed (an optional extra), one per row: each seed's training
+    and dev loss by step, and each test metric by epoch with the selected epochs marked."""
+    try:
+        import matplotlib
+        import matplotlib.ticker
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install matplotlib for them)")
+        return []
+    os.makedirs(os.path.join(exp, "plots"), exist_ok=True)
+    written = []
+    for label, row in result["rows"].items():
+        runs = {n: r for n, r in result["runs"].items() if r["label"] == label}
+        metrics = [m for m in paper_results.METRICS
+                   if any(e["test"][m] is not None for r in runs.values()
+                          for e in r["epochs"].values())]
+        fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
+        axes = axes.ravel()
+        for name, r in runs.items():
+            with open(os.path.join(exp, "runs", name, "metrics.jsonl"), encoding="utf-8") as f:
+                log = [json.loads(line) for line in f if line.strip()]
+            losses = [(x["step"], x["loss"]) for x in log if x["event"] == "train"]
+            dev = [(x["step"], x["dev_loss"]) for x in log if x["event"] == "eval"]
+            color = axes[0].plot(*zip(*losses), lw=0.8, label=f"seed {r['seed']}")[0].get_color()
+            axes[0].plot(*zip(*dev), "o--", color=color)
+            epochs = sorted(r["epochs"], key=int)
+            for ax, m in zip(axes[1:], metrics):
+                ax.plot([int(e) for e in epochs], [r["epochs"][e]["test"][m] for e in epochs],
+                        "-", color=color)
+                for sel, marker in (("best_test", "*"), ("best_dev", "s")):
+                    e = row["selections"][sel]["epochs"][name]
+                    ax.plot([int(e)], [r["epochs"][e]["test"][m]], marker, color=color, ms=10,
+                            mfc="none" if marker == "s" else color)
+                ax.set(title=f"test {m}", xlabel="epoch")
+                ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        axes[0].set(title="loss (line: training, o: dev)", xlabel="step")
+        axes[0].legend(fontsize=8)
+        for ax in axes[1 + len(metrics):]:
+            ax.axis("off")
+        fig.suptitle(f"{label}: * the best epoch on test, square the best on dev")
+        fig.tight_layout()
+        path = os.path.join(exp, "plots", f"{label.replace(' ', '').replace(',', '')}.png")
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_results(result: dict, exp: str, text: str):
+    """results.json (every run x epoch x split x metric, with the settings and versions),
+    results.md (text, printed too) and the plots, each written whole."""
+    write_atomic(os.path.join(exp, "results.json"), json.dumps(result, indent=2,
+                                                               sort_keys=True))
+    write_atomic(os.path.join(exp, "results.md"), text)
+    print("\n" + text)
+    for path in [os.path.join(exp, "results.json"), os.path.join(exp, "results.md"),
+                 *plots(result, exp)]:
+        print(f"wrote {path}")

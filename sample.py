@@ -1,4 +1,4 @@
-"""Decode with a fine-tuned GPT-2: merge the adapter, beam-search the test set, score it.
+"""Decode with a fine-tuned GPT-2: merge the adapter into W0, beam-search the test set, score it.
 
     python sample.py --adapter RUN_DIR/adapter.safetensors        # the Table 3 row for a run
     python sample.py --adapter RUN_DIR/adapter.safetensors --mr "name[The Eagle], eatType[pub]"
@@ -7,46 +7,35 @@
     python sample.py --latency                                     # the Table 1 latency grid
     python sample.py --adapter RUN_A/adapter.safetensors --adapter RUN_B/adapter.safetensors --mix
 
-The task is the run's own (E2E, or a JSONL folder: data/task.py), or --data's. Decoding follows
-the paper (Table 11): beam search (decoding.py) with 10 beams, length penalty 0.9 and no repeated
-4-grams, at most 64 new tokens (a JSONL task: its longest target), stopping at <|endoftext|> (E2E:
-or a blank line). Each distinct context of the test set (E2E: its 630 MRs) is decoded once; the
-predictions (MR or context, output) are written beside the adapter before they are scored with the
-E2E metrics (data/e2e/metrics.py), beside the paper's row where the task has one.
-`--latency` times the forward pass of the Table 1 variants (latency.py).
+Read load_model (the merge of Sec. 4.1: afterwards the model is plain GPT-2 again, at GPT-2's
+cost), then evaluate_split and one_input. The task is the run's own (E2E, or a JSONL folder:
+data/task.py), or --data's. Decoding follows the paper (Table 11): beam search (kit/decoding.py)
+with 10 beams, length penalty 0.9 and no repeated 4-grams, at most 64 new tokens (a JSONL task:
+its longest target), stopping at <|endoftext|> (E2E: or a blank line). Each distinct context of
+the test set (E2E: its 630 MRs) is decoded once; the predictions (MR or context, output) are
+written beside the adapter before they are scored with the E2E metrics (data/e2e/metrics.py),
+beside the paper's row where the task has one.
 
-Several --adapter files (or a folder of them) share one base model (multitask.py): each decodes
-its own task's split (or the one --mr / --context), with its adapter merged in turn (Sec. 4.1), or
-with --mix in mixed batches, where each row adds its own adapter's B A x to the unmerged W0.
+The rest is one call each into kit/sampling.py: the flag rules, where the predictions go,
+several adapters on one base (--mix: mixed batches, Sec. 4.2; kit/multitask.py), and --latency
+(Table 1, kit/latency.py).
 
     torchrun --standalone --nproc_per_node 4 sample.py --adapter RUN_DIR/adapter.safetensors
 
 decodes the test set over 4 processes (GPUs): each searches a share of the batches, rank 0
-writes the predictions (the same file, byte for byte) and scores them once (distributed.py).
+writes the predictions (the same file, byte for byte) and scores them once (kit/distributed.py).
 """
 
-import argparse
-import glob
-import json
-import math
-import os
 import sys
-import time
 
 import torch
 
 import lora
-from data.e2e import paper_results
 from data.e2e.prepare import FORMATS
-from data.task import EOT, open_task, tokenizer
-from kit import adapter, cli, distributed, evaluation, latency, multitask, rundir
-from kit.checkpoint import ADAPTER_FORMAT, load_metadata, write_atomic
-from kit.cli import UserError
+from data.task import EOT, tokenizer
+from kit import adapter, cli, distributed, evaluation, sampling
 from kit.decoding import decode
-from kit.evaluation import Decoding
-from model import GPT, PRESETS, GPTConfig
-
-# --- loading -------------------------------------------------------------------------------------
+from model import GPT, PRESETS
 
 
 def load_model(args, device) -> tuple[GPT, str]:
@@ -55,7 +44,7 @@ def load_model(args, device) -> tuple[GPT, str]:
     if not args.adapter:  # a preset is the pretrained base; a local checkpoint, fine-tuned
         kind = "base" if args.model.removeprefix("openai-community/") in PRESETS else "full"
         return GPT.from_pretrained(args.model).to(device).eval(), kind
-    meta, base = adapter_base(args.adapter, args.model)
+    meta, base = sampling.adapter_base(args.adapter, args.model)
     model = GPT.from_pretrained(base)
     if meta["method"] == "lora":
         lora.load(model, args.adapter, check_base=not args.any_base)
@@ -68,278 +57,37 @@ def load_model(args, device) -> tuple[GPT, str]:
     return model.to(device).eval(), kind
 
 
-def adapter_base(path: str, model: str | None) -> tuple[dict, str]:
-    """An adapter file's metadata, and the base model to load it onto: --model, else the one the
-    file names."""
-    if not os.path.isfile(path):
-        raise UserError(f"no such adapter file: {path}")
-    meta = load_metadata(path)
-    if meta.get("format") != ADAPTER_FORMAT:
-        raise UserError(f"{path} is not an adapter saved by train.py")
-    missing = [k for k in ("method", "base_model") if k not in meta]
-    if "method" in missing or (missing and not model):
-        raise UserError(f"{path}: its metadata lacks {' and '.join(missing)}, so it is "
-                        "damaged or was not written by train.py"
-                        + ("; pass --model with its base model" if "method" not in missing else ""))
-    base = model or meta["base_model"]
-    if not base:
-        raise UserError(f"{path} does not name its base model; pass --model")
-    if not model and os.sep in base and not os.path.exists(base):
-        raise UserError(f"the base model {base} recorded in {path} does not exist here; "
-                        "pass --model with its path (or a preset name)")
-    return meta, base
-
-
-def run_config(args) -> dict:
-    """The settings train.py recorded for this adapter or model (RUN_DIR/config.json), or {}."""
-    where = args.adapter or args.model
-    if not where or not os.path.exists(where):
-        return {}
-    path = os.path.join(os.path.dirname(os.path.abspath(where.rstrip("/"))), "config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f).get("args", {})
-    except (OSError, ValueError):
-        return {}
-
-
-def base_name(args) -> str:
-    """The pretrained model under this one: named in the adapter, or in the run's config.json
-    for a checkpoint train.py wrote (RUN_DIR/model)."""
-    if args.adapter:
-        return args.model or load_metadata(args.adapter).get("base_model", "")
-    return run_config(args).get("model", args.model)
-
-
-# --- the test set ------------------------------------------------------------------------------
-
-
-def output_stem(args) -> str:
-    """Where the predictions go, named by what was decoded: e.g. RUN_DIR/predictions-dev-first5."""
-    where = args.adapter or (args.model if os.path.isdir(args.model) else None)
-    folder = args.out or (os.path.dirname(os.path.abspath(where.rstrip("/"))) if where else ".")
-    return os.path.join(folder, "predictions" + args.task.suffix
-                        + ("" if args.split == "test" else f"-{args.split}")
-                        + (f"-first{args.limit}" if args.limit else ""))
-
-
-def claim_outputs(stems: list[str], force: bool) -> list[rundir.Claim]:
-    """Before any work: the folders the predictions go to, owned by this process from here on
-    (rundir.py); earlier predictions are kept unless --force."""
-    owners = []
-    try:
-        for folder in dict.fromkeys(os.path.dirname(stem) for stem in stems):
-            cli.check_writable(folder)
-            owners.append(rundir.claim(folder, "sample.py", "wait for it to end, or write the "
-                                       "predictions elsewhere with --out DIR"))
-        for stem in stems:
-            if os.path.exists(stem + ".tsv") and not force:
-                raise UserError(f"{stem}.tsv already holds predictions; pass --force to replace "
-                                "them, or --out DIR to write elsewhere")
-    except BaseException:
-        for owner in owners:
-            owner.abandon()
-            owner.release()
-        raise
-    for stem in stems:
-        for path in (stem + ".tsv.tmp", stem + ".scores.json.tmp"):  # an interrupted write's
-            if os.path.exists(path):
-                os.remove(path)
-    return owners
-
-
-def decoding(args) -> Decoding:
-    """The decoding flags, as evaluation.Decoding."""
-    return Decoding(beam=args.beam, length_penalty=args.length_penalty,
-                    no_repeat_ngram=args.no_repeat_ngram, max_new_tokens=args.max_new_tokens,
-                    batch_size=args.batch_size, use_cache=not args.no_cache, dtype=args.dtype,
-                    amp_dtype=args.amp_dtype)
-
-
-def split_job(model, args, device, world, mixed: bool = False) -> evaluation.Job:
-    """The split to decode as the flags say (evaluation.Job): the task's, into output_stem."""
-    return evaluation.Job(model, task=args.task, split=args.split, limit=args.limit,
-                          stem=output_stem(args), decoding=decoding(args),
-                          what=evaluation.identity(base_name(args), args.adapter),
-                          force=args.force, device=device, world=world, mixed=mixed)
-
-
 def evaluate_split(model, kind: str, args, device, world):
-    """Decode and score the split (evaluation.py), then print the row next to the paper's."""
-    report, = evaluation.run_jobs(model, [split_job(model, args, device, world)],
-                                  meteor=not args.no_meteor, world=world)
+    """Decode each distinct context of the split once with the paper's beam search, write the
+    predictions, score them (kit/evaluation.py), then print the row next to the paper's."""
+    job = sampling.split_job(model, args, device, world)  # its inputs, where they go, what is done
+    report, = evaluation.run_jobs(model, [job], meteor=not args.no_meteor, world=world)
     if report is not None:  # (a rank of torchrun but 0: rank 0 scores)
-        print_report(report, model, kind, args)
+        sampling.print_report(report, model, kind, args)
 
 
-def print_report(report: dict, model, kind: str, args):
-    """The scores next to the paper's row (where the task has one)."""
-    size = None if run_config(args).get("random_init") else args.task.paper_size(model.config)
-    print(f"references: {report['references']}")
-    print(table3(report["scores"], size, kind, args))
-    if "meteor" in report:
-        print(f"METEOR: {report['meteor']}")
-
-
-def table3(scores: dict, size: str | None, kind: str, args) -> str:
-    """This run's row next to the paper's (BLEU, METEOR, ROUGE-L x100 as in Table 3). Only the
-    paper format is comparable with Table 3; the official format is the challenge's own text."""
-    def cell(name, scale):  # one digit more than the paper prints
-        return "n/a" if scores[name] is None else f"{scores[name] * scale:.{3 if scale == 1 else 2}f}"
-
-    what = (f"this run ({args.split}"
-            + (f", first {cli.plural(args.limit, args.task.unit)}" if args.limit else "")
-            + (", official text: not comparable with Table 3" if args.format == "official" else "")
-            + ")")
-    lines = ["| | BLEU | NIST | METEOR | ROUGE-L | CIDEr |", "|---|---|---|---|---|---|",
-             f"| {what} | {cell('BLEU', 100)} | {cell('NIST', 1)} | {cell('METEOR', 100)} | "
-             f"{cell('ROUGE_L', 100)} | {cell('CIDEr', 1)} |"]
-    paper = paper_results.TABLE3.get((size, paper_results.KINDS.get(kind)))
-    if paper:
-        lines.append(f"| paper: {paper['name']}, {paper['params']}, test | " + " | ".join(
-            paper_results.paper_cell(m, *paper["scores"][m]) for m in paper_results.METRICS)
-            + " |")
-    return "\n".join(lines)
-
-
-# --- several adapters on one base (multitask.py) --------------------------------------------------
-
-
-def adapter_files(given: list[str]) -> list[str]:
-    """--adapter's files: each one given, and for a folder the adapters in it (*.safetensors) and
-    in the run folders inside it (*/adapter.safetensors)."""
-    files = []
-    for path in given:
-        if not os.path.isdir(path):
-            files.append(path)
-            continue
-        inside = sorted(glob.glob(os.path.join(path, "*.safetensors"))
-                        + glob.glob(os.path.join(path, "*", "adapter.safetensors")))
-        if not inside:
-            raise UserError(f"--adapter {path} is a folder without adapters (*.safetensors, or "
-                            "run folders with adapter.safetensors)")
-        files += inside
-    if len(set(map(os.path.abspath, files))) < len(files):
-        raise UserError("an adapter is given twice: give each once")
-    return files
-
-
-def adapter_name(path: str) -> str:
-    """What an adapter is called in the output: its file's name, or its run folder's."""
-    stem = os.path.basename(path).removesuffix(".safetensors")
-    return stem if stem != "adapter" else os.path.basename(os.path.dirname(os.path.abspath(path)))
-
-
-def check_several(args):
-    """args.served: each adapter's own view of args (its task: --data's, else its run's; the
-    task's decoding defaults; where its predictions go), the input or split checked for each."""
-    if args.prompt is not None:
-        raise UserError("--prompt continues text with one model: give one --adapter (several "
-                        "decode a task's inputs, --mr or --context)")
-    test_set = args.mr is None and args.context is None  # (one input: a row per adapter)
-    if args.mix and test_set and args.batch_size < len(args.adapters):
-        raise UserError(f"--mix with {len(args.adapters)} adapters needs --batch-size "
-                        f"{len(args.adapters)} or more, so that a batch can hold a row of each "
-                        f"task (it is {args.batch_size}); raise it, or drop --mix")
-    args.served = []
-    for path in args.adapters:
-        view = argparse.Namespace(**vars(args))
-        view.adapter = path
-        check_task(view)
-        args.served.append(view)
-    stems = [output_stem(view) for view in args.served]
-    if len(set(stems)) < len(stems):  # adapters side by side in one folder, or one --out
-        for view in args.served:
-            view.out = os.path.join(args.out or os.path.dirname(os.path.abspath(view.adapter)),
-                                    adapter_name(view.adapter))
-        stems = [output_stem(view) for view in args.served]
-        if len(set(stems)) < len(stems):
-            raise UserError("two adapters have the same name, so their predictions would go to "
-                            "one file: rename one, or decode them separately")
-
-
-def load_several(args, device) -> multitask.Adapters:
-    """The base model (the first adapter's, or --model) on the device, with every adapter kept
-    beside it (multitask.Adapters: each checked against this base, LoRA only)."""
-    _, base = adapter_base(args.adapters[0], args.model)
-    model = GPT.from_pretrained(base).to(device).eval()
-    tasks = multitask.Adapters(model, args.adapters, check_base=not args.any_base)
-    how = ("mixed batches: W0 unmerged, each row adds its own adapter's B A x" if args.mix else
-           "one at a time, merged into W (W0 + B A, then W0 again: Sec. 4.1)")
-    print(f"{cli.plural(len(tasks), 'LoRA adapter')} on {base}, served in {how}")
-    if args.mix:
-        tasks.mix()
-    return tasks
-
-
-def serve_test_sets(tasks: multitask.Adapters, args, device, world):
-    """Each adapter decodes and scores its task's split: merged in turn, or all in mixed batches."""
-    model, views = tasks.model, args.served
-    if not args.mix:
-        for i, view in enumerate(views):
-            print(f"\n{adapter_name(view.adapter)} ({view.adapter}):")
-            with tasks.merged_into(i):
-                evaluate_split(model, "lora", view, device, world)
+def one_input(model, args, device):
+    """--prompt: continue free text (greedy, or sampled); --mr, --context: beam-search one MR
+    or context, as the test set is decoded."""
+    enc, task = tokenizer(), getattr(args, "task", None)
+    if args.prompt is None:
+        text, mr = (args.mr, True) if args.mr is not None else (args.context, False)
+        prompt = task.prompt(text, mr=mr)
+        evaluation.check_search(model, sampling.decoding(args), [prompt], device)
+        tokens = decode(model, [prompt], **sampling.decoding(args).kwargs(),
+                        stop_tokens=task.stop_tokens, progress=False)[0]
+        print(evaluation.output_text(enc, tokens, task.blank_line_ends))
         return
-    jobs = [split_job(model, view, device, world, mixed=True) for view in views]
-    reports = evaluation.run_jobs(model, jobs, meteor=not args.no_meteor, world=world,
-                                  tasks=list(range(len(jobs))))
-    for view, report in zip(views, reports):
-        if report is not None:
-            print(f"\n{adapter_name(view.adapter)} ({view.adapter}):")
-            print_report(report, model, "lora", view)
-
-
-def serve_one_input(tasks: multitask.Adapters, args, device):
-    """--mr / --context: each adapter's answer to the one input, merged in turn or as the rows
-    of one mixed batch."""
-    enc, model, views = tokenizer(), tasks.model, args.served
-    text, mr = (args.mr, True) if args.mr is not None else (args.context, False)
-    prompts = [view.task.prompt(text, mr=mr) for view in views]
-    for view, prompt in zip(views, prompts):
-        evaluation.check_search(model, decoding(view), [prompt], device)
-    if args.mix:  # one search: row i is adapter i's, with its task's length and stop tokens
-        settings = {**decoding(views[0]).kwargs(), "batch_size": len(views),
-                    "max_new_tokens": [view.max_new_tokens for view in views]}
-        outputs = decode(model, prompts, **settings, tasks=list(range(len(views))),
-                         stop_tokens=[view.task.stop_tokens for view in views], progress=False)
-    else:
-        outputs = []
-        for i, (view, prompt) in enumerate(zip(views, prompts)):
-            with tasks.merged_into(i):
-                outputs += decode(model, [prompt], **decoding(view).kwargs(),
-                                  stop_tokens=view.task.stop_tokens, progress=False)
-    width = max(len(adapter_name(view.adapter)) for view in views)
-    for view, tokens in zip(views, outputs):
-        print(f"{adapter_name(view.adapter):<{width}}  "
-              f"{evaluation.output_text(enc, tokens, view.task.blank_line_ends)}")
-
-
-# --- the latency of one forward pass (Table 1) ---------------------------------------------------
-
-
-def run_latency(args, device):
-    """Time the Table 1 variants (latency.py), print the table, write the JSON."""
-    config = GPTConfig.from_preset(args.latency_model, dropout=0.0)
-    report = latency.measure(config, args.grid, device, trials=args.trials, warmup=args.warmup_trials,
-                             amp_dtype=args.amp_dtype,
-                             name=args.latency_model)
-    print(latency.latency_table(report))
-    os.makedirs(os.path.dirname(os.path.abspath(args.latency_out)), exist_ok=True)
-    write_atomic(args.latency_out, json.dumps(report, indent=2))
-    print(f"wrote {args.latency_out}")
-
-
-def latency_out(args, device) -> str:
-    """--latency-out, checked before the measurement; by default a new file in runs/, named by
-    what it measures."""
-    path = args.latency_out or os.path.join("runs", f"latency-{args.latency_model}-{device.type}-"
-                                                    f"{time.strftime('%Y%m%d-%H%M%S')}.json")
-    cli.check_writable_file(path, "--latency-out")
-    return path
-
-
-# --- command line --------------------------------------------------------------------------------
+    idx = torch.tensor([enc.encode(args.prompt, allowed_special={"<|endoftext|>"})],
+                       device=device)
+    if idx.size(1) >= model.config.block_size:
+        raise cli.UserError(f"--prompt has {idx.size(1)} tokens; the model reads at most "
+                            f"{model.config.block_size - 1} before it writes")
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    with cli.autocast(device, args.amp_dtype):
+        out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k,
+                             args.top_p, stop_token=EOT, generator=generator)
+    print(enc.decode(out[0].tolist()))
 
 
 def parse_args(argv=None):
@@ -417,192 +165,24 @@ def parse_args(argv=None):
     return args
 
 
-# What each way of running sample.py reads (besides --device and --dtype): a flag typed for
-# another one would do nothing, so it is refused instead of ignored.
-LOADS = {"model", "adapter", "any_base"}
-SERVES = {"mix"}  # several adapters
-BEAM = {"beam", "length_penalty", "no_repeat_ngram", "max_new_tokens", "no_cache"}
-READS = {
-    "--latency": {"latency", "grid", "trials", "warmup_trials", "latency_model", "latency_out"},
-    "--prompt": LOADS | {"prompt", "temperature", "top_k", "top_p", "seed", "max_new_tokens"},
-    "--mr": LOADS | BEAM | SERVES | {"mr", "format"},
-    "--context": LOADS | BEAM | SERVES | {"context", "data", "format"},
-    "the test set": LOADS | BEAM | SERVES | {"data", "split", "format", "limit", "out", "force",
-                                             "no_meteor", "batch_size"},
-}
-
-
-INPUTS = {"prompt": "--prompt (free text)", "mr": "--mr (one MR)",
-          "context": "--context (one context)"}
-
-
-def check_flags(args):
-    """Refuse flags that would do nothing in the mode the command line asks for."""
-    if len(given := [text for name, text in INPUTS.items() if getattr(args, name) is not None]) > 1:
-        raise UserError(f"give {', '.join(given[:-1])} or {given[-1]}, not "
-                        + ("both" if len(given) == 2 else "several"))
-    mode = ("--latency" if args.latency else
-            next((f"--{name}" for name in INPUTS if getattr(args, name) is not None),
-                 "the test set"))
-    if unused := [name for name in args.given if name not in READS[mode] | {"device", "dtype"}]:
-        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
-        raise UserError(f"{flags} {'does' if len(unused) == 1 else 'do'} nothing with {mode}; "
-                        f"drop {'it' if len(unused) == 1 else 'them'}")
-    if args.temperature == 0 and (sampling := [f for f in ("top_k", "top_p", "seed")
-                                               if f in args.given]):
-        raise UserError(f"{', '.join('--' + f.replace('_', '-') for f in sampling)} only act "
-                        "when sampling: add --temperature (0, the default, is greedy)")
-
-
-def check(args, world=distributed.ALONE) -> torch.device:
-    """Refuse bad flags before anything is loaded; returns the device."""
-    for flag, value in {"--beam": args.beam, "--max-new-tokens": args.max_new_tokens,
-                        "--batch-size": args.batch_size}.items():
-        if value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
-    if args.no_repeat_ngram < 0 or args.limit < 0 or args.temperature < 0:
-        raise UserError("--no-repeat-ngram, --limit and --temperature must not be negative")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.top_k is not None and args.top_k < 1:
-        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.prompt is not None and not args.prompt.strip():
-        raise UserError("--prompt is empty: give some text to continue")
-    check_flags(args)
-    if world.size > 1 and (one := next((f"--{name}" for name in ("latency", *INPUTS)
-                                        if getattr(args, name) not in (None, False)), None)):
-        raise UserError(f"{one} runs in one process: start sample.py without torchrun "
-                        "(torchrun shares the test set's MRs among its processes)")
-    for flag, value in {"--length-penalty": args.length_penalty,
-                        "--temperature": args.temperature}.items():
-        if not math.isfinite(value):
-            raise UserError(f"{flag} must be a finite number, got {value}")
-    device = world.place(cli.pick_device(args.device))
-    # fp32 unless --dtype says otherwise, as the released code decodes
-    args.amp_dtype = cli.amp_dtype(device, args.dtype, "decoding", auto=None)
-    args.adapters = adapter_files(args.adapters)
-    args.adapter = args.adapters[0] if len(args.adapters) == 1 else None
-    args.several = len(args.adapters) > 1 or args.mix  # served by multitask.py
-    if args.latency:
-        check_latency(args, device)
-    elif not (args.adapters or args.model):
-        raise UserError("give --adapter RUN_DIR/adapter.safetensors (or --model for a plain or "
-                        "fully fine-tuned checkpoint)")
-    elif args.several:
-        if not args.adapters:
-            raise UserError("--mix serves LoRA adapters: give them with --adapter")
-        check_several(args)
-    elif args.prompt is None:
-        check_task(args)
-    return device
-
-
-def check_task(args):
-    """args.task: --data's, else the run's own (config.json), else E2E; its decoding defaults
-    where no flag is given; the input or the split checked against it."""
-    run = run_config(args)
-    args.task = open_task(args.data or run.get("data"), args.format or run.get("format"))
-    args.format = args.task.format
-    for name, value in args.task.decoding.items():
-        if name not in args.given:
-            setattr(args, name, value)
-    for name in ("mr", "context"):
-        if getattr(args, name) is not None:
-            try:
-                args.task.check_input(getattr(args, name), mr=name == "mr")
-            except ValueError as e:
-                raise UserError(f"--{name} {e}") from None
-            return
-    args.task.check_split(args.split)
-
-
-def check_latency(args, device):
-    """--latency's flags, with the defaults for the device filled in; the output checked."""
-    try:
-        args.grid = latency.parse_grid(
-            args.grid or latency.DEFAULT_GRID["cuda" if device.type == "cuda" else "cpu"])
-    except ValueError as e:
-        raise UserError(e) from None
-    positions = GPTConfig.from_preset(args.latency_model).block_size
-    if too_long := [f"{b}x{t}" for b, t in args.grid if t > positions]:
-        raise UserError(f"--grid {', '.join(too_long)}: longer than {args.latency_model}'s "
-                        f"{positions} positions")
-    if args.trials is not None and args.trials < 1 or (args.warmup_trials or 0) < 0:
-        raise UserError("--trials must be at least 1 and --warmup-trials not negative")
-    args.trials = args.trials or (100 if device.type == "cuda" else 10)
-    args.warmup_trials = (10 if device.type == "cuda" else 2) if args.warmup_trials is None \
-        else args.warmup_trials
-    args.latency_out = latency_out(args, device)
-
-
-def one_input(model, args, device):
-    """--prompt: continue free text (greedy, or sampled); --mr, --context: beam-search one MR
-    or context, as the test set is decoded."""
-    enc, task = tokenizer(), getattr(args, "task", None)
-    if args.prompt is None:
-        text, mr = (args.mr, True) if args.mr is not None else (args.context, False)
-        prompt = task.prompt(text, mr=mr)
-        evaluation.check_search(model, decoding(args), [prompt], device)
-        tokens = decode(model, [prompt], **decoding(args).kwargs(), stop_tokens=task.stop_tokens,
-                        progress=False)[0]
-        print(evaluation.output_text(enc, tokens, task.blank_line_ends))
-        return
-    idx = torch.tensor([enc.encode(args.prompt, allowed_special={"<|endoftext|>"})],
-                       device=device)
-    if idx.size(1) >= model.config.block_size:
-        raise UserError(f"--prompt has {idx.size(1)} tokens; the model reads at most "
-                        f"{model.config.block_size - 1} before it writes")
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    with cli.autocast(device, args.amp_dtype):
-        out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k,
-                             args.top_p, stop_token=EOT, generator=generator)
-    print(enc.decode(out[0].tolist()))
-
-
-def kept(args, decoding_test_set: bool) -> str:
-    """What a Ctrl-C leaves: the outputs decoded so far, resumed by the same command."""
-    views = (args.served if args.several else [args]) if decoding_test_set else []
-    parts, scored = [], []
-    for view in views:
-        stem = output_stem(view)
-        if (done := evaluation.decoded_so_far(stem)) is not None:
-            parts.append((cli.plural(done, view.task.unit), done, f"{stem}.tsv.part"))
-        elif os.path.exists(stem + ".tsv"):
-            scored.append(f"{stem}.tsv")
-    again = "run the same command again to go on from there"
-    if len(parts) == 1:
-        (what, done, part), = parts
-        return (f"stopped; the {what} decoded so far {'is' if done == 1 else 'are'} kept in "
-                f"{part}: {again}")
-    if parts:
-        return (f"stopped; what was decoded so far is kept "
-                f"({', '.join(f'{what} in {part}' for what, _, part in parts)}): {again}")
-    if scored:
-        return f"stopped while scoring; the predictions are saved in {', '.join(scored)}"
-    return "stopped; nothing was written"
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     owners = []  # the output folders' locks (rank 0's), while decoding the test set
-    test_set = all(getattr(args, name) is None for name in INPUTS) and not args.latency
+    test_set = all(getattr(args, name) is None for name in sampling.INPUTS) and not args.latency
     claimed = False  # (on every rank: the folders are rank 0's)
     try:
         world = distributed.start()  # torchrun's processes join here; alone, nothing happens
-        device = world.agree(check, args, world)
+        device = world.agree(sampling.check, args, world)  # the flags, the task, the adapters
         if args.latency:
-            run_latency(args, device)
+            sampling.run_latency(args, device)
             return 0
         if test_set:
-            stems = [output_stem(view) for view in (args.served if args.several else [args])]
-            owners = world.agree(claim_outputs, stems, args.force, main_only=True) or []
+            stems = [sampling.output_stem(view)
+                     for view in (args.served if args.several else [args])]
+            owners = world.agree(sampling.claim_outputs, stems, args.force, main_only=True) or []
             claimed = True
-        if args.several:  # several adapters on one base (multitask.py)
-            tasks = world.agree(load_several, args, device, main_first=True)
-            if test_set:
-                serve_test_sets(tasks, args, device, world)
-            else:
-                serve_one_input(tasks, args, device)
+        if args.several:  # several adapters on one base (kit/multitask.py)
+            sampling.serve_several(args, device, world, test_set)
         else:
             model, kind = world.agree(load_model, args, device, main_first=True)
             if test_set:
@@ -613,10 +193,10 @@ def main(argv=None) -> int:
         for owner in owners:  # a folder made for this decode goes again if it stayed empty
             owner.abandon()
         if isinstance(e, KeyboardInterrupt):
-            cli.interrupted("sample.py", kept(args, claimed))
+            cli.interrupted("sample.py", sampling.kept(args, claimed))
         cli.fail("sample.py", e)
     except distributed.LostRank as e:  # torchrun: another rank died or hung
-        return e.say("sample.py", kept(args, claimed))
+        return e.say("sample.py", sampling.kept(args, claimed))
     finally:
         for owner in owners:
             owner.release()

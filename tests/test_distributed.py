@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 import reproduce
 import sample
 import train
-from kit import cli, distributed, training
+from kit import cli, distributed, sampling, training
 
 # what a run logged, and its result without a full fine-tuning's key biases (why: the script)
 _spec = importlib.util.spec_from_file_location("compare_runs", REPO / "scripts" / "compare_runs.py")
@@ -240,7 +240,7 @@ def test_what_one_process_does_alone_is_refused_under_torchrun(tiny, script, arg
         run = lambda: training.check(train.parse_args(["--model", tiny, "--device", "cpu",
                                                        *argv]), world)
     else:
-        run = lambda: sample.check(sample.parse_args(["--model", tiny, *argv]), world)
+        run = lambda: sampling.check(sample.parse_args(["--model", tiny, *argv]), world)
     with pytest.raises(cli.UserError, match=re.escape(message)):
         run()
 

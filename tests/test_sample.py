@@ -271,12 +271,12 @@ def test_an_interrupted_decode_resumes_from_its_part_file(tiny_run, e2e_data, tm
     whole = (tmp_path / "whole" / "predictions-first6.tsv").read_text()
     # what a decode killed after three MRs leaves: the settings, then three outputs (and a
     # fourth line cut short)
-    from kit import evaluation
     import sample
+    from kit import evaluation, sampling
     args = sample.parse_args([str(f) for f in flags])
     args.amp_dtype = None
     what = evaluation.identity(str(tiny_run / "base"), str(flags[1]))
-    settings = evaluation.decode_settings(what, 6, "test", "paper", sample.decoding(args))
+    settings = evaluation.decode_settings(what, 6, "test", "paper", sampling.decoding(args))
     outputs = [line.split("\t")[1] for line in whole.splitlines()[1:4]]
     records = [json.dumps({"settings": settings})] + [
         json.dumps({"i": i, "output": text}) for i, text in enumerate(outputs)]
@@ -408,6 +408,7 @@ def test_ctrl_c_while_decoding_keeps_what_was_decoded(tiny_run, e2e_data, gpt2_v
 def test_the_paper_row_follows_the_models_shape_not_its_folder_name(tiny_run):
     import sample
     from data.e2e import paper_results
+    from kit import sampling
     from model import GPTConfig
     with torch.device("meta"):
         medium = GPT(GPTConfig.from_preset("gpt2-medium"))  # a local copy, named anything
@@ -417,7 +418,7 @@ def test_the_paper_row_follows_the_models_shape_not_its_folder_name(tiny_run):
     scores = dict(BLEU=0.7, NIST=8.8, METEOR=None, ROUGE_L=0.71, CIDEr=2.5)
     args.split, args.limit, args.format = "test", 0, "paper"
     assert ("| paper: GPT-2 M (LoRA), 0.35M, test | 70.4+-.1 | 8.85+-.02 | 46.8+-.2 | "
-            "71.8+-.1 | 2.53+-.02 |") in sample.table3(scores, "gpt2-medium", "lora", args)
-    assert "| paper: GPT-2 M (Adapter^H), 11.09M, test | 67.3+-.6 |" in sample.table3(
+            "71.8+-.1 | 2.53+-.02 |") in sampling.table3(scores, "gpt2-medium", "lora", args)
+    assert "| paper: GPT-2 M (Adapter^H), 11.09M, test | 67.3+-.6 |" in sampling.table3(
         scores, "gpt2-medium", "houlsby", args)
-    assert "paper" not in sample.table3(scores, None, "lora", args)
+    assert "paper" not in sampling.table3(scores, None, "lora", args)

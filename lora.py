@@ -25,7 +25,7 @@ costs, and subtracting B A restores W0 for the next task (`unmerge`).
     lora.save(model, "adapter.safetensors")                        # A and B only: 1.6 MB
     lora.merge(model)                                              # W <- W0 + (alpha/r) B A
 
-The adapter file format lives in checkpoint.py, PEFT's format in peft_interop.py.
+The adapter file format lives in kit/checkpoint.py, PEFT's format in kit/peft_interop.py.
 """
 
 import math

@@ -1,6 +1,7 @@
 """Why does LoRA work? The paper's Section 7 measurements, on adapters you trained.
 
-    python -m kit.analysis similarity RUN_R8/adapter.safetensors RUN_R64/adapter.safetensors --out phi.csv
+    python -m kit.analysis similarity RUN_R8/adapter.safetensors RUN_R64/adapter.safetensors \
+        --out phi.csv
     python -m kit.analysis amplification RUN/adapter.safetensors [--model BASE]
 
 similarity (Sec. 7.2, Figures 3 and 4): two adapters on the same matrices, e.g. r=8 and r=64, or
@@ -221,7 +222,7 @@ def run_amplification(args):
     print("\npaper (GPT-3, W_q, layer 48, r=4): 0.32 | 21.67 | 0.02 | 61.95 | 6.91 | 21.5")
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = cli.parser("analysis.py", description="The paper's Section 7 on your adapters: subspace "
                    "similarity (7.2) and how Delta W relates to W (7.3).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -238,7 +239,11 @@ def main(argv=None) -> int:
                        help="the adapted matrix (similarity)")
         q.add_argument("--layer", type=int, help="one layer (default: all, averaged)")
         q.add_argument("--model", help="the base model (default: the adapter's own record)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     try:
         if args.command == "similarity":
             cli.check_writable_file(args.out, "--out")

@@ -1,4 +1,4 @@
-"""adapter.py: Adapter^H and Adapter^L, the baselines of Tables 1 and 3.
+"""kit/adapter.py: Adapter^H and Adapter^L, the baselines of Tables 1 and 3.
 
 No reference package implements these two, so placement is checked independently: forward hooks
 on the plain base model add the adapter's function where the papers put it, and the result must

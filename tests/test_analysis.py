@@ -1,4 +1,4 @@
-"""analysis.py: the paper's Section 7 measurements, checked on cases whose answer is known."""
+"""kit/analysis.py: the paper's Section 7 measurements, checked on cases whose answer is known."""
 
 import importlib.util
 import subprocess

@@ -1,4 +1,4 @@
-"""decoding.py: beam search checked against exhaustive search, greedy decoding, and itself
+"""kit/decoding.py: beam search checked against exhaustive search, greedy decoding, and itself
 without the KV cache."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""Many processes (distributed.py) on CPU, gloo on localhost, each checked against one process:
+"""Many processes (kit/distributed.py) on CPU, gloo on localhost, each checked against one process:
 torchrun train.py (LoRA with and without --grad-accum, full fine-tuning, Adapter^H; Adapter^L's
 run is in BENCHMARKS.md) gives the one-process losses, dev losses and weights; a stop reaches
 every rank; a run moves 2 -> 1 -> 2 processes and ends as if never stopped; a lost rank ends the

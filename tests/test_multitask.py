@@ -1,4 +1,4 @@
-"""multitask.py: several LoRA adapters on one base, by switching (merge / unmerge) and in mixed
+"""kit/multitask.py: several LoRA adapters on one base, by switching (merge / unmerge) and in mixed
 batches (each row its own adapter), against each adapter loaded alone by lora.py; and sample.py
 serving them, against sample.py with one adapter."""
 
@@ -264,11 +264,12 @@ def test_bad_adapters_are_one_line_and_exit_2(two_tasks, tmp_path, capsys, case,
 
 
 
-def test_the_readme_serves_two_tasks_in_three_lines(two_tasks):
-    """The README's three lines, run with this test's base and adapters: each row its task's."""
+def test_the_docs_serve_two_tasks_in_three_lines(two_tasks):
+    """The three lines docs/decoding.md shows, run with this test's base and adapters: each row
+    its task's."""
     import re
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Many tasks on one base\n"):]
+    page = (REPO / "docs" / "decoding.md").read_text()
+    section = page[page.index("## Many tasks on one base\n"):]
     code = re.search(r"```py\n(.*?)```", section, flags=re.S)[1]
     assert len(code.strip().splitlines()) == 3
     a, b = adapters(two_tasks)

@@ -1,4 +1,4 @@
-"""peft_interop.py: our LoRA adapters in PEFT's format and back. The reference is `peft`
+"""kit/peft_interop.py: our LoRA adapters in PEFT's format and back. The reference is `peft`
 itself: it loads our export with our logits, and what it writes, we import with its outputs."""
 
 import json

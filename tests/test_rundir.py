@@ -1,6 +1,6 @@
-"""rundir.py: one process owns a run folder (a lock the OS drops with the process), default names
-never collide, and the leftovers of interrupted writes go; then the same through train.py, with
-real processes started together."""
+"""kit/rundir.py: one process owns a run folder (a lock the OS drops with the process), default
+names never collide, and the leftovers of interrupted writes go; then the same through train.py,
+with real processes started together."""
 
 import json
 import os

@@ -532,9 +532,9 @@ class Run:
                     trim_log(self.folder, self.step)  # what ran after the checkpoint runs again
                 self.log = Log(self.folder if self.world.main else None, self.step, total,
                                self.world, self.device)
-                self.saving = False
                 self._started(what, examples, total)
                 try:
+                    self.saving = False  # from here on a second signal quits (Stop, below)
                     yield self.log
                 except Stop as e:
                     self.log.write({"event": "quit", "signal": str(e), "step": self.step},

@@ -25,7 +25,7 @@ train: $(VENV)/.run-deps
 	$(PY) train.py $(ARGS)
 
 test: $(VENV)/.dev-deps
-	$(PY) -m pytest -q -n auto tests
+	$(PY) -m pytest -q -n auto --dist loadgroup tests
 
 # What a lent GPU machine needs and cannot download (scripts/gpu.sh): the E2E CSVs, the paper's
 # released text, GPT-2's vocabulary and pytest's wheels, into the git-ignored gpu_carry/.

@@ -18,6 +18,7 @@ Two kinds of task, behind one interface (Task), picked by open_task(--data):
 """
 
 import functools
+import hashlib
 import os
 
 import numpy as np
@@ -143,6 +144,35 @@ def read_text(path: str) -> str:
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise DataError(f"{path} is not UTF-8 (byte 0x{data[e.start]:02x} on line {line})") from None
+
+
+def content_hash(data: bytes, kind: str) -> str:
+    """sha256 of the bytes, or (kind "git") the id git gives them as a blob: a hash a file's own
+    repository history tells, where no SHA-256 was ever published."""
+    if kind == "git":
+        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    return hashlib.sha256(data).hexdigest()
+
+
+def fetch(folder: str, files: dict, hint: str):
+    """Download what folder lacks of files (name -> (url, hash kind, hash)), each checked against
+    its hash (a wrong one is deleted again). hint: what to pass instead, offline."""
+    from kit.checkpoint import download  # the resumable downloader the checkpoints use
+
+    for name, (url, kind, digest) in files.items():
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            continue
+        try:
+            download(url, path, hint=hint)
+        except RuntimeError as e:  # (DownloadError)
+            raise DataError(str(e)) from None
+        with open(path, "rb") as f:
+            got = content_hash(f.read(), kind)
+        if got != digest:
+            os.remove(path)
+            raise DataError(f"{name} from {url} is not the file expected (its {kind} hash is "
+                            f"{got}, not {digest}); deleted it, run again")
 
 
 # --- tokens ---------------------------------------------------------------------------------

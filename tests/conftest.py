@@ -74,6 +74,30 @@ def gpt2_vocab():
         pytest.skip("no GPT-2 vocabulary: set TIKTOKEN_CACHE_DIR to a folder that holds it")
 
 
+@pytest.fixture(scope="session")
+def webnlg_data() -> str:
+    """WebNLG's folder: $WEBNLG_DATA_DIR, else the challenge's XML in ../shared/data/webnlg,
+    else the released files' download into data/webnlg/, else a skip."""
+    from data.webnlg import prepare
+
+    if os.environ.get("WEBNLG_DATA_DIR"):
+        return prepare.locate()
+    if (SHARED / "data" / "webnlg").is_dir():
+        return str(SHARED / "data" / "webnlg")
+    try:
+        return prepare.locate()
+    except prepare.DataError:
+        pytest.skip("no WebNLG data: set WEBNLG_DATA_DIR or put the release in data/webnlg")
+
+
+def shared_folder(name: str) -> Path:
+    """A folder of ../shared/data that only this project's machines have, or a skip."""
+    folder = SHARED / "data" / name
+    if not folder.is_dir():
+        pytest.skip(f"no {folder}: the public cases with official scores live there")
+    return folder
+
+
 # A tiny GPT-2 with the real vocabulary, so real tiktoken tokens are valid inputs.
 TINY = dict(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=50257)
 

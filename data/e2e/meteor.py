@@ -561,10 +561,13 @@ def as_coco_sends(output: str) -> str:
     return output.replace("|||", "").replace("  ", " ")
 
 
-def segment_statistics(refs: list[list[str]], outputs: list[str]) -> list[list[float]]:
+def segment_statistics(refs: list[list[str]], outputs: list[str],
+                       coco: bool = True) -> list[list[float]]:
     """For each segment, the statistics of its best-scoring reference (the first on a tie): what
-    the jar's SCORE answers. refs: a list of reference strings per segment."""
-    out_words = [words(as_coco_sends(out)) for out in outputs]
+    the jar's SCORE answers. refs: a list of reference strings per segment (an empty one scores
+    nothing). coco: the outputs as the COCO code sends them (as_coco_sends); False: as the jar
+    reads them from a file (`java -jar meteor-1.5.jar HYP REF -l en -norm -r N`)."""
+    out_words = [words(as_coco_sends(out) if coco else out) for out in outputs]
     ref_words = [[words(ref) for ref in group] for group in refs]
     vocabulary = {w for ws in out_words for w in ws}
     vocabulary.update(w for group in ref_words for ws in group for w in ws)

@@ -172,23 +172,26 @@ def load(refs_path: str, preds_path: str) -> tuple[list[list[str]], list[str]]:
 
 # mteval lowercases A-Z only, and puts spaces around the ASCII punctuation in its character class
 # [{-~[-` -&(-+:-@/], that is all of it but ' - . , (the last two follow below).
+_MTEVAL_PUNCTUATION = {c: f" {c} " for c in "{|}~[\\]^_`!\"#$%&()*+:;<=>?@/"}
 _MTEVAL_CHARS = str.maketrans({**{c: c.lower() for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"},
-                               **{c: f" {c} " for c in "{|}~[\\]^_`!\"#$%&()*+:;<=>?@/"}})
+                               **_MTEVAL_PUNCTUATION})
+_MTEVAL_CHARS_CASED = str.maketrans(_MTEVAL_PUNCTUATION)
 
 
-def mteval_tokenize(text: str) -> list[str]:
-    """mteval-v13a's tokenization() without -c: ASCII lowercase, punctuation split off."""
+def mteval_tokenize(text: str, lowercase: bool = True) -> list[str]:
+    """mteval-v13a's tokenization(): punctuation split off, and without its -c ASCII lowercased
+    (lowercase=False: the case kept, as multi-bleu-detok.perl tokenizes)."""
     text = re.sub(r"\s+", " ", text).replace("<skipped>", "")
     for entity, char in (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")):
         text = text.replace(entity, char)
-    text = f" {text} ".translate(_MTEVAL_CHARS)
+    text = f" {text} ".translate(_MTEVAL_CHARS if lowercase else _MTEVAL_CHARS_CASED)
     text = re.sub(r"([^0-9])([\.,])", r"\1 \2 ", text)  # . and , unless preceded by a digit
     text = re.sub(r"([\.,])([^0-9])", r" \1 \2", text)  # . and , unless followed by a digit
     text = re.sub(r"([0-9])(-)", r"\1 \2 ", text)  # - after a digit
     return text.split()
 
 
-def _ngrams(words: list[str], max_n: int) -> Counter:
+def ngram_counts(words: list[str], max_n: int) -> Counter:
     """Counts of all n-grams of words for n = 1..max_n, as tuples."""
     counts = Counter()
     for n in range(1, max_n + 1):
@@ -200,7 +203,7 @@ def bleu_nist(refs: list[list[str]], preds: list[str]) -> tuple[float, float]:
     """Corpus BLEU-4 and NIST-5 of predictions (one per MR) against each MR's references."""
     refs = [[mteval_tokenize(r) for r in group] for group in refs]
     preds = [mteval_tokenize(p) for p in preds]
-    ref_ngrams = [[_ngrams(ref, 5) for ref in group] for group in refs]
+    ref_ngrams = [[ngram_counts(ref, 5) for ref in group] for group in refs]
 
     # n-gram information from all references (Perl quirk kept: an (n-1)-gram that is the single
     # word "0" counts as false, so such n-grams use the unigram formula)
@@ -231,7 +234,7 @@ def bleu_nist(refs: list[list[str]], preds: list[str]) -> tuple[float, float]:
         ref_length += closest
         for n in range(1, 6):
             hyp_count[n] += max(len(hyp) - n + 1, 0)
-        for g, c in _ngrams(hyp, 5).items():
+        for g, c in ngram_counts(hyp, 5).items():
             if g in best:
                 clipped = min(c, best[g])
                 match[len(g)] += clipped

@@ -1,0 +1,164 @@
+"""WebNLG (data/webnlg/): the reader against the paper's released converter on the released JSON,
+the challenge protocol against the WebNLG 2017 challenge's official scores of a submission (every
+printed digit of BLEU, METEOR and TER on all, seen and unseen, with METEOR's per-segment scores and
+tercom's step counters), the released protocol's BLEU against multi-bleu-detok.perl's output and
+its tokenization against nltk, and the scoring command's bad input."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import FIXTURES, REPO, shared_folder
+
+from data import mt_metrics
+from data.webnlg import metrics, prepare
+
+
+def released_converter(path) -> list[tuple]:
+    """microsoft/LoRA examples/NLG/src/format_converting_webnlg.py, as a function: (context,
+    completion, seen) per line it writes."""
+    with open(path, encoding="utf8") as f:
+        data = json.load(f)
+    lines = []
+    for i, example in enumerate(data["entries"]):
+        entry = example[str(i + 1)]
+        context = " | ".join(f"{t['subject']} : {t['property']} : {t['object']}"
+                             for t in entry["modifiedtripleset"])
+        lines += [(context, lex["lex"], entry["category"] in prepare.SEEN)
+                  for lex in entry["lexicalisations"] if lex["comment"] == "good"]
+    return lines
+
+
+@pytest.mark.parametrize("split, count", [("train", 18_025), ("dev", 2_258), ("test", 4_928)])
+def test_the_xml_reader_gives_the_released_converters_lines(split, count):
+    xml, released = shared_folder("webnlg"), shared_folder("webnlg-lora")
+    entries = prepare.read_split(str(xml), split)
+    ours = [(e.context, text, e.seen) for e in entries for text, comment in e.lexs
+            if comment == "good"]
+    assert ours == released_converter(released / f"{split}.json")
+    assert len(ours) == count and len(prepare.pairs(entries)) == count
+    assert prepare.read_split(str(released), split) == entries  # the JSON reader too
+
+
+def test_the_test_set_has_ten_seen_and_five_unseen_categories():
+    entries = prepare.read_split(str(shared_folder("webnlg")), "test")
+    assert {e.category for e in entries if e.seen} == set(prepare.SEEN)
+    assert {e.category for e in entries if not e.seen} == set(prepare.UNSEEN)
+    assert (sum(e.seen for e in entries), sum(not e.seen for e in entries)) == (971, 891)
+
+
+# --- the challenge's official scores of a submission ---------------------------------------------
+
+
+# (one xdist worker computes it once, for every test that needs it: about 45 s on 2 cores)
+in_one_worker = pytest.mark.xdist_group("webnlg-melbourne")
+
+
+@pytest.fixture(scope="module")
+def melbourne():
+    """Both protocols' scores of the submission in ../shared/data/webnlg-metrics (GKB_Unimelb,
+    one line per test input): computed once for the module."""
+    folder = shared_folder("webnlg-metrics")
+    entries = prepare.read_split(str(shared_folder("webnlg")), "test")
+    outputs = metrics.read_outputs(folder / "melbourne.txt", len(entries))
+    return folder, entries, outputs, metrics.score(entries, outputs)
+
+
+def official(folder, kind: str, track: str) -> str:
+    name = {"bleu": f"bleu3ref-GKB_Unimelb_{track}.txt", "meteor": f"meteor-GKB_Unimelb-{track}.txt",
+            "ter": f"ter3ref-GKB_Unimelb-{track}.txt"}[kind]
+    return (folder / "official-scores" / name).read_text()
+
+
+@in_one_worker
+@pytest.mark.parametrize("subset, track", [("all", "all-cat"), ("seen", "old-cat"),
+                                           ("unseen", "new-cat")])
+def test_the_challenge_protocol_gives_the_official_scores(melbourne, subset, track):
+    folder, _, _, scores = melbourne
+    ours = scores["challenge"][subset]
+    assert str(ours["bleu"]) == official(folder, "bleu", track).strip()
+    meteor_final = re.search(r"Final score:\s+(\S+)", official(folder, "meteor", track))[1]
+    assert repr(ours["METEOR"]) == meteor_final
+    t = ours["tercom"]
+    assert (f"Total TER: {t['score']!r} ({t['edits']!r}/{t['words']!r})\n"
+            f"Number of calls to beam search: {t['beam_calls']}\n"
+            f"Number of segments scored: {t['segments_scored']}\n"
+            f"Number of shifts tried: {t['shifts_tried']}") in official(folder, "ter", track)
+
+
+@in_one_worker
+def test_meteor_gives_the_official_score_of_every_segment(melbourne):
+    folder, _, _, scores = melbourne
+    printed = [float(s) for s in re.findall(r"^Segment \d+ score:\s+(\S+)$",
+                                            official(folder, "meteor", "all-cat"), flags=re.M)]
+    assert scores["challenge"]["segments"]["METEOR"] == printed
+    assert len(printed) == 1_862
+
+
+# --- the released protocol ------------------------------------------------------------------------
+
+
+@in_one_worker
+def test_multi_bleu_detok_gives_the_perl_scripts_lines(melbourne):
+    _, entries, outputs, scores = melbourne
+    expected = dict(line.split("\t") for line in
+                    (FIXTURES / "webnlg" / "multi-bleu-detok.txt").read_text().splitlines()
+                    if line and not line.startswith("#"))
+    refs = [[t for t, _ in e.lexs] for e in entries]
+    for name, prepare_text in (("released", lambda s: mt_metrics.split_nonword(s.lower())),
+                               ("raw", lambda s: s)):
+        six = [[prepare_text(g[k] if k < len(g) else g[0]) for k in range(6)] for g in refs]
+        hyps = [prepare_text(out) for out in outputs]
+        for flag, lowercase in (("", False), (" -lc", True)):
+            assert str(mt_metrics.multi_bleu(six, hyps, lowercase=lowercase, detok=True)) == \
+                expected[name + flag]
+    assert f"{100 * scores['released']['all']['BLEU']:.2f}" == "44.67"  # (the protocol's own)
+
+
+@in_one_worker
+def test_nltk_tokens_are_nltks_on_split_lowercased_text(melbourne):
+    nltk = pytest.importorskip("nltk")
+    _, entries, outputs, _ = melbourne
+    texts = [mt_metrics.split_nonword(t.strip().lower())
+             for t in [*outputs, *(t for e in entries for t, _ in e.lexs)]]
+    texts += ['he said " i cannot go " and wanna stay , gotta say', "gonna lemme gimme"]
+    for text in texts:
+        assert mt_metrics.nltk_tokens(text) == " ".join(
+            nltk.word_tokenize(text, preserve_line=True)), text
+
+
+# --- the scoring command ------------------------------------------------------------------------
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "data.webnlg.metrics", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("one line\n", "has 1 lines, but the split has 1,862 inputs"),
+    ("x\n" * 1_000 + "\n" + "x\n" * 861, "line 1001: empty; every input needs an output"),
+    (b"\xff\xfe\n", "is not UTF-8 (byte 0xff on line 1)"),
+])
+def test_bad_outputs_are_one_line_and_exit_2(webnlg_data, tmp_path, content, message):
+    path = tmp_path / "outputs.txt"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    result = run(path, "--data", webnlg_data, "--no-meteor")
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_missing_or_truncated_data_is_one_line(tmp_path, damage):
+    folder = tmp_path / "webnlg"
+    folder.mkdir()
+    if damage == "truncated":
+        for name in prepare.JSON_FILES:
+            (folder / name).write_text('{"entries": [{"1": {"category": "Airport", "modif')
+    (tmp_path / "out.txt").write_text("x\n")
+    result = run(tmp_path / "out.txt", "--data", folder, "--no-meteor")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert ("holds neither WebNLG's train.json" if damage == "missing"
+            else "test.json is not valid JSON") in result.stderr

@@ -183,6 +183,126 @@ def _pyter_part(items: list[tuple]) -> list[float]:
                 for ref in dict.fromkeys(refs)) for out, refs in items]
 
 
+# --- the two protocols ---------------------------------------------------------------------------
+
+PROTOCOLS = {
+    "released": "the paper's released code: GenerationEval's eval.py, 6 references",
+    "challenge": "the official challenge scripts: 3 references, multi-bleu.perl, tercom",
+}
+TER_NAMES = {"released": "pyter3, the mean over sentences", "challenge": "tercom 0.7.25"}
+
+
+@dataclasses.dataclass
+class Protocol:
+    """One protocol's inputs: per input its references and output; the subsets scored (name ->
+    the inputs' rows); kind "released" or "challenge", and the challenge's options."""
+    kind: str
+    references: list[list[str]]
+    outputs: list[str]
+    subsets: dict[str, list[int]]
+    transliterate: bool = False  # challenge: unidecode both sides (WebNLG's evaluation.py)
+    bleu_lc: bool = False  # challenge: multi-bleu.perl -lc
+    meteor_refs: int = 3  # challenge: METEOR's -r, empty lines padding the references
+    ter_drops_empty: bool = False  # challenge: tercom reads no empty 2nd or 3rd reference (DART)
+
+
+def prepared(protocol: Protocol) -> tuple[list[list[str]], list[str]]:
+    """The protocol's texts, as its scripts hand them to BLEU: (references, outputs).
+
+    released: gpt2_decode.py --tokenize --lower: lowercased, split at non-word characters, the
+    first 6 references (a missing one is the first again). challenge: split at non-word
+    characters, lowercased (and transliterated), the first 3 references, the missing ones empty
+    lines."""
+    lower, split = str.lower, split_nonword
+    if protocol.kind == "released":
+        refs = [[split(lower(ref.strip())) for ref in group] for group in protocol.references]
+        return ([[group[k] if k < len(group) else group[0] for k in range(6)] for group in refs],
+                [split(lower(out)) for out in protocol.outputs])
+    if protocol.transliterate:  # (evaluation.py: unidecode(line.strip()), then on .lower())
+        hyps = [split(ascii(lower(ascii(out.strip())))) for out in protocol.outputs]
+        refs = [[ascii(lower(split(ref))) for ref in group[:3]] for group in protocol.references]
+    else:
+        hyps = [split(lower(out.strip())) for out in protocol.outputs]
+        refs = [[lower(split(ref)) for ref in group[:3]] for group in protocol.references]
+    return [group + [""] * (3 - len(group)) for group in refs], hyps
+
+
+def score(protocols: dict[str, Protocol], meteor: bool = True) -> dict:
+    """Each protocol's BLEU, METEOR and TER on each of its subsets, {name: {subset: {"BLEU",
+    "METEOR", "TER"}}} as fractions (METEOR None without meteor; a challenge's also "bleu", the
+    Bleu, and "tercom", tercom's totals), with each input's own under "segments" ("METEOR", and
+    "TER": the released protocol's pyter score, the challenge's (edits, words))."""
+    texts = {name: prepared(p) for name, p in protocols.items()}
+    jobs = {}  # name -> what METEOR and TER read: (references, outputs)
+    for name, p in protocols.items():
+        refs, hyps = texts[name]
+        if p.kind == "released":  # eval.py tokenizes with nltk for METEOR and TER
+            jobs[name] = ([[nltk_tokens(r) for r in group] for group in refs],
+                          [nltk_tokens(h) for h in hyps])
+        elif p.ter_drops_empty:  # (DART's prepare_files.py: a 2nd or 3rd reference line that
+            jobs[name] = ([group[:1] + [r for r in group[1:] if r] for group in refs], hyps)
+        else:  # is empty is not written for tercom; WebNLG's evaluation.py writes every text)
+            jobs[name] = ([group[:len(given[:3])] for group, given in zip(refs, p.references)],
+                          hyps)
+    meteor_jobs = {name: ([group + [""] * (p.meteor_refs - len(group)) for group in jobs[name][0]]
+                          if p.kind == "challenge" else jobs[name][0], jobs[name][1])
+                   for name, p in protocols.items()}
+    stats = dict(zip(protocols, meteor_statistics(*meteor_jobs.values()))) if meteor else {}
+    results = {}
+    for name, p in protocols.items():
+        (refs, hyps), (ter_refs, ter_hyps) = texts[name], jobs[name]
+        segment_meteor = ([meteor_port.score_of(s) for s in stats[name]] if meteor else None)
+        if p.kind == "released":
+            ter = pyter_segments(ter_refs, ter_hyps)
+            results[name] = {"segments": {"METEOR": segment_meteor, "TER": ter}}
+            for subset, rows in p.subsets.items():
+                results[name][subset] = {
+                    "BLEU": multi_bleu([refs[i] for i in rows], [hyps[i] for i in rows],
+                                       detok=True).score,
+                    "METEOR": meteor_of(stats, name, rows),
+                    "TER": sum(ter[i] for i in rows) / len(rows)}
+        else:
+            ter = tercom_segments(ter_refs, ter_hyps)
+            results[name] = {"segments": {"METEOR": segment_meteor,
+                                          "TER": [s[:2] for s in ter]}}
+            for subset, rows in p.subsets.items():
+                bleu = multi_bleu([refs[i] for i in rows], [hyps[i] for i in rows],
+                                  lowercase=p.bleu_lc)
+                totals = tercom.total([ter[i] for i in rows])
+                results[name][subset] = {"BLEU": bleu.score, "METEOR": meteor_of(stats, name, rows),
+                                         "TER": totals["score"], "bleu": bleu, "tercom": totals}
+    return results
+
+
+def meteor_of(stats: dict, name: str, rows: list[int]) -> float | None:
+    return meteor([stats[name][i] for i in rows]) if name in stats else None
+
+
+def format_scores(scores: dict, kind: str) -> list[str]:
+    """'BLEU: 45.13', 'METEOR: 0.3764', 'TER: 0.4744 (tercom 0.7.25)': the rounding of the
+    tools' own output (BLEU x100 with 2 digits)."""
+    meteor_text = "n/a" if scores["METEOR"] is None else f"{scores['METEOR']:.4f}"
+    return [f"BLEU: {100 * scores['BLEU']:.2f}", f"METEOR: {meteor_text}",
+            f"TER: {scores['TER']:.4f} ({TER_NAMES[kind]})"]
+
+
+def read_outputs(path: str, expected: int) -> list[str]:
+    """One output per line of a UTF-8 file: as many as the split has inputs, none empty."""
+    from data.task import read_text
+    from kit.errors import UserError
+
+    lines = read_text(path).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) != expected:
+        raise UserError(f"{path} has {len(lines):,} lines, but the split has {expected:,} "
+                        "inputs: one output per line, in the data's order")
+    if empty := [i + 1 for i, line in enumerate(lines) if not line.strip()]:
+        raise UserError(f"{path}, line {empty[0]}: empty; every input needs an output "
+                        f"({len(empty)} empty lines)")
+    return lines
+
+
 # --- on every core ---------------------------------------------------------------------------
 
 

@@ -62,7 +62,7 @@ def melbourne():
     one line per test input): computed once for the module."""
     folder = shared_folder("webnlg-metrics")
     entries = prepare.read_split(str(shared_folder("webnlg")), "test")
-    outputs = metrics.read_outputs(folder / "melbourne.txt", len(entries))
+    outputs = mt_metrics.read_outputs(folder / "melbourne.txt", len(entries))
     return folder, entries, outputs, metrics.score(entries, outputs)
 
 

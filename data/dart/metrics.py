@@ -1,0 +1,111 @@
+"""DART's scores: BLEU, METEOR and TER, in the two protocols of data/mt_metrics.py (its metrics
+each equal to the official tool):
+
+- released: what the paper's released code computes (gpt2_decode.py --ref_type dart --ref_num 6
+  --tokenize --lower, then GenerationEval's eval.py -nr 6 -m bleu,meteor,ter): one score per
+  distinct input (the decode script groups the entries by their context, and their texts with
+  them), comparable with Table 13.
+- challenge: DART's own evaluation (evaluation/run_eval_on_dart.sh): one line per entry, both
+  sides lowercased and split at non-word characters (as its reference files and example outputs
+  are: the reader gives its reference files line for line), the first 3 references,
+  multi-bleu.perl, METEOR -r 8, tercom.
+
+    python -m data.dart.metrics OUTPUTS [--split test] [--protocol released|challenge|both]
+
+OUTPUTS: a text file, one output per line, either per entry of the split (5,097 lines for the
+test set, what DART's scripts read) or per distinct input (4,159, what the model decodes), in the
+data's order.
+"""
+
+import argparse
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from data import mt_metrics  # noqa: E402
+from data.dart import prepare  # noqa: E402
+from data.task import read_text  # noqa: E402
+from kit.errors import UserError  # noqa: E402
+
+
+def inputs(entries: list[prepare.Entry]) -> tuple[list[str], list[list[str]], list[int]]:
+    """The distinct inputs, as the released decode script groups the entries: (each context, in
+    the order it first comes; its texts, those of all its entries, in order; for each entry,
+    the row of its context)."""
+    rows, references = {}, []
+    of_entry = []
+    for e in entries:
+        if e.context not in rows:
+            rows[e.context] = len(references)
+            references.append([])
+        references[rows[e.context]].extend(text for text, _ in e.lexs)
+        of_entry.append(rows[e.context])
+    return list(rows), references, of_entry
+
+
+def protocols(entries: list[prepare.Entry], outputs: list[str]) -> dict:
+    """The inputs of both protocols, from one output per distinct input."""
+    _, references, of_entry = inputs(entries)
+    per_entry = [outputs[row] for row in of_entry]
+    return {"released": mt_metrics.Protocol("released", references, outputs,
+                                            {"all": list(range(len(outputs)))}),
+            "challenge": mt_metrics.Protocol("challenge", [[t for t, _ in e.lexs] for e in entries],
+                                             per_entry, {"all": list(range(len(entries)))},
+                                             meteor_refs=8, ter_drops_empty=True)}
+
+
+def score(entries: list[prepare.Entry], outputs: list[str],
+          names=tuple(mt_metrics.PROTOCOLS), meteor: bool = True) -> dict:
+    """mt_metrics.score of the protocols asked for, from one output per distinct input."""
+    every = protocols(entries, outputs)
+    return mt_metrics.score({name: every[name] for name in names}, meteor)
+
+
+def per_input(entries: list[prepare.Entry], path: str) -> list[str]:
+    """The outputs of a file with one per distinct input, or one per entry (then each input's is
+    its first entry's)."""
+    _, references, of_entry = inputs(entries)
+    lines = read_text(path).split("\n")
+    count = len(lines) - (lines[-1] == "")
+    if count == len(entries) and count != len(references):
+        outputs = mt_metrics.read_outputs(path, len(entries))
+        first = {}
+        for output, row in zip(outputs, of_entry):
+            first.setdefault(row, output)
+        return [first[row] for row in range(len(references))]
+    if count != len(references):
+        raise UserError(f"{path} has {count:,} lines, but the split has {len(entries):,} entries "
+                        f"and {len(references):,} distinct inputs: one output per line, for each "
+                        "entry or each distinct input, in the data's order")
+    return mt_metrics.read_outputs(path, len(references))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="data.dart.metrics", allow_abbrev=False,
+                                description="Score DART outputs: BLEU, METEOR and TER.")
+    p.add_argument("outputs", help="one output per line: per entry or per distinct input of the "
+                                   "split, in the data's order")
+    p.add_argument("--data", help="DART's folder (default: $DART_DATA_DIR, else data/dart/, "
+                                  "downloaded on first use)")
+    p.add_argument("--split", default="test", choices=("test", "dev"))
+    p.add_argument("--protocol", default="both", choices=(*mt_metrics.PROTOCOLS, "both"))
+    p.add_argument("--no-meteor", action="store_true", help="skip METEOR")
+    args = p.parse_args(argv)
+    names = tuple(mt_metrics.PROTOCOLS) if args.protocol == "both" else (args.protocol,)
+    try:
+        entries = prepare.read_split(prepare.locate(args.data, (args.split,)), args.split)
+        outputs = per_input(entries, args.outputs)
+        results = score(entries, outputs, names, meteor=not args.no_meteor)
+    except UserError as e:
+        print(f"data.dart.metrics: {e}", file=sys.stderr)
+        return 2
+    count = {"released": f"{len(outputs):,} distinct inputs", "challenge": f"{len(entries):,} entries"}
+    for name in names:
+        print(f"{name} protocol ({mt_metrics.PROTOCOLS[name]}): {count[name]}")
+        print("\n".join(mt_metrics.format_scores(results[name]["all"], name)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,13 +8,14 @@
     python sample.py --adapter RUN_A/adapter.safetensors --adapter RUN_B/adapter.safetensors --mix
 
 Read load_model (the merge of Sec. 4.1: afterwards the model is plain GPT-2 again, at GPT-2's
-cost), then evaluate_split and one_input. The task is the run's own (E2E, or a JSONL folder:
-data/task.py), or --data's. Decoding follows the paper (Table 11): beam search (kit/decoding.py)
-with 10 beams, length penalty 0.9 and no repeated 4-grams, at most 64 new tokens (a JSONL task:
-its longest target), stopping at <|endoftext|> (E2E: or a blank line). Each distinct context of
-the test set (E2E: its 630 MRs) is decoded once; the predictions (MR or context, output) are
-written beside the adapter before they are scored with the E2E metrics (data/e2e/metrics.py),
-beside the paper's row where the task has one.
+cost), then evaluate_split and one_input. The task is the run's own (E2E, WebNLG, DART,
+or a JSONL folder: data/task.py), or --data's. Decoding follows the paper (Table 11): beam search
+(kit/decoding.py) with 10 beams, length penalty 0.9 (WebNLG, DART: 0.8) and no repeated 4-grams,
+at most 64 new tokens (a JSONL task: its longest target), stopping at <|endoftext|> (E2E, WebNLG,
+DART: or a blank line). Each distinct context of the test set (E2E: its 630 MRs) is decoded once;
+the predictions (MR or context, output) are written beside the adapter before they are scored
+with the task's metrics (E2E's five, data/e2e/metrics.py, also for a JSONL task; WebNLG's and
+DART's BLEU, METEOR and TER, data/mt_metrics.py), beside the paper's row where the task has one.
 
 The rest is one call each into kit/sampling.py: the flag rules, where the predictions go,
 several adapters on one base (--mix: mixed batches, Sec. 4.2; kit/multitask.py), and --latency
@@ -98,9 +99,10 @@ def parse_args(argv=None):
                         "give several, or a folder of them, to serve them on one base")
     p.add_argument("--model", help="base model (overrides the adapter's), or a full fine-tuned "
                                    "checkpoint to decode without an adapter")
-    p.add_argument("--data", help="the task: a folder with train.jsonl, dev.jsonl, test.jsonl, or the "
-                                  "E2E CSVs' (default: the run's own; else $E2E_DATA_DIR, else "
-                                  "data/e2e/, downloaded on first use)")
+    p.add_argument("--data", help="the task: e2e, webnlg, dart, or a folder (their files, or "
+                                  "train.jsonl, dev.jsonl, test.jsonl) (default: the run's own; "
+                                  "else E2E: $E2E_DATA_DIR, else data/e2e/, downloaded on first "
+                                  "use)")
     p.add_argument("--split", default="test", choices=("test", "dev"), help="split to decode")
     p.add_argument("--format", choices=list(FORMATS),
                    help="E2E's text: paper, the released pre-tokenized text, scored against the "
@@ -122,7 +124,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("decoding")
     g.add_argument("--beam", type=int, default=10, help="beam width (1: greedy)")
     g.add_argument("--length-penalty", type=float, default=0.9,
-                   help="score = log p / length ** penalty (the original README used 0.8)")
+                   help="score = log p / length ** penalty (WebNLG, DART: 0.8, Table 11)")
     g.add_argument("--no-repeat-ngram", type=int, default=4, help="0 allows repeats")
     g.add_argument("--max-new-tokens", type=int, default=64,
                    help="longest output, in tokens (a JSONL task: its longest target's)")

@@ -1,6 +1,7 @@
 """Fine-tune GPT-2 with LoRA: the paper's recipe and its training loop, top to bottom.
 
     python train.py --rank 4 --targets q,v                # GPT-2 M + LoRA on E2E (Table 11)
+    python train.py --data webnlg                         # WebNLG (Table 14); DART: --data dart
     python train.py --data data/toy --model gpt2          # your own task (data/jsonl.py)
     torchrun --standalone --nproc_per_node 4 train.py     # the same run on 4 GPUs
 
@@ -45,7 +46,8 @@ METHODS = ("lora", "full", "adapter_h", "adapter_l")  # LoRA, and Table 3's othe
 @dataclasses.dataclass
 class Recipe:
     """One run's settings, a field per flag of train.py (the text beside each is its --help).
-    The defaults are the paper's GPT-2 M + LoRA recipe on E2E (Table 11)."""
+    The defaults are the paper's GPT-2 M + LoRA recipe on E2E (Table 11); a task's own values
+    there (DART's) replace them where a flag is not given (Task.recipe)."""
     model: str = flag("gpt2-medium", "GPT-2 preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or "
                       "local checkpoint")
     method: str = flag("lora", "lora, full fine-tuning, or the Adapter^H / Adapter^L baselines",
@@ -53,9 +55,9 @@ class Recipe:
     random_init: bool = flag(False, "train from scratch: --model's shape with random weights "
                              "(GPT-2's init, seeded by --seed), nothing downloaded; needs "
                              "--method full")
-    data: str | None = flag(None, "your task: a folder with train.jsonl and dev.jsonl "
-                            "(data/jsonl.py); or the E2E CSVs' folder (default: $E2E_DATA_DIR, "
-                            "else data/e2e/, downloaded on first use)")
+    data: str | None = flag(None, "the task: e2e (the default: $E2E_DATA_DIR, else data/e2e/, "
+                            "downloaded on first use), webnlg, dart, or a folder: theirs, or "
+                            "yours with train.jsonl and dev.jsonl (data/jsonl.py)")
     format: str | None = flag(None, "E2E's text: paper (the default), the pre-tokenized text the "
                               "paper's released code trains on; official: the raw E2E CSVs",
                               choices=list(FORMATS))
@@ -71,7 +73,7 @@ class Recipe:
     targets: str = flag("q,v", "matrices LoRA adapts: q,k,v,o (attention) and fc,proj (MLP)")
     dropout: float = flag(0.0, "dropout in the GPT-2 backbone (embeddings, attention, residual "
                           "branches); the released code uses none")
-    lora_dropout: float = flag(0.1, "dropout on the input of the LoRA path (paper: 0.1)")
+    lora_dropout: float = flag(0.1, "dropout on the input of the LoRA path (paper: 0.1; DART 0)")
     # the optimization (Table 11)
     epochs: int = flag(5, "passes over the training set", group="optimization")
     max_steps: int = flag(0, "stop after this many optimizer steps (0: run all epochs)")
@@ -80,8 +82,8 @@ class Recipe:
                            "memory)")
     lr: float = flag(2e-4, "peak learning rate (AdamW)")
     warmup: int = flag(500, "linear warmup steps")
-    weight_decay: float = flag(0.01, "AdamW's decoupled weight decay, on matrices only")
-    label_smoothing: float = flag(0.1, "of the training loss (the dev loss has none)")
+    weight_decay: float = flag(0.01, "AdamW's decoupled weight decay, on matrices only (DART: 0)")
+    label_smoothing: float = flag(0.1, "of the training loss (the dev loss has none; DART: 0)")
     grad_clip: float = flag(0.0, "max gradient norm (0: off)")
     seed: int = flag(110, "the seed of the paper's released code")
     # where it runs, how fast, how it reports
@@ -114,8 +116,8 @@ class Recipe:
 
 def parse_args(argv=None) -> Recipe:
     return cli.parse_dataclass(Recipe, "train.py", argv, description="Fine-tune GPT-2 on E2E "
-                               "NLG, or your own task (defaults: the paper's GPT-2 M + LoRA "
-                               "recipe).")
+                               "NLG, WebNLG, DART or your own task (defaults: the paper's GPT-2 "
+                               "M + LoRA recipe).")
 
 
 # --- the method's pieces -------------------------------------------------------------------------

@@ -286,6 +286,33 @@ def format_scores(scores: dict, kind: str) -> list[str]:
             f"TER: {scores['TER']:.4f} ({TER_NAMES[kind]})"]
 
 
+def grouped(entries: list, texts) -> tuple[list[str], list[list[str]], list[int | None]]:
+    """A data set's distinct inputs, as the released decode script (gpt2_decode.py) groups the
+    converter's lines by their context: each context in the order it first comes, the texts of
+    all its entries (texts(entry): those the converter writes; as the script reads them, cut at
+    a blank line and stripped), and for each entry the row of its context (None for an entry
+    without texts: it has no line)."""
+    rows, references, of_entry = {}, [], []
+    for e in entries:
+        mine = texts(e)
+        if not mine:
+            of_entry.append(rows.get(e.context))
+            continue
+        if e.context not in rows:
+            rows[e.context] = len(references)
+            references.append([])
+        references[rows[e.context]].extend(text.split("\n\n")[0].strip() for text in mine)
+        of_entry.append(rows[e.context])
+    return list(rows), references, of_entry
+
+
+def first_inputs(entries: list, texts, n: int) -> list:
+    """The entries of the first n distinct inputs (grouped()): what a decode of the first n
+    scores."""
+    contexts = set(grouped(entries, texts)[0][:n])
+    return [e for e in entries if e.context in contexts]
+
+
 def read_outputs(path: str, expected: int) -> list[str]:
     """One output per line of a UTF-8 file: as many as the split has inputs, none empty."""
     from data.task import read_text

@@ -12,11 +12,16 @@ given the prompt and writes until <|endoftext|>; each distinct context is decode
 against all its targets with the E2E metrics (BLEU, NIST, METEOR, ROUGE-L, CIDEr:
 data/e2e/metrics.py, which work on any text).
 
-Two kinds of task, behind one interface (Task), picked by open_task(--data):
+The tasks behind one interface (Task), picked by open_task(--data):
+- `webnlg` or `dart`, or a folder of their files: the paper's other two tables (14 and 13),
+  data/webnlg/ and data/dart/, scored with BLEU, METEOR and TER (data/triples.py);
 - a folder with train.jsonl: your own task (data/jsonl.py, the format is there);
-- anything else (no --data, or a folder with the official CSVs): E2E (data/e2e/task.py).
+- anything else (no --data, `e2e`, or a folder with the official CSVs): E2E (data/e2e/task.py).
+
+Each prints its scores beside its rows of the paper (PaperTable: Table 3, 13 or 14).
 """
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -51,17 +56,80 @@ def check_text(text, what: str = "") -> str:
     return text.strip()
 
 
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """A score as a table of the paper prints it: its header, the factor it is shown at (BLEU
+    x100), the digits after the point, and bare: '.38' for 0.38 (Tables 13 and 14's METEOR)."""
+    header: str
+    scale: int = 1
+    digits: int = 2
+    bare: bool = False
+
+    def text(self, value: float, digits: int) -> str:
+        text = f"{value * self.scale:.{digits}f}"
+        return text[1:] if self.bare and text.startswith("0.") else text
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperTable:
+    """A table of the paper that a task's scores print beside: its columns (a score's key, as
+    the task's score() names it -> Column), its rows ((GPT-2 size, train.py --method) -> {"name",
+    "params", "scores": {key: (mean, +- or None), as the paper prints them}}), and the score
+    that picks a run's best epoch (higher is better)."""
+    name: str
+    columns: dict
+    rows: dict
+    select_by: str = "BLEU"
+
+    def cell(self, key: str, mean: float, std: float | None = None, extra: int = 0) -> str:
+        """A value (as score() gives it: BLEU in [0, 1]) as the table prints it, e.g.
+        '70.4+-.1', '8.85+-.02', '.41'; extra: digits more than the paper's."""
+        column = self.columns[key]
+        text = column.text(mean, column.digits + extra)
+        if std is None:
+            return text
+        spread = f"{std * column.scale:.{column.digits + extra}f}"
+        return f"{text}+-{spread[1:] if spread.startswith('0.') else spread}"
+
+    def paper_cell(self, key: str, mean: float, std: float | None) -> str:
+        """A cell of `rows` (as the paper prints it: BLEU x100) printed as the paper prints it."""
+        scale = self.columns[key].scale
+        return self.cell(key, mean / scale, None if std is None else std / scale)
+
+    def paper_row(self, size: str | None, method: str | None) -> str | None:
+        """The row's cells, ' | '-joined, or None where the table has no such row."""
+        row = self.rows.get((size, method))
+        return row and " | ".join(self.paper_cell(k, *row["scores"][k]) for k in self.columns)
+
+
+# The official GPT-2 sizes, by shape (n_layer, n_head, n_embd), with GPT-2's vocabulary and
+# positions: the paper's rows are found by a model's shape, so a local copy counts.
+SIZES = {(12, 12, 768): "gpt2", (24, 16, 1024): "gpt2-medium", (36, 20, 1280): "gpt2-large",
+         (48, 25, 1600): "gpt2-xl"}
+
+
+def size_of(config) -> str | None:
+    """The official GPT-2 size a model has the shape of (a local copy of gpt2-medium counts,
+    whatever its folder is called), or None."""
+    if (config.vocab_size, config.block_size) != (50257, 1024):
+        return None
+    return SIZES.get((config.n_layer, config.n_head, config.n_embd))
+
+
 class Task:
-    """What train.py, sample.py and reproduce.py know of a task; E2ETask and JsonlTask fill it
-    in. splits: those it has (train and dev always, test to score on). label, unit: the first
-    column of predictions.tsv, and what one decoded input is called. blank_line_ends: whether a
-    blank line ends an output, as <|endoftext|> does (E2E's released decode). decoding: default
-    decoding settings (evaluation.Decoding's fields) where the paper's do not fit."""
+    """What train.py, sample.py and reproduce.py know of a task; E2ETask, JsonlTask and the
+    triples tasks (WebNLG, DART) fill it in. splits: those it has (train and dev always, test to
+    score on). label, unit: the first column of predictions.tsv, and what one decoded input is
+    called. blank_line_ends: whether a blank line ends an output, as <|endoftext|> does (the
+    released decode). decoding: default decoding settings (evaluation.Decoding's fields) where
+    the paper's do not fit; recipe: train.py's, where Table 11 gives this task other values than
+    E2E's (train.py's defaults)."""
 
     name, format, label, unit = "task", "", "context", "context"
     splits = ("train", "dev", "test")
     blank_line_ends = False
     decoding: dict = {}
+    recipe: dict = {}
     suffix = ""  # what predictions' file names add (E2E's official text: "-official")
 
     @property
@@ -109,16 +177,45 @@ class Task:
         self.check_input(text, mr)
         return tokenizer().encode(text) + [EOT]
 
+    @property
+    def table(self) -> PaperTable:
+        """The table its scores print as: E2E's metrics and Table 3's columns, unless the task
+        has its own (with the paper's rows where it has them: paper_size)."""
+        from data.e2e import paper_results
+        return paper_results.TABLE
+
     def paper_size(self, config) -> str | None:
-        """The GPT-2 size whose row of the paper's table this task prints beside a model of this
-        shape (E2E: Table 3's), or None."""
+        """The GPT-2 size whose rows of the paper's table this task prints beside a model of this
+        shape, or None (a task of your own has none)."""
         return None
+
+    def score(self, split: str, groups: list, outputs: list[str], meteor: bool) -> dict:
+        """What a decode's scores.json adds: {"scores": {key: value}} (the keys of `table`'s
+        columns; METEOR None without meteor, or where it cannot run), and what else the task
+        reports. groups: eval_groups' first len(outputs), outputs one for each. Here: the five
+        E2E metrics (data/e2e/metrics.py), on any text."""
+        from data.e2e import metrics
+        return {"scores": metrics.score([refs for _, _, refs in groups], outputs, meteor=meteor)}
+
+    def notes(self, report: dict) -> list[str]:
+        """Lines that sample.py prints under the table (another protocol's scores)."""
+        return []
 
 
 def open_task(data: str | None = None, format: str | None = None) -> Task:
-    """The task in `data`: a JSONL task where it holds train.jsonl, else E2E (its CSVs in data,
-    or found as data/e2e/prepare.py finds them). format: E2E's text, paper (None) or official;
-    a JSONL task has one ("jsonl")."""
+    """The task in `data`: WebNLG or DART by name (`webnlg`, `dart`) or where a folder holds
+    their files, a JSONL task where it holds train.jsonl, else E2E (`e2e`, its CSVs in data, or
+    found as data/e2e/prepare.py finds them). format: E2E's text, paper (None) or official;
+    every other task has one (its name, or "jsonl")."""
+    from data.triples import triples_task
+
+    if data == "e2e" and not os.path.exists(data):
+        data = None
+    if task := triples_task(data):  # WebNLG or DART
+        if format not in (None, task.format):
+            raise DataError(f"--format {format} is a layout of E2E's text; {data} is "
+                            f"{task.name}'s data, which has one (drop --format)")
+        return task
     if format == "jsonl" or (data and os.path.isfile(os.path.join(data, "train.jsonl"))):
         from data.jsonl import JsonlTask
         if format not in (None, "jsonl"):

@@ -4,8 +4,9 @@ what sample.py (one model) and reproduce.py (every kept epoch of every run) shar
 Each distinct context (E2E: MR) of the split is decoded once with beam search (decoding.py). The
 outputs stream to STEM.tsv.part as they are found, so an interrupted decode resumes there (only
 with the same settings: model, adapter, task, split, decoding); then STEM.tsv holds (MR or
-context, output) rows, written before anything is scored, and STEM.scores.json the five metrics
-(data/e2e/metrics.py, on any text) with what was decoded and how.
+context, output) rows, written before anything is scored, and STEM.scores.json the task's scores
+(Task.score: E2E's five metrics, on any text; WebNLG's and DART's BLEU, METEOR and TER) with what
+was decoded and how.
 
 Under torchrun (world, distributed.py) each rank searches its share of the batches one process
 searches, rank 0 gathers the outputs as each round of batches ends and writes every file: the
@@ -171,13 +172,13 @@ class Job:
         report = {"split": self.split, "format": self.task.format, "references": self.source,
                   "mrs": len(self.groups), "predictions": self.stem + ".tsv",
                   "decoding": {**self.settings, "seconds": seconds}}
-        try:
-            report["scores"] = metrics.score([refs for _, _, refs in self.groups],
-                                             [self.texts[i] for i in range(len(self.groups))],
-                                             meteor=meteor)
+        try:  # the task's metrics (E2E's five, or WebNLG's and DART's BLEU, METEOR and TER)
+            report.update(self.task.score(self.split, self.groups,
+                                          [self.texts[i] for i in range(len(self.groups))],
+                                          meteor=meteor))
         except metrics.MeteorError as e:
             raise UserError(f"{e} (the predictions are saved in {self.stem}.tsv)") from None
-        if report["scores"]["METEOR"] is None:
+        if None in report["scores"].values():  # (only METEOR can be missing)
             report["meteor"] = metrics.meteor_note(meteor)
         write_atomic(self.stem + ".scores.json", json.dumps(report, indent=2))
         print(f"wrote {self.stem}.scores.json")

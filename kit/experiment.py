@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from data.e2e import metrics, paper_results
+from data.e2e import metrics
 from data.task import tokenizer
 from kit import cli, rundir, training
 from kit.checkpoint import load_metadata, write_atomic
@@ -193,50 +193,52 @@ def read_run(unit, folder: str) -> dict:
             "trainable": start["trainable"], "dev_loss": dev_loss, "epochs": epochs}
 
 
-def table(result: dict, selection: str) -> str:
-    """One selection's rows as Table 3 lays them out, each beside the paper's where it has one."""
-    lines = ["| Model & Method | # Trainable Parameters | BLEU | NIST | MET | ROUGE-L | CIDEr |",
-             "|---|---|---|---|---|---|---|"]
+def table(result: dict, selection: str, paper) -> str:
+    """One selection's rows as the paper's table lays them out (paper: data/task.py's
+    PaperTable, the task's), each beside the paper's where it has one."""
+    lines = ["| Model & Method | # Trainable Parameters | "
+             + " | ".join("MET" if c.header == "METEOR" else c.header  # (as Table 3 heads it)
+                          for c in paper.columns.values()) + " |",
+             "|---" * (len(paper.columns) + 2) + "|"]
     for label, row in result["rows"].items():
         s = row["selections"][selection]
-        cells = ["n/a" if s[m]["mean"] is None else paper_results.cell(m, s[m]["mean"],
-                                                                       s[m]["std"])
-                 for m in paper_results.METRICS]
+        cells = ["n/a" if s.get(m, {}).get("mean") is None else
+                 paper.cell(m, s[m]["mean"], s[m]["std"]) for m in paper.columns]
         n = row["trainable"]
         lines.append(f"| ours: {label} | {f'{n / 1e6:.2f}M' if n >= 1e4 else f'{n:,}'} | "
                      + " | ".join(cells) + " |")
-        paper = paper_results.TABLE3.get((result["settings"]["size"], label))
-        if paper and result["settings"]["command"] == "table3":
-            lines.append(f"| paper: {paper['name']} | {paper['params']} | " + " | ".join(
-                paper_results.paper_cell(m, *paper["scores"][m]) for m in paper_results.METRICS)
-                + " |")
+        cells = paper.paper_row(result["settings"]["size"], label)
+        if cells and result["settings"]["command"] != "sweep":
+            ours = paper.rows[result["settings"]["size"], label]
+            lines.append(f"| paper: {ours['name']} | {ours['params']} | {cells} |")
     return "\n".join(lines)
 
 
-def report(result: dict, model: str, unit: str, selections: dict) -> str:
-    """results.md: each selection's table (selections: name -> (what it is, ...)), the epochs it
-    chose, and how the rows were trained."""
+def report(result: dict, model: str, unit: str, selections: dict, paper) -> str:
+    """results.md: each selection's table (selections: name -> (what it is, ...); paper: the
+    task's PaperTable), the epochs it chose, and how the rows were trained."""
     s = result["settings"]
     out = [f"# {s['command']} on {model}: seeds {', '.join(map(str, s['seeds']))}, "
            f"{cli.plural(s['epochs'], 'epoch')}, test set"
            + (f" (first {cli.plural(s['mrs'], unit)})"
               if s["mrs"] else ""),
-           "", "Mean +- std over seeds (sample std), rounded as Table 3."]
+           "", f"Mean +- std over seeds (sample std), rounded as {paper.name}."]
     for sel, (what, _) in selections.items():
         chosen = ", ".join(f"{name} {e}" for row in result["rows"].values()
                            for name, e in row["selections"][sel]["epochs"].items())
-        out += ["", f"## {what}", "", table(result, sel), "", f"Epochs: {chosen}."]
-    if s["command"] == "table3":
+        out += ["", f"## {what}", "", table(result, sel, paper), "", f"Epochs: {chosen}."]
+    if s["command"] != "sweep":
         out += ["", "## How the rows were trained", ""]
         out += [f"- {label}: {row['trained']}" for label, row in result["rows"].items()]
-    if any(r["epochs"][1]["test"]["METEOR"] is None for r in result["runs"].values()):
+    if any(None in r["epochs"][1]["test"].values() for r in result["runs"].values()):
         out += ["", f"METEOR: {metrics.meteor_note(s['meteor'])}."]
     return "\n".join(out) + "\n"
 
 
-def plots(result: dict, exp: str) -> list[str]:
+def plots(result: dict, exp: str, paper) -> list[str]:
     """PNGs when matplotlib is installed (an optional extra), one per row: each seed's training
-    and dev loss by step, and each test metric by epoch with the selected epochs marked."""
+    and dev loss by step, and each test metric (paper: the task's PaperTable) by epoch with the
+    selected epochs marked."""
     try:
         import matplotlib
         import matplotlib.ticker
@@ -249,10 +251,11 @@ def plots(result: dict, exp: str) -> list[str]:
     written = []
     for label, row in result["rows"].items():
         runs = {n: r for n, r in result["runs"].items() if r["label"] == label}
-        metrics = [m for m in paper_results.METRICS
-                   if any(e["test"][m] is not None for r in runs.values()
+        metrics = [m for m in paper.columns
+                   if any(e["test"].get(m) is not None for r in runs.values()
                           for e in r["epochs"].values())]
-        fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
+        columns = -(-(1 + len(metrics)) // 2)  # (the loss, then the metrics: E2E's 2 x 3)
+        fig, axes = plt.subplots(2, columns, figsize=(5 * columns, 8), squeeze=False)
         axes = axes.ravel()
         for name, r in runs.items():
             with open(os.path.join(exp, "runs", name, "metrics.jsonl"), encoding="utf-8") as f:
@@ -269,7 +272,7 @@ def plots(result: dict, exp: str) -> list[str]:
                     e = row["selections"][sel]["epochs"][name]
                     ax.plot([int(e)], [r["epochs"][e]["test"][m]], marker, color=color, ms=10,
                             mfc="none" if marker == "s" else color)
-                ax.set(title=f"test {m}", xlabel="epoch")
+                ax.set(title=f"test {paper.columns[m].header}", xlabel="epoch")
                 ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axes[0].set(title="loss (line: training, o: dev)", xlabel="step")
         axes[0].legend(fontsize=8)
@@ -284,7 +287,7 @@ def plots(result: dict, exp: str) -> list[str]:
     return written
 
 
-def write_results(result: dict, exp: str, text: str):
+def write_results(result: dict, exp: str, text: str, paper):
     """results.json (every run x epoch x split x metric, with the settings and versions),
     results.md (text, printed too) and the plots, each written whole."""
     write_atomic(os.path.join(exp, "results.json"), json.dumps(result, indent=2,
@@ -292,5 +295,5 @@ def write_results(result: dict, exp: str, text: str):
     write_atomic(os.path.join(exp, "results.md"), text)
     print("\n" + text)
     for path in [os.path.join(exp, "results.json"), os.path.join(exp, "results.md"),
-                 *plots(result, exp)]:
+                 *plots(result, exp, paper)]:
         print(f"wrote {path}")

@@ -18,7 +18,6 @@ import time
 
 import torch
 
-from data.e2e import paper_results
 from data.task import open_task, tokenizer
 from kit import cli, distributed, evaluation, latency, multitask, rundir
 from kit.checkpoint import ADAPTER_FORMAT, load_metadata, write_atomic
@@ -123,36 +122,42 @@ def split_job(model, args, device, world, mixed: bool = False) -> evaluation.Job
                           force=args.force, device=device, world=world, mixed=mixed)
 
 
-# --- the scores beside the paper's row (Table 3) ---------------------------------------------
+# --- the scores beside the paper's row (Table 3, 13 or 14) --------------------------------------
+
+
+# train.py's --method (the paper's rows' keys) by what an adapter file holds (Adapter^H, Adapter^L)
+METHODS = {"lora": "lora", "full": "full", "houlsby": "adapter_h", "lin": "adapter_l"}
 
 
 def print_report(report: dict, model, kind: str, args):
-    """The scores next to the paper's row (where the task has one)."""
+    """The scores next to the paper's row (where the task has one), and the task's notes."""
     size = None if run_config(args).get("random_init") else args.task.paper_size(model.config)
     print(f"references: {report['references']}")
-    print(table3(report["scores"], size, kind, args))
+    print(paper_table(report["scores"], args.task.table, size, kind, args))
+    for line in args.task.notes(report):
+        print(line)
     if "meteor" in report:
         print(f"METEOR: {report['meteor']}")
 
 
-def table3(scores: dict, size: str | None, kind: str, args) -> str:
-    """This run's row next to the paper's (BLEU, METEOR, ROUGE-L x100 as in Table 3). Only the
-    paper format is comparable with Table 3; the official format is the challenge's own text."""
-    def cell(name, scale):  # one digit more than the paper prints
-        return "n/a" if scores[name] is None else f"{scores[name] * scale:.{3 if scale == 1 else 2}f}"
+def paper_table(scores: dict, table, size: str | None, kind: str, args) -> str:
+    """This run's row next to the paper's (data/task.py's PaperTable: its columns, printed as
+    the paper prints them, with one digit more). Only E2E's paper format is comparable with
+    Table 3; the official format is the challenge's own text."""
+    def cell(key):
+        return "n/a" if scores.get(key) is None else table.cell(key, scores[key], extra=1)
 
     what = (f"this run ({args.split}"
             + (f", first {cli.plural(args.limit, args.task.unit)}" if args.limit else "")
             + (", official text: not comparable with Table 3" if args.format == "official" else "")
             + ")")
-    lines = ["| | BLEU | NIST | METEOR | ROUGE-L | CIDEr |", "|---|---|---|---|---|---|",
-             f"| {what} | {cell('BLEU', 100)} | {cell('NIST', 1)} | {cell('METEOR', 100)} | "
-             f"{cell('ROUGE_L', 100)} | {cell('CIDEr', 1)} |"]
-    paper = paper_results.TABLE3.get((size, paper_results.KINDS.get(kind)))
-    if paper:
-        lines.append(f"| paper: {paper['name']}, {paper['params']}, test | " + " | ".join(
-            paper_results.paper_cell(m, *paper["scores"][m]) for m in paper_results.METRICS)
-            + " |")
+    lines = ["| | " + " | ".join(c.header for c in table.columns.values()) + " |",
+             "|---" * (len(table.columns) + 1) + "|",
+             f"| {what} | " + " | ".join(map(cell, table.columns)) + " |"]
+    method = METHODS.get(kind)
+    if paper := table.paper_row(size, method):
+        row = table.rows[size, method]
+        lines.append(f"| paper: {row['name']}, {row['params']}, test | {paper} |")
     return "\n".join(lines)
 
 

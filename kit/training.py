@@ -144,6 +144,8 @@ def checked(cfg, world=distributed.ALONE) -> tuple:
     loaded or written: (settings, device, autocast dtype)."""
     if cfg.resume:
         cfg = resumed(cfg)
+    else:  # Table 11's values for the task where they are not E2E's (train.py's), unless given
+        cfg = dataclasses.replace(cfg, **recipe(cfg))
     device, amp_dtype = check(cfg, world)
     if not cfg.resume:  # paths recorded absolute, so a resume works from anywhere
         cfg = dataclasses.replace(cfg, out=cfg.out and os.path.abspath(cfg.out))
@@ -152,6 +154,11 @@ def checked(cfg, world=distributed.ALONE) -> tuple:
                 setattr(cfg, name, os.path.abspath(getattr(cfg, name)))
     cfg.format = open_task(cfg.data, cfg.format).format  # (E2E's default text, or jsonl)
     return cfg, device, amp_dtype
+
+
+def recipe(cfg) -> dict:
+    """The settings that a new run takes from its task's recipe (Task.recipe): those not given."""
+    return {k: v for k, v in open_task(cfg.data, cfg.format).recipe.items() if k not in cfg.given}
 
 
 def model_shape(name: str, dropout: float, who: str = "--random-init") -> GPTConfig:
@@ -566,6 +573,10 @@ class Run:
                        + (f"; {world.size} processes (torchrun), "
                           f"{cfg.batch_size // world.size} examples of each batch apiece"
                           if world.size > 1 else ""))
+        if (applied := recipe(cfg)) and not cfg.resume:
+            self.log.write({"event": "note", "recipe": applied}, f"{self.task.name}: Table 11's "
+                           "recipe for it: " + ", ".join(f"--{k.replace('_', '-')} {v}"
+                                                         for k, v in applied.items()))
         if self.device.type == "cpu" and cfg.device == "auto":
             self.log.write({"event": "note", "device": "cpu"}, "no CUDA GPU here, so this "
                            "trains on the CPU: how long that takes is projected after the first "

@@ -231,8 +231,9 @@ def run_main(main, capsys, *argv):
 
 
 # The user's environment: `make train` installs requirements.txt alone, so the test-only packages
-# (transformers, peft, pycocoevalcap) are absent there, and Java may be too. A subprocess started
-# with this environment cannot import them (sitecustomize hides them) and finds no `java`.
+# (transformers, peft, pycocoevalcap, pyter3, nltk) are absent there, and Java may be too. A
+# subprocess started with this environment cannot import them (sitecustomize hides them) and
+# finds no `java`.
 _HIDE_PACKAGES = '''
 import sys
 
@@ -262,14 +263,14 @@ def _plain_env(tmp_path, hidden: set[str]) -> dict:
 def user_env(tmp_path):
     """os.environ for a subprocess as a plain install sees it: no reference packages, no Java
     (PATH holds only an empty folder; scripts run as sys.executable, an absolute path)."""
-    return _plain_env(tmp_path, {"transformers", "peft", "pycocoevalcap"})
+    return _plain_env(tmp_path, {"transformers", "peft", "pycocoevalcap", "pyter", "nltk"})
 
 
 @pytest.fixture
 def meteor_env(tmp_path):
     """As user_env, plus pycocoevalcap (METEOR's word lists): a plain install that scores METEOR,
     still without Java."""
-    return _plain_env(tmp_path, {"transformers", "peft"})
+    return _plain_env(tmp_path, {"transformers", "peft", "pyter", "nltk"})
 
 
 # A local HTTP server standing in for the Hugging Face hub and the E2E release (no network here).

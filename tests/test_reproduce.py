@@ -45,10 +45,10 @@ def test_the_summary_is_numpys_mean_and_sample_std():
 
 
 def test_cells_are_rounded_as_table_3():
-    assert paper_results.cell("BLEU", 0.70412, 0.00123) == "70.4+-.1"
-    assert paper_results.cell("NIST", 8.8531, 0.0213) == "8.85+-.02"
-    assert paper_results.cell("CIDEr", 2.4712) == "2.47"
-    assert paper_results.paper_cell("METEOR", 46.3, 0.0) == "46.3+-.0"
+    assert paper_results.TABLE.cell("BLEU", 0.70412, 0.00123) == "70.4+-.1"
+    assert paper_results.TABLE.cell("NIST", 8.8531, 0.0213) == "8.85+-.02"
+    assert paper_results.TABLE.cell("CIDEr", 2.4712) == "2.47"
+    assert paper_results.TABLE.paper_cell("METEOR", 46.3, 0.0) == "46.3+-.0"
 
 
 @pytest.mark.parametrize("row, model, paper", [
@@ -70,7 +70,7 @@ def test_the_paper_row_is_chosen_by_the_models_shape_not_its_name():
     row = {"trainable": 393216, "selections": {"best_test": summary}}
     for size, expected in (("gpt2-medium", True), (None, False)):
         result = {"settings": {"command": "table3", "size": size}, "rows": {"lora": row}}
-        text = table(result, "best_test")
+        text = table(result, "best_test", paper_results.TABLE)
         assert ("| paper: GPT-2 M (LoRA) | 0.35M | 70.4+-.1 |" in text) == expected, text
 
 

@@ -408,17 +408,20 @@ def test_ctrl_c_while_decoding_keeps_what_was_decoded(tiny_run, e2e_data, gpt2_v
 def test_the_paper_row_follows_the_models_shape_not_its_folder_name(tiny_run):
     import sample
     from data.e2e import paper_results
+    from data.task import size_of
     from kit import sampling
     from model import GPTConfig
     with torch.device("meta"):
         medium = GPT(GPTConfig.from_preset("gpt2-medium"))  # a local copy, named anything
-    assert paper_results.size_of(medium.config) == "gpt2-medium"
-    assert paper_results.size_of(GPT.from_pretrained(str(tiny_run / "base")).config) is None
+    assert size_of(medium.config) == "gpt2-medium"
+    assert size_of(GPT.from_pretrained(str(tiny_run / "base")).config) is None
     args = sample.parse_args(["--model", str(tiny_run / "base")])
     scores = dict(BLEU=0.7, NIST=8.8, METEOR=None, ROUGE_L=0.71, CIDEr=2.5)
     args.split, args.limit, args.format = "test", 0, "paper"
     assert ("| paper: GPT-2 M (LoRA), 0.35M, test | 70.4+-.1 | 8.85+-.02 | 46.8+-.2 | "
-            "71.8+-.1 | 2.53+-.02 |") in sampling.table3(scores, "gpt2-medium", "lora", args)
-    assert "| paper: GPT-2 M (Adapter^H), 11.09M, test | 67.3+-.6 |" in sampling.table3(
-        scores, "gpt2-medium", "houlsby", args)
-    assert "paper" not in sampling.table3(scores, None, "lora", args)
+            "71.8+-.1 | 2.53+-.02 |") in sampling.paper_table(
+        scores, paper_results.TABLE, "gpt2-medium", "lora", args)
+    assert "| paper: GPT-2 M (Adapter^H), 11.09M, test | 67.3+-.6 |" in sampling.paper_table(
+        scores, paper_results.TABLE, "gpt2-medium", "houlsby", args)
+    assert "paper" not in sampling.paper_table(scores, paper_results.TABLE, None, "lora",
+                                                  args)

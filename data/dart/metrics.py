@@ -33,15 +33,7 @@ def inputs(entries: list[prepare.Entry]) -> tuple[list[str], list[list[str]], li
     """The distinct inputs, as the released decode script groups the entries: (each context, in
     the order it first comes; its texts, those of all its entries, in order; for each entry,
     the row of its context)."""
-    rows, references = {}, []
-    of_entry = []
-    for e in entries:
-        if e.context not in rows:
-            rows[e.context] = len(references)
-            references.append([])
-        references[rows[e.context]].extend(text for text, _ in e.lexs)
-        of_entry.append(rows[e.context])
-    return list(rows), references, of_entry
+    return mt_metrics.grouped(entries, prepare.texts)
 
 
 def protocols(entries: list[prepare.Entry], outputs: list[str]) -> dict:
@@ -57,8 +49,9 @@ def protocols(entries: list[prepare.Entry], outputs: list[str]) -> dict:
 
 def score(entries: list[prepare.Entry], outputs: list[str],
           names=tuple(mt_metrics.PROTOCOLS), meteor: bool = True) -> dict:
-    """mt_metrics.score of the protocols asked for, from one output per distinct input."""
-    every = protocols(entries, outputs)
+    """mt_metrics.score of the protocols asked for, from one output per distinct input (for
+    fewer outputs: the first inputs')."""
+    every = protocols(mt_metrics.first_inputs(entries, prepare.texts, len(outputs)), outputs)
     return mt_metrics.score({name: every[name] for name in names}, meteor)
 
 
@@ -100,7 +93,8 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"data.dart.metrics: {e}", file=sys.stderr)
         return 2
-    count = {"released": f"{len(outputs):,} distinct inputs", "challenge": f"{len(entries):,} entries"}
+    count = {"released": f"{len(outputs):,} distinct inputs",
+             "challenge": f"{len(entries):,} entries"}
     for name in names:
         print(f"{name} protocol ({mt_metrics.PROTOCOLS[name]}): {count[name]}")
         print("\n".join(mt_metrics.format_scores(results[name]["all"], name)))

@@ -114,6 +114,11 @@ def read_split(folder: str, split: str) -> list[Entry]:
     return _json_entries(file) if file.endswith(".json") else _xml_entries(file)
 
 
+def texts(entry: Entry) -> list[str]:
+    """Its texts: the released converter keeps them all."""
+    return [text for text, _ in entry.lexs]
+
+
 def pairs(entries: list[Entry]) -> list[tuple[str, str]]:
     """(context, text) of every text: the examples the released code trains on."""
-    return [(e.context, text) for e in entries for text, _ in e.lexs]
+    return [(e.context, text) for e in entries for text in texts(e)]

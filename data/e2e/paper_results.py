@@ -6,9 +6,13 @@ two; the rows the authors ran carry a +- (the spread over 3 seeds, Appendix D.3)
 * are prior work's numbers.
 """
 
-METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
-SCALE = {"BLEU": 100, "NIST": 1, "METEOR": 100, "ROUGE_L": 100, "CIDEr": 1}
-DIGITS = {"BLEU": 1, "NIST": 2, "METEOR": 1, "ROUGE_L": 1, "CIDEr": 2}
+from data.task import Column, PaperTable
+
+# data/e2e/metrics.py's names, as Table 3 prints them
+COLUMNS = {"BLEU": Column("BLEU", 100, 1), "NIST": Column("NIST", 1, 2),
+           "METEOR": Column("METEOR", 100, 1), "ROUGE_L": Column("ROUGE-L", 100, 1),
+           "CIDEr": Column("CIDEr", 1, 2)}
+METRICS = tuple(COLUMNS)
 
 
 def _row(name, params, *cells):
@@ -33,33 +37,4 @@ TABLE3 = {
     ("gpt2-large", "adapter_l"): _row("GPT-2 L (Adapter^L)", "0.88M", (69.1, .1), (8.68, .03),
                                       (46.3, .0), (71.4, .2), (2.49, .0)),
 }
-# Adapter^H and Adapter^L by sample.py's name of what an adapter file holds
-KINDS = {"lora": "lora", "full": "full", "houlsby": "adapter_h", "lin": "adapter_l"}
-
-# The official sizes, by shape (n_layer, n_head, n_embd), with GPT-2's vocabulary and positions.
-SIZES = {(12, 12, 768): "gpt2", (24, 16, 1024): "gpt2-medium", (36, 20, 1280): "gpt2-large",
-         (48, 25, 1600): "gpt2-xl"}
-
-
-def size_of(config) -> str | None:
-    """The official GPT-2 size a model has the shape of (a local copy of gpt2-medium counts,
-    whatever its folder is called), or None."""
-    if (config.vocab_size, config.block_size) != (50257, 1024):
-        return None
-    return SIZES.get((config.n_layer, config.n_head, config.n_embd))
-
-
-def cell(metric: str, mean: float, std: float | None = None) -> str:
-    """A value as Table 3 prints it, e.g. '70.4+-.1', '8.85+-.02', '2.47' (metric values as
-    data/e2e/metrics.py gives them: BLEU in [0, 1])."""
-    digits = DIGITS[metric]
-    text = f"{mean * SCALE[metric]:.{digits}f}"
-    if std is None:
-        return text
-    spread = f"{std * SCALE[metric]:.{digits}f}"
-    return f"{text}+-{spread[1:] if spread.startswith('0.') else spread}"
-
-
-def paper_cell(metric: str, mean: float, std: float | None) -> str:
-    """A cell of TABLE3 (already x100 where the paper scales), printed as the paper prints it."""
-    return cell(metric, mean / SCALE[metric], None if std is None else std / SCALE[metric])
+TABLE = PaperTable("Table 3", COLUMNS, TABLE3)

@@ -2,8 +2,8 @@
 paper's text (the default) or their own, the paper's decoding (beam search stops at a blank line
 too, as its released decode), and Table 3's rows beside the scores."""
 
-from data.e2e import paper_results, prepare
-from data.task import Task
+from data.e2e import prepare
+from data.task import Task, size_of
 
 
 class E2ETask(Task):
@@ -45,4 +45,4 @@ class E2ETask(Task):
 
     def paper_size(self, config) -> str | None:
         """Table 3's GPT-2 size of this shape (by shape, so a local copy counts)."""
-        return paper_results.size_of(config)
+        return size_of(config)

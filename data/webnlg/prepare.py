@@ -142,6 +142,11 @@ def read_split(folder: str, split: str) -> list[Entry]:
             for e in _xml_entries(path)]
 
 
+def texts(entry: Entry) -> list[str]:
+    """Its "good" texts: the ones the released converter keeps (the rest are marked toFix)."""
+    return [text for text, comment in entry.lexs if comment == "good"]
+
+
 def pairs(entries: list[Entry]) -> list[tuple[str, str]]:
     """(context, text) of every "good" text: the examples the released code trains on."""
-    return [(e.context, text) for e in entries for text, comment in e.lexs if comment == "good"]
+    return [(e.context, text) for e in entries for text in texts(e)]

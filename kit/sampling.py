@@ -206,6 +206,12 @@ def check_several(args):
         view.adapter = path
         check_task(view)
         args.served.append(view)
+    penalties = {view.task.name: view.length_penalty for view in args.served}
+    if args.mix and test_set and len(set(penalties.values())) > 1:
+        raise UserError("--mix decodes every task in one beam search, with one length penalty; "
+                        "these tasks' defaults differ ("
+                        + ", ".join(f"{name} {p}" for name, p in penalties.items())
+                        + "): give --length-penalty, or drop --mix")
     stems = [output_stem(view) for view in args.served]
     if len(set(stems)) < len(stems):  # adapters side by side in one folder, or one --out
         for view in args.served:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, assert_close, random_gpt2, run_main, tiny_vocab_model
+from conftest import REPO, assert_close, random_gpt2, run_main, shared_folder, tiny_vocab_model
 
 import lora
 import sample
@@ -232,6 +232,9 @@ def test_a_folder_of_adapters_is_served_and_the_user_flow_needs_no_test_package(
     ("mix alone", "--mix serves LoRA adapters: give them with --adapter"),
     ("more adapters than rows", "--mix with 2 adapters needs --batch-size 2 or more, so that a "
                                 "batch can hold a row of each task (it is 1)"),
+    ("two length penalties", "--mix decodes every task in one beam search, with one length "
+                             "penalty; these tasks' defaults differ (yes 0.9, webnlg 0.8): give "
+                             "--length-penalty, or drop --mix"),
 ])
 def test_bad_adapters_are_one_line_and_exit_2(two_tasks, tmp_path, capsys, case, message):
     from kit import adapter
@@ -258,6 +261,13 @@ def test_bad_adapters_are_one_line_and_exit_2(two_tasks, tmp_path, capsys, case,
         argv[4:] = ["--mix", "--batch-size", "1"]
     elif case == "mix alone":
         argv = ["--model", two_tasks / "base", "--mix", "--context", "x"]
+    elif case == "two length penalties":  # a WebNLG run's adapter (Table 11: 0.8) beside it
+        (tmp_path / "webnlg-run").mkdir()
+        (tmp_path / "webnlg-run" / "adapter.safetensors").write_bytes(b.read_bytes())
+        (tmp_path / "webnlg-run" / "config.json").write_text(json.dumps(
+            {"args": {"data": str(shared_folder("webnlg-lora")), "format": "webnlg"}}))
+        argv = ["--adapter", a, "--adapter", tmp_path / "webnlg-run" / "adapter.safetensors",
+                "--mix"]
     code, out, err = run_main(sample.main, capsys, *argv)
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert err.startswith("sample.py: ")

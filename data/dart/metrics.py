@@ -74,7 +74,7 @@ def per_input(entries: list[prepare.Entry], path: str) -> list[str]:
     return mt_metrics.read_outputs(path, len(references))
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="data.dart.metrics", allow_abbrev=False,
                                 description="Score DART outputs: BLEU, METEOR and TER.")
     p.add_argument("outputs", help="one output per line: per entry or per distinct input of the "
@@ -84,7 +84,11 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="test", choices=("test", "dev"))
     p.add_argument("--protocol", default="both", choices=(*mt_metrics.PROTOCOLS, "both"))
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     names = tuple(mt_metrics.PROTOCOLS) if args.protocol == "both" else (args.protocol,)
     try:
         entries = prepare.read_split(prepare.locate(args.data, (args.split,)), args.split)

@@ -66,7 +66,7 @@ def score(entries: list[prepare.Entry], outputs: list[str],
     return mt_metrics.score({name: every[name] for name in names}, meteor)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="data.webnlg.metrics", allow_abbrev=False,
                                 description="Score WebNLG outputs: BLEU, METEOR and TER.")
     p.add_argument("outputs", help="one output per line, in the order of the split's inputs")
@@ -77,7 +77,11 @@ def main(argv=None) -> int:
                    help="the test set's unseen categories, the seen ones, or all")
     p.add_argument("--protocol", default="both", choices=(*mt_metrics.PROTOCOLS, "both"))
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     names = tuple(mt_metrics.PROTOCOLS) if args.protocol == "both" else (args.protocol,)
     try:
         entries = prepare.read_split(prepare.locate(args.data), args.split)

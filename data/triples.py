@@ -17,9 +17,32 @@ TriplesTask puts them together; open_task() picks one by name or by what a folde
 """
 
 import os
+import xml.etree.ElementTree as ET
 
 from data import mt_metrics
-from data.task import DataError, Examples, Task, encode_pairs, size_of
+from data.task import DataError, Examples, Task, encode_pairs, read_text, size_of
+
+
+def xml_entries(path: str) -> list[tuple[dict, list[tuple[str, str, str]], list[tuple[str, str]]]]:
+    """Each <entry> of a file in the WebNLG challenge's XML (WebNLG's, DART's): its attributes,
+    its triples (modifiedtripleset: 'subject | property | object') and its texts (lex: the text,
+    its comment)."""
+    try:
+        root = ET.fromstring(read_text(path))
+    except ET.ParseError as e:
+        raise DataError(f"{path} is not valid XML ({e})") from None
+    entries = []
+    for entry in root.iter("entry"):
+        triples = []
+        for triple in entry.iterfind("modifiedtripleset/mtriple"):
+            parts = (triple.text or "").split(" | ")
+            if len(parts) != 3:
+                raise DataError(f"{path}: entry {entry.attrib.get('eid')} has the triple "
+                                f"{triple.text!r}, not 'subject | property | object'")
+            triples.append(tuple(parts))
+        lexs = [(lex.text or "", lex.attrib.get("comment", "")) for lex in entry.findall("lex")]
+        entries.append((dict(entry.attrib), triples, lexs))
+    return entries
 
 
 def triples_task(data: str | None) -> Task | None:

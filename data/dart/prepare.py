@@ -23,9 +23,9 @@ hold the XML reader against the released dev JSON):
 import dataclasses
 import json
 import os
-import xml.etree.ElementTree as ET
 
 from data.task import DataError, fetch, read_text
+from data.triples import xml_entries
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SPLITS = ("train", "dev", "test")
@@ -88,22 +88,7 @@ def _json_entries(file: str) -> list[Entry]:
 
 
 def _xml_entries(file: str) -> list[Entry]:
-    try:
-        root = ET.fromstring(read_text(file))
-    except ET.ParseError as e:
-        raise DataError(f"{file} is not valid XML ({e})") from None
-    entries = []
-    for entry in root.iter("entry"):
-        triples = []
-        for triple in entry.iterfind("modifiedtripleset/mtriple"):
-            parts = (triple.text or "").split(" | ")
-            if len(parts) != 3:
-                raise DataError(f"{file}: entry {entry.attrib.get('eid')} has the triple "
-                                f"{triple.text!r}, not 'subject | property | object'")
-            triples.append(tuple(parts))
-        entries.append(Entry(triples, [(lex.text or "", lex.attrib.get("comment", ""))
-                                       for lex in entry.findall("lex")]))
-    return entries
+    return [Entry(triples, lexs) for _, triples, lexs in xml_entries(file)]
 
 
 def read_split(folder: str, split: str) -> list[Entry]:

@@ -22,9 +22,9 @@ import dataclasses
 import glob
 import json
 import os
-import xml.etree.ElementTree as ET
 
 from data.task import DataError, fetch, read_text
+from data.triples import xml_entries
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SPLITS = ("train", "dev", "test")
@@ -111,24 +111,8 @@ def _json_entries(path: str) -> list[Entry]:
 def _xml_entries(path: str) -> list[Entry]:
     """The entries of one challenge file that have texts (the challenge's benchmark_reader skips
     the others)."""
-    try:
-        root = ET.fromstring(read_text(path))
-    except ET.ParseError as e:
-        raise DataError(f"{path} is not valid XML ({e})") from None
-    entries = []
-    for entry in root.iter("entry"):
-        lexs = [(lex.text or "", lex.attrib.get("comment", "")) for lex in entry.findall("lex")]
-        if not lexs:
-            continue
-        triples = []
-        for triple in entry.iterfind("modifiedtripleset/mtriple"):
-            parts = (triple.text or "").split(" | ")
-            if len(parts) != 3:
-                raise DataError(f"{path}: entry {entry.attrib.get('eid')} has the triple "
-                                f"{triple.text!r}, not 'subject | property | object'")
-            triples.append(tuple(parts))
-        entries.append(Entry(entry.attrib.get("category", ""), triples, lexs))
-    return entries
+    return [Entry(attrib.get("category", ""), triples, lexs)
+            for attrib, triples, lexs in xml_entries(path) if lexs]
 
 
 def read_split(folder: str, split: str) -> list[Entry]:

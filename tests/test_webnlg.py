@@ -56,10 +56,11 @@ def test_the_test_set_has_ten_seen_and_five_unseen_categories():
 in_one_worker = pytest.mark.xdist_group("webnlg-melbourne")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def melbourne():
     """Both protocols' scores of the submission in ../shared/data/webnlg-metrics (GKB_Unimelb,
-    one line per test input): computed once for the module."""
+    one line per test input): computed once (for the session: a module fixture is set up again
+    when the worker runs another module's tests between this group's)."""
     folder = shared_folder("webnlg-metrics")
     entries = prepare.read_split(str(shared_folder("webnlg")), "test")
     outputs = mt_metrics.read_outputs(folder / "melbourne.txt", len(entries))

@@ -39,7 +39,8 @@ def ban_repeated_ngrams(logits: torch.Tensor, seqs: torch.Tensor, n: int) -> tor
     n-gram already in seqs (..., t): the n-grams whose first n-1 tokens equal the last n-1 tokens
     ban their last token. Returns logits."""
     windows = seqs.unfold(-1, n, 1)  # (..., t-n+1, n): every n-gram
-    match = (windows[..., :-1] == seqs[..., None, -(n - 1):]).all(-1)
+    last = seqs[..., None, seqs.shape[-1] - (n - 1):]  # (..., 1, n-1); n = 1: empty, bans all seen
+    match = (windows[..., :-1] == last).all(-1)
     penalty = torch.zeros(match.shape, dtype=logits.dtype, device=logits.device)
     # adds -inf at each banned token and 0 elsewhere: no (..., vocab_size) mask is built
     return logits.scatter_add_(-1, windows[..., -1], penalty.masked_fill_(match, float("-inf")))

@@ -92,6 +92,12 @@ def test_ban_repeated_ngrams():
     assert torch.equal(ban_repeated_ngrams(logits.clone(), seqs, 4)[~banned], logits[~banned])
 
 
+def test_no_repeated_1_grams_bans_every_token_already_there():
+    seqs = torch.tensor([[1, 2, 3, 4, 1, 2, 3], [7, 7, 7, 7, 7, 7, 7]])
+    banned = ban_repeated_ngrams(torch.zeros(2, 10), seqs, 1).isinf()
+    assert [row.nonzero().flatten().tolist() for row in banned] == [[1, 2, 3, 4], [7]]
+
+
 def test_decoding_with_the_cache_equals_decoding_without(hf_dir):
     model = GPT.from_pretrained(str(hf_dir)).eval()
     prompts = torch.randint(0, 50257, (5, 6), generator=torch.Generator().manual_seed(6))
@@ -149,7 +155,7 @@ def released_beam(model, prompt, beam, length_penalty, no_repeat_ngram, max_new_
     return best_seq
 
 
-@pytest.mark.parametrize("seed, no_repeat", [(0, 2), (1, 3), (2, 2), (3, 4)])
+@pytest.mark.parametrize("seed, no_repeat", [(0, 2), (1, 3), (2, 2), (3, 4), (4, 1)])
 def test_beam_search_equals_the_released_loop(seed, no_repeat):
     model = tiny_vocab_model(seed)
     prompts = torch.randint(0, 5, (6, 3), generator=torch.Generator().manual_seed(seed))

@@ -293,6 +293,19 @@ def test_an_interrupted_decode_resumes_from_its_part_file(tiny_run, e2e_data, tm
     assert not (tmp_path / "cut" / "predictions-first6.tsv.part").exists()
 
 
+def test_no_repeat_ngram_1_decodes_no_token_twice(tiny_run, e2e_data, gpt2_vocab, tmp_path,
+                                                  run_here):
+    import tiktoken
+    adapter = adapter_with(tiny_run, tmp_path)
+    result = run_here("--adapter", adapter, "--data", e2e_data, "--limit", "1", "--beam", "2",
+                      "--max-new-tokens", "8", "--no-repeat-ngram", "1", "--no-meteor",
+                      "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    output = (tmp_path / "predictions-first1.tsv").read_text(encoding="utf-8").splitlines()[1]
+    tokens = tiktoken.get_encoding("gpt2").encode(output.split("\t")[1])
+    assert tokens and len(tokens) == len(set(tokens)), tokens
+
+
 def test_a_prompt_longer_than_the_model_reads_is_one_line(tiny_run, gpt2_vocab, capsys):
     code, out, err = main(capsys, "--model", tiny_run / "base", "--prompt", "word " * 300,
                           "--device", "cpu")

@@ -95,8 +95,9 @@ def parse_args(argv=None):
     p = cli.parser("sample.py", description="Decode with a fine-tuned GPT-2 (a task's test set, "
                    "one input, or free text), or time the forward pass (paper Table 1).")
     p.add_argument("--adapter", action="append",
-                   help="adapter.safetensors from train.py (its base model is read from the file); "
-                        "give several, or a folder of them, to serve them on one base")
+                   help="adapter.safetensors from train.py, or its run folder (its base model is "
+                        "read from the file); give several, or a folder of them, to serve them "
+                        "on one base")
     p.add_argument("--model", help="base model (overrides the adapter's), or a full fine-tuned "
                                    "checkpoint to decode without an adapter")
     p.add_argument("--data", help="the task: e2e, webnlg, dart, or a folder (their files, or "

@@ -222,9 +222,10 @@ def _readable_safetensors(path: str):
     try:
         yield
     except (SafetensorError, OSError) as e:
+        downloaded = os.path.abspath(path).startswith(os.path.abspath(cache_dir()) + os.sep)
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be "
-                              "truncated or corrupted: delete it and download or save it "
-                              "again") from None
+                              "truncated or corrupted" + (": delete it and it is downloaded "
+                                                          "again" if downloaded else "")) from None
 
 
 def save_tensors(path: str, tensors: dict, metadata: dict | None = None):

@@ -721,3 +721,47 @@ def test_device_auto_picks_cuda_then_mps_then_cpu_and_mps_runs_fp32(monkeypatch,
     code, out, err = main(capsys, *argv)
     assert code == 2 and err == (f"train.py: --device mps, but this torch ({torch.__version__}) "
                                  "sees no Apple GPU (MPS); use --device cpu\n")
+
+
+# --- the run folder train.py printed, as sample.py's --adapter ---------------------------------
+
+
+def sample_main(capsys, *argv):
+    import sample
+    return run_main(sample.main, capsys, *argv)
+
+
+DECODE_ONE = ("--limit", "1", "--beam", "1", "--max-new-tokens", "4", "--no-meteor",
+              "--device", "cpu")
+
+
+def test_sample_takes_a_run_folder_as_adapter(tiny, data, finished, tmp_path, capsys):
+    run_dir = finished_copy(finished, tmp_path)
+    assert (run_dir / "state.safetensors").exists()  # (a checkpoint: not the adapter to decode)
+    code, out, err = sample_main(capsys, "--adapter", run_dir, *DECODE_ONE)
+    assert code == 0 and "merged LoRA" in out, err
+    assert (run_dir / "predictions-first1.tsv").exists()
+    full = finished_run(tiny, data, tmp_path / "full", "--method", "full")
+    code, out, err = sample_main(capsys, "--adapter", full, *DECODE_ONE)
+    assert code == 0, err
+    assert (full / "predictions-first1.tsv").exists()
+
+
+@pytest.mark.parametrize("given, fragment", [
+    ("config.json", "config.json is not an adapter: pass train.py's adapter.safetensors or its "
+                    "run folder"),
+    ("state.safetensors", "state.safetensors is not an adapter saved by train.py"),
+    ("unfinished", "is a run folder without a result yet (train.py writes adapter.safetensors "
+                   "when the run ends; continue it with: python train.py --resume"),
+])
+def test_a_run_folders_other_files_as_adapter_are_one_line_without_bad_advice(
+        finished, tmp_path, capsys, given, fragment):
+    run_dir = finished_copy(finished, tmp_path)
+    if given == "unfinished":
+        (run_dir / "adapter.safetensors").unlink()
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    where = run_dir if given == "unfinished" else run_dir / given
+    code, out, err = sample_main(capsys, "--adapter", where, *DECODE_ONE)
+    assert code == 2 and out == "" and err.count("\n") == 1 and fragment in err, err
+    assert "delete" not in err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before

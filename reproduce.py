@@ -181,6 +181,7 @@ def train_run(unit: Unit, folder: str, world) -> tuple[int, int]:
                            given=("resume", *changed))
     else:
         cfg = dataclasses.replace(unit.config, out=folder)
+    cfg.go_on = ""  # a stop is this command's to go on from (run, below, says so), not train.py's
     first = experiment.steps_done(folder)
     code = train.train(cfg, world)
     return code, experiment.steps_done(folder) - first
@@ -386,14 +387,17 @@ def main(argv=None) -> int:
         owner = world.agree(experiment.open_experiment, exp, settings, main_only=True)
     except cli.USER_ERRORS as e:
         cli.fail("reproduce.py", e)
+    except KeyboardInterrupt:
+        cli.interrupted("reproduce.py", "stopped before anything was started")
     except distributed.LostRank as e:
         return e.say("reproduce.py", "nothing was started")
     with owner or contextlib.nullcontext():
         try:
-            code = run(settings, units, exp, args, device, task, world)
-        except KeyboardInterrupt:
+            with cli.stopping_on_signals():  # SIGTERM and SIGHUP stop as Ctrl-C does
+                code = run(settings, units, exp, args, device, task, world)
+        except KeyboardInterrupt as e:
             cli.interrupted("reproduce.py", f"stopped; what was done is kept in {exp}: rerun the "
-                            "same command to go on from there")
+                            "same command to go on from there", e)
         except experiment.STAGE_ERRORS as e:  # a download that fails, METEOR that breaks, ...
             cli.fail("reproduce.py", e)
         except distributed.LostRank as e:  # under torchrun: another rank died or hung

@@ -174,29 +174,31 @@ def main(argv=None) -> int:
     test_set = all(getattr(args, name) is None for name in sampling.INPUTS) and not args.latency
     claimed = False  # (on every rank: the folders are rank 0's)
     try:
-        world = distributed.start()  # torchrun's processes join here; alone, nothing happens
-        device = world.agree(sampling.check, args, world)  # the flags, the task, the adapters
-        if args.latency:
-            sampling.run_latency(args, device)
-            return 0
-        if test_set:
-            stems = [sampling.output_stem(view)
-                     for view in (args.served if args.several else [args])]
-            owners = world.agree(sampling.claim_outputs, stems, args.force, main_only=True) or []
-            claimed = True
-        if args.several:  # several adapters on one base (kit/multitask.py)
-            sampling.serve_several(args, device, world, test_set)
-        else:
-            model, kind = world.agree(load_model, args, device, main_first=True)
+        with cli.stopping_on_signals():  # SIGTERM and SIGHUP stop as Ctrl-C does
+            world = distributed.start()  # torchrun's processes join here; alone, nothing happens
+            device = world.agree(sampling.check, args, world)  # the flags, the task, the adapters
+            if args.latency:
+                sampling.run_latency(args, device)
+                return 0
             if test_set:
-                evaluate_split(model, kind, args, device, world)
+                stems = [sampling.output_stem(view)
+                         for view in (args.served if args.several else [args])]
+                owners = world.agree(sampling.claim_outputs, stems, args.force,
+                                     main_only=True) or []
+                claimed = True
+            if args.several:  # several adapters on one base (kit/multitask.py)
+                sampling.serve_several(args, device, world, test_set)
             else:
-                one_input(model, args, device)
+                model, kind = world.agree(load_model, args, device, main_first=True)
+                if test_set:
+                    evaluate_split(model, kind, args, device, world)
+                else:
+                    one_input(model, args, device)
     except (*cli.USER_ERRORS, KeyboardInterrupt) as e:
         for owner in owners:  # a folder made for this decode goes again if it stayed empty
             owner.abandon()
         if isinstance(e, KeyboardInterrupt):
-            cli.interrupted("sample.py", sampling.kept(args, claimed))
+            cli.interrupted("sample.py", sampling.kept(args, claimed), e)
         cli.fail("sample.py", e)
     except distributed.LostRank as e:  # torchrun: another rank died or hung
         return e.say("sample.py", sampling.kept(args, claimed))

@@ -10,7 +10,7 @@ method's small pieces (the loss at the reference tokens, AdamW's groups, the lea
 schedule, the dev loss, the model with LoRA applied), then train(), which sets the run up and
 runs the loop: learning rate, micro-batches, forward under autocast, backward, clip, step, log,
 evaluate, save. The rest is one call each into kit/training.py (the flags' checks, the run
-folder and its lock, resuming, checkpoints, Ctrl-C and SIGTERM, the log) and kit/distributed.py
+folder and its lock, resuming, checkpoints, Ctrl-C, SIGTERM and SIGHUP, the log) and kit/distributed.py
 (torchrun): skip both on a first read.
 
 What the paper leaves out comes from its released code (microsoft/LoRA, examples/NLG): AdamW's
@@ -21,7 +21,7 @@ data/e2e/paper_format.py). `--method full | adapter_h | adapter_l` trains Table 
 
 A run folder holds config.json, metrics.jsonl, the result (adapter.safetensors, or model/ for
 full fine-tuning) and state.safetensors, saved atomically every --save-every steps, at each
-epoch end, at the last step and after Ctrl-C or SIGTERM (exit 130 / 143). `--resume RUN_DIR`
+epoch end, at the last step and after Ctrl-C, SIGTERM or SIGHUP (exit 130 / 143 / 129). `--resume RUN_DIR`
 goes on with the losses of an uninterrupted run. Under torchrun, --batch-size stays the global
 batch: each process takes its share, DDP sums the gradients, and rank 0 writes the folder.
 """
@@ -100,7 +100,7 @@ class Recipe:
                               "only)")
     log_interval: int = flag(10, "steps between log lines")
     save_every: int = flag(1000, "also checkpoint every N steps (0: only at epoch ends, the last "
-                           "step and on Ctrl-C or SIGTERM)")
+                           "step and on Ctrl-C, SIGTERM or SIGHUP)")
     limit: int = flag(0, "use only the first N training and dev examples (quick runs)")
     keep_epochs: bool = flag(False, "also keep each epoch's result (adapter-epoch{N}.safetensors, "
                              "or model-epoch{N}/), to pick the best epoch afterwards "
@@ -108,10 +108,13 @@ class Recipe:
     # the flags typed on the command line (not defaults): checked against the method, and on a
     # resume against what may change
     given: tuple = ()
+    # what a stopped run says to do next ("" for nothing: reproduce.py says its own)
+    go_on: str = "continue with: python train.py --resume {folder}"
 
     def recorded(self) -> dict:
-        """What config.json records: every setting but --resume and `given`."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("resume", "given")}
+        """What config.json records: every setting but --resume, `given` and `go_on`."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("resume", "given", "go_on")}
 
 
 def parse_args(argv=None) -> Recipe:
@@ -243,8 +246,9 @@ def save_result(model: GPT, cfg: Recipe, path: str):
 
 def train(cfg: Recipe, world: distributed.World = distributed.ALONE) -> int:
     """One run, from its start (or its last checkpoint) to its last step: 0 when done, 1 when the
-    loss or the weights stop being finite (or a rank of torchrun is lost), 130 / 143 after Ctrl-C
-    / SIGTERM (with a checkpoint). Bad settings raise a user error before anything is written."""
+    loss or the weights stop being finite (or a rank of torchrun is lost), 130 / 143 / 129 after
+    Ctrl-C / SIGTERM / SIGHUP (with a checkpoint). Bad settings raise a user error before
+    anything is written."""
     # the flags checked, the run folder owned; a resumed run's settings come from its config.json
     run = training.open_run(cfg, world)
     cfg, device, amp_dtype = run.cfg, run.device, run.amp_dtype
@@ -307,7 +311,7 @@ def train(cfg: Recipe, world: distributed.World = distributed.ALONE) -> int:
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 where = {"step": step, "epoch": epoch, "batch": b + 1}  # where a resume goes on
-                # log, evaluate, save; Ctrl-C or SIGTERM on any rank stops every rank here
+                # log, evaluate, save; Ctrl-C, SIGTERM or SIGHUP on any rank stops every rank here
                 stop = run.stop_requested(step)
                 if step % cfg.log_interval == 0 or step == total:
                     log.train(step, epoch + 1, lr)
@@ -342,11 +346,12 @@ def main(argv=None) -> int:
     cfg = parse_args(argv)
     try:
         world = distributed.start()  # torchrun's processes join here; alone, nothing happens
-        code = train(cfg, world)
-    except KeyboardInterrupt:  # (once training runs, Ctrl-C saves after the step instead)
+        with cli.stopping_on_signals():  # SIGTERM, SIGHUP: as Ctrl-C
+            code = train(cfg, world)
+    except KeyboardInterrupt as e:  # (once training runs, a signal saves after the step instead)
         cli.interrupted("train.py", "stopped before training began; nothing was written"
                         + (f" (continue with: python train.py --resume {cfg.resume})"
-                           if cfg.resume else ""))
+                           if cfg.resume else ""), e)
     except cli.USER_ERRORS as e:
         cli.fail("train.py", e)
     except distributed.LostRank as e:

@@ -3,14 +3,17 @@ one-line user errors, Ctrl-C, flags from a dataclass, the device and mixed-preci
 --help that shows each default once.
 
 A user error (a bad flag, a missing or wrong file, no data, a folder another process owns) ends
-with one line on stderr and exit code 2; Ctrl-C with one line saying what was kept, exit code 130.
+with one line on stderr and exit code 2; Ctrl-C with one line saying what was kept, exit code 130;
+SIGTERM and SIGHUP (a closed terminal, a dropped ssh connection) as Ctrl-C, exit code 143 / 129.
 Anything else is a bug in our code and keeps its traceback. Under torchrun every process exits
-so, and rank 0 alone says it (speaks()).
+so, and rank 0 alone says it (speaks()), after leaving the process group in order.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
 import tempfile
 import types
@@ -32,16 +35,75 @@ def speaks() -> bool:
 
 def fail(prog: str, message) -> None:
     """One line on stderr, exit code 2."""
+    leave_process_group()
     if speaks():
         print(f"{prog}: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-def interrupted(prog: str, kept: str) -> None:
-    """Ctrl-C: one line on stderr saying what was kept (and how to continue), exit code 130."""
+def interrupted(prog: str, kept: str, stop: KeyboardInterrupt | None = None) -> None:
+    """Ctrl-C (or a Signalled stop): one line on stderr saying what was kept (and how to
+    continue), exit code 130 (128 + the signal's number)."""
+    name, code = ("Ctrl-C", 130) if not isinstance(stop, Signalled) else (stop.name, stop.code)
+    leave_process_group()
     if speaks():
-        print(f"{prog}: Ctrl-C: {kept}", file=sys.stderr)
-    sys.exit(130)
+        print(f"{prog}: {name}: {kept}", file=sys.stderr)
+    sys.exit(code)
+
+
+def leave_process_group():
+    """Under torchrun, before a user error or a stop ends this rank: leave the process group in
+    order (a gloo group still open at exit can abort the process: "terminate called without an
+    active exception"), and let no SIGTERM cut the exit short: torchrun sends one to the ranks
+    still running as soon as one exits with an error, and each should exit with its own code."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    dist.destroy_process_group()
+
+
+# --- SIGTERM and SIGHUP stop a script as Ctrl-C does -----------------------------------------
+
+HANGUP = getattr(signal, "SIGHUP", None)  # (Windows has none)
+STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, HANGUP) if s is not None)
+
+
+class Signalled(KeyboardInterrupt):
+    """SIGTERM (kill, a scheduler) or SIGHUP (a closed terminal, a dropped ssh connection),
+    raised where the work is, as Python raises KeyboardInterrupt for Ctrl-C: the code that keeps
+    what was done on Ctrl-C keeps it here too. Exit code 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        self.name, self.code = signal.Signals(signum).name, 128 + signum
+        super().__init__(self.name)
+
+
+def hung_up():
+    """After SIGHUP: the terminal is gone, and a write to it would fail (EIO) in the middle of
+    keeping what was done; so stdout and stderr, where they are that terminal, go to /dev/null
+    from here on (a pipe or a file stays as it is, and metrics.jsonl has every line)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        if os.isatty(fd):
+            os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+@contextlib.contextmanager
+def stopping_on_signals():
+    """Inside, SIGTERM and SIGHUP raise Signalled (a KeyboardInterrupt), as Ctrl-C does."""
+    def stop(signum, frame):
+        if signum == HANGUP:
+            hung_up()
+        raise Signalled(signum)
+
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def plural(n: int, word: str) -> str:

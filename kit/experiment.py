@@ -79,12 +79,12 @@ def inputs(args, task, world) -> torch.device:
 
 def torchrun(nproc: int, script: str, argv: list[str]):
     """This same command under torchrun, with nproc processes on this machine: this process
-    becomes torchrun (PyTorch's launcher), whose exit code is the command's. script: the
-    command's file."""
+    becomes torchrun (PyTorch's launcher, without its own report: kit/launch.py), whose exit code
+    is the command's. script: the command's file."""
     sys.stdout.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                              f"--nproc_per_node={nproc}", "--", os.path.abspath(script),
-                              *argv])  # ("--": torchrun reads none of argv as its own flags)
+    launcher = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch.py")
+    os.execv(sys.executable, [sys.executable, launcher, str(nproc), os.path.abspath(script),
+                              *argv])
 
 
 # --- what is left, and the time it takes ---------------------------------------------------------

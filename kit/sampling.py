@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from data.e2e.prepare import FORMATS
 from data.task import open_task, tokenizer
 from kit import cli, distributed, evaluation, latency, multitask, rundir
 from kit.checkpoint import ADAPTER_FORMAT, load_metadata, write_atomic
@@ -457,7 +458,17 @@ def check_task(args):
     """args.task: --data's, else the run's own (config.json), else E2E; its decoding defaults
     where no flag is given; the input or the split checked against it."""
     run = run_config(args)
-    args.task = open_task(args.data or run.get("data"), args.format or run.get("format"))
+    data, trained = args.data or run.get("data"), run.get("format")  # (the run's text layout)
+    args.task = open_task(data, args.format)  # a --format that does not fit the data is refused
+    if not args.format and trained and trained != args.task.format:
+        if args.task.format in FORMATS and trained in FORMATS:  # E2E, laid out as the run was
+            args.task = open_task(data, trained)
+        elif args.task.format in FORMATS:  # E2E has two layouts: which one is the user's call
+            raise UserError(f"this {'adapter' if args.adapter else 'model'} was trained on "
+                            f"{trained} text (its run's config.json), and --data "
+                            f"{data or 'e2e'} is E2E's: pass --format paper (or official) to "
+                            "decode E2E with it, in that layout of its text")
+        # (a run of one task decoding another's data, not E2E's: that data's one layout)
     args.format = args.task.format
     for name, value in args.task.decoding.items():
         if name not in args.given:

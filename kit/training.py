@@ -1,5 +1,5 @@
 """What a training run needs besides its loop (train.py): its settings checked, its folder owned,
-a resume, the checkpoints, Ctrl-C and SIGTERM, the log. train.py calls it in this order:
+a resume, the checkpoints, Ctrl-C, SIGTERM and SIGHUP, the log. train.py calls it in this order:
 
     run = training.open_run(cfg, world)  # every check; the run folder owned; nothing written
     with run.setting_up():               # a user error or Ctrl-C in here: every file as it was
@@ -18,10 +18,10 @@ are no longer finite are never saved. `keep_epochs` also keeps each epoch's resu
 (adapter-epoch{N}.safetensors, model-epoch{N}/). A resumed run goes on where it stopped with an
 uninterrupted run's losses, on another device if need be; only SAFE_ON_RESUME may change.
 
-Ctrl-C or SIGTERM: every rank stops after the same step, saves, and exits 130 / 143; a second
-signal quits at once, unless a checkpoint is being written. Under torchrun (distributed.py)
-every rank runs the same calls: rank 0 owns and writes the folder, a user error on any rank is
-raised on all, and rank 0 loads (and downloads) first.
+Ctrl-C, SIGTERM or SIGHUP: every rank stops after the same step, saves, and exits 130 / 143 /
+129; a second signal quits at once, unless a checkpoint is being written. Under torchrun
+(distributed.py) every rank runs the same calls: rank 0 owns and writes the folder, a user error
+on any rank is raised on all, and rank 0 loads (and downloads) first.
 """
 
 import contextlib
@@ -136,7 +136,7 @@ def resumed(cfg):
     saved.update({name: getattr(cfg, name) for name in cfg.given if name in safe})
     known = {f.name for f in dataclasses.fields(cfg)}
     return type(cfg)(**{k: v for k, v in saved.items() if k in known},
-                     resume=os.path.abspath(cfg.resume), given=tuple(cfg.given))
+                     resume=os.path.abspath(cfg.resume), given=tuple(cfg.given), go_on=cfg.go_on)
 
 
 def checked(cfg, world=distributed.ALONE) -> tuple:
@@ -442,7 +442,7 @@ class Log:
 
 
 class Stop(Exception):
-    """A second Ctrl-C or SIGTERM outside a checkpoint write: quit without saving."""
+    """A second Ctrl-C, SIGTERM or SIGHUP outside a checkpoint write: quit without saving."""
 
     def __init__(self, name: str, code: int):
         super().__init__(name)
@@ -526,12 +526,12 @@ class Run:
 
     @contextlib.contextmanager
     def training(self, what: str, examples: int, total: int):
-        """Around the loop: config.json written, Ctrl-C and SIGTERM caught (save after the step),
+        """Around the loop: config.json written, Ctrl-C, SIGTERM, SIGHUP caught (save after the step),
         metrics.jsonl opened (what ran after a resumed checkpoint dropped: it runs again) and
         yielded; the folder released at the end, however it ends. A second signal, a loss or
         weights no longer finite, a lost rank: one line, and exit_code says which."""
         self.saving = True  # a second signal before the loop waits for it
-        previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, *cli.STOP_SIGNALS)}
         try:
             with self.owner or contextlib.nullcontext():
                 if self.owner:
@@ -583,8 +583,10 @@ class Run:
                            f"{min(cfg.log_interval, total - step)} steps")
 
     def on_signal(self, signum, frame):
-        """Ctrl-C or SIGTERM: save after this step and stop (exit 130 or 143). A second one
-        quits at once, unless a checkpoint is being written: that finishes first."""
+        """Ctrl-C, SIGTERM or SIGHUP: save after this step and stop (exit 130, 143 or 129). A
+        second one quits at once, unless a checkpoint is being written: that finishes first."""
+        if signum == cli.HANGUP:  # the terminal is gone: the lines go to metrics.jsonl only
+            cli.hung_up()
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         if self.stop_code is not None and not self.saving:
             raise Stop(name, 128 + signum)
@@ -598,7 +600,7 @@ class Run:
                 print(line, flush=True)
 
     def stop_requested(self, step: int) -> int | None:
-        """After each step: the exit code a Ctrl-C or SIGTERM on any rank asks for, or None. A
+        """After each step: the exit code a Ctrl-C or signal on any rank asks for, or None. A
         signal may reach the ranks at different steps: all stop after the same one. (Asked
         before anything waits for the GPU: on GPUs this exchange, over gloo, is also what finds
         a rank that died while NCCL waits for it.)"""
@@ -637,8 +639,9 @@ class Run:
 
     def stopped(self, step: int, code: int) -> int:
         """After the checkpoint a signal asked for: how to go on, and the signal's exit code."""
-        self.log.write({"event": "stopped", "step": step}, f"stopped at step {step}; continue "
-                       f"with: python train.py --resume {self.folder}")
+        go_on = self.cfg.go_on.format(folder=self.folder)
+        self.log.write({"event": "stopped", "step": step},
+                       f"stopped at step {step}" + (f"; {go_on}" if go_on else ""))
         return code
 
     def done(self, step: int) -> int:

@@ -226,6 +226,10 @@ def test_a_user_error_under_torchrun_is_one_line_once(tiny, data, tmp_path):
     assert ours == ["train.py: --batch-size 6 does not split over 2 processes x --grad-accum 2: "
                     "give a multiple of 4"], err
     assert proc.returncode != 0 and out == ""  # (then torchrun's own report of the ranks)
+    # every rank exits with the error's code, none killed (torchrun sends SIGTERM to the ranks
+    # still running once one has failed) nor aborted at exit with its process group still open
+    assert set(re.findall(r"exitcode +: (-?\d+)", err)) == {"2"}, err  # (torchrun's page)
+    assert "terminate called" not in err
     assert not (tmp_path / "run").exists()
 
 
@@ -275,6 +279,31 @@ def test_reproduce_runs_its_stages_on_two_processes(tiny, data, tmp_path, capsys
     for split in ("test", "dev"):
         name = os.path.join(run, "decode", f"epoch1-{split}.tsv")
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+def test_ctrl_c_on_reproduce_over_two_processes_is_one_line_and_the_command_goes_on(tiny, data,
+                                                                                  tmp_path):
+    # Ctrl-C reaches the launcher alone (torchrun starts each rank in its own session), which
+    # passes it on: the ranks save after the same step; one line, one way to go on, exit 130
+    argv = [sys.executable, str(REPO / "reproduce.py"), "table3", "--model", tiny, "--data", data,
+            "--seeds", "1", "--epochs", "2", "--limit", "64", "--mrs", "2", "--beam", "1",
+            "--max-new-tokens", "4", "--batch-size", "1", "--no-meteor", "--device", "cpu",
+            "--out", tmp_path / "exp", "--nproc", "2"]
+    proc = subprocess.Popen(list(map(str, argv)), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    before = ""
+    for line in proc.stdout:
+        before += line
+        if line.startswith("epoch 1: dev loss"):  # both ranks are in the loop
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate()
+    assert proc.returncode == 130, err
+    assert err == "reproduce.py: lora-seed1 stopped: rerun the same command to go on\n"
+    assert "Ctrl-C: saving after this step" in before + out and "--resume" not in before + out
+    again = subprocess.run(list(map(str, argv)), cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "resuming at step" in again.stdout and again.stderr == ""
 
 
 def test_the_scaling_script_runs_under_torchrun_with_one_process(tiny, data):

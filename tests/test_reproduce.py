@@ -159,6 +159,29 @@ def test_a_kill_mid_decode_then_the_same_command_gives_the_same_results(experime
         original, sort_keys=True)
 
 
+def test_sighup_mid_decode_is_one_line_and_keeps_what_was_decoded(experiment, tiny, e2e_data,
+                                                                  tmp_path):
+    # a closed terminal: stopped as Ctrl-C is, exit 129 (128 + SIGHUP)
+    out, _ = experiment
+    copy = tmp_path / "table3"
+    shutil.copytree(out, copy)
+    for path in (copy / "runs" / "lora-seed2" / "decode").iterdir():
+        path.unlink()
+    (copy / "results.json").unlink()
+    proc = subprocess.Popen([sys.executable, str(REPO / "reproduce.py"),
+                             *flags(tiny, e2e_data, copy)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("decoded 2/3 MRs"):
+            proc.send_signal(signal.SIGHUP)
+            break
+    _, err = proc.communicate()
+    assert proc.returncode == 129, err
+    assert err == (f"reproduce.py: SIGHUP: stopped; what was done is kept in {copy}: rerun the "
+                   "same command to go on from there\n")
+    assert (copy / "runs" / "lora-seed2" / "decode" / "epoch1-test.tsv.part").is_file()
+
+
 def test_a_sweep_of_two_ranks_gives_two_rows(tiny, e2e_data, gpt2_vocab, tmp_path, capsys):
     argv = flags(tiny, e2e_data, tmp_path / "sweep")
     argv[argv.index("table3")] = "sweep"

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import types
@@ -182,6 +183,32 @@ def test_the_format_defaults_to_the_runs_own(tiny_run, e2e_data, gpt2_vocab, tmp
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "predictions-official-first1.tsv").is_file()
     assert "decoded 1 MR (" in result.stdout
+
+
+@pytest.mark.parametrize("trained, data, fragment", [
+    ("paper", "toy", None),  # E2E's layout means nothing to a JSONL task: its own is taken
+    ("jsonl", "e2e", "this adapter was trained on jsonl text (its run's config.json), and --data "
+                     "{e2e} is E2E's: pass --format paper (or official) to decode E2E with it"),
+])
+def test_a_run_of_one_task_on_another_tasks_data(tiny_run, e2e_data, gpt2_vocab, tmp_path,
+                                                 run_here, trained, data, fragment):
+    (tmp_path / "adapter.safetensors").write_bytes(
+        (tiny_run / "run" / "adapter.safetensors").read_bytes())
+    (tmp_path / "config.json").write_text(json.dumps({"args": {"format": trained}}))
+    folder = e2e_data if data == "e2e" else REPO / "data" / "toy"
+    result = run_here("--adapter", tmp_path / "adapter.safetensors", "--data", folder,
+                      "--limit", "1", "--no-meteor", "--beam", "1", "--max-new-tokens", "4",
+                      "--device", "cpu")
+    if fragment is None:
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "predictions-first1.tsv").is_file()
+    else:
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert fragment.format(e2e=e2e_data) in result.stderr
+        result = run_here("--adapter", tmp_path / "adapter.safetensors", "--data", folder,
+                          "--format", "paper", "--limit", "1", "--no-meteor", "--beam", "1",
+                          "--max-new-tokens", "4", "--device", "cpu")
+        assert result.returncode == 0, result.stderr
 
 
 # --- bad input through the real command line: one line, exit 2 ---------------------------------
@@ -416,6 +443,28 @@ def test_ctrl_c_while_decoding_keeps_what_was_decoded(tiny_run, e2e_data, gpt2_v
     code, out, err = main(capsys, *flags)
     assert code == 0, err
     assert "resuming: 1 of 3 MRs were decoded already" in out and "decoded 2 MRs (" in out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_while_decoding_says_what_was_kept(tiny_run, e2e_data, gpt2_vocab,
+                                                            tmp_path, sig):
+    # a scheduler's kill, a closed terminal: stopped as Ctrl-C is, exit 128 + the signal
+    flags = ["--adapter", tiny_run / "run" / "adapter.safetensors", "--data", e2e_data,
+             "--limit", "3", "--beam", "2", "--max-new-tokens", "4", "--batch-size", "1",
+             "--device", "cpu", "--no-meteor", "--out", tmp_path]
+    proc = subprocess.Popen([sys.executable, str(REPO / "sample.py"), *map(str, flags)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("decoded 1/3 MRs"):
+            proc.send_signal(sig)
+            break
+    out, err = proc.communicate()
+    part = tmp_path / "predictions-first3.tsv.part"
+    assert proc.returncode == 128 + sig, err
+    assert err.startswith(f"sample.py: {sig.name}: stopped; the ") and err.count("\n") == 1, err
+    assert f"decoded so far are kept in {part}: run the same command again" in err \
+        or f"decoded so far is kept in {part}: run the same command again" in err, err
+    assert part.is_file() and not (tmp_path / rundir.LOCK).exists()
 
 
 def test_the_paper_row_follows_the_models_shape_not_its_folder_name(tiny_run):

@@ -320,14 +320,15 @@ def interrupt_after(proc, step, sig):
 
 
 @pytest.mark.parametrize("sig, code, stop_at", [(signal.SIGINT, 130, 11),
-                                                (signal.SIGTERM, 143, 30)])
+                                                (signal.SIGTERM, 143, 30),
+                                                (signal.SIGHUP, 129, 20)])
 def test_a_signal_saves_and_resume_equals_an_uninterrupted_run(tiny, data, tmp_path,
                                                                uninterrupted, sig, code, stop_at):
     run_dir = tmp_path / "run"
     proc = cli(*quick(tiny, data, run_dir, *LONG))
     out, err = interrupt_after(proc, stop_at, sig)
     assert proc.returncode == code, err
-    name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+    name = "Ctrl-C" if sig == signal.SIGINT else sig.name
     assert f"{name}: saving after this step" in out and err == ""
     stopped = max(step for step, _ in train_records(run_dir))
     assert stop_at <= stopped < 40 and f"stopped at step {stopped}" in out

@@ -201,7 +201,8 @@ def run_amplification(args):
     if not base:
         raise UserError(f"{args.adapters[0]} does not name its base model; pass --model")
     model = GPT.from_pretrained(args.model or base)
-    targets = sorted({t for _, t in factors}, key=list(lora.TARGETS).index)
+    targets = [args.target] if args.target else sorted({t for _, t in factors},
+                                                       key=list(lora.TARGETS).index)
     lines = []
     for target in targets:
         rows = []
@@ -233,11 +234,12 @@ def parse_args(argv=None):
     a = sub.add_parser("amplification", formatter_class=cli.HelpFormatter,
                        help="Delta W against W: Table 7 for one adapter")
     a.add_argument("adapters", nargs=1, metavar="ADAPTER")
-    for q in (s, a):
+    for q, target in ((s, "q"), (a, None)):
         q.error = p.error
-        q.add_argument("--target", default="q", choices=list(lora.TARGETS),
-                       help="the adapted matrix (similarity)")
-        q.add_argument("--layer", type=int, help="one layer (default: all, averaged)")
+        q.add_argument("--target", default=target, choices=list(lora.TARGETS),
+                       help="the adapted matrix" + (" (default: each one the adapter adapts)"
+                                                    if target is None else ""))
+        q.add_argument("--layer", type=int, help="one layer, from 0 (default: all, averaged)")
         q.add_argument("--model", help="the base model (default: the adapter's own record)")
     return p.parse_args(argv)
 
@@ -245,6 +247,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        if args.layer is not None and args.layer < 0:
+            raise UserError(f"--layer counts from 0 (the first layer), got {args.layer}")
         if args.command == "similarity":
             cli.check_writable_file(args.out, "--out")
             run_similarity(args)

@@ -94,10 +94,11 @@ class LoRALinear(nn.Module):
 def check_settings(targets, r, alpha: float, dropout: float) -> list[str]:
     """The targets as a list (TARGETS order), after checking r, alpha and dropout; a bad value
     raises ValueError naming it. apply() calls this; train.py calls it before loading anything."""
-    names = targets.split(",") if isinstance(targets, str) else list(targets)
-    names = [t.strip() for t in names if t.strip()]
-    unknown = [t for t in names if t not in TARGETS]
-    if unknown or not names:
+    names = [t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets)]
+    if "" in names and any(names):  # q,,v is a typo, not q,v
+        raise ValueError(f"targets {','.join(names)!r} have an empty entry: give them as e.g. q,v")
+    unknown = [t for t in names if t and t not in TARGETS]
+    if unknown or not any(names):
         raise ValueError(f"unknown LoRA target {', '.join(map(repr, unknown)) or '(none given)'}: "
                          "choose from q, k, v, o (attention W_q, W_k, W_v, W_o) and fc, proj "
                          "(MLP d->4d, 4d->d), e.g. q,v")

@@ -136,7 +136,7 @@ def plan(args, task) -> tuple[dict, list[Unit]]:
                             f"{', '.join(ROWS)}")
         cells = [(row, row, *row_settings(row, shape)) for row in rows]
     else:
-        ranks = experiment.parse_list(args.rank, "--rank")
+        ranks, seen = experiment.parse_list(args.rank, "--rank"), []
         for targets in args.targets:
             try:
                 names = lora.check_settings(targets, 1, 1.0, 0.0)
@@ -144,6 +144,9 @@ def plan(args, task) -> tuple[dict, list[Unit]]:
                     lora.check_settings(targets, r, 1.0, 0.0)
             except ValueError as e:
                 raise UserError(f"{e} (--targets, --rank)") from None
+            if names in seen:  # (q,v and v,q are one set)
+                raise UserError(f"--targets gives {','.join(names)} twice: give each set once")
+            seen.append(names)
             for r in ranks:
                 cells.append((f"lora-{''.join(names)}-r{r}", f"{','.join(names)} r={r}",
                               {"method": "lora", "targets": ",".join(names), "rank": r}, ""))
@@ -318,11 +321,11 @@ def parse_args(argv=None):
     tables = []
     for command, what in (("table3", "Table 3's rows (E2E)"), ("table13", "Table 13's (DART)"),
                           ("table14", "Table 14's (WebNLG)")):
-        t = sub.add_parser(command, formatter_class=cli.HelpFormatter,
+        t = sub.add_parser(command, formatter_class=cli.HelpFormatter, allow_abbrev=False,
                            help=f"{what}: each row over seeds and epochs")
         t.add_argument("--rows", default="lora", help=f"comma-separated, of {', '.join(ROWS)}")
         tables.append(t)
-    w = sub.add_parser("sweep", formatter_class=cli.HelpFormatter,
+    w = sub.add_parser("sweep", formatter_class=cli.HelpFormatter, allow_abbrev=False,
                        help="LoRA over ranks and target sets (Tables 5 and 6, Appendix H.2)")
     w.add_argument("--rank", default="1,2,4,8,16", help="comma-separated ranks r")
     w.add_argument("--targets", nargs="+", default=["q,v"], help="target sets, e.g. q,v q,k,v,o")

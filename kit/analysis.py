@@ -227,11 +227,11 @@ def parse_args(argv=None):
     p = cli.parser("analysis.py", description="The paper's Section 7 on your adapters: subspace "
                    "similarity (7.2) and how Delta W relates to W (7.3).")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("similarity", formatter_class=cli.HelpFormatter,
+    s = sub.add_parser("similarity", formatter_class=cli.HelpFormatter, allow_abbrev=False,
                        help="phi(A1, A2, i, j) between two adapters (Figure 3)")
     s.add_argument("adapters", nargs=2, metavar="ADAPTER")
     s.add_argument("--out", required=True, help="the CSV grid (and a PNG beside it)")
-    a = sub.add_parser("amplification", formatter_class=cli.HelpFormatter,
+    a = sub.add_parser("amplification", formatter_class=cli.HelpFormatter, allow_abbrev=False,
                        help="Delta W against W: Table 7 for one adapter")
     a.add_argument("adapters", nargs=1, metavar="ADAPTER")
     for q, target in ((s, "q"), (a, None)):

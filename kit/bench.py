@@ -620,7 +620,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     class Formatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
         pass  # the module docstring, which describes the sections, as it is laid out
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter, allow_abbrev=False)
     p.add_argument("what", nargs="?", default="all", choices=["all", *SECTIONS],
                    help="the section to run (see above)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")

@@ -223,6 +223,9 @@ def test_a_folder_of_another_experiment_is_refused_untouched(experiment, tiny, e
     argv[argv.index("table3")] = "sweep"
     code, _, err = run_main(reproduce.main, capsys, *argv, "--rank", "x")
     assert code == 2 and "--rank 'x': give a comma-separated list" in err
+    code, _, err = run_main(reproduce.main, capsys, *argv, "--targets", "q,v", "v,q")
+    assert code == 2 and err.count("\n") == 1
+    assert "--targets gives q,v twice: give each set once" in err, err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 

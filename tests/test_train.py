@@ -203,6 +203,7 @@ def main(capsys, *argv):
 
 @pytest.mark.parametrize("flags, message", [
     (["--targets", "q,x"], "unknown LoRA target 'x': choose from q, k, v, o"),
+    (["--targets", "q,,v"], "targets 'q,,v' have an empty entry: give them as e.g. q,v"),
     (["--rank", "0"], "rank r must be an integer >= 1, got 0"),
     (["--model", "/nowhere/gpt2"], "no such file or directory: /nowhere/gpt2"),
     (["--data", "/nowhere"], "/nowhere lacks trainset.csv"),

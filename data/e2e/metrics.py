@@ -478,7 +478,7 @@ def format_scores(scores: dict, meteor_requested: bool = True, *,
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        description="Score E2E NLG outputs with the official challenge metrics "
+        allow_abbrev=False, description="Score E2E NLG outputs with the official challenge metrics "
                     "(BLEU, NIST, METEOR, ROUGE-L, CIDEr).")
     parser.add_argument("refs", help="references: CSV/TSV (MR, reference) or text (one per line, "
                                      "MRs separated by an empty line)")

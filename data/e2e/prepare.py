@@ -318,8 +318,8 @@ def eval_groups(split: str, data_dir: str | None = None,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Download (if needed), check and tokenize the "
-                                                 "E2E NLG data; print what it holds.")
+    parser = argparse.ArgumentParser(allow_abbrev=False, description="Download (if needed), "
+                                     "check and tokenize the E2E NLG data; print what it holds.")
     parser.add_argument("--data", help="folder with the official CSVs (default: $E2E_DATA_DIR, "
                                        "else data/e2e/, downloaded when missing)")
     parser.add_argument("--format", default="paper", choices=list(FORMATS),

@@ -50,6 +50,11 @@ def check_text(text, what: str = "") -> str:
         raise ValueError(f"{subject}is {JSON_TYPES.get(type(text), 'a value')}, not a string")
     if not text.strip():
         raise ValueError(f"{subject}is empty")
+    try:  # a lone surrogate ("\ud800" is valid JSON) is no character: it cannot be written out
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{subject}holds {text[e.start]!r} at character {e.start + 1}, half of "
+                         "a UTF-16 pair (a lone surrogate), which is no character") from None
     if "<|endoftext|>" in text:
         raise ValueError(f"{subject}holds '<|endoftext|>', GPT-2's end-of-text marker, which "
                          "separates context and target here; remove it")

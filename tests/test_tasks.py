@@ -78,6 +78,8 @@ def test_lines_sharing_a_context_are_one_input_with_all_its_targets(tmp_path, vo
     ('{"context": "a", "target": "  "}', "train.jsonl, line 2: the target is empty"),
     ('{"context": "a<|endoftext|>", "target": "b"}', "the context holds '<|endoftext|>'"),
     (b'{"context": "caf\xe9", "target": "b"}', "train.jsonl is not UTF-8 (byte 0xe9 on line 2)"),
+    ('{"context": "a\\ud800b", "target": "b"}', "train.jsonl, line 2: the context holds '\\ud800' "
+                                                "at character 2, half of a UTF-16 pair"),
 ])
 def test_a_bad_line_is_one_line_naming_file_and_line_and_nothing_is_written(
         tmp_path, tiny, vocab, capsys, line, message):

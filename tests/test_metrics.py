@@ -17,12 +17,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FIXTURES, REPO, SHARED, needs_jar
+from conftest import FIXTURES, REPO, SHARED, installed, needs_jar
 
 from data.e2e import metrics
 
 CASES = FIXTURES / "e2e-metrics"
-HAVE_COCO = importlib.util.find_spec("pycocoevalcap") is not None
+HAVE_COCO = installed("pycocoevalcap")
 
 
 def official_scores():
@@ -265,6 +265,17 @@ def test_with_pycocoevalcap_and_no_java_all_five_are_scored(meteor_env):
                              CASES / "baseline-output.txt", "--meteor", "jar"],
                             env=meteor_env, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0 and "METEOR: n/a (needs Java)" in result.stdout
+
+
+def test_without_pycocoevalcap_the_tests_that_need_it_skip(user_env):
+    # the suite in an environment without pycocoevalcap: what needs it skips, saying why
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                             "-p", "no:xdist", "tests/test_metrics.py", "-k",
+                             "pycocoevalcap_and_no_java"],
+                            env=user_env, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert " passed" not in result.stdout and " failed" not in result.stdout, result.stdout
+    assert "pycocoevalcap is not installed" in result.stdout, result.stdout
 
 
 @needs_jar

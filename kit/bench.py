@@ -75,8 +75,7 @@ class Setup:
 
     def __init__(self, args):
         self.args = args
-        self.device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                                   else "cpu" if args.device == "auto" else args.device)
+        self.device = torch.device(args.device)  # (checked: parse_args)
         shape = SMALL if args.small else GPTConfig.from_preset(args.model).__dict__
         # no dropout in the backbone, as train.py's default (the released code's)
         self.config = GPTConfig(**{**GPTConfig().__dict__, **shape, "dropout": 0.0})
@@ -614,16 +613,37 @@ def print_tasks(setup, r: dict):
 SECTIONS = {"train": bench_train, "memory": bench_memory, "decode": bench_decode,
             "latency": bench_latency, "cache": bench_cache, "profile": bench_profile,
             "tasks": bench_tasks}
+# the sections that compare with transformers + peft (test-only references: requirements-dev.txt)
+REFERENCES = ("transformers", "peft")
+NEEDS_REFERENCES = ("train", "memory", "decode", "profile")
+
+
+def unavailable(section: str, missing: list[str]) -> str:
+    return (f"{section} compares with transformers + peft, and {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not installed (pip install -r "
+            "requirements-dev.txt brings them)")
+
+
+def missing_references() -> list[str]:
+    """The reference packages that cannot be imported here (a plain install: requirements.txt)."""
+    missing = []
+    for name in REFERENCES:
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    return missing
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     class Formatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
         pass  # the module docstring, which describes the sections, as it is laid out
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter, allow_abbrev=False)
+    p = cli.parser("bench.py", description=__doc__, formatter_class=Formatter)
     p.add_argument("what", nargs="?", default="all", choices=["all", *SECTIONS],
                    help="the section to run (see above)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cuda, "
+                                                    "cuda:N, cpu")
     p.add_argument("--model", default="gpt2-medium", help="the shape timed (random weights)")
     p.add_argument("--small", action="store_true", help="a small GPT-2 shape, for CPUs")
     p.add_argument("--data", help="folder with the E2E CSVs (default: $E2E_DATA_DIR, else "
@@ -650,13 +670,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peak-worker", choices=tuple(MEMORY_ROWS), help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
+    try:  # every flag checked before anything is built or timed
+        args.device = str(bench_device(args.device))
+        if args.grid:
+            latency.parse_grid(args.grid)
+    except (cli.UserError, ValueError) as e:
+        cli.fail("bench.py", e)
+    if negative := [f"--{k.replace('_', '-')}" for k in ("steps", "warmup", "mrs", "generate_mrs",
+                                                         "trials") if getattr(args, k) < 0]:
+        cli.fail("bench.py", f"{', '.join(negative)} must not be negative (0: the default)")
+    if args.rounds < 1 or args.decode_batch < 1:
+        cli.fail("bench.py", "--rounds and --decode-batch must be at least 1")
+    cuda = args.device.startswith("cuda")
     args.steps = args.steps or (100 if cuda else 10)
     args.warmup = args.warmup or (20 if cuda else 2)
     args.mrs = args.mrs or (630 if cuda else 16)
-    if args.rounds < 1 or args.steps < 1:
-        p.error("--rounds and --steps must be at least 1")
     return args
+
+
+def bench_device(name: str) -> torch.device:
+    """--device as train.py checks it, auto meaning CUDA, else the CPU: what is timed here
+    waits for CUDA kernels to finish (torch.cuda.synchronize), and for nothing else."""
+    device = cli.pick_device("cuda" if name == "auto" and torch.cuda.is_available() else
+                             "cpu" if name == "auto" else name)
+    if device.type == "mps":
+        raise cli.UserError("--device mps: bench.py times CUDA or the CPU only (it cannot wait "
+                            "for an Apple GPU to finish)")
+    return device
 
 
 def main(argv=None) -> int:
@@ -666,6 +706,8 @@ def main(argv=None) -> int:
             cli.check_writable_file(args.json, "--json")
         except cli.UserError as e:
             cli.fail("bench.py", e)
+    if args.what in NEEDS_REFERENCES and (missing := missing_references()):
+        cli.fail("bench.py", unavailable(args.what, missing))
     try:
         return run(args, argv)
     except KeyboardInterrupt:
@@ -678,15 +720,19 @@ def run(args, argv) -> int:
     if args.peak_worker:
         print(json.dumps(peak_memory_worker(setup, args.peak_worker)))
         return 0
-    import peft
-    import transformers
+    missing = missing_references()
+    versions = "".join(f", {name} {sys.modules[name].__version__}" for name in REFERENCES
+                       if name not in missing and name in sys.modules)
     print(f"bench.py {' '.join(sys.argv[1:] if argv is None else argv)}: "
           f"{torch.cuda.get_device_name() if setup.device.type == 'cuda' else 'CPU'}, "
-          f"torch {torch.__version__}, transformers {transformers.__version__}, peft "
-          f"{peft.__version__}, {time.strftime('%Y-%m-%d')}", flush=True)
+          f"torch {torch.__version__}{versions}, {time.strftime('%Y-%m-%d')}", flush=True)
     results, failed = {}, []
     with setup:
         for name in SECTIONS if args.what == "all" else [args.what]:
+            if missing and name in NEEDS_REFERENCES:  # a plain install (make train's)
+                results[name] = {"skipped": f"needs {' and '.join(missing)}"}
+                print(f"\n{name}: skipped: {unavailable(name, missing)}", flush=True)
+                continue
             try:
                 results[name] = SECTIONS[name](setup)
             except Exception:  # a section that breaks (on a new GPU, say) spares the others

@@ -5,9 +5,12 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
+from conftest import REPO
 
 import train
 from data.e2e import prepare as e2e
@@ -68,6 +71,56 @@ def test_an_unwritable_json_is_refused_before_any_measurement(capsys):
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count("\n") == 1
     assert err.startswith("bench.py: cannot write to /proc/lora-gpt2"), err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--grid", "1x0"], "--grid '1x0': give cells like 1x128,16x256"),
+    (["--decode-batch", "0"], "--rounds and --decode-batch must be at least 1"),
+    (["--mrs", "-3"], "--mrs must not be negative (0: the default)"),
+    (["--device", "tpu"], "--device 'tpu' is not a device"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--steps", "-1"],
+     "sees no CUDA GPU; use --device cpu" if not torch.cuda.is_available()
+     else "--steps must not be negative"),
+])
+def test_bad_flags_are_one_line_before_anything_runs(flags, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["all", "--small", *flags])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("bench.py: ") and message in err, err
+
+
+def test_a_plain_install_runs_what_needs_no_reference_and_says_what_does(e2e_data, gpt2_vocab,
+                                                                          user_env):
+    # make train's environment: no transformers, no peft
+    env = {**user_env, "E2E_DATA_DIR": e2e_data}
+    run = lambda *argv: subprocess.run([sys.executable, "-m", "kit.bench", *argv, "--small",
+                                        "--device", "cpu"], cwd=REPO, env=env,
+                                       capture_output=True, text=True)
+    result = run("latency", "--grid", "1x8", "--trials", "1")
+    assert result.returncode == 0, result.stderr
+    assert "| 1 x 8 |" in result.stdout and "transformers" not in result.stdout
+    result = run("train")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("bench.py: train compares with transformers + peft, and "
+                             "transformers and peft are not installed (pip install -r "
+                             "requirements-dev.txt brings them)\n")
+
+
+def test_all_sections_in_a_plain_install_skip_the_comparisons_with_one_line_each(
+        e2e_data, gpt2_vocab, tmp_path, capsys, monkeypatch):
+    def compares(setup):
+        raise AssertionError("a comparison ran without its reference packages")
+    monkeypatch.setattr(bench, "missing_references", lambda: ["peft"])
+    monkeypatch.setattr(bench, "SECTIONS", {"train": compares, "cache": lambda setup: {"ok": 1}})
+    code = bench.main(["all", "--small", "--device", "cpu", "--data", e2e_data, "--json",
+                       str(tmp_path / "b.json")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert ("train: skipped: train compares with transformers + peft, and peft is not installed "
+            "(pip install -r requirements-dev.txt brings them)") in out
+    assert json.loads((tmp_path / "b.json").read_text()) == {
+        "train": {"skipped": "needs peft"}, "cache": {"ok": 1}}
 
 
 def test_tasks_section_reports_what_it_measured(e2e_data, gpt2_vocab, tmp_path, capsys,

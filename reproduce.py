@@ -39,7 +39,6 @@ the plots, --nproc) is kit/experiment.py's.
 
 import contextlib
 import dataclasses
-import json
 import os
 import platform
 import sys
@@ -177,8 +176,7 @@ def train_run(unit: Unit, folder: str, world) -> tuple[int, int]:
     """Start or resume the run, train.train: (its exit code, the steps it ran)."""
     config = os.path.join(folder, "config.json")
     if os.path.isfile(config):  # resumed where it stopped, on this command's device
-        with open(config, encoding="utf-8") as f:
-            saved = json.load(f)["args"]
+        saved = experiment.read_json(config, experiment.again(folder), key="args")
         changed = tuple(k for k in ("device", "dtype") if saved.get(k) != getattr(unit.config, k))
         cfg = train.Recipe(resume=folder, device=unit.config.device, dtype=unit.config.dtype,
                            given=("resume", *changed))

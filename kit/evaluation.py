@@ -107,7 +107,7 @@ def resumed_part(path: str, settings: dict, force: bool) -> dict[int, str]:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if not os.path.exists(path):
         return {}
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:  # (a damaged one: refused below)
         lines = f.read().split("\n")
     done = {}
     try:
@@ -116,8 +116,8 @@ def resumed_part(path: str, settings: dict, force: bool) -> dict[int, str]:
         same = False
     if not same:
         if not force:
-            raise UserError(f"{path} holds an unfinished decode with other settings; pass --force "
-                            "to discard it")
+            raise UserError(f"{path} holds an unfinished decode with other settings (or is "
+                            "damaged); delete it, or pass sample.py --force, to decode afresh")
         os.remove(path)
         return {}
     for line in lines[1:]:

@@ -10,6 +10,7 @@ the same command again with --nproc processes.
     EXP/results.json, results.md, plots/      the rows, the epochs chosen, how they were trained
 """
 
+import contextlib
 import json
 import math
 import os
@@ -42,6 +43,31 @@ def parse_list(text: str, flag: str, kind=int) -> list:
     return values
 
 
+def read_json(path: str, way_out: str, key: str | None = None, lines: bool = False):
+    """A JSON file of the experiment's (lines: JSON Lines, each an object with an "event", as
+    metrics.jsonl); with key, its value there. One that does not read so (edited by hand,
+    truncated) is a user error naming it and the way out."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if lines:
+            *whole, last = text.split("\n")  # last: "", or a line a kill cut short
+            data = [json.loads(line) for line in whole if line.strip()]
+            with contextlib.suppress(ValueError):
+                data += [json.loads(last)] if last.strip() else []
+            if not all(isinstance(r, dict) and "event" in r for r in data):
+                raise ValueError("a line that is not a record of train.py's")
+            return data
+        data = json.loads(text)
+        if key is None:
+            return data
+        if not isinstance(data, dict) or not isinstance(data.get(key), dict):
+            raise ValueError(f"no {key!r} object in it")
+        return data[key]
+    except ValueError as e:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+        raise UserError(f"{path} is damaged ({e}): {way_out}") from None
+
+
 def open_experiment(folder: str, settings: dict) -> rundir.Claim:
     """Own the experiment folder; one that holds another experiment is refused, untouched."""
     cli.check_writable(folder)
@@ -50,8 +76,13 @@ def open_experiment(folder: str, settings: dict) -> rundir.Claim:
     settings = json.loads(json.dumps(settings))  # as experiment.json holds them (lists, not tuples)
     problem = None
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f).get("settings") or {}
+        try:
+            saved = read_json(path, "restore it, or start again with another --out (without it "
+                              "the runs here cannot be matched to a command)", key="settings")
+        except UserError:
+            owner.abandon()
+            owner.release()
+            raise
         if differ := sorted(k for k in set(saved) | set(settings)
                             if saved.get(k) != settings.get(k)):
             problem = (f"holds an experiment with other settings ({', '.join(differ)} differ); "
@@ -101,7 +132,14 @@ def stem(folder: str, epoch: int, split: str) -> str:
 def steps_done(folder: str) -> int:
     """The step a run's last checkpoint holds (0 without one)."""
     state = os.path.join(folder, "state.safetensors")
-    return json.loads(load_metadata(state)["state"])["step"] if os.path.isfile(state) else 0
+    if not os.path.isfile(state):
+        return 0
+    try:
+        return int(json.loads(load_metadata(state)["state"])["step"])
+    except UserError as e:  # (the checkpoint's own error names the file)
+        raise UserError(f"{e}: {again(folder)}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{state} is damaged ({e!r} in its metadata): {again(folder)}") from None
 
 
 def trained(folder: str, epochs: int, cfg) -> bool:
@@ -109,8 +147,7 @@ def trained(folder: str, epochs: int, cfg) -> bool:
     log = os.path.join(folder, "metrics.jsonl")
     if not os.path.isfile(log):
         return False
-    with open(log, encoding="utf-8") as f:
-        done = any(json.loads(line).get("event") == "done" for line in f if line.strip())
+    done = any(r["event"] == "done" for r in read_json(log, again(folder), lines=True))
     return done and all(os.path.exists(training.result_path(cfg.method, folder, e))
                         for e in range(1, epochs + 1))
 
@@ -176,10 +213,14 @@ class Progress:
 # --- the results ---------------------------------------------------------------------------------
 
 
+def again(folder: str) -> str:
+    """The way out of a run whose own files are damaged."""
+    return f"delete {folder}, and the same command trains that run again"
+
+
 def read_run(unit, folder: str) -> dict:
     """One run's record: its settings, trainable parameters, dev loss and scores by epoch."""
-    with open(os.path.join(folder, "metrics.jsonl"), encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = read_json(os.path.join(folder, "metrics.jsonl"), again(folder), lines=True)
     start = next(r for r in records if r["event"] == "start")
     dev_loss = {r["epoch"]: r["dev_loss"] for r in records
                 if r["event"] == "eval" and "epoch" in r}
@@ -187,8 +228,9 @@ def read_run(unit, folder: str) -> dict:
     for e in range(1, unit.config.epochs + 1):
         epochs[e] = {}
         for split in SPLITS:
-            with open(stem(folder, e, split) + ".scores.json", encoding="utf-8") as f:
-                epochs[e][split] = json.load(f)["scores"]
+            epochs[e][split] = read_json(stem(folder, e, split) + ".scores.json", "delete it, "
+                                         "and the same command decodes that epoch again",
+                                         key="scores")
     return {"label": unit.label, "seed": unit.seed, "config": unit.config.recorded(),
             "trainable": start["trainable"], "dev_loss": dev_loss, "epochs": epochs}
 
@@ -258,8 +300,8 @@ def plots(result: dict, exp: str, paper) -> list[str]:
         fig, axes = plt.subplots(2, columns, figsize=(5 * columns, 8), squeeze=False)
         axes = axes.ravel()
         for name, r in runs.items():
-            with open(os.path.join(exp, "runs", name, "metrics.jsonl"), encoding="utf-8") as f:
-                log = [json.loads(line) for line in f if line.strip()]
+            folder = os.path.join(exp, "runs", name)
+            log = read_json(os.path.join(folder, "metrics.jsonl"), again(folder), lines=True)
             losses = [(x["step"], x["loss"]) for x in log if x["event"] == "train"]
             dev = [(x["step"], x["dev_loss"]) for x in log if x["event"] == "eval"]
             color = axes[0].plot(*zip(*losses), lw=0.8, label=f"seed {r['seed']}")[0].get_color()

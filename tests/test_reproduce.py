@@ -182,6 +182,39 @@ def test_sighup_mid_decode_is_one_line_and_keeps_what_was_decoded(experiment, ti
     assert (copy / "runs" / "lora-seed2" / "decode" / "epoch1-test.tsv.part").is_file()
 
 
+@pytest.mark.parametrize("damaged, way_out", [
+    ("experiment.json", "restore it, or start again with another --out"),
+    ("runs/lora-seed2/decode/epoch1-dev.scores.json",
+     "delete it, and the same command decodes that epoch again"),
+    ("runs/lora-seed1/metrics.jsonl",
+     "delete {exp}/runs/lora-seed1, and the same command trains that run again"),
+    ("results.json", None),  # (written whole each time, never read)
+])
+def test_a_damaged_file_of_the_experiment_is_one_line_naming_it_and_the_way_out(
+        experiment, tiny, e2e_data, tmp_path, capsys, damaged, way_out):
+    out, _ = experiment
+    copy = tmp_path / "table3"
+    shutil.copytree(out, copy)
+    path = copy / damaged
+    if damaged.endswith(".jsonl"):  # a line edited by hand (a last line cut short by a kill
+        path.write_bytes(b"{oops\n" + path.read_bytes()[:-40])  # is what training rewrites)
+    else:  # cut short, as an editor or a full disk leaves it
+        path.write_bytes(path.read_bytes()[:30])
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    code, stdout, err = run_main(reproduce.main, capsys, *flags(tiny, e2e_data, copy))
+    if way_out is None:
+        assert code == 0, err
+        return
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"reproduce.py: {path} is damaged (") and f"): {way_out}".format(
+        exp=copy) in err, err
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+    if "delete it" in way_out:  # the way out, taken
+        path.unlink()
+        code, stdout, err = run_main(reproduce.main, capsys, *flags(tiny, e2e_data, copy))
+        assert code == 0 and "decoded lora-seed2: 3 MRs" in stdout, err
+
+
 def test_a_sweep_of_two_ranks_gives_two_rows(tiny, e2e_data, gpt2_vocab, tmp_path, capsys):
     argv = flags(tiny, e2e_data, tmp_path / "sweep")
     argv[argv.index("table3")] = "sweep"

@@ -311,7 +311,8 @@ def test_an_interrupted_decode_resumes_from_its_part_file(tiny_run, e2e_data, tm
     (tmp_path / "cut" / "predictions-first6.tsv.part").write_text("\n".join(records) + '\n{"i": 3')
     other = run_here(*flags, "--out", tmp_path / "cut", "--beam", "3")
     assert other.returncode == 2
-    assert "holds an unfinished decode with other settings; pass --force" in other.stderr
+    assert ("holds an unfinished decode with other settings (or is damaged); delete it, or pass "
+            "sample.py --force, to decode afresh") in other.stderr
     resumed = run_here(*flags, "--out", tmp_path / "cut")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming: 3 of 6 MRs were decoded already" in resumed.stdout

@@ -425,7 +425,8 @@ def bench_latency(setup) -> dict:
                              trials=args.trials or (100 if device.type == "cuda" else 30),
                              warmup=10 if device.type == "cuda" else 2,
                              amp_dtype=torch.bfloat16 if device.type == "cuda" else None,
-                             name=args.model if not args.small else setup.describe())
+                             name=args.model if not args.small else setup.describe(),
+                             say=lambda line: print(line, flush=True))
     print()
     print(latency.latency_table(report))
     return report

@@ -54,14 +54,19 @@ def variants(base: GPT, budget: float) -> dict:
 
 def measure(config: GPTConfig, grid: list[tuple[int, int]], device: torch.device, *,
             trials: int, warmup: int, amp_dtype: torch.dtype | None = None,
-            name: str = "gpt2-medium") -> dict:
+            name: str = "gpt2-medium", say=lambda line: None) -> dict:
     """Forward-pass milliseconds (mean, std, ratio to the base) of every variant at every
-    (batch, sequence) cell of grid, as a report that latency_table() prints."""
+    (batch, sequence) cell of grid, as a report that latency_table() prints. say(line): what it
+    builds and times, a line per cell with the time left (projected by tokens per cell)."""
     torch.manual_seed(0)
+    say(f"latency: building {name}'s shape with random weights on {device}, and its variants "
+        f"(base, LoRA merged and unmerged, Adapter^L, Adapter^H); {len(grid)} cells x "
+        f"{warmup + trials} forward passes of each")
+    start = time.perf_counter()
     base = GPT(config).to(device).eval()
     models_for = functools.lru_cache(maxsize=1)(lambda budget: variants(base, budget))
-    rows = []
-    for batch, seq in grid:
+    rows, tokens = [], [b * s for b, s in grid]
+    for cell, (batch, seq) in enumerate(grid):
         budget = TABLE1.get((batch, seq), (11e6,))[0]
         models = models_for(budget)
         x = torch.randint(0, config.vocab_size, (batch, seq), device=device)
@@ -82,6 +87,10 @@ def measure(config: GPTConfig, grid: list[tuple[int, int]], device: torch.device
             std = math.sqrt(sum((v - mean) ** 2 for v in values) / max(trials - 1, 1))
             row["ms"][variant] = {"mean": mean, "std": std, "over_base": mean / base_mean - 1}
         rows.append(row)
+        elapsed, done = time.perf_counter() - start, sum(tokens[:cell + 1])
+        say(f"latency: timed {batch} x {seq} ({cell + 1}/{len(grid)}) in {elapsed:.0f} s"
+            + (f", about {elapsed / done * (sum(tokens) - done):.0f} s to go"
+               if cell + 1 < len(grid) else ""))
     return {"model": name,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "trials": trials, "warmup": warmup,

@@ -330,9 +330,9 @@ def serve_several(args, device, world, test_set: bool):
 def run_latency(args, device):
     """Time the Table 1 variants (latency.py), print the table, write the JSON."""
     config = GPTConfig.from_preset(args.latency_model, dropout=0.0)
-    report = latency.measure(config, args.grid, device, trials=args.trials, warmup=args.warmup_trials,
-                             amp_dtype=args.amp_dtype,
-                             name=args.latency_model)
+    report = latency.measure(config, args.grid, device, trials=args.trials,
+                             warmup=args.warmup_trials, amp_dtype=args.amp_dtype,
+                             name=args.latency_model, say=lambda line: print(line, flush=True))
     print(latency.latency_table(report))
     os.makedirs(os.path.dirname(os.path.abspath(args.latency_out)), exist_ok=True)
     write_atomic(args.latency_out, json.dumps(report, indent=2))

@@ -160,6 +160,12 @@ def test_latency_table_and_json(tmp_path, capsys, monkeypatch):
                           "--trials", "2", "--warmup-trials", "1", "--device", "cpu")
     assert code == 0, err
     assert "| 1 x 8 | 11M |" in out
+    # minutes on a CPU at GPT-2 medium's shape: what it builds, then a line per cell
+    lines = out.splitlines()
+    assert lines[0].startswith("latency: building gpt2's shape with random weights on cpu")
+    assert "2 cells x 3 forward passes of each" in lines[0]
+    assert re.fullmatch(r"latency: timed 1 x 8 \(1/2\) in \d+ s, about \d+ s to go", lines[1])
+    assert re.fullmatch(r"latency: timed 2 x 4 \(2/2\) in \d+ s", lines[2])
     [path] = (tmp_path / "runs").iterdir()
     assert re.fullmatch(r"latency-gpt2-cpu-\d{8}-\d{6}\.json", path.name)
     assert f"wrote {os.path.join('runs', path.name)}" in out

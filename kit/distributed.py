@@ -32,6 +32,7 @@ terminal (no progress bars).
 import contextlib
 import datetime
 import os
+import signal
 import sys
 import time
 
@@ -293,10 +294,27 @@ class _NotATerminal:
         return getattr(self._stream, name)
 
 
+def die_with_launcher():
+    """This rank ends (SIGTERM: it stops as a scheduler's SIGTERM stops it) when the process
+    that started it does: torchrun starts each rank in a session of its own, so a kill -9 to the
+    launcher's process group would leave the ranks running, and holding the run's folder. Linux
+    only (prctl's parent-death signal); kit/launch.py names itself, so that a launcher already
+    gone when this rank gets here is found too."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    launcher = os.environ.get("LORA_LAUNCHER_PID")
+    if launcher and os.getppid() != int(launcher):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def start() -> World:
     """This process's world: torchrun's process group, joined, or ALONE without torchrun."""
     if not launched():
         return ALONE
+    die_with_launcher()
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     text = os.environ.get("LORA_DIST_TIMEOUT", "600")
     try:

@@ -4,7 +4,8 @@ its own report after them: a banner, a warning per signal it forwards, a traceba
 stopped (Ctrl-C, SIGTERM, SIGHUP, all forwarded to the ranks) and a page when a rank exits
 with an error. Here the launcher exits with the ranks' code instead: 128 + the signal's number
 when it was stopped, the first failed rank's code otherwise, and one line only where a rank was
-killed by a signal and so could say nothing itself.
+killed by a signal and so could say nothing itself. The ranks die with it, even by kill -9
+(distributed.die_with_launcher).
 
 Run as a script, so that it needs nothing but torch: python kit/launch.py NPROC SCRIPT [ARGS...]
 """
@@ -24,6 +25,7 @@ SHUTDOWN_TIMEOUT = 600
 
 
 def main(nproc: str, script: str, *args: str) -> int:
+    os.environ["LORA_LAUNCHER_PID"] = str(os.getpid())  # the ranks' parent: they die with it
     for name in list(logging.root.manager.loggerDict):  # torchrun's own messages: not shown
         if name.startswith("torch.distributed"):
             logging.getLogger(name).setLevel(logging.CRITICAL)

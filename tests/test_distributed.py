@@ -10,6 +10,7 @@ variables (RANK, WORLD_SIZE, MASTER_ADDR, ...) where a test must reach one rank 
 kill it, give it other flags, or read its exit code (torchrun reports only its own).
 """
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -18,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -27,7 +29,7 @@ from safetensors.torch import load_file
 import reproduce
 import sample
 import train
-from kit import cli, distributed, sampling, training
+from kit import cli, distributed, rundir, sampling, training
 
 # what a run logged, and its result without a full fine-tuning's key biases (why: the script)
 _spec = importlib.util.spec_from_file_location("compare_runs", REPO / "scripts" / "compare_runs.py")
@@ -304,6 +306,46 @@ def test_ctrl_c_on_reproduce_over_two_processes_is_one_line_and_the_command_goes
     again = subprocess.run(list(map(str, argv)), cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert "resuming at step" in again.stdout and again.stderr == ""
+
+
+def test_the_ranks_die_with_their_launcher_killed_by_kill_9(tiny, data, tmp_path):
+    # kill -9 to reproduce.py --nproc 2's process group (the launcher's): the ranks, each in a
+    # session of its own, get SIGTERM (a parent-death signal), stop and let go of the folder
+    exp = tmp_path / "exp"
+    argv = [sys.executable, str(REPO / "reproduce.py"), "table3", "--model", tiny, "--data", data,
+            "--seeds", "1", "--epochs", "3", "--limit", "64", "--mrs", "2", "--beam", "1",
+            "--max-new-tokens", "4", "--batch-size", "1", "--no-meteor", "--device", "cpu",
+            "--out", exp, "--nproc", "2"]
+    proc = subprocess.Popen(list(map(str, argv)), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 1: dev loss"):  # training, with two epochs to go
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    deadline = time.monotonic() + 60
+    with open(exp / rundir.LOCK) as lock:
+        while True:  # the folder is free once no rank holds its lock
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "a rank outlived its launcher by 60 s"
+                time.sleep(0.5)
+    assert not (exp / "results.json").exists()  # stopped, not run to the end
+
+
+def test_an_experiment_in_use_is_refused_once_over_two_processes(tiny, data, tmp_path):
+    exp = tmp_path / "exp"
+    with rundir.claim(str(exp), "reproduce.py", "wait for it to end"):  # another run holds it
+        proc = subprocess.run(list(map(str, [
+            sys.executable, REPO / "reproduce.py", "table3", "--model", tiny, "--data", data,
+            "--seeds", "1", "--epochs", "1", "--limit", "8", "--mrs", "1", "--no-meteor",
+            "--device", "cpu", "--out", exp, "--nproc", "2"])), cwd=REPO, capture_output=True,
+            text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(
+        f"reproduce.py: {exp} is in use by reproduce.py (pid {os.getpid()})"), proc.stderr
 
 
 def test_the_scaling_script_runs_under_torchrun_with_one_process(tiny, data):

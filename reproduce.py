@@ -390,6 +390,9 @@ def main(argv=None) -> int:
         cli.fail("reproduce.py", e)
     except KeyboardInterrupt:
         cli.interrupted("reproduce.py", "stopped before anything was started")
+    except cli.WriteError as e:
+        e.kept = "nothing was started"
+        cli.cannot_write("reproduce.py", e)
     except distributed.LostRank as e:
         return e.say("reproduce.py", "nothing was started")
     with owner or contextlib.nullcontext():
@@ -401,6 +404,10 @@ def main(argv=None) -> int:
                             "same command to go on from there", e)
         except experiment.STAGE_ERRORS as e:  # a download that fails, METEOR that breaks, ...
             cli.fail("reproduce.py", e)
+        except cli.WriteError as e:  # a full disk, a folder no longer writable
+            e.kept = (f"stopped; what was done is kept in {exp}: make room (or make it "
+                      "writable again), then rerun the same command to go on from there")
+            cli.cannot_write("reproduce.py", e)
         except distributed.LostRank as e:  # under torchrun: another rank died or hung
             return e.say("reproduce.py", f"what was done is kept in {exp}: rerun the same "
                          "command to go on from there")

@@ -200,6 +200,9 @@ def main(argv=None) -> int:
         if isinstance(e, KeyboardInterrupt):
             cli.interrupted("sample.py", sampling.kept(args, claimed), e)
         cli.fail("sample.py", e)
+    except cli.WriteError as e:  # a full disk, a folder no longer writable
+        e.kept = sampling.kept(args, claimed)
+        cli.cannot_write("sample.py", e)
     except distributed.LostRank as e:  # torchrun: another rank died or hung
         return e.say("sample.py", sampling.kept(args, claimed))
     finally:

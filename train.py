@@ -354,6 +354,8 @@ def main(argv=None) -> int:
                            if cfg.resume else ""), e)
     except cli.USER_ERRORS as e:
         cli.fail("train.py", e)
+    except cli.WriteError as e:  # a full disk, a folder no longer writable: e says what was kept
+        cli.cannot_write("train.py", e)
     except distributed.LostRank as e:
         return e.say("train.py", "stopped before training began")
     world.close()

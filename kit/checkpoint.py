@@ -20,7 +20,7 @@ import urllib.request
 
 import torch
 
-from kit.errors import UserError
+from kit.errors import UserError, WriteError
 
 
 class CheckpointError(UserError):
@@ -233,19 +233,47 @@ def save_tensors(path: str, tensors: dict, metadata: dict | None = None):
     permissions follow the umask, as any file's (safetensors itself makes it private: 0600)."""
     from safetensors.torch import save_file
 
-    save_file(tensors, path + ".tmp", metadata=metadata)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path + ".tmp", 0o666 & ~umask)
-    os.replace(path + ".tmp", path)
+    with writing(path, leftover=path + ".tmp"):
+        save_file(tensors, path + ".tmp", metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(path + ".tmp", 0o666 & ~umask)
+        os.replace(path + ".tmp", path)
 
 
 def write_atomic(path: str, text: str):
     """Write a text file atomically: into path + '.tmp', then renamed over path, so a crash
     never leaves half a file (or destroys the previous one)."""
-    with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    with writing(path, leftover=path + ".tmp"):
+        with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+
+
+@contextlib.contextmanager
+def writing(path: str, leftover: str | None = None):
+    """Around a write of path: the operating system's refusal (a full disk, a folder no longer
+    writable) becomes a WriteError naming path and why, once `leftover` (the half-written
+    path.tmp) is removed; path itself is untouched. Anything else still raises as it is."""
+    try:
+        yield
+    except Exception as e:
+        if (reason := refused_write(e)) is None:
+            raise
+        if leftover:
+            with contextlib.suppress(OSError):
+                os.remove(leftover)
+        raise WriteError(path, reason) from None
+
+
+def refused_write(e: Exception) -> str | None:
+    """Why the OS refused a write, from an OSError or safetensors' error for one ("... I/O
+    error: No space left on device (os error 28)"), or None for any other exception."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    if type(e).__name__ == "SafetensorError" and "I/O error: " in str(e):
+        return str(e).split("I/O error: ", 1)[1].split(" (os error")[0]
+    return None
 
 
 # -------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import types
 
 import torch
 
-from kit.errors import UserError
+from kit.errors import UserError, WriteError
 
 # The errors a user can cause: every subsystem's subclasses UserError (kit/errors.py), and a
 # path given that does not exist. Scripts turn these, and only these, into one line.
@@ -49,6 +49,15 @@ def interrupted(prog: str, kept: str, stop: KeyboardInterrupt | None = None) -> 
     if speaks():
         print(f"{prog}: {name}: {kept}", file=sys.stderr)
     sys.exit(code)
+
+
+def cannot_write(prog: str, e: WriteError) -> None:
+    """A write the operating system refused (a WriteError: a full disk, a folder no longer
+    writable): one line naming the file and why, and what was kept; exit code 1."""
+    leave_process_group()
+    if speaks():
+        print(f"{prog}: {e}" + (f"; {e.kept}" if e.kept else ""), file=sys.stderr)
+    sys.exit(1)
 
 
 def leave_process_group():

@@ -27,7 +27,7 @@ import torch
 from data.e2e import metrics
 from data.task import Task, tokenizer
 from kit import cli
-from kit.checkpoint import write_atomic
+from kit.checkpoint import write_atomic, writing
 from kit.cli import UserError
 from kit.decoding import decode, search_bytes
 from kit.distributed import ALONE
@@ -195,6 +195,12 @@ def evaluate(model, *, task: Task, split: str, limit: int, stem: str, decoding: 
     return run_jobs(model, [job], meteor=meteor, world=world)[0]
 
 
+def close_quietly(f):
+    """Close f; what a full disk refused to flush was said already (WriteError)."""
+    with contextlib.suppress(OSError):
+        f.close()
+
+
 def run_jobs(model, jobs: list[Job], *, meteor: bool, world=ALONE,
              tasks: list[int] | None = None) -> list[dict | None]:
     """Decode what the jobs have left, in one search, then finish each: their reports (None on
@@ -213,21 +219,25 @@ def run_jobs(model, jobs: list[Job], *, meteor: bool, world=ALONE,
     units = {job.task.unit for job in jobs}
     unit = units.pop() if len(units) == 1 else "input"
     enc = tokenizer()
-    with contextlib.ExitStack() as files:  # rank 0 writes
-        parts = [files.enter_context(open(job.part if world.main else os.devnull, "a",
-                                          encoding="utf-8")) for job in jobs]
-        for job, f in zip(jobs, parts):
-            if not job.texts:
-                f.write(json.dumps({"settings": job.settings}) + "\n")
+    with contextlib.ExitStack() as files:  # rank 0 writes (a full disk: WriteError, what was
+        parts = []                            # decoded kept in the .part, a cut line ignored)
+        for job in jobs:
+            with writing(job.part):
+                parts.append(open(job.part if world.main else os.devnull, "a", encoding="utf-8"))
+                files.callback(close_quietly, parts[-1])
+                if not job.texts:
+                    parts[-1].write(json.dumps({"settings": job.settings}) + "\n")
 
         def write(chunk, outputs):  # as each batch (under torchrun: each round) finishes
             for j, tokens in world.gather(list(zip(chunk, outputs))):  # (on rank 0: all ranks')
                 n, i = order[j]
                 jobs[n].texts[i] = output_text(enc, tokens, jobs[n].task.blank_line_ends)
-                parts[n].write(json.dumps({"i": i, "output": jobs[n].texts[i]}) + "\n")
+                with writing(jobs[n].part):
+                    parts[n].write(json.dumps({"i": i, "output": jobs[n].texts[i]}) + "\n")
                 jobs[n].n_tokens += len(tokens)
-            for f in parts:
-                f.flush()
+            for job, f in zip(jobs, parts):
+                with writing(job.part):
+                    f.flush()
 
         start = time.time()
         decode(model, [jobs[n].prompts[i] for n, i in order],

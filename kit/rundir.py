@@ -15,6 +15,7 @@ write left behind survives.
 The lock needs fcntl (Linux, macOS); where there is none (Windows), folders are not locked.
 """
 
+import contextlib
 import os
 import re
 import secrets
@@ -84,7 +85,8 @@ class Claim:
         """Drop the lock (the file goes first, so a process waiting on it tries again), and
         after abandon() the folders this claim created, where they are empty."""
         if self.fd is not None:
-            os.unlink(os.path.join(self.folder, LOCK))
+            with contextlib.suppress(OSError):  # (a folder turned read-only keeps the file)
+                os.unlink(os.path.join(self.folder, LOCK))
             os.close(self.fd)
             self.fd = None
         if self.abandoned:

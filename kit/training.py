@@ -39,8 +39,8 @@ import lora
 from data.task import open_task
 from kit import cli, distributed, rundir
 from kit.checkpoint import (CheckpointError, load_metadata, load_tensors, read_hf_config,
-                            save_tensors, short_list, tensor_mismatch, write_atomic)
-from kit.errors import UserError
+                            save_tensors, short_list, tensor_mismatch, write_atomic, writing)
+from kit.errors import UserError, WriteError
 from model import GPTConfig, PRESETS
 
 # What a resumed run may change: how long it runs, where and how fast, how often it reports.
@@ -357,8 +357,10 @@ class Log:
         from tqdm import tqdm
 
         self.silent = run_dir is None
-        self.file = None if self.silent else open(os.path.join(run_dir, "metrics.jsonl"), "a",
-                                                  encoding="utf-8")
+        self.path, self.file = None if self.silent else os.path.join(run_dir, "metrics.jsonl"), None
+        if self.path:
+            with writing(self.path):
+                self.file = open(self.path, "a", encoding="utf-8")
         self.bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True,
                         disable=self.silent or not sys.stderr.isatty())
         self.total, self.start, self.start_step, self.world = total, time.time(), step, world
@@ -369,8 +371,9 @@ class Log:
     def write(self, record: dict, line: str | None = None, error: bool = False):
         if self.silent:
             return
-        self.file.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
-        self.file.flush()
+        with writing(self.path):  # (a disk that fills up: a WriteError, saying what was kept)
+            self.file.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+            self.file.flush()
         if line and (self.bar.disable or error):
             print(line, file=sys.stderr if error else sys.stdout, flush=True)
         elif line:
@@ -435,7 +438,8 @@ class Log:
     def close(self):
         self.bar.close()
         if self.file:
-            self.file.close()
+            with contextlib.suppress(OSError):  # (what a full disk refused is refused again)
+                self.file.close()
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -526,12 +530,14 @@ class Run:
 
     @contextlib.contextmanager
     def training(self, what: str, examples: int, total: int):
-        """Around the loop: config.json written, Ctrl-C, SIGTERM, SIGHUP caught (save after the step),
-        metrics.jsonl opened (what ran after a resumed checkpoint dropped: it runs again) and
-        yielded; the folder released at the end, however it ends. A second signal, a loss or
-        weights no longer finite, a lost rank: one line, and exit_code says which."""
+        """Around the loop: config.json written, Ctrl-C, SIGTERM and SIGHUP caught (save after
+        the step), metrics.jsonl opened (what ran after a resumed checkpoint dropped: it runs
+        again) and yielded; the folder released at the end, however it ends. A second signal, a
+        loss or weights no longer finite, a lost rank: one line, and exit_code says which. A
+        write the OS refuses (a full disk) raises WriteError, saying what was kept."""
         self.saving = True  # a second signal before the loop waits for it
-        previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, *cli.STOP_SIGNALS)}
+        previous = {s: signal.signal(s, self.on_signal)
+                    for s in (signal.SIGINT, *cli.STOP_SIGNALS)}
         try:
             with self.owner or contextlib.nullcontext():
                 if self.owner:
@@ -557,6 +563,11 @@ class Run:
                 except distributed.LostRank as e:  # torchrun: another rank died or hung
                     self.log.write({"event": "lost", "error": str(e), "step": self.step})
                     self.exit_code = e.say("train.py", f"stopped, {self.kept()}")
+        except WriteError as e:  # (the last checkpoint is whole: writes are atomic)
+            go_on = self.cfg.go_on.format(folder=self.folder)
+            e.kept = (f"stopped, {self.kept()}" + (f"; make room (or make the folder writable "
+                                                   f"again), then {go_on}" if go_on else ""))
+            raise
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -619,15 +630,21 @@ class Run:
             raise Diverged("the weights", float("nan"), where["step"])
         self.saving = True
         with self.log.paused():
+            before = dict(self.position)
             self.position.update(where, last_good=where["step"])
             if self.world.main:  # (every rank holds the same weights)
                 method = self.cfg.method
-                if epoch_end is not None and self.cfg.keep_epochs:
-                    self.save_result(self.model, self.cfg,
-                                     result_path(method, self.folder, epoch_end))
-                self.save_result(self.model, self.cfg, result_path(method, self.folder))
-                save_state(os.path.join(self.folder, "state.safetensors"), self.model,
-                           self.optimizer, self.scaler, self.position)
+                try:
+                    if epoch_end is not None and self.cfg.keep_epochs:
+                        self.save_result(self.model, self.cfg,
+                                         result_path(method, self.folder, epoch_end))
+                    self.save_result(self.model, self.cfg, result_path(method, self.folder))
+                    save_state(os.path.join(self.folder, "state.safetensors"), self.model,
+                               self.optimizer, self.scaler, self.position)
+                except WriteError:  # (a full disk) the checkpoint before is still the last one
+                    self.position.clear()
+                    self.position.update(before)
+                    raise
             self.world.barrier()  # no rank goes on (or exits) before the checkpoint is whole
         self.saving = False
         self.log.write({"event": "checkpoint", "why": why, **where},

@@ -1,6 +1,7 @@
 """sample.py: the merged model it decodes with, the E2E evaluation, one input, the latency
 table, and its user errors, through the real command line."""
 
+import errno
 import json
 import math
 import os
@@ -472,6 +473,39 @@ def test_sigterm_or_sighup_while_decoding_says_what_was_kept(tiny_run, e2e_data,
     assert f"decoded so far are kept in {part}: run the same command again" in err \
         or f"decoded so far is kept in {part}: run the same command again" in err, err
     assert part.is_file() and not (tmp_path / rundir.LOCK).exists()
+
+
+def test_a_full_disk_while_decoding_is_one_line_and_keeps_what_was_decoded(
+        tiny_run, e2e_data, gpt2_vocab, tmp_path, capsys, monkeypatch):
+    # the .part file's writes fail as on a full disk once one MR is in it (the real OSError)
+    from kit import evaluation
+    flags = ["--adapter", tiny_run / "run" / "adapter.safetensors", "--data", e2e_data,
+             "--limit", "3", "--beam", "2", "--max-new-tokens", "4", "--batch-size", "1",
+             "--device", "cpu", "--no-meteor", "--out", tmp_path]
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f, self.lines = f, 0
+
+        def write(self, text):
+            self.lines += 1
+            if self.lines > 2:  # the settings line and one MR's
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+    monkeypatch.setattr(evaluation, "open", lambda path, mode="r", *a, **k: (
+        FullDisk if mode == "a" else lambda f: f)(open(path, mode, *a, **k)), raising=False)
+    code, out, err = main(capsys, *flags)
+    part = tmp_path / "predictions-first3.tsv.part"
+    assert code == 1 and err == (
+        f"sample.py: cannot write {part} (No space left on device); stopped; the 1 MR decoded "
+        f"so far is kept in {part}: run the same command again to go on from there\n")
+    assert not (tmp_path / rundir.LOCK).exists()
+    monkeypatch.undo()  # room again: the decode goes on
+    code, out, err = main(capsys, *flags)
+    assert code == 0 and "resuming: 1 of 3 MRs were decoded already" in out, err
 
 
 def test_the_paper_row_follows_the_models_shape_not_its_folder_name(tiny_run):

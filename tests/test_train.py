@@ -1,6 +1,7 @@
 """train.py and kit/training.py (its run's plumbing) on CPU: a tiny random GPT-2 (HF format,
 made here) fine-tuned on real E2E examples."""
 
+import errno
 import json
 import os
 import re
@@ -767,3 +768,63 @@ def test_a_run_folders_other_files_as_adapter_are_one_line_without_bad_advice(
     assert code == 2 and out == "" and err.count("\n") == 1 and fragment in err, err
     assert "delete" not in err
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
+# --- a disk that fills up, a folder that turns read-only ----------------------------------------
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_one(tiny, data, tmp_path,
+                                                                         capsys, monkeypatch):
+    # the writer fails as safetensors fails on a full disk (half a .tmp file written, then its
+    # error), at the checkpoint of step 4; the one of step 2 must stay as it was
+    import safetensors.torch
+    from safetensors import SafetensorError
+    real, calls, before = safetensors.torch.save_file, [], {}
+    run_dir = tmp_path / "run"
+
+    def full_disk(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) < 3:  # step 2: adapter.safetensors, state.safetensors
+            return real(tensors, filename, metadata=metadata)
+        before.update({p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()})
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    code, out, err = main(capsys, *quick(tiny, data, run_dir, "--max-steps", "8",
+                                         "--save-every", "2"))
+    assert code == 1 and err == (
+        f"train.py: cannot write {run_dir / 'adapter.safetensors'} (No space left on device); "
+        f"stopped, the last checkpoint (step 2) is in {run_dir}; make room (or make the folder "
+        f"writable again), then continue with: python train.py --resume {run_dir}\n")
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert not [name for name in after if rundir.is_stale(name)]  # no .tmp left behind
+    for name in ("adapter.safetensors", "state.safetensors", "config.json"):
+        assert after[name] == before[name]
+    monkeypatch.setattr(safetensors.torch, "save_file", real)  # room again: the run goes on
+    code, out, err = main(capsys, "--resume", run_dir)
+    assert code == 0 and "resuming at step 2" in out, err
+
+
+@pytest.mark.parametrize("errno_", [errno.EROFS, errno.EPERM])
+def test_a_folder_that_turns_unwritable_is_one_line(finished, tmp_path, capsys, monkeypatch,
+                                                    errno_):
+    # a read-only remount (EROFS) or chattr +i (EPERM) mid-run: the checkpoint's write and the
+    # lock's removal refused with the real OSError
+    import safetensors.torch
+    run_dir = finished_copy(finished, tmp_path)
+    real_unlink = os.unlink
+
+    def refused(path, *args, **kwargs):
+        if str(path).startswith(str(run_dir)):
+            raise OSError(errno_, os.strerror(errno_), str(path))
+        return real_unlink(path, *args, **kwargs)
+    monkeypatch.setattr(safetensors.torch, "save_file", lambda tensors, filename, **k:
+                        refused(filename))
+    monkeypatch.setattr(os, "unlink", refused)
+    code, out, err = main(capsys, "--resume", run_dir, "--max-steps", "6")
+    assert code == 1 and err == (
+        f"train.py: cannot write {run_dir / 'adapter.safetensors'} ({os.strerror(errno_)}); "
+        f"stopped, the last checkpoint (step 4) is in {run_dir}; make room (or make the folder "
+        f"writable again), then continue with: python train.py --resume {run_dir}\n")

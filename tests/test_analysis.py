@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, trained
+from conftest import REPO, run_main, trained
 
 import lora
 from kit import analysis
@@ -117,19 +117,19 @@ def test_a_peft_adapter_reads_as_its_import(two_adapters, hf_dir, tmp_path):
         torch.testing.assert_close(s2 * B2 @ A2, s * B @ A)
 
 
-def test_amplification_takes_the_target_and_layer_it_is_given(two_adapters, hf_dir):
-    result = run("amplification", two_adapters / "r8.safetensors", "--target", "v",
-                 "--layer", "0")
-    assert result.returncode == 0, result.stderr
-    assert [line.split(" | ")[0] for line in result.stdout.splitlines()
-            if line.startswith("| W_")] == ["| W_v"]
-    result = run("amplification", two_adapters / "r8.safetensors", "--target", "fc")
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "has no LoRA on fc (targets q,v, layers 0-1)" in result.stderr
-    result = run("amplification", two_adapters / "r8.safetensors", "--target", "v",
-                 "--layer", "-1")
-    assert result.returncode == 2
-    assert result.stderr == "analysis.py: --layer counts from 0 (the first layer), got -1\n"
+def test_amplification_takes_the_target_and_layer_it_is_given(two_adapters, hf_dir, capsys):
+    adapter = two_adapters / "r8.safetensors"  # (the command line, in this process)
+    code, out, err = run_main(analysis.main, capsys, "amplification", adapter, "--target", "v",
+                              "--layer", "0")
+    assert code == 0, err
+    assert [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| W_")] == \
+        ["| W_v"]
+    code, out, err = run_main(analysis.main, capsys, "amplification", adapter, "--target", "fc")
+    assert code == 2 and err.count("\n") == 1
+    assert "has no LoRA on fc (targets q,v, layers 0-1)" in err
+    code, out, err = run_main(analysis.main, capsys, "amplification", adapter, "--target", "v",
+                              "--layer", "-1")
+    assert code == 2 and err == "analysis.py: --layer counts from 0 (the first layer), got -1\n"
 
 
 def test_a_missing_target_is_one_line(two_adapters):

@@ -288,7 +288,7 @@ def test_ctrl_c_on_reproduce_over_two_processes_is_one_line_and_the_command_goes
     # Ctrl-C reaches the launcher alone (torchrun starts each rank in its own session), which
     # passes it on: the ranks save after the same step; one line, one way to go on, exit 130
     argv = [sys.executable, str(REPO / "reproduce.py"), "table3", "--model", tiny, "--data", data,
-            "--seeds", "1", "--epochs", "2", "--limit", "64", "--mrs", "2", "--beam", "1",
+            "--seeds", "1", "--epochs", "2", "--limit", "32", "--mrs", "1", "--beam", "1",
             "--max-new-tokens", "4", "--batch-size", "1", "--no-meteor", "--device", "cpu",
             "--out", tmp_path / "exp", "--nproc", "2"]
     proc = subprocess.Popen(list(map(str, argv)), cwd=REPO, stdout=subprocess.PIPE,
@@ -313,13 +313,13 @@ def test_the_ranks_die_with_their_launcher_killed_by_kill_9(tiny, data, tmp_path
     # session of its own, get SIGTERM (a parent-death signal), stop and let go of the folder
     exp = tmp_path / "exp"
     argv = [sys.executable, str(REPO / "reproduce.py"), "table3", "--model", tiny, "--data", data,
-            "--seeds", "1", "--epochs", "3", "--limit", "64", "--mrs", "2", "--beam", "1",
+            "--seeds", "1", "--epochs", "2", "--limit", "32", "--mrs", "1", "--beam", "1",
             "--max-new-tokens", "4", "--batch-size", "1", "--no-meteor", "--device", "cpu",
             "--out", exp, "--nproc", "2"]
     proc = subprocess.Popen(list(map(str, argv)), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     for line in proc.stdout:
-        if line.startswith("epoch 1: dev loss"):  # training, with two epochs to go
+        if line.startswith("epoch 1: dev loss"):  # training, with an epoch to go
             os.killpg(proc.pid, signal.SIGKILL)
             break
     proc.wait()

@@ -6,14 +6,16 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, random_gpt2
 
 STAGES = {"a": ["cuda-tests", "bench-train", "bench-memory", "bench-latency"],
           "b": ["bench-decode", "amp-fp16", "train", "sample", "plain", "torchrun", "compare"]}
 
 
-def test_both_parts_run_every_stage_and_bring_back_at_most_8_files(tmp_path, e2e_data,
-                                                                   released_text, gpt2_vocab):
+@pytest.mark.parametrize("part", list(STAGES))  # (two tests: pytest-xdist runs them side by side)
+def test_each_part_runs_every_stage_and_brings_back_at_most_8_files(part, tmp_path, e2e_data,
+                                                                    released_text, gpt2_vocab):
     carry = tmp_path / "carry"  # what make gpu-carry copies, found where the tests find it
     carry.mkdir()
     for name, path in (("e2e", e2e_data), ("e2e-lora", os.environ["E2E_LORA_DIR"]),
@@ -22,17 +24,17 @@ def test_both_parts_run_every_stage_and_bring_back_at_most_8_files(tmp_path, e2e
     random_gpt2(std=0.02, n_positions=256).save_pretrained(tmp_path / "tiny")
     env = {**os.environ, "SMOKE": "1", "SMOKE_MODEL": str(tmp_path / "tiny"),
            "PYTHON": sys.executable, "CARRY": str(carry)}
-    for part, stages in STAGES.items():
-        out = tmp_path / part
-        proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu.sh"), part], cwd=REPO,
-                              env={**env, "OUT": str(out)}, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        log = (out / f"{part}.log").read_text()
-        assert re.findall(r"^== (\S+): exit (\d+) after \d+ s$", log, flags=re.M) == \
-            [(stage, "0") for stage in stages], log[-3000:]
-        assert len(os.listdir(out)) <= 8  # what the device tool brings back of a call
-    assert sorted(os.listdir(tmp_path / "a")) == ["a.log", "bench-latency.json",
-                                                  "bench-memory.json", "bench-train.json"]
-    # torchrun with one process (gloo here, NCCL there) against the plain run: the same run
-    compared = re.search(r"training loss (\S+), dev loss (\S+) .*; weights (\S+) ", log)
-    assert compared and all(float(x) <= 1e-6 for x in compared.groups()), log[-2000:]
+    out = tmp_path / part
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu.sh"), part], cwd=REPO,
+                          env={**env, "OUT": str(out)}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    log = (out / f"{part}.log").read_text()
+    assert re.findall(r"^== (\S+): exit (\d+) after \d+ s$", log, flags=re.M) == \
+        [(stage, "0") for stage in STAGES[part]], log[-3000:]
+    assert len(os.listdir(out)) <= 8  # what the device tool brings back of a call
+    if part == "a":
+        assert sorted(os.listdir(out)) == ["a.log", "bench-latency.json", "bench-memory.json",
+                                           "bench-train.json"]
+    else:  # torchrun with one process (gloo here, NCCL there) against the plain run: the same
+        compared = re.search(r"training loss (\S+), dev loss (\S+) .*; weights (\S+) ", log)
+        assert compared and all(float(x) <= 1e-6 for x in compared.groups()), log[-2000:]

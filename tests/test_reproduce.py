@@ -81,6 +81,10 @@ def flags(tiny, data, out, *extra):
             "--batch-size", "1", "--no-meteor", "--device", "cpu", "--out", out, *extra]
 
 
+# the tests that read the experiment below run in one worker of pytest-xdist, which builds it once
+with_the_experiment = pytest.mark.xdist_group("reproduce-experiment")
+
+
 @pytest.fixture(scope="module")
 def experiment(tiny, e2e_data, gpt2_vocab, tmp_path_factory):
     """A whole table3 experiment, run once for the module's tests."""
@@ -91,6 +95,7 @@ def experiment(tiny, e2e_data, gpt2_vocab, tmp_path_factory):
     return out, result.stdout
 
 
+@with_the_experiment
 def test_table3_keeps_decodes_and_scores_every_epoch_of_every_seed(experiment):
     out, stdout = experiment
     result = json.loads((out / "results.json").read_text())
@@ -131,6 +136,7 @@ def test_table3_keeps_decodes_and_scores_every_epoch_of_every_seed(experiment):
         assert "matplotlib is not installed: no plots" in stdout
 
 
+@with_the_experiment
 def test_a_kill_mid_decode_then_the_same_command_gives_the_same_results(experiment, tiny,
                                                                         e2e_data, tmp_path):
     out, _ = experiment
@@ -159,6 +165,7 @@ def test_a_kill_mid_decode_then_the_same_command_gives_the_same_results(experime
         original, sort_keys=True)
 
 
+@with_the_experiment
 def test_sighup_mid_decode_is_one_line_and_keeps_what_was_decoded(experiment, tiny, e2e_data,
                                                                   tmp_path):
     # a closed terminal: stopped as Ctrl-C is, exit 129 (128 + SIGHUP)
@@ -182,6 +189,7 @@ def test_sighup_mid_decode_is_one_line_and_keeps_what_was_decoded(experiment, ti
     assert (copy / "runs" / "lora-seed2" / "decode" / "epoch1-test.tsv.part").is_file()
 
 
+@with_the_experiment
 @pytest.mark.parametrize("damaged, way_out", [
     ("experiment.json", "restore it, or start again with another --out"),
     ("runs/lora-seed2/decode/epoch1-dev.scores.json",
@@ -245,6 +253,7 @@ def test_bad_input_is_one_line_and_touches_nothing(tiny, e2e_data, tmp_path, cap
     assert not (tmp_path / "x").exists()
 
 
+@with_the_experiment
 def test_a_folder_of_another_experiment_is_refused_untouched(experiment, tiny, e2e_data,
                                                              capsys):
     out, _ = experiment

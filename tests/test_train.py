@@ -303,6 +303,10 @@ LONG = ["--epochs", "10", "--max-steps", "40", "--save-every", "10", "--lr", "1e
         "--dropout", "0.1"]
 
 
+# the tests that compare with the run below run in one worker of pytest-xdist, which runs it once
+with_the_uninterrupted_run = pytest.mark.xdist_group("train-uninterrupted")
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tiny, data, tmp_path_factory):
     """The losses of the 40-step run that the interrupted ones must reproduce."""
@@ -321,6 +325,7 @@ def interrupt_after(proc, step, sig):
     return proc.communicate()
 
 
+@with_the_uninterrupted_run
 @pytest.mark.parametrize("sig, code, stop_at", [(signal.SIGINT, 130, 11),
                                                 (signal.SIGTERM, 143, 30),
                                                 (signal.SIGHUP, 129, 20)])
@@ -344,6 +349,7 @@ def test_a_signal_saves_and_resume_equals_an_uninterrupted_run(tiny, data, tmp_p
     assert [step for step, _ in uninterrupted] == list(range(1, 41))
 
 
+@with_the_uninterrupted_run
 def test_kill_9_loses_only_the_steps_since_the_last_periodic_checkpoint(tiny, data, tmp_path,
                                                                         uninterrupted):
     run_dir = tmp_path / "run"

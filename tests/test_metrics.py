@@ -9,7 +9,6 @@ cases scored against the whole test set read its references from the official te
 """
 
 import csv
-import importlib.util
 import os
 import re
 import shutil

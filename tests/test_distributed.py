@@ -324,15 +324,23 @@ def test_the_ranks_die_with_their_launcher_killed_by_kill_9(tiny, data, tmp_path
             break
     proc.wait()
     deadline = time.monotonic() + 60
-    with open(exp / rundir.LOCK) as lock:
-        while True:  # the folder is free once no rank holds its lock
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                assert time.monotonic() < deadline, "a rank outlived its launcher by 60 s"
-                time.sleep(0.5)
+    while held(exp / rundir.LOCK):  # the folder is free once no rank holds its lock
+        assert time.monotonic() < deadline, "a rank outlived its launcher by 60 s"
+        time.sleep(0.5)
     assert not (exp / "results.json").exists()  # stopped, not run to the end
+
+
+def held(lock) -> bool:
+    """Whether a process holds the lock file (gone: its owner removed it on the way out)."""
+    try:
+        with open(lock) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return False
+            except BlockingIOError:
+                return True
+    except FileNotFoundError:
+        return False
 
 
 def test_an_experiment_in_use_is_refused_once_over_two_processes(tiny, data, tmp_path):

@@ -256,6 +256,8 @@ def main(argv=None) -> int:
             run_amplification(args)
     except cli.USER_ERRORS as e:
         cli.fail("analysis.py", e)
+    except cli.WriteError as e:  # a full disk: nothing half-written is left
+        cli.cannot_write("analysis.py", e)
     except KeyboardInterrupt:
         cli.interrupted("analysis.py", "stopped; nothing was written")
     return 0

@@ -711,6 +711,8 @@ def main(argv=None) -> int:
         cli.fail("bench.py", unavailable(args.what, missing))
     try:
         return run(args, argv)
+    except cli.WriteError as e:  # --json on a disk that filled up: the sections before it kept
+        cli.cannot_write("bench.py", e)
     except KeyboardInterrupt:
         cli.interrupted("bench.py", f"stopped; the sections that finished are in {args.json}"
                         if args.json and os.path.exists(args.json) else "stopped")

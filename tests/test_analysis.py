@@ -1,6 +1,8 @@
 """kit/analysis.py: the paper's Section 7 measurements, checked on cases whose answer is known."""
 
+import errno
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -130,6 +132,17 @@ def test_amplification_takes_the_target_and_layer_it_is_given(two_adapters, hf_d
     code, out, err = run_main(analysis.main, capsys, "amplification", adapter, "--target", "v",
                               "--layer", "-1")
     assert code == 2 and err == "analysis.py: --layer counts from 0 (the first layer), got -1\n"
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_file(two_adapters, capsys, monkeypatch):
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "replace", full)  # the grid's CSV, written whole or not at all
+    out = two_adapters / "phi.csv"
+    code, _, err = run_main(analysis.main, capsys, "similarity", two_adapters / "r2.safetensors",
+                            two_adapters / "r8.safetensors", "--out", out)
+    assert code == 1 and err == f"analysis.py: cannot write {out} (No space left on device)\n"
+    assert not out.exists() and not (two_adapters / "phi.csv.tmp").exists()
 
 
 def test_a_missing_target_is_one_line(two_adapters):

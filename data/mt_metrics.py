@@ -18,6 +18,7 @@ character a word of its own); nltk_tokens(), what nltk.word_tokenize then change
 WebNLG challenge applies to both sides.
 """
 
+import argparse
 import concurrent.futures
 import dataclasses
 import math
@@ -272,6 +273,24 @@ def score(protocols: dict[str, Protocol], meteor: bool = True) -> dict:
                 results[name][subset] = {"BLEU": bleu.score, "METEOR": meteor_of(stats, name, rows),
                                          "TER": totals["score"], "bleu": bleu, "tercom": totals}
     return results
+
+
+def parser(prog: str, what: str, outputs: str, data: str) -> argparse.ArgumentParser:
+    """The scoring command of a triples task (data.webnlg.metrics, data.dart.metrics): the
+    outputs file, --data, --split, --protocol and --no-meteor (protocol_names reads it)."""
+    p = argparse.ArgumentParser(prog=prog, allow_abbrev=False,
+                                description=f"Score {what} outputs: BLEU, METEOR and TER.")
+    p.add_argument("outputs", help=outputs)
+    p.add_argument("--data", help=data)
+    p.add_argument("--split", default="test", choices=("test", "dev"))
+    p.add_argument("--protocol", default="both", choices=(*PROTOCOLS, "both"))
+    p.add_argument("--no-meteor", action="store_true", help="skip METEOR")
+    return p
+
+
+def protocol_names(choice: str) -> tuple[str, ...]:
+    """--protocol's protocols: one, or both."""
+    return tuple(PROTOCOLS) if choice == "both" else (choice,)
 
 
 def meteor_of(stats: dict, name: str, rows: list[int]) -> float | None:

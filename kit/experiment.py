@@ -74,25 +74,22 @@ def open_experiment(folder: str, settings: dict) -> rundir.Claim:
     owner = rundir.claim(folder, "reproduce.py", "wait for it to end, or pick another --out")
     path = os.path.join(folder, "experiment.json")
     settings = json.loads(json.dumps(settings))  # as experiment.json holds them (lists, not tuples)
-    problem = None
-    if os.path.exists(path):
-        try:
+    try:
+        if os.path.exists(path):
             saved = read_json(path, "restore it, or start again with another --out (without it "
                               "the runs here cannot be matched to a command)", key="settings")
-        except UserError:
-            owner.abandon()
-            owner.release()
-            raise
-        if differ := sorted(k for k in set(saved) | set(settings)
-                            if saved.get(k) != settings.get(k)):
-            problem = (f"holds an experiment with other settings ({', '.join(differ)} differ); "
-                       "rerun its own command, or pick another --out")
-    elif os.listdir(folder) not in ([], [rundir.LOCK]):
-        problem = "already holds files that are not an experiment; pick another --out"
-    if problem:
+            if differ := sorted(k for k in set(saved) | set(settings)
+                                if saved.get(k) != settings.get(k)):
+                raise UserError(f"{folder} holds an experiment with other settings "
+                                f"({', '.join(differ)} differ); rerun its own command, or pick "
+                                "another --out")
+        elif os.listdir(folder) not in ([], [rundir.LOCK]):
+            raise UserError(f"{folder} already holds files that are not an experiment; pick "
+                            "another --out")
+    except UserError:
         owner.abandon()
         owner.release()
-        raise UserError(f"{folder} {problem}")
+        raise
     if not os.path.exists(path):
         write_atomic(path, json.dumps({"settings": settings}, indent=2))
     return owner

@@ -630,22 +630,19 @@ class Run:
             raise Diverged("the weights", float("nan"), where["step"])
         self.saving = True
         with self.log.paused():
-            before = dict(self.position)
-            self.position.update(where, last_good=where["step"])
+            # the position the checkpoint holds; the run's own once it is written (a write the
+            # OS refuses, WriteError, leaves the one before as the last)
+            position = {**self.position, **where, "last_good": where["step"]}
             if self.world.main:  # (every rank holds the same weights)
                 method = self.cfg.method
-                try:
-                    if epoch_end is not None and self.cfg.keep_epochs:
-                        self.save_result(self.model, self.cfg,
-                                         result_path(method, self.folder, epoch_end))
-                    self.save_result(self.model, self.cfg, result_path(method, self.folder))
-                    save_state(os.path.join(self.folder, "state.safetensors"), self.model,
-                               self.optimizer, self.scaler, self.position)
-                except WriteError:  # (a full disk) the checkpoint before is still the last one
-                    self.position.clear()
-                    self.position.update(before)
-                    raise
+                if epoch_end is not None and self.cfg.keep_epochs:
+                    self.save_result(self.model, self.cfg,
+                                     result_path(method, self.folder, epoch_end))
+                self.save_result(self.model, self.cfg, result_path(method, self.folder))
+                save_state(os.path.join(self.folder, "state.safetensors"), self.model,
+                           self.optimizer, self.scaler, position)
             self.world.barrier()  # no rank goes on (or exits) before the checkpoint is whole
+            self.position = position
         self.saving = False
         self.log.write({"event": "checkpoint", "why": why, **where},
                        f"saved {self.folder} ({why}, step {where['step']})")

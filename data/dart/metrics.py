@@ -17,7 +17,6 @@ test set, what DART's scripts read) or per distinct input (4,159, what the model
 data's order.
 """
 
-import argparse
 import os
 import sys
 
@@ -75,21 +74,15 @@ def per_input(entries: list[prepare.Entry], path: str) -> list[str]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="data.dart.metrics", allow_abbrev=False,
-                                description="Score DART outputs: BLEU, METEOR and TER.")
-    p.add_argument("outputs", help="one output per line: per entry or per distinct input of the "
-                                   "split, in the data's order")
-    p.add_argument("--data", help="DART's folder (default: $DART_DATA_DIR, else data/dart/, "
-                                  "downloaded on first use)")
-    p.add_argument("--split", default="test", choices=("test", "dev"))
-    p.add_argument("--protocol", default="both", choices=(*mt_metrics.PROTOCOLS, "both"))
-    p.add_argument("--no-meteor", action="store_true", help="skip METEOR")
-    return p.parse_args(argv)
+    return mt_metrics.parser("data.dart.metrics", "DART", outputs="one output per line: per "
+                             "entry or per distinct input of the split, in the data's order",
+                             data="DART's folder (default: $DART_DATA_DIR, else data/dart/, "
+                             "downloaded on first use)").parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    names = tuple(mt_metrics.PROTOCOLS) if args.protocol == "both" else (args.protocol,)
+    names = mt_metrics.protocol_names(args.protocol)
     try:
         entries = prepare.read_split(prepare.locate(args.data, (args.split,)), args.split)
         outputs = per_input(entries, args.outputs)

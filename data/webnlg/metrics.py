@@ -16,7 +16,6 @@ OUTPUTS: a text file, one output per distinct input of the split, in the data's 
 set's 1,862 entries are all distinct; dev's 872 entries hold 870 with "good" texts).
 """
 
-import argparse
 import os
 import sys
 
@@ -67,22 +66,17 @@ def score(entries: list[prepare.Entry], outputs: list[str],
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="data.webnlg.metrics", allow_abbrev=False,
-                                description="Score WebNLG outputs: BLEU, METEOR and TER.")
-    p.add_argument("outputs", help="one output per line, in the order of the split's inputs")
-    p.add_argument("--data", help="WebNLG's folder (default: $WEBNLG_DATA_DIR, else "
-                                  "data/webnlg/, downloaded on first use)")
-    p.add_argument("--split", default="test", choices=("test", "dev"))
+    p = mt_metrics.parser("data.webnlg.metrics", "WebNLG", outputs="one output per line, in "
+                          "the order of the split's inputs", data="WebNLG's folder (default: "
+                          "$WEBNLG_DATA_DIR, else data/webnlg/, downloaded on first use)")
     p.add_argument("--subset", default="all", choices=SUBSETS,
                    help="the test set's unseen categories, the seen ones, or all")
-    p.add_argument("--protocol", default="both", choices=(*mt_metrics.PROTOCOLS, "both"))
-    p.add_argument("--no-meteor", action="store_true", help="skip METEOR")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    names = tuple(mt_metrics.PROTOCOLS) if args.protocol == "both" else (args.protocol,)
+    names = mt_metrics.protocol_names(args.protocol)
     try:
         entries = prepare.read_split(prepare.locate(args.data), args.split)
         _, _, seen = inputs(entries)

@@ -28,7 +28,7 @@ import re
 
 from data import tercom
 from data.e2e import meteor as meteor_port
-from data.e2e.metrics import mteval_tokenize, ngram_counts
+from data.e2e.metrics import meteor_missing, mteval_tokenize, ngram_counts
 
 # --- preparing text ------------------------------------------------------------------------------
 
@@ -232,7 +232,9 @@ def score(protocols: dict[str, Protocol], meteor: bool = True) -> dict:
     """Each protocol's BLEU, METEOR and TER on each of its subsets, {name: {subset: {"BLEU",
     "METEOR", "TER"}}} as fractions (METEOR None without meteor; a challenge's also "bleu", the
     Bleu, and "tercom", tercom's totals), with each input's own under "segments" ("METEOR", and
-    "TER": the released protocol's pyter score, the challenge's (edits, words))."""
+    "TER": the released protocol's pyter score, the challenge's (edits, words)). METEOR is
+    None too where it cannot run here (meteor_missing() says why)."""
+    meteor = meteor and not meteor_missing()
     texts = {name: prepared(p) for name, p in protocols.items()}
     jobs = {}  # name -> what METEOR and TER read: (references, outputs)
     for name, p in protocols.items():
@@ -297,10 +299,11 @@ def meteor_of(stats: dict, name: str, rows: list[int]) -> float | None:
     return meteor([stats[name][i] for i in rows]) if name in stats else None
 
 
-def format_scores(scores: dict, kind: str) -> list[str]:
+def format_scores(scores: dict, kind: str, missing: str = "n/a") -> list[str]:
     """'BLEU: 45.13', 'METEOR: 0.3764', 'TER: 0.4744 (tercom 0.7.25)': the rounding of the
-    tools' own output (BLEU x100 with 2 digits)."""
-    meteor_text = "n/a" if scores["METEOR"] is None else f"{scores['METEOR']:.4f}"
+    tools' own output (BLEU x100 with 2 digits); missing: what METEOR's line says without one
+    (the commands: why, meteor_note)."""
+    meteor_text = missing if scores["METEOR"] is None else f"{scores['METEOR']:.4f}"
     return [f"BLEU: {100 * scores['BLEU']:.2f}", f"METEOR: {meteor_text}",
             f"TER: {scores['TER']:.4f} ({TER_NAMES[kind]})"]
 
@@ -332,21 +335,59 @@ def first_inputs(entries: list, texts, n: int) -> list:
     return [e for e in entries if e.context in contexts]
 
 
-def read_outputs(path: str, expected: int) -> list[str]:
-    """One output per line of a UTF-8 file: as many as the split has inputs, none empty."""
+def read_outputs(path: str, contexts: list[str]) -> list[str]:
+    """The outputs of a UTF-8 file for the split's distinct inputs (their contexts, in order):
+    one per line, an output for each input; or sample.py's predictions (a .tsv: a header, then
+    context and output per row, for all the inputs or the first ones; each row's context is
+    checked). An empty output is an output, as the official scripts score it: empty."""
+    import csv
+    import io
+
     from data.task import read_text
+    from kit.cli import plural
     from kit.errors import UserError
 
-    lines = read_text(path).split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if len(lines) != expected:
-        raise UserError(f"{path} has {len(lines):,} lines, but the split has {expected:,} "
-                        "inputs: one output per line, in the data's order")
-    if empty := [i + 1 for i, line in enumerate(lines) if not line.strip()]:
-        raise UserError(f"{path}, line {empty[0]}: empty; every input needs an output "
-                        f"({len(empty)} empty lines)")
-    return lines
+    text = read_text(path)
+    if not str(path).lower().endswith(".tsv"):
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        if len(lines) != len(contexts):
+            raise UserError(f"{path} has {plural(len(lines), 'line')}, but the split has "
+                            f"{plural(len(contexts), 'input')}: one output per line, in the "
+                            "data's order")
+        return [line.removesuffix("\r") for line in lines]
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t"))
+    if not rows or rows[0][1:] != ["output"]:
+        raise UserError(f"{path} is not sample.py's predictions (a header 'triples<TAB>output', "
+                        "then an input and its output per row): give a .tsv in that form, or a "
+                        "text file with one output per line")
+    rows = rows[1:]
+    if len(rows) > len(contexts):
+        raise UserError(f"{path} has {plural(len(rows), 'row')} of predictions, but the split "
+                        f"has {plural(len(contexts), 'input')}")
+    for n, (row, context) in enumerate(zip(rows, contexts), start=2):
+        if len(row) != 2:
+            raise UserError(f"{path}, row {n}: {len(row)} columns; sample.py writes two (the "
+                            "input, its output)")
+        if row[0] != context:
+            raise UserError(f"{path}, row {n}: its input is not the split's input {n - 1} "
+                            f"({context[:60]!r}): predictions for another split or data set?")
+    return [output for _, output in rows]
+
+
+def describe_outputs(outputs: list[str], inputs: int, split: str) -> str:
+    """What a scoring command scores: '1,862 outputs for the test split's 1,862 inputs', with
+    how many are empty (each is scored as an empty output, as the official scripts score it)."""
+    from kit.cli import plural
+
+    line = (f"{plural(len(outputs), 'output')} for the {split} split's "
+            + (f"{inputs:,} inputs" if len(outputs) == inputs
+               else f"first {len(outputs):,} of {inputs:,} inputs"))
+    if empty := sum(not out.strip() for out in outputs):
+        line += (f"; {empty:,} {'is' if empty == 1 else 'are'} empty, scored as empty outputs "
+                 "(as the official scripts score them)")
+    return line
 
 
 # --- on every core ---------------------------------------------------------------------------

@@ -202,8 +202,17 @@ def test_count_mismatch_names_both_counts(tmp_path):
 
 
 def test_empty_file(tmp_path):
-    (tmp_path / "p.txt").write_text("\n", encoding="utf-8")
+    (tmp_path / "p.txt").write_text("", encoding="utf-8")
     one_line_error(run(CASES / "devel-conc.txt", tmp_path / "p.txt"), "p.txt is empty")
+
+
+def test_a_file_of_empty_outputs_is_scored_and_says_so(tmp_path):
+    (tmp_path / "p.txt").write_text("\n" * 10, encoding="utf-8")  # devel-conc.txt: 10 MRs
+    result = run(CASES / "devel-conc.txt", tmp_path / "p.txt", "--no-meteor")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[:4] == [
+        "10 of 10 outputs are empty, scored as empty outputs (as the official script scores "
+        "them)", "SCORES:", "==============", "BLEU: 0.0000"]
 
 
 def test_csv_without_two_columns(tmp_path):

@@ -5,14 +5,17 @@ tercom's step counters), the released protocol's BLEU against multi-bleu-detok.p
 its tokenization against nltk, and the scoring command's bad input."""
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import FIXTURES, REPO, shared_folder
+from conftest import FIXTURES, METEOR_JAR, REPO, shared_folder
 
 from data import mt_metrics
+from data.e2e.metrics import meteor_note
 from data.webnlg import metrics, prepare
 
 
@@ -142,8 +145,8 @@ def run(*args):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("one line\n", "has 1 lines, but the split has 1,862 inputs"),
-    ("x\n" * 1_000 + "\n" + "x\n" * 861, "line 1001: empty; every input needs an output"),
+    ("one line\n", "has 1 line, but the split has 1,862 inputs"),
+    ("x\n" * 1_863, "has 1,863 lines, but the split has 1,862 inputs"),
     (b"\xff\xfe\n", "is not UTF-8 (byte 0xff on line 1)"),
 ])
 def test_bad_outputs_are_one_line_and_exit_2(webnlg_data, tmp_path, content, message):
@@ -166,3 +169,52 @@ def test_missing_or_truncated_data_is_one_line(tmp_path, damage):
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert ("holds neither WebNLG's train.json" if damage == "missing"
             else "test.json is not valid JSON") in result.stderr
+
+
+def test_empty_outputs_score_as_the_official_scripts_score_them(tmp_path):
+    """A submission with empty lines, in the challenge protocol: BLEU as the challenge's own
+    multi-bleu.perl prints it, METEOR as the jar scores the files (evaluation.py's, -r 3)."""
+    folder = shared_folder("webnlg-metrics")
+    entries = prepare.read_split(str(shared_folder("webnlg")), "test")
+    contexts = metrics.inputs(entries)[0]
+    lines = (folder / "melbourne.txt").read_text(encoding="utf-8").splitlines()[:120]
+    outputs = ["" if i % 4 == 1 else line for i, line in enumerate(lines)]
+    (tmp_path / "out.txt").write_text("".join(o + "\n" for o in outputs)
+                                      + "x\n" * (len(contexts) - 120))
+    assert mt_metrics.read_outputs(tmp_path / "out.txt", contexts)[:120] == outputs
+    entries = mt_metrics.first_inputs(entries, prepare.texts, 120)
+    protocol = metrics.protocols(entries, outputs)["challenge"]
+    ours = mt_metrics.score({"challenge": protocol})["challenge"]["all"]
+    refs, hyps = mt_metrics.prepared(protocol)
+    assert hyps.count("") == 30
+    (tmp_path / "hyp").write_text("".join(h + "\n" for h in hyps))
+    for k in range(3):
+        (tmp_path / f"ref{k}").write_text("".join(group[k] + "\n" for group in refs))
+    if shutil.which("perl"):
+        perl = subprocess.run(["perl", folder / "official-scripts-multi-bleu.perl", "-lc",
+                               *(tmp_path / f"ref{k}" for k in range(3))],
+                              stdin=open(tmp_path / "hyp"), capture_output=True, text=True)
+        assert perl.stdout.strip() == str(ours["bleu"])
+    if METEOR_JAR is None:
+        pytest.skip(f"METEOR's jar: {meteor_note(implementation='jar')} (BLEU was checked)")
+    (tmp_path / "ref3").write_text("".join(r + "\n" for group in refs for r in group))
+    jar = subprocess.run(["java", "-Xmx2G", "-jar", METEOR_JAR, tmp_path / "hyp",
+                          tmp_path / "ref3", "-l", "en", "-norm", "-r", "3"],
+                         cwd=os.path.dirname(METEOR_JAR), capture_output=True, text=True)
+    assert repr(ours["METEOR"]) == re.search(r"Final score:\s+(\S+)", jar.stdout)[1]
+
+
+def test_the_command_scores_without_meteor_in_a_plain_install(user_env, tmp_path):
+    """make train's environment has no pycocoevalcap: METEOR n/a and why, the rest scored."""
+    lines = (shared_folder("webnlg-metrics") / "melbourne.txt").read_text(encoding="utf-8")
+    lines = lines.splitlines()
+    lines[0] = ""  # (a seen input's: the unseen scores stay the official ones)
+    (tmp_path / "out.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "data.webnlg.metrics", tmp_path / "out.txt",
+                             "--data", shared_folder("webnlg"), "--subset", "unseen",
+                             "--protocol", "challenge"],
+                            cwd=REPO, capture_output=True, text=True, env=user_env)
+    assert result.returncode == 0, result.stderr
+    assert "1,862 outputs for the test split's 1,862 inputs; 1 is empty" in result.stdout
+    assert "METEOR: n/a (needs the pycocoevalcap package" in result.stdout
+    assert "BLEU: 33.27" in result.stdout and "TER: 0.5592 (tercom 0.7.25)" in result.stdout

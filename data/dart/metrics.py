@@ -24,7 +24,9 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data import mt_metrics  # noqa: E402
 from data.dart import prepare  # noqa: E402
+from data.e2e.metrics import meteor_note  # noqa: E402
 from data.task import read_text  # noqa: E402
+from kit.cli import plural  # noqa: E402
 from kit.errors import UserError  # noqa: E402
 
 
@@ -56,21 +58,24 @@ def score(entries: list[prepare.Entry], outputs: list[str],
 
 def per_input(entries: list[prepare.Entry], path: str) -> list[str]:
     """The outputs of a file with one per distinct input, or one per entry (then each input's is
-    its first entry's)."""
-    _, references, of_entry = inputs(entries)
+    its first entry's), or of sample.py's predictions (a .tsv, per distinct input)."""
+    contexts, references, of_entry = inputs(entries)
+    if str(path).lower().endswith(".tsv"):
+        return mt_metrics.read_outputs(path, contexts)
     lines = read_text(path).split("\n")
     count = len(lines) - (lines[-1] == "")
     if count == len(entries) and count != len(references):
-        outputs = mt_metrics.read_outputs(path, len(entries))
+        outputs = mt_metrics.read_outputs(path, [e.context for e in entries])
         first = {}
         for output, row in zip(outputs, of_entry):
             first.setdefault(row, output)
         return [first[row] for row in range(len(references))]
     if count != len(references):
-        raise UserError(f"{path} has {count:,} lines, but the split has {len(entries):,} entries "
-                        f"and {len(references):,} distinct inputs: one output per line, for each "
-                        "entry or each distinct input, in the data's order")
-    return mt_metrics.read_outputs(path, len(references))
+        raise UserError(f"{path} has {plural(count, 'line')}, but the split has "
+                        f"{len(entries):,} entries and {len(references):,} distinct "
+                        "inputs: one output per line, for each entry or each distinct input, in "
+                        "the data's order")
+    return mt_metrics.read_outputs(path, contexts)
 
 
 def parse_args(argv=None):
@@ -85,16 +90,20 @@ def main(argv=None) -> int:
     names = mt_metrics.protocol_names(args.protocol)
     try:
         entries = prepare.read_split(prepare.locate(args.data, (args.split,)), args.split)
+        inputs_in_split = len(inputs(entries)[0])
         outputs = per_input(entries, args.outputs)
+        entries = mt_metrics.first_inputs(entries, prepare.texts, len(outputs))
         results = score(entries, outputs, names, meteor=not args.no_meteor)
     except UserError as e:
         print(f"data.dart.metrics: {e}", file=sys.stderr)
         return 2
+    print(mt_metrics.describe_outputs(outputs, inputs_in_split, args.split))
     count = {"released": f"{len(outputs):,} distinct inputs",
              "challenge": f"{len(entries):,} entries"}
     for name in names:
         print(f"{name} protocol ({mt_metrics.PROTOCOLS[name]}): {count[name]}")
-        print("\n".join(mt_metrics.format_scores(results[name]["all"], name)))
+        print("\n".join(mt_metrics.format_scores(results[name]["all"], name,
+                                                 meteor_note(not args.no_meteor))))
     return 0
 
 

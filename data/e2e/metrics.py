@@ -71,7 +71,8 @@ class InputError(UserError):
     """A problem with an input file, worded for the person who made it."""
 
 
-def _read_text(path: str) -> str:
+def _read_text(path: str, blank: bool = False) -> str:
+    """The file's text; blank: a file of empty lines is data (outputs that are all empty)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -82,7 +83,7 @@ def _read_text(path: str) -> str:
     except UnicodeDecodeError as e:
         raise InputError(f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
                          f"{e.start}); convert it to UTF-8") from None
-    if not text.strip():
+    if not (text if blank else text.strip()):
         raise InputError(f"{path} is empty")
     return text.removeprefix("\ufeff")
 
@@ -141,7 +142,7 @@ def read_predictions(path: str) -> tuple[list[str] | None, list[str]]:
     if _is_table(path):
         rows = _read_table(path, "output")
         return [mr for mr, _ in rows], [out for _, out in rows]
-    return None, [line.strip() for line in _read_text(path).splitlines()]
+    return None, [line.strip() for line in _read_text(path, blank=True).splitlines()]
 
 
 def load(refs_path: str, preds_path: str) -> tuple[list[list[str]], list[str]]:
@@ -478,7 +479,7 @@ def format_scores(scores: dict, meteor_requested: bool = True, *,
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        allow_abbrev=False, description="Score E2E NLG outputs with the official challenge metrics "
+        prog="data.e2e.metrics", allow_abbrev=False, description="Score E2E NLG outputs with the official challenge metrics "
                     "(BLEU, NIST, METEOR, ROUGE-L, CIDEr).")
     parser.add_argument("refs", help="references: CSV/TSV (MR, reference) or text (one per line, "
                                      "MRs separated by an empty line)")
@@ -492,11 +493,14 @@ def main(argv=None) -> int:
         refs, preds = load(args.refs, args.preds)
         scores = score(refs, preds, meteor=not args.no_meteor and args.meteor)
     except (InputError, MeteorError) as e:
-        print(f"metrics.py: {e}", file=sys.stderr)
+        print(f"data.e2e.metrics: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("metrics.py: Ctrl-C: stopped; nothing was written", file=sys.stderr)
+        print("data.e2e.metrics: Ctrl-C: stopped; nothing was written", file=sys.stderr)
         return 130
+    if empty := sum(not pred for pred in preds):
+        print(f"{empty:,} of {len(preds):,} outputs {'is' if empty == 1 else 'are'} empty, "
+              "scored as empty outputs (as the official script scores them)")
     print("SCORES:\n==============")
     print(format_scores(scores, meteor_requested=not args.no_meteor, implementation=args.meteor))
     return 0

@@ -22,6 +22,7 @@ import sys
 if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data import mt_metrics  # noqa: E402
+from data.e2e.metrics import meteor_note  # noqa: E402
 from data.webnlg import prepare  # noqa: E402
 from kit.errors import UserError  # noqa: E402
 
@@ -79,18 +80,24 @@ def main(argv=None) -> int:
     names = mt_metrics.protocol_names(args.protocol)
     try:
         entries = prepare.read_split(prepare.locate(args.data), args.split)
-        _, _, seen = inputs(entries)
+        contexts, _, seen = inputs(entries)
         if args.subset not in subsets(seen):
             raise UserError(f"the {args.split} split has no {args.subset} inputs")
-        outputs = mt_metrics.read_outputs(args.outputs, len(seen))
+        outputs = mt_metrics.read_outputs(args.outputs, contexts)
+        seen = seen[:len(outputs)]  # (sample.py --limit N: the first N inputs')
+        if args.subset not in subsets(seen):
+            raise UserError(f"{args.outputs} holds outputs for the first {len(outputs):,} "
+                            f"inputs, none of them {args.subset}")
         results = score(entries, outputs, names, meteor=not args.no_meteor)
     except UserError as e:
         print(f"data.webnlg.metrics: {e}", file=sys.stderr)
         return 2
+    print(mt_metrics.describe_outputs(outputs, len(contexts), args.split))
     for name in names:
         rows = len(subsets(seen)[args.subset])
         print(f"{name} protocol ({mt_metrics.PROTOCOLS[name]}), {args.subset}: {rows:,} inputs")
-        print("\n".join(mt_metrics.format_scores(results[name][args.subset], name)))
+        print("\n".join(mt_metrics.format_scores(results[name][args.subset], name,
+                                                 meteor_note(not args.no_meteor))))
     return 0
 
 

@@ -6,7 +6,8 @@ outputs stream to STEM.tsv.part as they are found, so an interrupted decode resu
 with the same settings: model, adapter, task, split, decoding); then STEM.tsv holds (MR or
 context, output) rows, written before anything is scored, and STEM.scores.json the task's scores
 (Task.score: E2E's five metrics, on any text; WebNLG's and DART's BLEU, METEOR and TER) with what
-was decoded and how.
+was decoded and how. The .part goes only once the scores are written, so a decode stopped while
+it is scored is scored by the same command, from the .part, without decoding again.
 
 Under torchrun (world, distributed.py) each rank searches its share of the batches one process
 searches, rank 0 gathers the outputs as each round of batches ends and writes every file: the
@@ -137,6 +138,20 @@ def decoded_so_far(stem: str) -> int | None:
         return max(0, sum(1 for line in f if line.endswith("\n")) - 1)  # (the settings line)
 
 
+def scoring_left(stem: str) -> bool:
+    """Whether STEM.tsv holds a whole decode that was stopped while it was scored: its .part is
+    still there (it goes once STEM.scores.json is written), every input in it. The same command
+    then scores it without decoding again."""
+    if not os.path.exists(stem + ".tsv") or decoded_so_far(stem) is None:
+        return False
+    with open(stem + ".tsv.part", encoding="utf-8", errors="replace") as f:
+        try:
+            total = json.loads(f.readline())["settings"]["mrs"]
+        except (ValueError, KeyError, TypeError):
+            return False
+    return decoded_so_far(stem) >= total
+
+
 class Job:
     """One split of one task, decoded by one model (or one adapter of several: multitask.py) into
     STEM.tsv and STEM.scores.json: its inputs, what STEM.tsv.part holds already, what is left."""
@@ -155,19 +170,23 @@ class Job:
         self.texts = world.agree(resumed_part, self.part, self.settings, force,
                                  main_only=True) or {}
         self.todo = world.broadcast([i for i in range(len(self.groups)) if i not in self.texts])
-        if self.texts:
+        if len(self.texts) == len(self.groups):
+            print(f"all {cli.plural(len(self.groups), task.unit)} were decoded already "
+                  f"({self.part}): scoring them")
+        elif self.texts:
             print(f"resuming: {len(self.texts)} of {cli.plural(len(self.groups), task.unit)} "
                   f"were decoded already ({self.part})")
         self.n_tokens = 0
 
     def finish(self, seconds: float, meteor: bool) -> dict:
-        """Write STEM.tsv (the .part goes), score, write STEM.scores.json; the report."""
+        """Write STEM.tsv, score, write STEM.scores.json (then the .part goes: until then, a stop
+        while scoring leaves what the same command scores without decoding: scoring_left);
+        the report."""
         table = io.StringIO()
         writer = csv.writer(table, delimiter="\t", lineterminator="\n")
         writer.writerow([self.task.label, "output"])
         writer.writerows((label, self.texts[i]) for i, (label, _, _) in enumerate(self.groups))
         write_atomic(self.stem + ".tsv", table.getvalue())
-        os.remove(self.part)
         print(f"wrote {self.stem}.tsv")
         report = {"split": self.split, "format": self.task.format, "references": self.source,
                   "mrs": len(self.groups), "predictions": self.stem + ".tsv",
@@ -181,6 +200,7 @@ class Job:
         if None in report["scores"].values():  # (only METEOR can be missing)
             report["meteor"] = metrics.meteor_note(meteor)
         write_atomic(self.stem + ".scores.json", json.dumps(report, indent=2))
+        os.remove(self.part)
         print(f"wrote {self.stem}.scores.json")
         return report
 
@@ -247,8 +267,10 @@ def run_jobs(model, jobs: list[Job], *, meteor: bool, world=ALONE,
     if not world.main:
         return [None] * len(jobs)
     n_tokens, d = sum(job.n_tokens for job in jobs), jobs[0].decoding
-    print(f"decoded {cli.plural(len(order), unit)} ({n_tokens:,} tokens) in {seconds:.1f} s: "
-          f"{len(order) / max(seconds, 1e-9):.1f} {unit}s/s, {n_tokens / max(seconds, 1e-9):,.0f} "
-          f"tokens/s (beam {d.beam}{'' if d.use_cache else ', no KV cache'}"
-          f"{'' if tasks is None else f', {len(jobs)} tasks in mixed batches'})")
+    if order:  # (none: every input was decoded before a stop while scoring)
+        print(f"decoded {cli.plural(len(order), unit)} ({n_tokens:,} tokens) in {seconds:.1f} s: "
+              f"{len(order) / max(seconds, 1e-9):.1f} {unit}s/s, "
+              f"{n_tokens / max(seconds, 1e-9):,.0f} tokens/s (beam {d.beam}"
+              f"{'' if d.use_cache else ', no KV cache'}"
+              f"{'' if tasks is None else f', {len(jobs)} tasks in mixed batches'})")
     return [job.finish(seconds, meteor) for job in jobs]

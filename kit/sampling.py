@@ -94,8 +94,8 @@ def claim_outputs(stems: list[str], force: bool) -> list[rundir.Claim]:
             cli.check_writable(folder)
             owners.append(rundir.claim(folder, "sample.py", "wait for it to end, or write the "
                                        "predictions elsewhere with --out DIR"))
-        for stem in stems:
-            if os.path.exists(stem + ".tsv") and not force:
+        for stem in stems:  # (a decode stopped while scoring: the same command scores it)
+            if os.path.exists(stem + ".tsv") and not force and not evaluation.scoring_left(stem):
                 raise UserError(f"{stem}.tsv already holds predictions; pass --force to replace "
                                 "them, or --out DIR to write elsewhere")
     except BaseException:
@@ -489,10 +489,10 @@ def kept(args, decoding_test_set: bool) -> str:
     parts, scored = [], []
     for view in views:
         stem = output_stem(view)
-        if (done := evaluation.decoded_so_far(stem)) is not None:
-            parts.append((cli.plural(done, view.task.unit), done, f"{stem}.tsv.part"))
-        elif os.path.exists(stem + ".tsv"):
+        if evaluation.scoring_left(stem):
             scored.append(f"{stem}.tsv")
+        elif (done := evaluation.decoded_so_far(stem)) is not None:
+            parts.append((cli.plural(done, view.task.unit), done, f"{stem}.tsv.part"))
     again = "run the same command again to go on from there"
     if len(parts) == 1:
         (what, done, part), = parts
@@ -502,5 +502,6 @@ def kept(args, decoding_test_set: bool) -> str:
         return (f"stopped; what was decoded so far is kept "
                 f"({', '.join(f'{what} in {part}' for what, _, part in parts)}): {again}")
     if scored:
-        return f"stopped while scoring; the predictions are saved in {', '.join(scored)}"
+        return (f"stopped while scoring; the predictions are saved in {', '.join(scored)}: run "
+                "the same command again to score them (nothing is decoded again)")
     return "stopped; nothing was written"

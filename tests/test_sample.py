@@ -453,6 +453,37 @@ def test_ctrl_c_while_decoding_keeps_what_was_decoded(tiny_run, e2e_data, gpt2_v
     assert "resuming: 1 of 3 MRs were decoded already" in out and "decoded 2 MRs (" in out
 
 
+def test_ctrl_c_while_scoring_is_scored_by_the_same_command_without_decoding(
+        tiny_run, e2e_data, gpt2_vocab, tmp_path, capsys, monkeypatch):
+    from data.e2e import metrics
+    from kit import evaluation
+    flags = ["--adapter", tiny_run / "run" / "adapter.safetensors", "--data", e2e_data,
+             "--limit", "3", "--beam", "2", "--max-new-tokens", "4", "--device", "cpu",
+             "--no-meteor", "--out", tmp_path]
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(metrics, "score", ctrl_c)
+    code, out, err = main(capsys, *flags)
+    tsv = tmp_path / "predictions-first3.tsv"
+    assert code == 130 and err == (
+        f"sample.py: Ctrl-C: stopped while scoring; the predictions are saved in {tsv}: run the "
+        "same command again to score them (nothing is decoded again)\n")
+    predictions = tsv.read_text()
+    monkeypatch.undo()
+    monkeypatch.setattr(evaluation, "decode", lambda model, prompts, **kwargs: (
+        [] if not prompts else pytest.fail("decoded again")))
+    code, out, err = main(capsys, *flags)
+    assert code == 0, err
+    assert "all 3 MRs were decoded already" in out and "decoded " not in out.replace(
+        "were decoded already", "")
+    assert tsv.read_text() == predictions and not (tmp_path / "predictions-first3.tsv.part").exists()
+    report = json.loads((tmp_path / "predictions-first3.scores.json").read_text())
+    assert report["mrs"] == 3 and report["predictions"] == str(tsv)
+    code, out, err = main(capsys, *flags)  # scored: a third time is refused, as before
+    assert code == 2 and "already holds predictions; pass --force" in err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_or_sighup_while_decoding_says_what_was_kept(tiny_run, e2e_data, gpt2_vocab,
                                                             tmp_path, sig):

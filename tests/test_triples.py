@@ -222,10 +222,31 @@ def test_a_tiny_gpt2_trains_decodes_and_is_scored_on_webnlg(webnlg_slice, tiny, 
     assert "| | BLEU U | BLEU S | BLEU A | MET U |" in proc.stdout
     assert "| this run (test) | " in proc.stdout and "paper" not in proc.stdout  # (a tiny model)
     assert "the challenge's protocol (" in proc.stdout and "  unseen: BLEU: " in proc.stdout
+    # the scoring command takes sample.py's predictions as they are, and gives the same scores
+    printed = scorer("webnlg", run / "predictions.tsv", webnlg_slice, env=meteor_env)
+    assert printed == {"released": mt_metrics.format_scores(
+        {m: report["scores"][f"{m}_A"] for m in ("BLEU", "METEOR", "TER")}, "released"),
+        "challenge": mt_metrics.format_scores(report["challenge"]["all"], "challenge")}
+
+
+def scorer(task: str, outputs, data, env, *flags) -> dict:
+    """python -m data.TASK.metrics OUTPUTS --data DATA: its score lines by protocol."""
+    proc = subprocess.run([sys.executable, "-m", f"data.{task}.metrics", str(outputs), "--data",
+                           str(data), *flags], cwd=REPO, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    printed, name = {}, None
+    for line in proc.stdout.splitlines():
+        if " protocol (" in line:
+            name = line.split()[0]
+            printed[name] = []
+        elif name:
+            printed[name].append(line)
+    return printed
 
 
 def test_dart_trains_with_its_recipe_and_scores_each_distinct_input_once(dart_slice, tiny,
-                                                                         vocab, capsys, tmp_path):
+                                                                         vocab, capsys, tmp_path,
+                                                                         user_env):
     run = tmp_path / "run"
     code, out, err = run_main(train.main, capsys, "--data", dart_slice, "--model", tiny,
                               "--max-steps", "2", "--device", "cpu", "--out", run,
@@ -256,6 +277,13 @@ def test_dart_trains_with_its_recipe_and_scores_each_distinct_input_once(dart_sl
     assert report["challenge"]["all"] == {"BLEU": ours["BLEU"], "METEOR": None,
                                           "TER": ours["TER"]}
     assert "| | BLEU | MET | TER |" in out
+    # the scoring command, in a plain install (no pycocoevalcap: METEOR n/a), on sample.py's
+    # predictions as they are: the same scores
+    printed = scorer("dart", run / "predictions.tsv", dart_slice, user_env)
+    missing = "n/a (needs the pycocoevalcap package for METEOR's word lists)"
+    assert printed == {"released": mt_metrics.format_scores(report["scores"], "released", missing),
+                       "challenge": mt_metrics.format_scores(report["challenge"]["all"],
+                                                             "challenge", missing)}
 
 
 def test_an_empty_output_scores_as_the_released_code_scores_it(webnlg_slice):

@@ -14,7 +14,8 @@ each equal to the official tool):
 
 OUTPUTS: a text file, one output per line, either per entry of the split (5,097 lines for the
 test set, what DART's scripts read) or per distinct input (4,159, what the model decodes), in the
-data's order.
+data's order; or the predictions.tsv sample.py writes. An empty output is scored as the official
+scripts score it, as an empty text.
 """
 
 import os

@@ -13,7 +13,9 @@ protocols of data/mt_metrics.py (its metrics each equal to the official tool):
         [--protocol released|challenge|both]
 
 OUTPUTS: a text file, one output per distinct input of the split, in the data's order (the test
-set's 1,862 entries are all distinct; dev's 872 entries hold 870 with "good" texts).
+set's 1,862 entries are all distinct; dev's 872 entries hold 870 with "good" texts), or the
+predictions.tsv sample.py writes (for all the inputs, or with --limit N the first N). An empty
+output is scored as the official scripts score it, as an empty text.
 """
 
 import os

@@ -237,12 +237,14 @@ def select(epochs: dict, by: str = "BLEU") -> dict:
 
 def summarize(scores: list[dict], metrics=paper_results.METRICS) -> dict:
     """Mean and standard deviation (numpy, ddof=1: the sample std; None for one seed) of each
-    metric (the task's table's columns) over the seeds' test scores."""
+    metric (the task's table's columns) over the seeds' test scores. A metric some seeds lack
+    (METEOR, scored where it could not run) has none: never a mean over fewer seeds."""
     out = {}
     for m in metrics:
-        values = [s[m] for s in scores if s.get(m) is not None]
-        out[m] = {"mean": float(np.mean(values)) if values else None,
-                  "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+        values = [s.get(m) for s in scores]
+        whole = None not in values
+        out[m] = {"mean": float(np.mean(values)) if whole else None,
+                  "std": float(np.std(values, ddof=1)) if whole and len(values) > 1 else None}
     return out
 
 
@@ -295,6 +297,7 @@ def run(settings: dict, units: list[Unit], exp: str, args, device, task,
                            to_decode[u.name])
     if not world.main:  # rank 0 writes the results
         return 0
+    experiment.rescore(settings, units, exp, task)  # METEOR, where it can run now and could not
     result = results(settings, units, exp, task.table)
     experiment.write_results(result, exp, experiment.report(result, args.model, task.unit,
                                                             SELECTIONS, task.table), task.table)

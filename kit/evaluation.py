@@ -191,18 +191,40 @@ class Job:
         report = {"split": self.split, "format": self.task.format, "references": self.source,
                   "mrs": len(self.groups), "predictions": self.stem + ".tsv",
                   "decoding": {**self.settings, "seconds": seconds}}
-        try:  # the task's metrics (E2E's five, or WebNLG's and DART's BLEU, METEOR and TER)
-            report.update(self.task.score(self.split, self.groups,
-                                          [self.texts[i] for i in range(len(self.groups))],
-                                          meteor=meteor))
+        try:
+            score_into(report, self.task, self.groups,
+                       [self.texts[i] for i in range(len(self.groups))], meteor)
         except metrics.MeteorError as e:
             raise UserError(f"{e} (the predictions are saved in {self.stem}.tsv)") from None
-        if None in report["scores"].values():  # (only METEOR can be missing)
-            report["meteor"] = metrics.meteor_note(meteor)
         write_atomic(self.stem + ".scores.json", json.dumps(report, indent=2))
         os.remove(self.part)
         print(f"wrote {self.stem}.scores.json")
         return report
+
+
+def rescore(stem: str, task: Task, meteor: bool) -> dict:
+    """Score STEM.tsv again (no decoding) and rewrite STEM.scores.json: where a metric could not
+    run when it was decoded (METEOR without pycocoevalcap) and can now. The report."""
+    with open(stem + ".scores.json", encoding="utf-8") as f:
+        report = json.load(f)
+    with open(stem + ".tsv", encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))[1:]
+    groups = task.eval_groups(report["split"])[0][:report["mrs"]]
+    if [label for label, _ in rows] != [label for label, _, _ in groups]:
+        raise UserError(f"{stem}.tsv does not hold the inputs {stem}.scores.json names (edited "
+                        "by hand?); delete both, and the same command decodes them again")
+    score_into(report, task, groups, [out for _, out in rows], meteor)
+    write_atomic(stem + ".scores.json", json.dumps(report, indent=2))
+    return report
+
+
+def score_into(report: dict, task: Task, groups: list, outputs: list[str], meteor: bool):
+    """The task's metrics (E2E's five, or WebNLG's and DART's BLEU, METEOR and TER) into a
+    decode's report, and why a score is missing (only METEOR can be)."""
+    report.update(task.score(report["split"], groups, outputs, meteor=meteor))
+    report.pop("meteor", None)
+    if None in report["scores"].values():
+        report["meteor"] = metrics.meteor_note(meteor)
 
 
 def evaluate(model, *, task: Task, split: str, limit: int, stem: str, decoding: Decoding,

@@ -20,7 +20,7 @@ import torch
 
 from data.e2e import metrics
 from data.task import tokenizer
-from kit import cli, rundir, training
+from kit import cli, evaluation, rundir, training
 from kit.checkpoint import load_metadata, write_atomic
 from kit.errors import UserError
 
@@ -155,6 +155,28 @@ def undecoded(unit, folder: str) -> list[tuple[int, str]]:
             if not os.path.exists(stem(folder, e, split) + ".scores.json")]
 
 
+def unscored(settings: dict, units: list, exp: str) -> list[str]:
+    """The decodes whose scores lack METEOR (scored where it could not run) though it was asked
+    for and can run here now: their stems."""
+    if not settings["meteor"] or metrics.meteor_missing():
+        return []
+    stems = [stem(run_folder(exp, u), e, split) for u in units
+             for e in range(1, u.config.epochs + 1) for split in SPLITS]
+    return [s for s in stems if os.path.exists(s + ".scores.json")
+            and None in read_json(s + ".scores.json", "delete it, and the same command decodes "
+                                  "that epoch again", key="scores").values()]
+
+
+def rescore(settings: dict, units: list, exp: str, task):
+    """Score again, from their saved predictions, the decodes that lack METEOR where it can run
+    now (no decoding: a rerun of the same command fills the gap)."""
+    if todo := unscored(settings, units, exp):
+        print(f"reproduce.py: scoring METEOR of {cli.plural(len(todo), 'decode')} that lacked "
+              "it (it can run here now), from their saved predictions", flush=True)
+    for s in todo:
+        evaluation.rescore(s, task, meteor=True)
+
+
 def mrs_per_split(settings: dict, task) -> dict:
     """How many MRs (contexts) each split decodes."""
     return {split: min(settings["mrs"] or math.inf, len(task.eval_groups(split)[0]))
@@ -269,8 +291,14 @@ def report(result: dict, model: str, unit: str, selections: dict, paper) -> str:
     if s["command"] != "sweep":
         out += ["", "## How the rows were trained", ""]
         out += [f"- {label}: {row['trained']}" for label, row in result["rows"].items()]
-    if any(None in r["epochs"][1]["test"].values() for r in result["runs"].values()):
-        out += ["", f"METEOR: {metrics.meteor_note(s['meteor'])}."]
+    scores = [split for r in result["runs"].values() for e in r["epochs"].values()
+              for split in e.values()]
+    if lacking := sum(None in split.values() for split in scores):
+        here = f", as here ({why})" if (why := metrics.meteor_missing()) else ""
+        out += ["", f"METEOR: {metrics.meteor_note(s['meteor'])}." if lacking == len(scores) else
+                f"METEOR: n/a: {lacking} of the {len(scores)} decodes were scored where it "
+                f"could not run{here}; the same command, rerun where it can (pip install "
+                "pycocoevalcap), scores their saved predictions."]
     return "\n".join(out) + "\n"
 
 

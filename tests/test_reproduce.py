@@ -11,12 +11,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, run_main
+from conftest import REPO, _plain_env, installed, run_main
 
 import reproduce
 from data.e2e import paper_results
 from kit import adapter
-from kit.experiment import table
+from kit.experiment import report, table
 from model import GPTConfig
 
 
@@ -283,3 +283,40 @@ def test_a_plain_install_without_java_runs_the_experiment_and_says_meteor_is_mis
     md = (tmp_path / "plain" / "results.md").read_text()
     assert "METEOR: n/a (needs the pycocoevalcap package for METEOR's word lists)." in md
     assert "| ours: lora | 1,024 |" in md and "| n/a |" in md
+    # the same command where METEOR can run scores it from the saved predictions (no decoding)
+    if not installed("pycocoevalcap"):
+        pytest.skip("pycocoevalcap is not installed: METEOR cannot be added here")
+    (tmp_path / "meteor").mkdir()
+    before = json.loads((tmp_path / "plain" / "results.json").read_text())["runs"]
+    result = subprocess.run([sys.executable, str(REPO / "reproduce.py"), *argv],
+                            env=_plain_env(tmp_path / "meteor", {"transformers", "peft"}),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "scoring METEOR of 2 decodes that lacked it" in result.stdout
+    assert "decoded " not in result.stdout
+    after = json.loads((tmp_path / "plain" / "results.json").read_text())["runs"]
+    for split in ("test", "dev"):
+        old, new = before["lora-seed1"]["epochs"]["1"][split], \
+            after["lora-seed1"]["epochs"]["1"][split]
+        assert old.pop("METEOR") is None and isinstance(new.pop("METEOR"), float)
+        assert old == new  # the other four, as they were
+    md = (tmp_path / "plain" / "results.md").read_text()
+    assert "METEOR: n/a" not in md and "| n/a |" not in md
+
+
+def test_a_metric_some_seeds_lack_is_not_averaged_over_the_others():
+    summary = reproduce.summarize([{**scores(0.7), "METEOR": 0.45}, scores(0.71)])
+    assert summary["METEOR"] == {"mean": None, "std": None}
+    assert summary["BLEU"]["mean"] == np.mean([0.7, 0.71])
+    # results.md says so, and how the gap is filled
+    runs = {f"lora-seed{n}": {"epochs": {"1": {"test": s, "dev": s}}}
+            for n, s in ((1, {**scores(0.7), "METEOR": 0.45}), (2, scores(0.71)))}
+    row = {"trainable": 1024, "trained": "", "selections": {
+        sel: {"epochs": {"lora-seed1": 1, "lora-seed2": 1}, **summary}
+        for sel in reproduce.SELECTIONS}}
+    result = {"settings": {"command": "table3", "seeds": [1, 2], "epochs": 1, "mrs": 0,
+                           "size": None, "meteor": True}, "rows": {"lora": row}, "runs": runs}
+    md = report(result, "tiny", "MR", reproduce.SELECTIONS, paper_results.TABLE)
+    assert "| ours: lora | 1,024 | 70.5+-.7 | 7.05+-.07 | n/a |" in md
+    assert "METEOR: n/a: 2 of the 4 decodes were scored where it could not run" in md
+    assert "the same command, rerun where it can (pip install pycocoevalcap), scores" in md

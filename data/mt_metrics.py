@@ -284,8 +284,11 @@ def parser(prog: str, what: str, outputs: str, data: str) -> argparse.ArgumentPa
                                 description=f"Score {what} outputs: BLEU, METEOR and TER.")
     p.add_argument("outputs", help=outputs)
     p.add_argument("--data", help=data)
-    p.add_argument("--split", default="test", choices=("test", "dev"))
-    p.add_argument("--protocol", default="both", choices=(*PROTOCOLS, "both"))
+    p.add_argument("--split", default="test", choices=("test", "dev"),
+                   help="the split the outputs are for")
+    p.add_argument("--protocol", default="both", choices=(*PROTOCOLS, "both"),
+                   help="released: the paper's released code's (comparable with its table); "
+                        "challenge: the official challenge's scripts; both (default)")
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR")
     return p
 

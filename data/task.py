@@ -22,6 +22,7 @@ Each prints its scores beside its rows of the paper (PaperTable: Table 3, 13 or 
 """
 
 import dataclasses
+import difflib
 import functools
 import hashlib
 import os
@@ -216,6 +217,7 @@ def open_task(data: str | None = None, format: str | None = None) -> Task:
 
     if data == "e2e" and not os.path.exists(data):
         data = None
+    check_data(data)
     if task := triples_task(data):  # WebNLG or DART
         if format not in (None, task.format):
             raise DataError(f"--format {format} is a layout of E2E's text; {data} is "
@@ -230,7 +232,32 @@ def open_task(data: str | None = None, format: str | None = None) -> Task:
             raise DataError("a JSONL task needs --data FOLDER")
         return JsonlTask(data)  # (which says what the folder lacks)
     from data.e2e.task import E2ETask
-    return E2ETask(data, format or "paper")
+    if data and not any(os.path.isfile(os.path.join(data, name)) for name in E2ETask.FILES):
+        raise DataError(f"{data} holds none of a task's files: {FILES}")
+    return E2ETask(data, format or "paper")  # (which says what the folder lacks)
+
+
+NAMES = ("e2e", "webnlg", "dart")  # the tasks --data finds by name (their own folders)
+FILES = ("E2E's CSVs (trainset.csv, devset.csv, testset_w_refs.csv), WebNLG's (train.json, "
+         "dev.json, test.json, or the challenge's XML), DART's (dart-v1.1.1-full-*.json or "
+         ".xml), or your own train.jsonl (docs/your-own-data.md)")
+
+
+def check_data(data: str | None):
+    """A DataError for a --data that is no task: a name mistyped (with the known ones), a folder
+    that does not exist, a file, an empty folder, or one with none of the tasks' files."""
+    if data is None or (data in NAMES and not os.path.exists(data)):
+        return
+    if not os.path.exists(data):
+        if near := difflib.get_close_matches(data.lower(), NAMES, n=1, cutoff=0.7):
+            raise DataError(f"{data}: no such task or folder; did you mean {near[0]}? (the tasks "
+                            f"by name: {', '.join(NAMES)})")
+        raise DataError(f"{data}: no such folder (a task by name: {', '.join(NAMES)})")
+    if not os.path.isdir(data):
+        raise DataError(f"{data} is a file: give the folder that holds the task's files, or a "
+                        f"task by name ({', '.join(NAMES)})")
+    if not os.listdir(data):
+        raise DataError(f"{data} is an empty folder: a task's folder holds {FILES}")
 
 
 def read_text(path: str) -> str:
@@ -254,6 +281,14 @@ def content_hash(data: bytes, kind: str) -> str:
     if kind == "git":
         return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
     return hashlib.sha256(data).hexdigest()
+
+
+def mend(path: str, downloads: str) -> str:
+    """How to mend a damaged data file: one of our downloads (in the task's own folder) is
+    fetched again once deleted; a file of the user's folder is theirs to replace."""
+    if os.path.dirname(os.path.abspath(path)) == os.path.abspath(downloads):
+        return "delete it, and the next run downloads it again"
+    return "replace it with a good copy (nothing is downloaded into a folder you give)"
 
 
 def fetch(folder: str, files: dict, hint: str):

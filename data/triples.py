@@ -20,7 +20,7 @@ import os
 import xml.etree.ElementTree as ET
 
 from data import mt_metrics
-from data.task import DataError, Examples, Task, encode_pairs, read_text, size_of
+from data.task import DataError, Examples, Task, encode_pairs, open_task, read_text, size_of
 
 
 def xml_entries(path: str) -> list[tuple[dict, list[tuple[str, str, str]], list[tuple[str, str]]]]:
@@ -59,6 +59,17 @@ def triples_task(data: str | None) -> Task | None:
     return None
 
 
+def split_entries(name: str, data: str | None, split: str) -> list:
+    """The entries of one split of WebNLG's or DART's data (name), for its scoring command:
+    data as train.py's --data takes it (the task's name, or a folder; None: its own folder)."""
+    task = open_task(data or name)
+    if task.name != name:
+        called = {"e2e": "E2E's", "webnlg": "WebNLG's", "dart": "DART's"}
+        theirs = called.get(task.name, "your own task's")
+        raise DataError(f"--data {data} is {theirs} data, not {called[name]}")
+    return task.entries(split)
+
+
 class TriplesTask(Task):
     """A task of prepare (its files) and metrics (its protocols), its table from paper_results;
     data_dir None: the task's own default folder (prepare.locate)."""
@@ -86,12 +97,13 @@ class TriplesTask(Task):
         return self.paper_results.TABLE
 
     def folder(self, split: str) -> str:
-        """The folder that holds the split (prepare.locate: found, or downloaded)."""
-        return self.prepare.locate(self.data)
+        """The folder that holds the split (prepare.locate: found, or downloaded); only the
+        splits a command reads need be there (../shared has no DART training set)."""
+        return self.prepare.locate(self.data, (split,))
 
     def locate(self) -> str:
-        """Every split's folder found (or downloaded): before a long experiment starts."""
-        return [self.folder(split) for split in self.splits][0]
+        """Every split found (or downloaded): before a long experiment starts."""
+        return self.prepare.locate(self.data, self.splits)
 
     def check_split(self, split: str):
         self.folder(split)

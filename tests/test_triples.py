@@ -361,3 +361,28 @@ def test_missing_or_broken_data_is_one_line_and_no_run_is_made(webnlg_slice, dar
                               "1", "--max-new-tokens", "2", "--limit", "2", "--no-meteor",
                               "--device", "cpu", "--out", tmp_path / "decoded")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("script", ["train.py", "sample.py", "reproduce.py"])
+def test_a_data_that_is_no_task_is_named_as_such(script, tiny, capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    (tmp_path / "file.csv").write_text("x")
+    main = {"train.py": train.main, "sample.py": sample.main, "reproduce.py": reproduce.main}
+    before = sorted(tmp_path.rglob("*"))
+    for data, message in (
+            ("webnlgg", "webnlgg: no such task or folder; did you mean webnlg? (the tasks by "
+                        "name: e2e, webnlg, dart)"),
+            ("WebNLG", "did you mean webnlg?"),
+            (tmp_path / "nonexist", f"{tmp_path / 'nonexist'}: no such folder"),
+            (tmp_path / "file.csv", "is a file: give the folder that holds the task's files"),
+            (tmp_path / "empty", "is an empty folder: a task's folder holds E2E's CSVs"),
+            (tmp_path / "other", "holds none of a task's files: E2E's CSVs (trainset.csv, ")):
+        argv = {"train.py": ["--model", tiny, "--out", tmp_path / "run"],
+                "sample.py": ["--model", tiny, "--out", tmp_path / "run"],
+                "reproduce.py": ["table14", "--model", tiny, "--out", tmp_path / "run"]}[script]
+        code, out, err = run_main(main[script], capsys, *argv, "--data", data, "--device", "cpu")
+        assert code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"{script}: ") and message in err, err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing made

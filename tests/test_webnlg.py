@@ -66,7 +66,7 @@ def melbourne():
     set up again when the worker runs another module's tests between this group's)."""
     folder = shared_folder("webnlg-metrics")
     entries = prepare.read_split(str(shared_folder("webnlg")), "test")
-    outputs = mt_metrics.read_outputs(folder / "melbourne.txt", len(entries))
+    outputs = mt_metrics.read_outputs(folder / "melbourne.txt", metrics.inputs(entries)[0])
     return folder, entries, outputs, metrics.score(entries, outputs, names=("challenge",))
 
 
@@ -157,18 +157,45 @@ def test_bad_outputs_are_one_line_and_exit_2(webnlg_data, tmp_path, content, mes
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated"])
-def test_missing_or_truncated_data_is_one_line(tmp_path, damage):
-    folder = tmp_path / "webnlg"
+@pytest.mark.parametrize("damage, message", [
+    ("empty", "webnlg is an empty folder: a task's folder holds E2E's CSVs"),
+    ("truncated", "test.json is not valid JSON (Unterminated string starting at: line 1 column "
+                  "44 (char 43)); replace it with a good copy (nothing is downloaded into a "
+                  "folder you give)"),
+    ("no test", "webnlg lacks WebNLG's test split (test.json, or the challenge's "
+                "test/testdata_with_lex.xml)"),
+    ("test only", "out.txt has 1 line, but the split has 1,862 inputs"),  # (read: all it needs)
+])
+def test_missing_or_truncated_data_is_one_line(tmp_path, damage, message):
+    folder, xml = tmp_path / "webnlg", shared_folder("webnlg")
     folder.mkdir()
     if damage == "truncated":
         for name in prepare.JSON_FILES:
             (folder / name).write_text('{"entries": [{"1": {"category": "Airport", "modif')
+    if damage != "test only":  # the challenge's XML without its test file
+        shutil.copytree(xml / "train", folder / "train")
+        shutil.copytree(xml / "dev", folder / "dev")
+    if damage != "no test":
+        (folder / "test").mkdir()
+        shutil.copy(xml / prepare.XML_TEST, folder / prepare.XML_TEST)
+    if damage == "empty":
+        shutil.rmtree(folder)
+        folder.mkdir()
     (tmp_path / "out.txt").write_text("x\n")
     result = run(tmp_path / "out.txt", "--data", folder, "--no-meteor")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert ("holds neither WebNLG's train.json" if damage == "missing"
-            else "test.json is not valid JSON") in result.stderr
+    assert message in result.stderr, result.stderr
+
+
+def test_the_scorer_takes_the_task_names_train_py_takes(tmp_path, monkeypatch):
+    monkeypatch.setenv("WEBNLG_DATA_DIR", str(shared_folder("webnlg")))
+    (tmp_path / "out.txt").write_text("x\n")
+    for data, message in (("webnlg", "has 1 line, but the split has 1,862 inputs"),
+                          ("WebNLG", "WebNLG: no such task or folder; did you mean webnlg?"),
+                          ("dart", "--data dart is DART's data, not WebNLG's")):
+        result = run(tmp_path / "out.txt", "--data", data, "--no-meteor")
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert message in result.stderr, result.stderr
 
 
 def test_empty_outputs_score_as_the_official_scripts_score_them(tmp_path):
@@ -218,3 +245,10 @@ def test_the_command_scores_without_meteor_in_a_plain_install(user_env, tmp_path
     assert "1,862 outputs for the test split's 1,862 inputs; 1 is empty" in result.stdout
     assert "METEOR: n/a (needs the pycocoevalcap package" in result.stdout
     assert "BLEU: 33.27" in result.stdout and "TER: 0.5592 (tercom 0.7.25)" in result.stdout
+
+
+def test_a_damaged_download_is_fetched_again_a_users_file_is_theirs(tmp_path):
+    from data.task import mend
+    assert mend(os.path.join(prepare.HERE, "test.json"), prepare.HERE) == \
+        "delete it, and the next run downloads it again"
+    assert mend(str(tmp_path / "test.json"), prepare.HERE).startswith("replace it")

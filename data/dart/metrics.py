@@ -27,6 +27,7 @@ from data import mt_metrics  # noqa: E402
 from data.dart import prepare  # noqa: E402
 from data.e2e.metrics import meteor_note  # noqa: E402
 from data.task import read_text  # noqa: E402
+from data.triples import split_entries  # noqa: E402
 from kit.cli import plural  # noqa: E402
 from kit.errors import UserError  # noqa: E402
 
@@ -82,7 +83,8 @@ def per_input(entries: list[prepare.Entry], path: str) -> list[str]:
 def parse_args(argv=None):
     return mt_metrics.parser("data.dart.metrics", "DART", outputs="one output per line: per "
                              "entry or per distinct input of the split, in the data's order",
-                             data="DART's folder (default: $DART_DATA_DIR, else data/dart/, "
+                             data="DART's folder, as train.py's --data takes it "
+                             "(default: dart, its own: $DART_DATA_DIR, else data/dart/, "
                              "downloaded on first use)").parse_args(argv)
 
 
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     names = mt_metrics.protocol_names(args.protocol)
     try:
-        entries = prepare.read_split(prepare.locate(args.data, (args.split,)), args.split)
+        entries = split_entries("dart", args.data, args.split)
         inputs_in_split = len(inputs(entries)[0])
         outputs = per_input(entries, args.outputs)
         entries = mt_metrics.first_inputs(entries, prepare.texts, len(outputs))

@@ -24,7 +24,7 @@ import dataclasses
 import json
 import os
 
-from data.task import DataError, fetch, read_text
+from data.task import DataError, fetch, mend, read_text
 from data.triples import xml_entries
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -80,8 +80,7 @@ def _json_entries(file: str) -> list[Entry]:
                       [(a["text"], a.get("source", "")) for a in item["annotations"]])
                 for item in json.loads(read_text(file))]
     except ValueError as e:
-        raise DataError(f"{file} is not valid JSON ({e}); delete it to download it again, or "
-                        "pass --data with a good copy") from None
+        raise DataError(f"{file} is not valid JSON ({e}); {mend(file, HERE)}") from None
     except (KeyError, TypeError) as e:
         raise DataError(f"{file} is not DART's JSON (no {e} where an entry should have "
                         "it)") from None

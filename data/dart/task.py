@@ -13,7 +13,3 @@ class DartTask(TriplesTask):
     @classmethod
     def holds(cls, folder: str) -> bool:
         return any(prepare.path(folder, split) for split in prepare.SPLITS)
-
-    def folder(self, split: str) -> str:
-        """Only the split asked for need be there (../shared has no training set)."""
-        return prepare.locate(self.data, (split,))

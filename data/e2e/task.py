@@ -8,6 +8,7 @@ from data.task import Task, size_of
 
 class E2ETask(Task):
     name, label, unit = "e2e", "mr", "MR"
+    FILES = tuple(prepare.SPLITS.values())  # the official release's CSVs
     blank_line_ends = True  # as the released decode script cuts outputs
 
     def __init__(self, data_dir: str | None = None, format: str = "paper"):

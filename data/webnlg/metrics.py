@@ -25,6 +25,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data import mt_metrics  # noqa: E402
 from data.e2e.metrics import meteor_note  # noqa: E402
+from data.triples import split_entries  # noqa: E402
 from data.webnlg import prepare  # noqa: E402
 from kit.errors import UserError  # noqa: E402
 
@@ -70,8 +71,9 @@ def score(entries: list[prepare.Entry], outputs: list[str],
 
 def parse_args(argv=None):
     p = mt_metrics.parser("data.webnlg.metrics", "WebNLG", outputs="one output per line, in "
-                          "the order of the split's inputs", data="WebNLG's folder (default: "
-                          "$WEBNLG_DATA_DIR, else data/webnlg/, downloaded on first use)")
+                          "the order of the split's inputs", data="WebNLG's folder, as train.py's "
+                          "--data takes it (default: webnlg, its own: $WEBNLG_DATA_DIR, else "
+                          "data/webnlg/, downloaded on first use)")
     p.add_argument("--subset", default="all", choices=SUBSETS,
                    help="the test set's unseen categories, the seen ones, or all")
     return p.parse_args(argv)
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     names = mt_metrics.protocol_names(args.protocol)
     try:
-        entries = prepare.read_split(prepare.locate(args.data), args.split)
+        entries = split_entries("webnlg", args.data, args.split)
         contexts, _, seen = inputs(entries)
         if args.subset not in subsets(seen):
             raise UserError(f"the {args.split} split has no {args.subset} inputs")

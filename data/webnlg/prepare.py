@@ -23,7 +23,7 @@ import glob
 import json
 import os
 
-from data.task import DataError, fetch, read_text
+from data.task import DataError, fetch, mend, read_text
 from data.triples import xml_entries
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,6 +44,7 @@ JSON_FILES = {  # name -> (url, hash kind, hash), as ../shared/data/webnlg-lora/
                   "2574896b23b5959d1a0cd4bb501ffbeff1a11790a9996c4cb8efed289149ff4f"),
 }
 XML_TEST = os.path.join("test", "testdata_with_lex.xml")
+XML_FILES = {"train": "train/*triples/*.xml", "dev": "dev/*triples/*.xml", "test": XML_TEST}
 
 
 @dataclasses.dataclass
@@ -64,29 +65,31 @@ class Entry:
         return self.category in SEEN
 
 
-def layout(folder: str) -> str | None:
-    """'json' (the released files), 'xml' (the challenge's), or None (neither is complete)."""
-    if all(os.path.isfile(os.path.join(folder, name)) for name in JSON_FILES):
-        return "json"
-    if os.path.isfile(os.path.join(folder, XML_TEST)) and all(
-            glob.glob(os.path.join(folder, split, "*triples", "*.xml")) for split in SPLITS[:2]):
-        return "xml"
-    return None
+def path(folder: str, split: str) -> str | None:
+    """The split's file in folder: the released JSON (SPLIT.json), else the challenge's XML (the
+    test file, or the split's folder of files by triple count), else None."""
+    if os.path.isfile(json_file := os.path.join(folder, f"{split}.json")):
+        return json_file
+    if split == "test":
+        return os.path.join(folder, XML_TEST) if os.path.isfile(os.path.join(folder, XML_TEST)) \
+            else None
+    return os.path.join(folder, split) if glob.glob(os.path.join(folder, split, "*triples",
+                                                                 "*.xml")) else None
 
 
-def locate(data_dir: str | None = None) -> str:
-    """The folder of the data: data_dir, else $WEBNLG_DATA_DIR, else data/webnlg/ (downloaded
-    on first use)."""
+def locate(data_dir: str | None = None, splits: tuple = SPLITS) -> str:
+    """The folder of the data (with the splits asked for): data_dir, else $WEBNLG_DATA_DIR, else
+    data/webnlg/ (what it lacks of the released JSON downloaded on first use)."""
     data_dir = data_dir or os.environ.get("WEBNLG_DATA_DIR") or None
     if data_dir is None:
-        fetch(HERE, JSON_FILES, hint="or pass --data DIR (or set WEBNLG_DATA_DIR): a folder "
-                                     "with the released train.json, dev.json, test.json, or the "
-                                     "challenge's XML (train/, dev/, test/testdata_with_lex.xml)")
+        fetch(HERE, {f"{s}.json": JSON_FILES[f"{s}.json"] for s in splits},
+              hint="or pass --data DIR (or set WEBNLG_DATA_DIR): a folder with the released "
+                   + ", ".join(f"{s}.json" for s in splits) + ", or the challenge's XML ("
+                   + ", ".join(XML_FILES[s] for s in splits) + ")")
         return HERE
-    if layout(data_dir) is None:
-        raise DataError(f"{data_dir} holds neither WebNLG's train.json, dev.json, test.json (the "
-                        "released code's) nor the challenge's XML (train/*triples/*.xml, "
-                        f"dev/*triples/*.xml, {XML_TEST})")
+    if missing := [s for s in splits if path(data_dir, s) is None]:
+        raise DataError(f"{data_dir} lacks WebNLG's " + ", ".join(
+            f"{s} split ({s}.json, or the challenge's {XML_FILES[s]})" for s in missing))
     return data_dir
 
 
@@ -100,8 +103,7 @@ def _json_entries(path: str) -> list[Entry]:
                                                  for t in e["modifiedtripleset"]],
                                  [(lex["lex"], lex["comment"]) for lex in e["lexicalisations"]]))
     except ValueError as e:
-        raise DataError(f"{path} is not valid JSON ({e}); delete it to download it again, or "
-                        "pass --data with a good copy") from None
+        raise DataError(f"{path} is not valid JSON ({e}); {mend(path, HERE)}") from None
     except (KeyError, TypeError, AttributeError) as e:
         raise DataError(f"{path} is not WebNLG's released JSON (no {e} where an entry should "
                         "have it)") from None
@@ -118,12 +120,16 @@ def _xml_entries(path: str) -> list[Entry]:
 def read_split(folder: str, split: str) -> list[Entry]:
     """The split's entries, in the released files' order (the challenge's files sorted by name,
     which puts them by triple count, then category)."""
-    if layout(folder) == "json":
-        return _json_entries(os.path.join(folder, f"{split}.json"))
+    file = path(folder, split)
+    if file is None:
+        raise DataError(f"{folder} lacks WebNLG's {split} split ({split}.json, or the "
+                        f"challenge's {XML_FILES[split]})")
+    if file.endswith(".json"):
+        return _json_entries(file)
     if split == "test":
-        return _xml_entries(os.path.join(folder, XML_TEST))
-    return [e for path in sorted(glob.glob(os.path.join(folder, split, "*triples", "*.xml")))
-            for e in _xml_entries(path)]
+        return _xml_entries(file)
+    return [e for xml in sorted(glob.glob(os.path.join(file, "*triples", "*.xml")))
+            for e in _xml_entries(xml)]
 
 
 def texts(entry: Entry) -> list[str]:

@@ -74,12 +74,14 @@ def open_experiment(folder: str, settings: dict) -> rundir.Claim:
     owner = rundir.claim(folder, "reproduce.py", "wait for it to end, or pick another --out")
     path = os.path.join(folder, "experiment.json")
     settings = json.loads(json.dumps(settings))  # as experiment.json holds them (lists, not tuples)
+    saved = None
     try:
         if os.path.exists(path):
             saved = read_json(path, "restore it, or start again with another --out (without it "
                               "the runs here cannot be matched to a command)", key="settings")
-            if differ := sorted(k for k in set(saved) | set(settings)
-                                if saved.get(k) != settings.get(k)):
+            differ = sorted(k for k in set(saved) | set(settings)
+                            if saved.get(k) != settings.get(k))
+            if differ and started(folder):
                 raise UserError(f"{folder} holds an experiment with other settings "
                                 f"({', '.join(differ)} differ); rerun its own command, or pick "
                                 "another --out")
@@ -90,9 +92,16 @@ def open_experiment(folder: str, settings: dict) -> rundir.Claim:
         owner.abandon()
         owner.release()
         raise
-    if not os.path.exists(path):
+    if saved != settings:  # a new experiment, or one where nothing ran yet: these settings
         write_atomic(path, json.dumps({"settings": settings}, indent=2))
     return owner
+
+
+def started(folder: str) -> bool:
+    """Whether anything of the experiment has run: a run folder (train.py makes one as it
+    starts). Until then its settings may change (an attempt that failed before it began)."""
+    runs = os.path.join(folder, "runs")
+    return os.path.isdir(runs) and bool(os.listdir(runs))
 
 
 def inputs(args, task, world) -> torch.device:

@@ -320,3 +320,22 @@ def test_a_metric_some_seeds_lack_is_not_averaged_over_the_others():
     assert "| ours: lora | 1,024 | 70.5+-.7 | 7.05+-.07 | n/a |" in md
     assert "METEOR: n/a: 2 of the 4 decodes were scored where it could not run" in md
     assert "the same command, rerun where it can (pip install pycocoevalcap), scores" in md
+
+
+def test_a_first_attempt_that_failed_before_any_run_takes_new_settings(tiny, e2e_data, gpt2_vocab,
+                                                                        tmp_path, capsys,
+                                                                        monkeypatch):
+    # (as a GPT-2 download fails offline: inside train.train, before its run folder exists)
+    def offline(cfg, world):
+        raise reproduce.UserError("cannot download gpt2: no network?")
+    monkeypatch.setattr(reproduce.train, "train", offline)
+    out = tmp_path / "table3"
+    code, _, err = run_main(reproduce.main, capsys, *flags(tiny, e2e_data, out))
+    assert code == 2 and err == "reproduce.py: cannot download gpt2: no network?\n"
+    code, _, err = run_main(reproduce.main, capsys, *flags(tiny, e2e_data, out, "--epochs", "3"))
+    assert code == 2 and err == "reproduce.py: cannot download gpt2: no network?\n"
+    assert json.loads((out / "experiment.json").read_text())["settings"]["epochs"] == 3
+    # once a run has started, the settings are the experiment's
+    (out / "runs" / "lora-seed1").mkdir(parents=True)
+    code, _, err = run_main(reproduce.main, capsys, *flags(tiny, e2e_data, out))
+    assert code == 2 and "holds an experiment with other settings (epochs differ)" in err, err

@@ -233,9 +233,10 @@ def free_memory(device: torch.device) -> int | None:
     return None
 
 
-def check_writable(folder: str, flag: str = "--out"):
+def check_writable(folder: str, flag: str = "--out", remedy: str | None = None):
     """Refuse, before any work, a folder that cannot be created or written to: a file, a
-    read-only place. What the probe creates is removed again."""
+    read-only place (remedy: what to do then; default: pick another flag). What the probe
+    creates is removed again."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{flag} {folder} is a file, not a folder; pick another {flag}")
     missing = []
@@ -248,7 +249,8 @@ def check_writable(folder: str, flag: str = "--out"):
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise UserError(f"cannot write to {folder} ({e.strerror}); pick another {flag}") from None
+        raise UserError(f"cannot write to {folder} ({e.strerror}); "
+                        f"{remedy or f'pick another {flag}'}") from None
     finally:
         for path in missing:  # deepest first
             if os.path.isdir(path) and not os.listdir(path):

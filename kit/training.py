@@ -207,7 +207,9 @@ def run_directory(cfg) -> rundir.Claim:
     new runs/<task>-<method>-<model>-<time>-<xxxx>. A new run refuses a folder that holds a
     checkpoint or someone's files."""
     hint = "wait for it to end, or pick another --out"
-    if cfg.resume:
+    if cfg.resume:  # (a run goes on in its own folder: it must be writable)
+        cli.check_writable(cfg.resume, "--resume", "make it writable, or copy the folder "
+                                                   "elsewhere and resume the copy")
         return rundir.claim(cfg.resume, "train.py", hint)
     if not cfg.out:
         cli.check_writable("runs")

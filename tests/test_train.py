@@ -846,3 +846,21 @@ def test_a_folder_that_turns_unwritable_is_one_line(finished, tmp_path, capsys, 
         f"train.py: cannot write {run_dir / 'adapter.safetensors'} ({os.strerror(errno_)}); "
         f"stopped, the last checkpoint (step 4) is in {run_dir}; make room (or make the folder "
         f"writable again), then continue with: python train.py --resume {run_dir}\n")
+
+
+def test_resuming_in_a_read_only_folder_is_one_line(finished, tmp_path, capsys, monkeypatch):
+    # a read-only mount: every file the folder would get is refused with the real OSError
+    run_dir = finished_copy(finished, tmp_path)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if str(path).startswith(str(run_dir)) and flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(os, "open", read_only)
+    code, out, err = main(capsys, "--resume", run_dir, "--max-steps", "6")
+    assert code == 2 and err == (
+        f"train.py: cannot write to {run_dir} (Read-only file system); make it writable, or copy "
+        "the folder elsewhere and resume the copy\n")
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before

@@ -32,7 +32,7 @@ import sys
 import torch
 
 import lora
-from kit import checkpoint, cli, peft_interop
+from kit import checkpoint, cli, peft_interop, rundir
 from kit.cli import UserError
 from model import GPT
 
@@ -42,7 +42,14 @@ from model import GPT
 def read_factors(path: str, model_name: str | None = None) -> tuple[dict, str]:
     """{(layer, target): (A, B, scaling)} of an adapter, and its base model. Our adapter files are
     read directly; a PEFT folder is imported onto its base model first."""
+    if rundir.is_run_folder(path):  # train.py's run folder: its adapter.safetensors
+        path, full = rundir.run_result(path)
+        if full:
+            raise UserError(f"{full} is a full fine-tuning run's model: it has no A and B")
     if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+            raise UserError(f"{path} is neither a run folder of train.py's (adapter.safetensors) "
+                            "nor a PEFT adapter folder (adapter_config.json)")
         with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
             base = model_name or json.load(f).get("base_model_name_or_path", "")
         model = peft_interop.import_peft(GPT.from_pretrained(base), path)
@@ -54,7 +61,9 @@ def read_factors(path: str, model_name: str | None = None) -> tuple[dict, str]:
         raise FileNotFoundError(f"no such adapter file: {path}")
     meta = checkpoint.load_metadata(path)
     if meta.get("method") != "lora":
-        raise UserError(f"{path} is not a LoRA adapter saved by train.py (lora.save)")
+        kind = {"adapter": "an Adapter^H or Adapter^L adapter"}.get(meta.get("method"),
+                                                                   "not a LoRA adapter")
+        raise UserError(f"{path} is {kind}: Section 7's analysis reads LoRA's A and B")
     tensors = checkpoint.load_tensors(path)
     try:  # a hand-edited file may record anything
         s = {k: json.loads(meta[k]) for k in ("targets", "r", "alpha", "dropout")}
@@ -229,11 +238,13 @@ def parse_args(argv=None):
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("similarity", formatter_class=cli.HelpFormatter, allow_abbrev=False,
                        help="phi(A1, A2, i, j) between two adapters (Figure 3)")
-    s.add_argument("adapters", nargs=2, metavar="ADAPTER")
+    s.add_argument("adapters", nargs=2, metavar="ADAPTER",
+                   help="two adapters: adapter.safetensors, a run folder, or a PEFT folder")
     s.add_argument("--out", required=True, help="the CSV grid (and a PNG beside it)")
     a = sub.add_parser("amplification", formatter_class=cli.HelpFormatter, allow_abbrev=False,
                        help="Delta W against W: Table 7 for one adapter")
-    a.add_argument("adapters", nargs=1, metavar="ADAPTER")
+    a.add_argument("adapters", nargs=1, metavar="ADAPTER",
+                   help="adapter.safetensors, a run folder, or a PEFT folder")
     for q, target in ((s, "q"), (a, None)):
         q.error = p.error
         q.add_argument("--target", default=target, choices=list(lora.TARGETS),

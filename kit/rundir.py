@@ -8,6 +8,8 @@ write left behind survives.
   refused with the folder and the pid that holds it (FolderInUse), before it writes anything.
 - Unique names. `claim_new` creates a folder named by the time and a random suffix, and never
   one that exists already: two runs started in the same second get two folders.
+- What a run holds: its result (run_result: adapter.safetensors, or model/ for full
+  fine-tuning), or why it has none yet (still training, or stopped: resume it).
 - No leftovers. Every file we write goes to NAME.tmp first and is renamed (checkpoint.py), and
   safetensors itself writes .tmpXXXXXX first: a kill in the middle leaves such a file, which
   `remove_stale_files` deletes once the folder is ours again.
@@ -19,6 +21,7 @@ import contextlib
 import os
 import re
 import secrets
+import shlex
 import time
 
 try:
@@ -132,3 +135,44 @@ def remove_stale_files(folder: str) -> list[str]:
                 os.remove(os.path.join(root, name))
                 stale.append(os.path.relpath(os.path.join(root, name), folder))
     return stale
+
+
+# --- what a run folder holds ----------------------------------------------------------------
+
+
+def is_run_folder(path: str) -> bool:
+    """Whether path is a folder train.py wrote (its log, its checkpoint or its result)."""
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, name)) for name in (
+        "adapter.safetensors", "state.safetensors", "model", "metrics.jsonl"))
+
+
+def run_result(path: str) -> tuple[str | None, str | None]:
+    """A run folder's result as (adapter, model): adapter.safetensors, or model/ for a full
+    fine-tuning run (train.py's result_path). Its state.safetensors is a checkpoint to resume,
+    not an adapter."""
+    if os.path.isfile(adapter := os.path.join(path, "adapter.safetensors")):
+        return adapter, None
+    if os.path.isdir(model := os.path.join(path, "model")):
+        return None, model
+    if who := in_use(path):
+        raise UserError(f"{path} is a run still training ({who}): its adapter.safetensors is "
+                        "written when it ends (or pass an adapter-epochN.safetensors kept in it)")
+    raise UserError(f"{path} is a run folder without a result yet (train.py writes "
+                    "adapter.safetensors when the run ends; continue it with: python train.py "
+                    f"--resume {shlex.quote(path)}, or pass an adapter-epochN.safetensors kept "
+                    "in it)")
+
+
+def in_use(folder: str) -> str | None:
+    """Who owns folder now ('train.py, pid 123'), or None where no process does."""
+    path = os.path.join(folder, LOCK)
+    if fcntl is None or not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = f.read(200).decode(errors="replace").split()
+            return f"{holder[1]}, pid {holder[0]}" if len(holder) == 2 else "another process"
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return None

@@ -168,25 +168,6 @@ def paper_table(scores: dict, table, size: str | None, kind: str, args) -> str:
 # --- several adapters on one base (multitask.py) ---------------------------------------------
 
 
-def is_run_folder(path: str) -> bool:
-    """Whether path is a folder train.py wrote (its log, its checkpoint or its result)."""
-    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, name)) for name in (
-        "adapter.safetensors", "state.safetensors", "model", "metrics.jsonl"))
-
-
-def run_result(path: str) -> tuple[str | None, str | None]:
-    """A run folder's result as (adapter, model): adapter.safetensors, or model/ for a full
-    fine-tuning run (train.py's result_path). Its state.safetensors is a checkpoint to resume,
-    not an adapter."""
-    if os.path.isfile(adapter := os.path.join(path, "adapter.safetensors")):
-        return adapter, None
-    if os.path.isdir(model := os.path.join(path, "model")):
-        return None, model
-    raise UserError(f"--adapter {path} is a run folder without a result yet (train.py writes "
-                    "adapter.safetensors when the run ends; continue it with: python train.py "
-                    f"--resume {path}, or pass an adapter-epochN.safetensors kept in it)")
-
-
 def adapter_files(given: list[str]) -> list[str]:
     """--adapter's files: each one given, a run folder's adapter.safetensors, and for another
     folder the adapters in it (*.safetensors) and in the run folders inside it
@@ -196,8 +177,8 @@ def adapter_files(given: list[str]) -> list[str]:
         if not os.path.isdir(path):
             files.append(path)
             continue
-        if is_run_folder(path):
-            adapter, model = run_result(path)
+        if rundir.is_run_folder(path):
+            adapter, model = rundir.run_result(path)
             if model:  # (alone and without --model, check() has taken it as --model)
                 raise UserError(f"--adapter {path} is a full fine-tuning run: its result is a "
                                 f"model, not an adapter; decode it alone as --model {model}")
@@ -433,8 +414,8 @@ def check(args, world=distributed.ALONE) -> torch.device:
     device = world.place(cli.pick_device(args.device))
     # fp32 unless --dtype says otherwise, as the released code decodes
     args.amp_dtype = cli.amp_dtype(device, args.dtype, "decoding", auto=None)
-    if len(args.adapters) == 1 and not args.model and is_run_folder(args.adapters[0]):
-        _, model = run_result(args.adapters[0])
+    if len(args.adapters) == 1 and not args.model and rundir.is_run_folder(args.adapters[0]):
+        _, model = rundir.run_result(args.adapters[0])
         if model:  # a full fine-tuning run's folder: its model/ is what to decode
             args.model, args.adapters = model, []
     args.adapters = adapter_files(args.adapters)

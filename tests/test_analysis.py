@@ -182,3 +182,24 @@ def test_the_shared_directions_read_as_english():
     assert "no direction is shared (phi > 0.5)" in analysis.shared_directions(grid, 64)
     assert "the top direction is shared" in analysis.shared_directions(grid + 0.3, 64)
     assert "the top 2 directions are shared" in analysis.shared_directions(grid + 0.6, 64)
+
+
+def test_run_folders_read_as_their_adapters_and_other_folders_say_what_they_are(two_adapters,
+                                                                                 capsys):
+    for r in (2, 8):  # a run folder as train.py leaves it (its log and its result)
+        folder = two_adapters / f"run-r{r}"
+        folder.mkdir()
+        (two_adapters / f"r{r}.safetensors").rename(folder / "adapter.safetensors")
+        (folder / "metrics.jsonl").write_text("")
+    code, out, err = run_main(analysis.main, capsys, "similarity", two_adapters / "run-r2",
+                              two_adapters / "run-r8", "--out", two_adapters / "phi.csv")
+    assert code == 0, err
+    assert "phi(A_r=2, A_r=8, i, j) on W_q, mean over 2 layers" in out
+    (two_adapters / "unfinished").mkdir()
+    (two_adapters / "unfinished" / "metrics.jsonl").write_text("")
+    (two_adapters / "other").mkdir()
+    for folder, message in (("unfinished", "is a run folder without a result yet"),
+                            ("other", "is neither a run folder of train.py's "
+                                      "(adapter.safetensors) nor a PEFT adapter folder")):
+        code, out, err = run_main(analysis.main, capsys, "amplification", two_adapters / folder)
+        assert code == 2 and err.count("\n") == 1 and message in err, err

@@ -207,7 +207,7 @@ def main(capsys, *argv):
     (["--targets", "q,,v"], "targets 'q,,v' have an empty entry: give them as e.g. q,v"),
     (["--rank", "0"], "rank r must be an integer >= 1, got 0"),
     (["--model", "/nowhere/gpt2"], "no such file or directory: /nowhere/gpt2"),
-    (["--data", "/nowhere"], "/nowhere lacks trainset.csv"),
+    (["--data", "/nowhere"], "/nowhere: no such folder"),
     (["--dropout", "1.5"], "dropout must be in [0, 1), got 1.5"),
     (["--dtype", "bf16"], "--dtype bf16 is mixed precision for CUDA; on CPU training runs in fp32"),
     (["--method", "prefix"], "argument --method: invalid choice: 'prefix'"),

@@ -559,3 +559,17 @@ def test_the_paper_row_follows_the_models_shape_not_its_folder_name(tiny_run):
         scores, paper_results.TABLE, "gpt2-medium", "houlsby", args)
     assert "paper" not in sampling.paper_table(scores, paper_results.TABLE, None, "lora",
                                                   args)
+
+
+def test_a_run_still_training_is_said_to_be(tiny_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("")
+    with rundir.claim(str(run_dir), "train.py", ""):  # (the lock train.py holds while it runs)
+        code, out, err = main(capsys, "--adapter", run_dir, "--device", "cpu")
+    assert code == 2 and err == (
+        f"sample.py: {run_dir} is a run still training (train.py, pid {os.getpid()}): its "
+        "adapter.safetensors is written when it ends (or pass an adapter-epochN.safetensors kept "
+        "in it)\n")
+    code, out, err = main(capsys, "--adapter", run_dir, "--device", "cpu")
+    assert code == 2 and f"continue it with: python train.py --resume {run_dir}," in err

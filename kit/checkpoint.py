@@ -448,9 +448,10 @@ def download_checkpoint(preset: str) -> str:
         if os.path.isfile(os.path.join(snapshots, snapshot, "model.safetensors")):
             return os.path.join(snapshots, snapshot, "model.safetensors")
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    make = " (make train ARGS=\"--model FOLDER\")" if os.environ.get("MAKELEVEL") else ""
     download(f"{endpoint}/openai-community/{preset}/resolve/main/model.safetensors", path,
              hint=f"or put config.json and model.safetensors of openai-community/{preset} in a "
-                  f"folder and pass it as --model FOLDER (make train ARGS=\"--model FOLDER\")")
+                  f"folder and pass it as --model FOLDER{make}")  # (make: started by make train)
     return path
 
 

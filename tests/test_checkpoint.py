@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from conftest import run_main
 
 import model
 from kit import checkpoint
@@ -42,12 +43,20 @@ def test_preset_download_lands_in_the_cache_dir(file_server, tmp_path, monkeypat
     assert handler.requests == [0]  # the second call used the cached file
 
 
-def test_preset_without_network_says_so_and_how_to_pass_a_path(tmp_path, monkeypatch):
+def test_preset_without_network_says_so_and_how_to_pass_a_path(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9
     monkeypatch.setenv("GPT2_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.delenv("MAKELEVEL", raising=False)  # (sample.py, reproduce.py: not make's)
     with pytest.raises(RuntimeError, match="cannot download .*no network.*openai-community/gpt2 "
-                       r"in a folder and pass it as --model FOLDER \(make train ARGS="):
+                       r"in a folder and pass it as --model FOLDER$"):
+        GPT.from_pretrained("gpt2")
+    import sample
+    code, _, err = run_main(sample.main, capsys, "--model", "gpt2", "--prompt", "x", "--device",
+                            "cpu")
+    assert code == 2 and err.endswith("pass it as --model FOLDER\n"), err
+    monkeypatch.setenv("MAKELEVEL", "1")  # started by make train: its way to pass the flag
+    with pytest.raises(RuntimeError, match=r"pass it as --model FOLDER \(make train ARGS="):
         GPT.from_pretrained("gpt2")
     assert not (tmp_path / "cache").exists()  # not even an empty folder
 

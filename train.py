@@ -350,8 +350,7 @@ def main(argv=None) -> int:
             code = train(cfg, world)
     except KeyboardInterrupt as e:  # (once training runs, a signal saves after the step instead)
         cli.interrupted("train.py", "stopped before training began; nothing was written"
-                        + (f" (continue with: python train.py --resume {cfg.resume})"
-                           if cfg.resume else ""), e)
+                        + (f" ({training.way_on(cfg, cfg.resume)})" if cfg.resume else ""), e)
     except cli.USER_ERRORS as e:
         cli.fail("train.py", e)
     except cli.WriteError as e:  # a full disk, a folder no longer writable: e says what was kept

@@ -29,6 +29,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -224,7 +225,7 @@ def run_directory(cfg) -> rundir.Claim:
     if not files <= {"config.json", "metrics.jsonl"}:  # a checkpoint, or someone's files
         owner.release()
         raise UserError(f"{owner.folder} already holds files; pick another --out, or continue "
-                        f"that run with --resume {owner.folder}")
+                        f"that run with --resume {shlex.quote(owner.folder)}")
     if files:
         print(f"{owner.folder} holds a run that never saved a checkpoint: starting it again")
     return owner
@@ -566,7 +567,7 @@ class Run:
                     self.log.write({"event": "lost", "error": str(e), "step": self.step})
                     self.exit_code = e.say("train.py", f"stopped, {self.kept()}")
         except WriteError as e:  # (the last checkpoint is whole: writes are atomic)
-            go_on = self.cfg.go_on.format(folder=self.folder)
+            go_on = way_on(self.cfg, self.folder)
             e.kept = (f"stopped, {self.kept()}" + (f"; make room (or make the folder writable "
                                                    f"again), then {go_on}" if go_on else ""))
             raise
@@ -655,7 +656,7 @@ class Run:
 
     def stopped(self, step: int, code: int) -> int:
         """After the checkpoint a signal asked for: how to go on, and the signal's exit code."""
-        go_on = self.cfg.go_on.format(folder=self.folder)
+        go_on = way_on(self.cfg, self.folder)
         self.log.write({"event": "stopped", "step": step},
                        f"stopped at step {step}" + (f"; {go_on}" if go_on else ""))
         return code
@@ -664,8 +665,14 @@ class Run:
         result = result_path(self.cfg.method, self.folder)
         self.log.write({"event": "done", "step": step}, f"done: {result}; decode and score it "
                        f"with: python sample.py --{'model' if self.cfg.method == 'full' else 'adapter'}"
-                       f" {result}")
+                       f" {shlex.quote(result)}")
         return 0
+
+
+def way_on(cfg, folder: str) -> str:
+    """How a stopped run goes on: the Recipe's go_on ("continue with: python train.py --resume
+    FOLDER"), the folder quoted for a shell; "" where the caller says it (reproduce.py)."""
+    return cfg.go_on.format(folder=shlex.quote(folder))
 
 
 def open_run(cfg, world=distributed.ALONE) -> Run:

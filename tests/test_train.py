@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -864,3 +865,15 @@ def test_resuming_in_a_read_only_folder_is_one_line(finished, tmp_path, capsys, 
         f"train.py: cannot write to {run_dir} (Read-only file system); make it writable, or copy "
         "the folder elsewhere and resume the copy\n")
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_the_commands_it_prints_paste_into_a_shell(tiny, data, tmp_path, capsys):
+    run_dir = tmp_path / "my run ü"  # (a space, a letter outside ASCII)
+    code, out, err = main(capsys, *quick(tiny, data, run_dir, "--max-steps", "2"))
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("done: "))
+    command = shlex.split(line.split("decode and score it with: ")[1])
+    assert command == ["python", "sample.py", "--adapter", str(run_dir / "adapter.safetensors")]
+    code, out, err = main(capsys, *quick(tiny, data, run_dir))  # (a folder with a run in it)
+    assert code == 2 and shlex.split(err.split("continue that run with ")[1]) == [
+        "--resume", str(run_dir)], err

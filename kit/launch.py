@@ -46,5 +46,22 @@ def main(nproc: str, script: str, *args: str) -> int:
     return 0
 
 
+USAGE = "usage: python kit/launch.py NPROC SCRIPT [ARGS...] (NPROC processes of SCRIPT)"
+
+
+def check(argv: list[str]) -> str | None:
+    """What is wrong with the command line (one line, with the usage), or None."""
+    if len(argv) < 2:
+        return f"launch.py: give the number of processes and the script; {USAGE}"
+    if not argv[0].isdigit() or int(argv[0]) < 1:
+        return f"launch.py: NPROC is a number of processes (1 or more), not {argv[0]!r}; {USAGE}"
+    if not os.path.isfile(argv[1]):
+        return f"launch.py: no such script: {argv[1]}; {USAGE}"
+    return None
+
+
 if __name__ == "__main__":
+    if problem := check(sys.argv[1:]):
+        print(problem, file=sys.stderr)
+        sys.exit(2)
     sys.exit(main(*sys.argv[1:]))

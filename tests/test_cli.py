@@ -1,7 +1,11 @@
 """What every command line shares: one rule for abbreviated flags (refused everywhere: a flag
 is typed whole, so that a new flag never changes what an old command line means)."""
 
+import subprocess
+import sys
+
 import pytest
+from conftest import REPO
 
 import reproduce
 import sample
@@ -31,3 +35,18 @@ def test_an_abbreviated_flag_is_refused_by_every_script(parse, argv, capsys):
     err = capsys.readouterr().err
     abbreviated = next(a for a in argv if a.startswith("--"))
     assert stop.value.code == 2 and "unrecognized arguments: " + abbreviated in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give the number of processes and the script"),
+    (["2"], "give the number of processes and the script"),
+    (["two", "reproduce.py"], "NPROC is a number of processes (1 or more), not 'two'"),
+    (["2", "nowhere.py"], "no such script: nowhere.py"),
+])
+def test_kit_launch_run_as_its_docstring_shows_says_its_usage(argv, message):
+    # (reproduce.py --nproc N runs it; a user may run it as its docstring shows)
+    result = subprocess.run([sys.executable, "kit/launch.py", *argv], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == "" and result.stderr == (
+        f"launch.py: {message}; usage: python kit/launch.py NPROC SCRIPT [ARGS...] (NPROC "
+        "processes of SCRIPT)\n")

@@ -75,13 +75,14 @@ ROWS = {
     "lora": ({"method": "lora", "rank": 4, "targets": "q,v"},
              "the paper's recipe (Table 11, the released code)"),
     "full": ({"method": "full", "lr": 5e-5},
-             "Table 3's row is prior work's (Li & Liang 2021), with no recipe given: LoRA's "
-             "recipe with lr 5e-5 (our choice: 2e-4 is for a few adapted parameters)"),
+             "the paper's full fine-tuning rows are prior work's (Li & Liang 2021), with no "
+             "recipe given: LoRA's recipe with lr 5e-5 (our choice: 2e-4 is for a few adapted "
+             "parameters)"),
     "adapter_h": ({"method": "adapter_h"},
-                  "Table 3 gives its size, not its recipe: LoRA's recipe here"),
+                  "the paper gives its size (Table 3), not its recipe: LoRA's recipe here"),
     "adapter_l": ({"method": "adapter_l"},
-                  "Table 3's GPT-2 M row is prior work's (Lin et al. 2020), its GPT-2 L row "
-                  "the paper's, with no recipe given: LoRA's recipe here"),
+                  "its size is Table 3's (GPT-2 M's row prior work's, Lin et al. 2020; GPT-2 "
+                  "L's the paper's), with no recipe given: LoRA's recipe here"),
 }
 # Table 3's adapter rows that the paper ran or quotes: (row, GPT-2 size) -> trainable parameters
 ADAPTER_PARAMS = {("adapter_h", "gpt2-medium"): 11.09e6, ("adapter_l", "gpt2-medium"): 0.37e6,

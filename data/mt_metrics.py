@@ -186,7 +186,7 @@ def _pyter_part(items: list[tuple]) -> list[float]:
 
 # --- the two protocols ---------------------------------------------------------------------------
 
-PROTOCOLS = {
+PROTOCOLS = {  # (each task's metrics.py says what its challenge protocol is)
     "released": "the paper's released code: GenerationEval's eval.py, 6 references",
     "challenge": "the official challenge scripts: 3 references, multi-bleu.perl, tercom",
 }

@@ -159,10 +159,10 @@ class TriplesTask(Task):
                 "challenge": {subset: {m: scores[m] for m in ("BLEU", "METEOR", "TER")}
                               for subset, scores in results["challenge"].items()
                               if subset != "segments"},
-                "protocols": dict(mt_metrics.PROTOCOLS)}
+                "protocols": dict(self.metrics.PROTOCOLS)}
 
     def notes(self, report: dict) -> list[str]:
-        lines = [f"the challenge's protocol ({mt_metrics.PROTOCOLS['challenge']}):"]
+        lines = [f"the challenge's protocol ({self.metrics.PROTOCOLS['challenge']}):"]
         for subset, scores in report["challenge"].items():
             lines.append(f"  {subset}: " + ", ".join(mt_metrics.format_scores(scores,
                                                                               "challenge")))

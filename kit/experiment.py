@@ -83,7 +83,8 @@ def open_experiment(folder: str, settings: dict) -> rundir.Claim:
                             if saved.get(k) != settings.get(k))
             if differ and started(folder):
                 raise UserError(f"{folder} holds an experiment with other settings "
-                                f"({', '.join(differ)} differ); rerun its own command, or pick "
+                                f"({', '.join(differ)} differ{'s' if len(differ) == 1 else ''}); "
+                                "rerun its own command, or pick "
                                 "another --out")
         elif os.listdir(folder) not in ([], [rundir.LOCK]):
             raise UserError(f"{folder} already holds files that are not an experiment; pick "

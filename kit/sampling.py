@@ -241,9 +241,9 @@ def load_several(args, device) -> multitask.Adapters:
     _, base = adapter_base(args.adapters[0], args.model)
     model = GPT.from_pretrained(base).to(device).eval()
     tasks = multitask.Adapters(model, args.adapters, check_base=not args.any_base)
-    how = ("mixed batches: W0 unmerged, each row adds its own adapter's B A x" if args.mix else
-           "one at a time, merged into W (W0 + B A, then W0 again: Sec. 4.1)")
-    print(f"{cli.plural(len(tasks), 'LoRA adapter')} on {base}, served in {how}")
+    how = ("in mixed batches: W0 unmerged, each row adds its own adapter's B A x" if args.mix
+           else "one at a time, merged into W (W0 + B A, then W0 again: Sec. 4.1)")
+    print(f"{cli.plural(len(tasks), 'LoRA adapter')} on {base}, served {how}")
     if args.mix:
         tasks.mix()
     return tasks
@@ -462,6 +462,8 @@ def check_task(args):
                 raise UserError(f"--{name} {e}") from None
             return
     args.task.check_split(args.split)
+    if args.limit and args.limit >= len(args.task.eval_groups(args.split)[0]):
+        args.limit = 0  # (more than the split holds: all of it, named and printed as such)
 
 
 def kept(args, decoding_test_set: bool) -> str:

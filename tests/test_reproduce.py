@@ -260,7 +260,7 @@ def test_a_folder_of_another_experiment_is_refused_untouched(experiment, tiny, e
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     code, _, err = run_main(reproduce.main, capsys, *flags(tiny, e2e_data, out, "--mrs", "5"))
     assert code == 2 and err.count("\n") == 1
-    assert "holds an experiment with other settings (mrs differ)" in err, err
+    assert "holds an experiment with other settings (mrs differs)" in err, err
     argv = flags(tiny, e2e_data, out)
     argv[argv.index("table3")] = "sweep"
     code, _, err = run_main(reproduce.main, capsys, *argv, "--rank", "x")
@@ -338,4 +338,4 @@ def test_a_first_attempt_that_failed_before_any_run_takes_new_settings(tiny, e2e
     # once a run has started, the settings are the experiment's
     (out / "runs" / "lora-seed1").mkdir(parents=True)
     code, _, err = run_main(reproduce.main, capsys, *flags(tiny, e2e_data, out))
-    assert code == 2 and "holds an experiment with other settings (epochs differ)" in err, err
+    assert code == 2 and "holds an experiment with other settings (epochs differs)" in err, err

@@ -21,6 +21,7 @@ import sample
 import train
 from data import mt_metrics, task as task_module
 from data.dart import paper_results as dart_paper
+from data.dart import metrics as dart_metrics
 from data.dart import prepare as dart
 from data.e2e.metrics import meteor_missing
 from data.task import EOT, DataError, open_task
@@ -386,3 +387,28 @@ def test_a_data_that_is_no_task_is_named_as_such(script, tiny, capsys, tmp_path)
         assert code == 2 and err.count("\n") == 1, err
         assert err.startswith(f"{script}: ") and message in err, err
     assert sorted(tmp_path.rglob("*")) == before  # nothing made
+
+
+def test_the_lines_printed_say_what_they_mean(webnlg_slice, dart_slice, tiny, vocab, capsys,
+                                              tmp_path):
+    # --limit beyond the split is the whole split: named and printed as such
+    code, out, err = run_main(sample.main, capsys, "--model", tiny, "--data", webnlg_slice,
+                              "--split", "dev", "--limit", "100000", "--beam", "1",
+                              "--max-new-tokens", "2", "--no-meteor", "--device", "cpu", "--out",
+                              tmp_path)
+    assert code == 0, err
+    assert (tmp_path / "predictions-dev.tsv").is_file() and "| this run (dev) |" in out
+    # each task's challenge protocol is named for what it is
+    assert "the challenge's protocol (the WebNLG 2017 challenge's scripts: 3 references, " \
+           "multi-bleu.perl -lc, METEOR -r 3, tercom):" in out
+    (tmp_path / "out.txt").write_text("x\n" * 12)
+    printed = subprocess.run([sys.executable, "-m", "data.dart.metrics", tmp_path / "out.txt",
+                              "--data", dart_slice, "--no-meteor"], cwd=REPO, capture_output=True,
+                             text=True).stdout
+    assert "challenge protocol (DART's own scripts: 3 references for BLEU and TER, 8 for " \
+           "METEOR, multi-bleu.perl, tercom): 13 entries" in printed
+    # a scorer's help says what each flag does
+    for module in (webnlg_metrics, dart_metrics):
+        text = subprocess.run([sys.executable, "-m", module.__name__, "--help"], cwd=REPO,
+                              capture_output=True, text=True).stdout
+        assert "the split the outputs are for" in text and "released: the paper's" in text

@@ -32,6 +32,10 @@ from kit.cli import plural  # noqa: E402
 from kit.errors import UserError  # noqa: E402
 
 
+PROTOCOLS = {**mt_metrics.PROTOCOLS, "challenge": "DART's own scripts: 3 references for BLEU "
+             "and TER, 8 for METEOR, multi-bleu.perl, tercom"}
+
+
 def inputs(entries: list[prepare.Entry]) -> tuple[list[str], list[list[str]], list[int]]:
     """The distinct inputs, as the released decode script groups the entries: (each context, in
     the order it first comes; its texts, those of all its entries, in order; for each entry,
@@ -104,7 +108,7 @@ def main(argv=None) -> int:
     count = {"released": f"{len(outputs):,} distinct inputs",
              "challenge": f"{len(entries):,} entries"}
     for name in names:
-        print(f"{name} protocol ({mt_metrics.PROTOCOLS[name]}): {count[name]}")
+        print(f"{name} protocol ({PROTOCOLS[name]}): {count[name]}")
         print("\n".join(mt_metrics.format_scores(results[name]["all"], name,
                                                  meteor_note(not args.no_meteor))))
     return 0

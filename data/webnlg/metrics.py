@@ -30,6 +30,8 @@ from data.webnlg import prepare  # noqa: E402
 from kit.errors import UserError  # noqa: E402
 
 SUBSETS = ("unseen", "seen", "all")  # Table 14's order
+PROTOCOLS = {**mt_metrics.PROTOCOLS, "challenge": "the WebNLG 2017 challenge's scripts: 3 "
+             "references, multi-bleu.perl -lc, METEOR -r 3, tercom"}
 
 
 def inputs(entries: list[prepare.Entry]) -> tuple[list[str], list[list[str]], list[bool]]:
@@ -99,7 +101,7 @@ def main(argv=None) -> int:
     print(mt_metrics.describe_outputs(outputs, len(contexts), args.split))
     for name in names:
         rows = len(subsets(seen)[args.subset])
-        print(f"{name} protocol ({mt_metrics.PROTOCOLS[name]}), {args.subset}: {rows:,} inputs")
+        print(f"{name} protocol ({PROTOCOLS[name]}), {args.subset}: {rows:,} inputs")
         print("\n".join(mt_metrics.format_scores(results[name][args.subset], name,
                                                  meteor_note(not args.no_meteor))))
     return 0

@@ -242,7 +242,7 @@ def test_a_sweep_of_two_ranks_gives_two_rows(tiny, e2e_data, gpt2_vocab, tmp_pat
     (["--rows", "lora, lora"], "--rows lora, lora repeats lora"),
     (["--seeds", "1,x"], "--seeds '1,x': give a comma-separated list"),
     (["--epochs", "0"], "--epochs must be at least 1"),
-    (["--data", "/nonexistent-e2e"], "/nonexistent-e2e lacks trainset.csv"),
+    (["--data", "/nonexistent-e2e"], "/nonexistent-e2e: no such folder"),
     (["--model", "/nonexistent-gpt2"], "this experiment needs the shape of --model"),
 ])
 def test_bad_input_is_one_line_and_touches_nothing(tiny, e2e_data, tmp_path, capsys, extra,

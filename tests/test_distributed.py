@@ -259,7 +259,7 @@ def test_an_error_on_one_rank_alone_stops_both_and_rank_0_says_it(tiny, data, tm
     rank0, rank1 = by_hand("train.py", [argv, elsewhere])
     (out, err), (_, err1) = rank0.communicate(), rank1.communicate()
     assert (rank0.returncode, rank1.returncode) == (2, 2)
-    assert err.startswith(f"train.py: rank 1: {tmp_path / 'nowhere'} lacks trainset.csv")
+    assert err.startswith(f"train.py: rank 1: {tmp_path / 'nowhere'}: no such folder")
     assert err.count("\n") == 1
     assert err1 == "" and out == ""
     assert not run_dir.exists()

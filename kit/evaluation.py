@@ -207,12 +207,17 @@ def rescore(stem: str, task: Task, meteor: bool) -> dict:
     run when it was decoded (METEOR without pycocoevalcap) and can now. The report."""
     with open(stem + ".scores.json", encoding="utf-8") as f:
         report = json.load(f)
-    with open(stem + ".tsv", encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t"))[1:]
+    again = f"delete {stem}.scores.json, and the same command decodes it again"
+    try:
+        with open(stem + ".tsv", encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t"))[1:]
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {stem}.tsv ({getattr(e, 'strerror', None) or e}): "
+                        f"{again}") from None
     groups = task.eval_groups(report["split"])[0][:report["mrs"]]
-    if [label for label, _ in rows] != [label for label, _, _ in groups]:
-        raise UserError(f"{stem}.tsv does not hold the inputs {stem}.scores.json names (edited "
-                        "by hand?); delete both, and the same command decodes them again")
+    if [row[0] if len(row) == 2 else None for row in rows] != [g[0] for g in groups]:
+        raise UserError(f"{stem}.tsv does not hold the inputs its scores are of (edited by "
+                        f"hand?): {again}")
     score_into(report, task, groups, [out for _, out in rows], meteor)
     write_atomic(stem + ".scores.json", json.dumps(report, indent=2))
     return report

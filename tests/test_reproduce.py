@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -339,3 +340,17 @@ def test_a_first_attempt_that_failed_before_any_run_takes_new_settings(tiny, e2e
     (out / "runs" / "lora-seed1").mkdir(parents=True)
     code, _, err = run_main(reproduce.main, capsys, *flags(tiny, e2e_data, out))
     assert code == 2 and "holds an experiment with other settings (epochs differs)" in err, err
+
+
+def test_predictions_that_are_gone_or_edited_are_not_rescored(tmp_path):
+    from kit import evaluation
+    stem = str(tmp_path / "epoch1-test")
+    (tmp_path / "epoch1-test.scores.json").write_text(json.dumps(
+        {"split": "test", "mrs": 2, "scores": scores(0.5)}))
+    task = types.SimpleNamespace(eval_groups=lambda split: ([("a", "a", ["x"]), ("b", "b", ["y"])],
+                                                            "here"))
+    with pytest.raises(reproduce.UserError, match=r"cannot read .*epoch1-test.tsv \(No such file"):
+        evaluation.rescore(stem, task, meteor=True)
+    (tmp_path / "epoch1-test.tsv").write_text("mr\toutput\na\tone\nc\ttwo\n")
+    with pytest.raises(reproduce.UserError, match="does not hold the inputs its scores are of"):
+        evaluation.rescore(stem, task, meteor=True)

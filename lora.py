@@ -62,33 +62,14 @@ class LoRALinear(nn.Module):
         # (The paper says "random Gaussian" for A; its released code, like PEFT, uses this init.)
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout)  # on the input of the LoRA path only
-        self.merged = False  # True while base.weight holds W0 + (alpha/r) B A
 
     def forward(self, x):
-        if self.merged:  # the update is inside base.weight already
-            return self.base(x)
         # Both paths read the same x and their outputs add (Figure 1): x -> A (down to r) -> B.
         return self.base(x) + self.scaling * F.linear(F.linear(self.dropout(x), self.A), self.B)
 
     def delta_weight(self) -> torch.Tensor:
-        """Delta W = (alpha/r) B A: the d x k matrix this layer adds to W0."""
+        """Delta W = (alpha/r) B A: the d x k matrix this layer adds to W0 (merge)."""
         return self.scaling * (self.B @ self.A)
-
-    @torch.no_grad()
-    def merge(self):
-        """W <- W0 + (alpha/r) B A; refused when merged already (it would add B A twice)."""
-        if self.merged:
-            raise ValueError("LoRA is already merged into this model; merging again would add "
-                             "B A twice")
-        self.base.weight += self.delta_weight().to(self.base.weight)
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self):
-        """W0 <- W - (alpha/r) B A: the pretrained weight again, up to float rounding."""
-        self.to(self.base.weight.device)  # follow the model if it moved since merge
-        self.base.weight -= self.delta_weight().to(self.base.weight)
-        self.merged = False
 
 
 def check_settings(targets, r, alpha: float, dropout: float) -> list[str]:
@@ -172,27 +153,34 @@ def describe(model: GPT) -> str:
 
 # --- merge and unmerge (Sec. 4.1, "No Additional Inference Latency") ---------------------------
 
+@torch.no_grad()
 def merge(model: GPT) -> GPT:
     """W <- W0 + (alpha/r) B A in every LoRA layer, and the plain nn.Linear goes back in its place,
-    so the forward pass is exactly the base model's, module for module."""
+    so the forward pass is exactly the base model's, module for module. Refused when merged
+    already (it would add B A twice)."""
+    if model in _MERGED:
+        raise ValueError("LoRA is already merged into this model; merging again would add B A "
+                         "twice")
     layers = lora_layers(model)
     if not layers:
         raise ValueError("this model has no LoRA layers to merge")
     for name, layer in layers.items():
-        layer.merge()
+        layer.base.weight += layer.delta_weight().to(layer.base.weight)
         model.set_submodule(name, layer.base)
     _MERGED[model] = layers
     return model
 
 
+@torch.no_grad()
 def unmerge(model: GPT) -> GPT:
-    """Undo merge: W0 <- W - (alpha/r) B A, and the LoRA layers go back in. To switch tasks,
-    unmerge, load the next adapter, merge again (Sec. 4.1)."""
+    """Undo merge: W0 <- W - (alpha/r) B A (up to float rounding), and the LoRA layers go back
+    in. To switch tasks, unmerge, load the next adapter, merge again (Sec. 4.1)."""
     layers = _MERGED.pop(model, None)
     if not layers:
         raise ValueError("nothing to unmerge: LoRA is not merged into this model")
     for name, layer in layers.items():
-        layer.unmerge()
+        layer.to(layer.base.weight.device)  # A and B follow the model if it moved since merge
+        layer.base.weight -= layer.delta_weight().to(layer.base.weight)
         model.set_submodule(name, layer.train(model.training))
     return model
 

@@ -229,7 +229,7 @@ class GPT(nn.Module):
 
         temperature 0 is greedy decoding; otherwise sample from softmax(logits / temperature),
         optionally restricted to the top_k tokens and/or the smallest set whose mass reaches top_p.
-        Beam search (the paper's decoding) lives in sample.py.
+        Beam search (the paper's decoding) is kit/decoding.py's, which sample.py calls.
         """
         cache = KVCache(self.config.n_layer, capacity=min(idx.size(1) + max_new_tokens,
                                                           self.config.block_size))

@@ -52,7 +52,7 @@ import train
 from data.e2e import paper_results
 from data.task import open_task, size_of
 from data.triples import TriplesTask
-from kit import adapter, cli, distributed, evaluation, experiment, training
+from kit import adapter, bookkeeping, cli, distributed, evaluation, experiment
 from kit.errors import UserError
 from kit.evaluation import Decoding
 from model import GPT
@@ -92,11 +92,13 @@ ADAPTER_PARAMS = {("adapter_h", "gpt2-medium"): 11.09e6, ("adapter_l", "gpt2-med
 @dataclasses.dataclass
 class Unit:
     """One training run of the experiment: its folder name, the row (or sweep cell) it belongs
-    to, its seed, its settings and how they differ from the paper's (for results.md)."""
+    to, its seed, its settings (and those the row sets, as if typed: train.train's given) and
+    how they differ from the paper's (for results.md)."""
     name: str
     label: str
     seed: int
     config: train.Recipe
+    given: tuple = ()
     note: str = ""
 
 
@@ -124,7 +126,7 @@ def row_settings(row: str, shape) -> tuple[dict, str]:
 def plan(args, task) -> tuple[dict, list[Unit]]:
     """The experiment's settings (what must match to resume it) and its training runs."""
     seeds = experiment.parse_list(args.seeds, "--seeds")
-    shape = training.model_shape(args.model, 0.0, "this experiment")  # a preset or a checkpoint
+    shape = bookkeeping.model_shape(args.model, 0.0, "this experiment")  # a preset or a checkpoint
     common = dict(model=args.model, data=args.data, epochs=args.epochs, limit=args.limit,
                   device=args.device, dtype=args.dtype, save_every=args.save_every,
                   keep_epochs=True)
@@ -150,8 +152,8 @@ def plan(args, task) -> tuple[dict, list[Unit]]:
             for r in ranks:
                 cells.append((f"lora-{''.join(names)}-r{r}", f"{','.join(names)} r={r}",
                               {"method": "lora", "targets": ",".join(names), "rank": r}, ""))
-    units = [Unit(f"{name}-seed{seed}", label, seed,
-                  train.Recipe(**common, **settings, seed=seed, given=tuple(settings)), note)
+    units = [Unit(f"{name}-seed{seed}", label, seed, train.Recipe(**common, **settings, seed=seed),
+                  tuple(settings), note)
              for name, label, settings, note in cells for seed in seeds]
     settings = {"command": args.command, "model": args.model, **task.recorded(),
                 "size": task.paper_size(shape),  # whose paper rows are printed beside
@@ -179,13 +181,13 @@ def train_run(unit: Unit, folder: str, world) -> tuple[int, int]:
     if os.path.isfile(config):  # resumed where it stopped, on this command's device
         saved = experiment.read_json(config, experiment.again(folder), key="args")
         changed = tuple(k for k in ("device", "dtype") if saved.get(k) != getattr(unit.config, k))
-        cfg = train.Recipe(resume=folder, device=unit.config.device, dtype=unit.config.dtype,
-                           given=("resume", *changed))
+        cfg = train.Recipe(resume=folder, device=unit.config.device, dtype=unit.config.dtype)
+        given = ("resume", *changed)
     else:
-        cfg = dataclasses.replace(unit.config, out=folder)
-    cfg.go_on = ""  # a stop is this command's to go on from (run, below, says so), not train.py's
+        cfg, given = dataclasses.replace(unit.config, out=folder), unit.given
     first = experiment.steps_done(folder)
-    code = train.train(cfg, world)
+    # go_on "": a stop is this command's to go on from (run, below, says so), not train.py's
+    code = train.train(cfg, world, given, go_on="")
     return code, experiment.steps_done(folder) - first
 
 
@@ -197,7 +199,7 @@ def decode_run(unit: Unit, folder: str, settings: dict, search: Decoding, device
     todo = world.broadcast(experiment.undecoded(unit, folder))  # (rank 0's view of the folder)
     cfg, model, merged, decoded = unit.config, None, False, 0
     for epoch in sorted({e for e, _ in todo}):
-        path = training.result_path(cfg.method, folder, epoch)
+        path = bookkeeping.result_path(cfg.method, folder, epoch)
         if cfg.method == "full":  # each epoch is a whole model
             model, what = GPT.from_pretrained(path).to(device).eval(), (path, None)
         else:  # one base, the epochs' adapters switched on it

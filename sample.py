@@ -17,7 +17,7 @@ the predictions (MR or context, output) are written beside the adapter before th
 with the task's metrics (E2E's five, data/e2e/metrics.py, also for a JSONL task; WebNLG's and
 DART's BLEU, METEOR and TER, data/mt_metrics.py), beside the paper's row where the task has one.
 
-The rest is one call each into kit/sampling.py: the flag rules, where the predictions go,
+The rest is one call each into kit/sample_cli.py: the flag rules, where the predictions go,
 several adapters on one base (--mix: mixed batches, Sec. 4.2; kit/multitask.py), and --latency
 (Table 1, kit/latency.py).
 
@@ -34,7 +34,7 @@ import torch
 import lora
 from data.e2e.prepare import FORMATS
 from data.task import EOT, tokenizer
-from kit import adapter, cli, distributed, evaluation, sampling
+from kit import adapter, cli, distributed, evaluation, hardware, sample_cli
 from kit.decoding import decode
 from model import GPT, PRESETS
 
@@ -45,7 +45,7 @@ def load_model(args, device) -> tuple[GPT, str]:
     if not args.adapter:  # a preset is the pretrained base; a local checkpoint, fine-tuned
         kind = "base" if args.model.removeprefix("openai-community/") in PRESETS else "full"
         return GPT.from_pretrained(args.model).to(device).eval(), kind
-    meta, base = sampling.adapter_base(args.adapter, args.model)
+    meta, base = sample_cli.adapter_base(args.adapter, args.model)
     model = GPT.from_pretrained(base)
     if meta["method"] == "lora":
         lora.load(model, args.adapter, check_base=not args.any_base)
@@ -61,10 +61,10 @@ def load_model(args, device) -> tuple[GPT, str]:
 def evaluate_split(model, kind: str, args, device, world):
     """Decode each distinct context of the split once with the paper's beam search, write the
     predictions, score them (kit/evaluation.py), then print the row next to the paper's."""
-    job = sampling.split_job(model, args, device, world)  # its inputs, where they go, what is done
+    job = sample_cli.split_job(model, args, device, world)  # its inputs, where they go, what is done
     report, = evaluation.run_jobs(model, [job], meteor=not args.no_meteor, world=world)
     if report is not None:  # (a rank of torchrun but 0: rank 0 scores)
-        sampling.print_report(report, model, kind, args)
+        sample_cli.print_report(report, model, kind, args)
 
 
 def one_input(model, args, device):
@@ -74,8 +74,8 @@ def one_input(model, args, device):
     if args.prompt is None:
         text, mr = (args.mr, True) if args.mr is not None else (args.context, False)
         prompt = task.prompt(text, mr=mr)
-        evaluation.check_search(model, sampling.decoding(args), [prompt], device)
-        tokens = decode(model, [prompt], **sampling.decoding(args).kwargs(),
+        evaluation.check_search(model, sample_cli.decoding(args), [prompt], device)
+        tokens = decode(model, [prompt], **sample_cli.decoding(args).kwargs(),
                         stop_tokens=task.stop_tokens, progress=False)[0]
         print(evaluation.output_text(enc, tokens, task.blank_line_ends))
         return
@@ -85,7 +85,7 @@ def one_input(model, args, device):
         raise cli.UserError(f"--prompt has {idx.size(1)} tokens; the model reads at most "
                             f"{model.config.block_size - 1} before it writes")
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    with cli.autocast(device, args.amp_dtype):
+    with hardware.autocast(device, args.amp_dtype):
         out = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k,
                              args.top_p, stop_token=EOT, generator=generator)
     print(enc.decode(out[0].tolist()))
@@ -171,23 +171,23 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     owners = []  # the output folders' locks (rank 0's), while decoding the test set
-    test_set = all(getattr(args, name) is None for name in sampling.INPUTS) and not args.latency
+    test_set = all(getattr(args, name) is None for name in sample_cli.INPUTS) and not args.latency
     claimed = False  # (on every rank: the folders are rank 0's)
     try:
         with cli.stopping_on_signals():  # SIGTERM and SIGHUP stop as Ctrl-C does
             world = distributed.start()  # torchrun's processes join here; alone, nothing happens
-            device = world.agree(sampling.check, args, world)  # the flags, the task, the adapters
+            device = world.agree(sample_cli.check, args, world)  # the flags, the task, the adapters
             if args.latency:
-                sampling.run_latency(args, device)
+                sample_cli.run_latency(args, device)
                 return 0
             if test_set:
-                stems = [sampling.output_stem(view)
+                stems = [sample_cli.output_stem(view)
                          for view in (args.served if args.several else [args])]
-                owners = world.agree(sampling.claim_outputs, stems, args.force,
+                owners = world.agree(sample_cli.claim_outputs, stems, args.force,
                                      main_only=True) or []
                 claimed = True
             if args.several:  # several adapters on one base (kit/multitask.py)
-                sampling.serve_several(args, device, world, test_set)
+                sample_cli.serve_several(args, device, world, test_set)
             else:
                 model, kind = world.agree(load_model, args, device, main_first=True)
                 if test_set:
@@ -198,13 +198,13 @@ def main(argv=None) -> int:
         for owner in owners:  # a folder made for this decode goes again if it stayed empty
             owner.abandon()
         if isinstance(e, KeyboardInterrupt):
-            cli.interrupted("sample.py", sampling.kept(args, claimed), e)
+            cli.interrupted("sample.py", sample_cli.kept(args, claimed), e)
         cli.fail("sample.py", e)
     except cli.WriteError as e:  # a full disk, a folder no longer writable
-        e.kept = sampling.kept(args, claimed)
+        e.kept = sample_cli.kept(args, claimed)
         cli.cannot_write("sample.py", e)
     except distributed.LostRank as e:  # torchrun: another rank died or hung
-        return e.say("sample.py", sampling.kept(args, claimed))
+        return e.say("sample.py", sample_cli.kept(args, claimed))
     finally:
         for owner in owners:
             owner.release()

@@ -9,7 +9,7 @@ Read it in order: the recipe (one dataclass, a field per flag, the defaults Tabl
 method's small pieces (the loss at the reference tokens, AdamW's groups, the learning-rate
 schedule, the dev loss, the model with LoRA applied), then train(), which sets the run up and
 runs the loop: learning rate, micro-batches, forward under autocast, backward, clip, step, log,
-evaluate, save. The rest is one call each into kit/training.py (the flags' checks, the run
+evaluate, save. The rest is one call each into kit/bookkeeping.py (the flags' checks, the run
 folder and its lock, resuming, checkpoints, Ctrl-C, SIGTERM and SIGHUP, the log) and kit/distributed.py
 (torchrun): skip both on a first read.
 
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import lora
 from data.e2e.prepare import FORMATS
 from data.task import collate, loss_positions
-from kit import adapter, cli, distributed, training
+from kit import adapter, bookkeeping, cli, distributed, hardware
 from kit.cli import flag
 from model import GPT
 
@@ -64,7 +64,7 @@ class Recipe:
     out: str | None = flag(None, "run directory (default: a new "
                            "runs/<task>-<method>-<model>-<time>-<xxxx>)")
     resume: str | None = flag(None, "continue the run saved in RUN_DIR with its settings; only "
-                              + ", ".join(training.SAFE_ON_RESUME) + " may change",
+                              + ", ".join(bookkeeping.SAFE_ON_RESUME) + " may change",
                               metavar="RUN_DIR")
     # LoRA (Sec. 4): W0 + (alpha / r) B A on the chosen matrices
     rank: int = flag(4, "LoRA rank r (the adapter bottleneck for adapter_h / adapter_l)",
@@ -105,19 +105,15 @@ class Recipe:
     keep_epochs: bool = flag(False, "also keep each epoch's result (adapter-epoch{N}.safetensors, "
                              "or model-epoch{N}/), to pick the best epoch afterwards "
                              "(reproduce.py)")
-    # the flags typed on the command line (not defaults): checked against the method, and on a
-    # resume against what may change
-    given: tuple = ()
-    # what a stopped run says to do next ("" for nothing: reproduce.py says its own)
-    go_on: str = "continue with: python train.py --resume {folder}"
 
     def recorded(self) -> dict:
-        """What config.json records: every setting but --resume, `given` and `go_on`."""
-        return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("resume", "given", "go_on")}
+        """What config.json records: every setting but --resume."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "resume"}
 
 
-def parse_args(argv=None) -> Recipe:
+def parse_args(argv=None) -> tuple[Recipe, tuple]:
+    """The recipe, and the flags typed on the command line (not defaults): those are checked
+    against the method, and on a resume against what may change."""
     return cli.parse_dataclass(Recipe, "train.py", argv, description="Fine-tune GPT-2 on E2E "
                                "NLG, WebNLG, DART or your own task (defaults: the paper's GPT-2 "
                                "M + LoRA recipe).")
@@ -191,7 +187,7 @@ def dev_loss(model, loss_fn, examples, batch_size: int, device, amp_dtype,
     total, count = torch.zeros((), device=device), 0
     for start in range(world.rank * batch_size, len(examples), world.size * batch_size):
         batch = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
-        with cli.autocast(device, amp_dtype):
+        with hardware.autocast(device, amp_dtype):
             total += loss_fn(model, *device_batch(batch, device, multiple))
         count += sum(len(tokens) - prompt_length for tokens, prompt_length in batch)
     model.train()
@@ -205,7 +201,7 @@ def build_model(cfg: Recipe, device) -> GPT:
     --random-init, --model's shape with GPT-2's random init instead of its weights."""
     if cfg.random_init:
         torch.manual_seed(cfg.seed)
-        model = GPT(training.model_shape(cfg.model, cfg.dropout))
+        model = GPT(bookkeeping.model_shape(cfg.model, cfg.dropout))
     else:
         model = GPT.from_pretrained(cfg.model, dropout=cfg.dropout)
     torch.manual_seed(cfg.seed)  # LoRA's A (and the adapters) start from the seed
@@ -244,13 +240,14 @@ def save_result(model: GPT, cfg: Recipe, path: str):
 # --- the run -------------------------------------------------------------------------------------
 
 
-def train(cfg: Recipe, world: distributed.World = distributed.ALONE) -> int:
+def train(cfg: Recipe, world: distributed.World = distributed.ALONE, given: tuple = (),
+          go_on: str = bookkeeping.GO_ON) -> int:
     """One run, from its start (or its last checkpoint) to its last step: 0 when done, 1 when the
     loss or the weights stop being finite (or a rank of torchrun is lost), 130 / 143 / 129 after
     Ctrl-C / SIGTERM / SIGHUP (with a checkpoint). Bad settings raise a user error before
-    anything is written."""
+    anything is written. given: the flags typed; go_on: what a stop says to do next."""
     # the flags checked, the run folder owned; a resumed run's settings come from its config.json
-    run = training.open_run(cfg, world)
+    run = bookkeeping.open_run(cfg, world, given, go_on)
     cfg, device, amp_dtype = run.cfg, run.device, run.amp_dtype
     with run.setting_up():  # a user error or Ctrl-C in here leaves every file as it was
         # the data: each example is (token ids, prompt length), laid out as data/task.py says:
@@ -264,7 +261,7 @@ def train(cfg: Recipe, world: distributed.World = distributed.ALONE) -> int:
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         # --compile compiles the loss function, not the model: the checkpoints, saved from `model`
         # itself, never get torch.compile's "_orig_mod." prefix
-        loss_fn, multiple = training.compiled(token_loss, cfg.compile)
+        loss_fn, multiple = hardware.compiled(token_loss, cfg.compile)
         # what a checkpoint holds; a resumed run's is loaded into them: where it stopped
         start = run.restore(model, optimizer, scaler, save_result)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
@@ -296,10 +293,11 @@ def train(cfg: Recipe, world: distributed.World = distributed.ALONE) -> int:
                 for m, chunk in enumerate(chunks):
                     # forward and loss under autocast: bf16 (or fp16) on CUDA, fp32 on the CPU
                     with world.syncing(forward, now=m == len(chunks) - 1), \
-                            cli.autocast(device, amp_dtype):
+                            hardware.autocast(device, amp_dtype):
                         loss = forward(*device_batch(chunk, device, multiple)) / n_targets
-                    # backward outside autocast, as PyTorch's AMP notes ask; under torchrun the
-                    # last micro-batch's sums the ranks' gradients (a rank lost there is named)
+                    # backward outside autocast, as PyTorch's AMP notes ask (weight is 1 in one
+                    # process; under torchrun the number of ranks, as DDP averages what the last
+                    # micro-batch's backward sums over them: a rank lost there is named)
                     with world.guard():
                         scaler.scale(loss * weight).backward()
                     log.count(loss, chunk, weight)
@@ -343,14 +341,15 @@ def train(cfg: Recipe, world: distributed.World = distributed.ALONE) -> int:
 
 
 def main(argv=None) -> int:
-    cfg = parse_args(argv)
+    cfg, given = parse_args(argv)
     try:
         world = distributed.start()  # torchrun's processes join here; alone, nothing happens
         with cli.stopping_on_signals():  # SIGTERM, SIGHUP: as Ctrl-C
-            code = train(cfg, world)
+            code = train(cfg, world, given)
     except KeyboardInterrupt as e:  # (once training runs, a signal saves after the step instead)
         cli.interrupted("train.py", "stopped before training began; nothing was written"
-                        + (f" ({training.way_on(cfg, cfg.resume)})" if cfg.resume else ""), e)
+                        + (f" ({bookkeeping.way_on(bookkeeping.GO_ON, cfg.resume)})"
+                           if cfg.resume else ""), e)
     except cli.USER_ERRORS as e:
         cli.fail("train.py", e)
     except cli.WriteError as e:  # a full disk, a folder no longer writable: e says what was kept

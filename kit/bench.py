@@ -44,7 +44,7 @@ import torch.nn.functional as F
 import lora
 import train
 from data.e2e import prepare as e2e
-from kit import cli, latency, multitask, training
+from kit import cli, hardware, latency, multitask
 from kit.checkpoint import write_atomic
 from kit.cli import HelpFormatter
 from kit.decoding import batches, beam_search, decode
@@ -118,7 +118,7 @@ def ours_trainer(setup, method: str, compile: str | None = None, every_position:
     """A train.py step: its model set-up, batches (train.device_batch), loss (train.token_loss:
     the LM head at the loss positions only) and AdamW (train.make_optimizer). compile: None
     (eager), or train.py's --compile: "default" or "cuda-graphs" (over shapes padded to
-    training.CUDA_GRAPH_SHAPES); every_position ignores
+    hardware.CUDA_GRAPH_SHAPES); every_position ignores
     it. Returns step(batch) -> loss."""
     device = setup.device
     model = GPT.from_pretrained(setup.folder)
@@ -127,7 +127,7 @@ def ours_trainer(setup, method: str, compile: str | None = None, every_position:
     model.to(device).train()
     optimizer = train.make_optimizer(model, lr=2e-4, weight_decay=0.01,
                                         fused=device.type == "cuda")
-    loss_fn, multiple = training.compiled(train.token_loss, compile)
+    loss_fn, multiple = hardware.compiled(train.token_loss, compile)
 
     def step(batch):
         n_targets = sum(len(tokens) - prompt_length for tokens, prompt_length in batch)
@@ -692,7 +692,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def bench_device(name: str) -> torch.device:
     """--device as train.py checks it, auto meaning CUDA, else the CPU: what is timed here
     waits for CUDA kernels to finish (torch.cuda.synchronize), and for nothing else."""
-    device = cli.pick_device("cuda" if name == "auto" and torch.cuda.is_available() else
+    device = hardware.pick_device("cuda" if name == "auto" and torch.cuda.is_available() else
                              "cpu" if name == "auto" else name)
     if device.type == "mps":
         raise cli.UserError("--device mps: bench.py times CUDA or the CPU only (it cannot wait "

@@ -1,6 +1,7 @@
 """What the command lines (train.py, sample.py, reproduce.py, kit/analysis.py, kit/bench.py) share:
-one-line user errors, Ctrl-C, flags from a dataclass, the device and mixed-precision choice, and
---help that shows each default once.
+one-line user errors, Ctrl-C, SIGTERM and SIGHUP, flags from a dataclass, --help that shows each
+default once, and output folders checked before any work (the device and mixed precision are
+kit/hardware.py's).
 
 A user error (a bad flag, a missing or wrong file, no data, a folder another process owns) ends
 with one line on stderr and exit code 2; Ctrl-C with one line saying what was kept, exit code 130;
@@ -17,8 +18,6 @@ import signal
 import sys
 import tempfile
 import types
-
-import torch
 
 from kit.errors import UserError, WriteError
 
@@ -153,9 +152,9 @@ def flag(default, help: str, **argparse_settings):
     return dataclasses.field(default=default, metadata={"help": help, **argparse_settings})
 
 
-def parse_dataclass(cls, prog: str, argv=None, **kwargs):
+def parse_dataclass(cls, prog: str, argv=None, **kwargs) -> tuple:
     """cls(**flags) from the command line: one --flag per field made with flag() (--max-steps
-    for max_steps; a bool field is a switch), with `given`, the fields whose flags were typed."""
+    for max_steps; a bool field is a switch), and the fields whose flags were typed (given)."""
     p = parser(prog, **kwargs)
     group = p
     for field in dataclasses.fields(cls):
@@ -174,63 +173,7 @@ def parse_dataclass(cls, prog: str, argv=None, **kwargs):
         group.add_argument(name, type=kind, default=field.default, **settings)
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = p.parse_args(argv)
-    return cls(**vars(args), given=tuple(given(p, argv)))
-
-
-def pick_device(name: str) -> torch.device:
-    """--device: auto (cuda, else mps on an Apple GPU, else cpu), cpu, cuda, cuda:N, mps; refused
-    when not usable here."""
-    if name == "auto":
-        name = ("cuda" if torch.cuda.is_available() else
-                "mps" if torch.backends.mps.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or "
-                        "mps") from None
-    if device.type not in ("cuda", "mps", "cpu"):
-        raise UserError(f"--device {name}: only cpu, cuda and mps are supported")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}, but this torch ({torch.__version__}) sees no CUDA "
-                        "GPU; use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name}, but this torch ({torch.__version__}) sees no Apple "
-                        "GPU (MPS); use --device cpu")
-    return device
-
-
-def amp_dtype(device: torch.device, dtype: str, what: str,
-              auto: torch.dtype | None = torch.bfloat16):
-    """--dtype: the autocast dtype, or None for fp32. 'auto' is `auto` on CUDA, fp32 elsewhere;
-    bf16 / fp16 are mixed precision for CUDA, refused on CPU and MPS ("there {what} runs in
-    fp32"): autocast and fp16's GradScaler are used only where they are tested (MPS is not)."""
-    if device.type != "cuda":
-        if dtype in ("bf16", "fp16"):
-            raise UserError(f"--dtype {dtype} is mixed precision for CUDA; on "
-                            f"{'CPU' if device.type == 'cpu' else 'MPS'} {what} runs in fp32 "
-                            "(drop --dtype)")
-        return None
-    return {"auto": auto, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[dtype]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Mixed precision where dtype is set, a no-op (fp32) where it is None."""
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
-def free_memory(device: torch.device) -> int | None:
-    """Bytes free for new tensors: the GPU's free memory, or the memory Linux says is available;
-    None where that is unknown."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
+    return cls(**vars(args)), tuple(given(p, argv))
 
 
 def check_writable(folder: str, flag: str = "--out", remedy: str | None = None):

@@ -27,7 +27,7 @@ import torch
 
 from data.e2e import metrics
 from data.task import Task, tokenizer
-from kit import cli
+from kit import cli, hardware
 from kit.checkpoint import write_atomic, writing
 from kit.cli import UserError
 from kit.decoding import decode, search_bytes
@@ -94,7 +94,7 @@ def check_search(model, decoding: Decoding, prompts: list[list[int]], device):
                         "step chooses from")
     rows = min(decoding.batch_size, len(prompts))
     need = search_bytes(config, rows, beam, longest, decoding.max_new_tokens)
-    free = cli.free_memory(device)
+    free = hardware.free_memory(device)
     if free is not None and need > free:
         raise UserError(f"--beam {beam:,}" + (f" with --batch-size {rows}" if rows > 1 else "")
                         + f" needs about {need / 1e9:,.1f} GB for the search, more than the "

@@ -20,7 +20,7 @@ import torch
 
 from data.e2e import metrics
 from data.task import tokenizer
-from kit import cli, evaluation, rundir, training
+from kit import bookkeeping, cli, evaluation, hardware, rundir
 from kit.checkpoint import load_metadata, write_atomic
 from kit.errors import UserError
 
@@ -112,7 +112,7 @@ def inputs(args, task, world) -> torch.device:
         raise UserError(f"{args.data} has no test.jsonl: every epoch is scored on test and dev")
     task.locate()  # (E2E's release: downloaded if need be)
     tokenizer()
-    return world.place(cli.pick_device(args.device))
+    return world.place(hardware.pick_device(args.device))
 
 
 def torchrun(nproc: int, script: str, argv: list[str]):
@@ -155,7 +155,7 @@ def trained(folder: str, epochs: int, cfg) -> bool:
     if not os.path.isfile(log):
         return False
     done = any(r["event"] == "done" for r in read_json(log, again(folder), lines=True))
-    return done and all(os.path.exists(training.result_path(cfg.method, folder, e))
+    return done and all(os.path.exists(bookkeeping.result_path(cfg.method, folder, e))
                         for e in range(1, epochs + 1))
 
 
@@ -228,14 +228,14 @@ class Progress:
         rates = {k: n / s for k, (n, s) in self.work.items() if n and s}
         if all(k in rates or not n for k, n in self.left.items()):
             eta = sum(n / rates[k] for k, n in self.left.items() if n)
-            rest = (f"about {training.duration(eta)} left for the whole experiment"
+            rest = (f"about {bookkeeping.duration(eta)} left for the whole experiment"
                     if any(self.left.values()) else "nothing left")
         else:
             rest = "the time left is projected once a stage of each kind has run"
         rate = ", ".join(f"{r:,.2f} {k}/s" for k, r in rates.items())
         done = cli.plural(amount, kind[:-1])
         print(f"reproduce.py [{self.done}/{self.stages}] {what}: {done} in "
-              f"{training.duration(seconds)}; {rest}" + (f" (at {rate})" if rate else ""),
+              f"{bookkeeping.duration(seconds)}; {rest}" + (f" (at {rate})" if rate else ""),
               flush=True)
 
 

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 import reproduce
 import sample
 import train
-from kit import cli, distributed, rundir, sampling, training
+from kit import bookkeeping, cli, distributed, rundir, sample_cli
 
 # what a run logged, and its result without a full fine-tuning's key biases (why: the script)
 _spec = importlib.util.spec_from_file_location("compare_runs", REPO / "scripts" / "compare_runs.py")
@@ -67,7 +67,8 @@ def assert_same_run(actual, expected):
 
 def one_process(argv) -> int:
     """train.py's run in this process (seconds quicker than a new interpreter)."""
-    return train.train(train.parse_args(argv))
+    cfg, given = train.parse_args(argv)
+    return train.train(cfg, given=given)
 
 
 def torchrun(script, *args):
@@ -243,10 +244,10 @@ def test_what_one_process_does_alone_is_refused_under_torchrun(tiny, script, arg
     # the checks as rank 0 of two runs them (they need no process group to refuse)
     world = distributed.World(rank=0, size=2)
     if script == "train":
-        run = lambda: training.check(train.parse_args(["--model", tiny, "--device", "cpu",
-                                                       *argv]), world)
+        run = lambda: bookkeeping.check(*train.parse_args(["--model", tiny, "--device", "cpu",
+                                                        *argv]), world)
     else:
-        run = lambda: sampling.check(sample.parse_args(["--model", tiny, *argv]), world)
+        run = lambda: sample_cli.check(sample.parse_args(["--model", tiny, *argv]), world)
     with pytest.raises(cli.UserError, match=re.escape(message)):
         run()
 

@@ -306,11 +306,11 @@ def test_an_interrupted_decode_resumes_from_its_part_file(tiny_run, e2e_data, tm
     # what a decode killed after three MRs leaves: the settings, then three outputs (and a
     # fourth line cut short)
     import sample
-    from kit import evaluation, sampling
+    from kit import evaluation, sample_cli
     args = sample.parse_args([str(f) for f in flags])
     args.amp_dtype = None
     what = evaluation.identity(str(tiny_run / "base"), str(flags[1]))
-    settings = evaluation.decode_settings(what, 6, "test", "paper", sampling.decoding(args))
+    settings = evaluation.decode_settings(what, 6, "test", "paper", sample_cli.decoding(args))
     outputs = [line.split("\t")[1] for line in whole.splitlines()[1:4]]
     records = [json.dumps({"settings": settings})] + [
         json.dumps({"i": i, "output": text}) for i, text in enumerate(outputs)]
@@ -543,7 +543,7 @@ def test_the_paper_row_follows_the_models_shape_not_its_folder_name(tiny_run):
     import sample
     from data.e2e import paper_results
     from data.task import size_of
-    from kit import sampling
+    from kit import sample_cli
     from model import GPTConfig
     with torch.device("meta"):
         medium = GPT(GPTConfig.from_preset("gpt2-medium"))  # a local copy, named anything
@@ -553,11 +553,11 @@ def test_the_paper_row_follows_the_models_shape_not_its_folder_name(tiny_run):
     scores = dict(BLEU=0.7, NIST=8.8, METEOR=None, ROUGE_L=0.71, CIDEr=2.5)
     args.split, args.limit, args.format = "test", 0, "paper"
     assert ("| paper: GPT-2 M (LoRA), 0.35M, test | 70.4+-.1 | 8.85+-.02 | 46.8+-.2 | "
-            "71.8+-.1 | 2.53+-.02 |") in sampling.paper_table(
+            "71.8+-.1 | 2.53+-.02 |") in sample_cli.paper_table(
         scores, paper_results.TABLE, "gpt2-medium", "lora", args)
-    assert "| paper: GPT-2 M (Adapter^H), 11.09M, test | 67.3+-.6 |" in sampling.paper_table(
+    assert "| paper: GPT-2 M (Adapter^H), 11.09M, test | 67.3+-.6 |" in sample_cli.paper_table(
         scores, paper_results.TABLE, "gpt2-medium", "houlsby", args)
-    assert "paper" not in sampling.paper_table(scores, paper_results.TABLE, None, "lora",
+    assert "paper" not in sample_cli.paper_table(scores, paper_results.TABLE, None, "lora",
                                                   args)
 
 

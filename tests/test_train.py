@@ -1,4 +1,4 @@
-"""train.py and kit/training.py (its run's plumbing) on CPU: a tiny random GPT-2 (HF format,
+"""train.py and kit/bookkeeping.py (its run's plumbing) on CPU: a tiny random GPT-2 (HF format,
 made here) fine-tuned on real E2E examples."""
 
 import errno
@@ -20,7 +20,7 @@ from safetensors import safe_open
 
 import lora
 import train
-from kit import checkpoint, rundir, training
+from kit import bookkeeping, checkpoint, hardware, rundir
 from model import GPT
 
 
@@ -54,7 +54,8 @@ def run_in_process(argv):
         return model
     train.build_model = keep
     try:
-        code = train.train(train.parse_args(argv))
+        cfg, given = train.parse_args(argv)
+        code = train.train(cfg, given=given)
     finally:
         train.build_model = build_model
     return code, built["model"], built["frozen"]
@@ -111,7 +112,7 @@ def test_full_fine_tuning_saves_a_gpt2_checkpoint(tiny, data, tmp_path):
 def test_random_init_trains_the_shape_from_scratch(tiny, data, tmp_path):
     argv = quick(tiny, data, tmp_path / "run", "--method", "full", "--random-init",
                  "--max-steps", "30", "--lr", "2e-3", "--label-smoothing", "0")
-    model = train.build_model(train.parse_args(argv), torch.device("cpu"))
+    model = train.build_model(train.parse_args(argv)[0], torch.device("cpu"))
     pretrained = GPT.from_pretrained(tiny)
     torch.manual_seed(110)  # --seed's default: GPT-2's init of the checkpoint's shape
     fresh = GPT(pretrained.config)
@@ -131,7 +132,7 @@ def test_random_init_trains_the_shape_from_scratch(tiny, data, tmp_path):
 
 def test_random_init_of_a_preset_downloads_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2_CACHE_DIR", str(tmp_path / "cache"))  # empty, and no network here
-    args = train.parse_args(["--model", "gpt2", "--random-init", "--method", "full"])
+    args, _ = train.parse_args(["--model", "gpt2", "--random-init", "--method", "full"])
     model = train.build_model(args, torch.device("cpu"))
     assert model.num_params() == 124_439_808  # GPT-2 small, as transformers counts it
     assert not (tmp_path / "cache").exists()
@@ -277,7 +278,7 @@ def test_the_readme_command_runs_end_to_end(tiny, data, tmp_path, user_env):
     # the released recipe: its text, no dropout in the backbone, 0.1 on the LoRA path
     assert (config["args"]["format"], config["args"]["dropout"], config["args"]["lora_dropout"]) \
         == ("paper", 0.0, 0.1)
-    model = train.build_model(train.parse_args(["--model", tiny]), torch.device("cpu"))
+    model = train.build_model(train.parse_args(["--model", tiny])[0], torch.device("cpu"))
     assert model.transformer.drop.p == model.transformer.h[0].attn.attn_dropout == 0.0  # (the
     assert model.transformer.h[0].mlp.dropout.p == 0.0  # checkpoint's config.json says 0.1)
     assert {layer.dropout.p for layer in lora.lora_layers(model).values()} == {0.1}
@@ -418,7 +419,7 @@ def test_a_run_saved_when_compile_was_a_switch_resumes(finished, tmp_path, saved
     assert config["args"]["compile"] is None  # today's runs record the mode
     config["args"]["compile"] = saved
     (run_dir / "config.json").write_text(json.dumps(config))
-    assert training.resumed(train.parse_args(["--resume", str(run_dir)])).compile == resumed
+    assert bookkeeping.resumed(*train.parse_args(["--resume", str(run_dir)])).compile == resumed
 
 
 def test_relative_paths_are_recorded_absolute_so_a_resume_works_from_anywhere(tiny, data,
@@ -705,7 +706,7 @@ def test_what_a_run_shows_evaluations_projection_and_training_speed(tiny, data, 
     def dev_loss(*args, **kwargs):
         now[0] += 100
         return real_dev_loss(*args, **kwargs)
-    monkeypatch.setattr(training, "time", fake)
+    monkeypatch.setattr(bookkeeping, "time", fake)
     on_step(monkeypatch, step)
     monkeypatch.setattr(train, "dev_loss", dev_loss)
     argv = quick(tiny, data, tmp_path / "run", "--max-steps", "4", "--eval-interval", "2")
@@ -731,12 +732,12 @@ def test_device_auto_picks_cuda_then_mps_then_cpu_and_mps_runs_fp32(monkeypatch,
     for cuda, mps, picked in ((True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
-        assert cli.pick_device("auto").type == picked
+        assert hardware.pick_device("auto").type == picked
     mps = torch.device("mps")
-    assert cli.amp_dtype(mps, "auto", "training") is None
+    assert hardware.amp_dtype(mps, "auto", "training") is None
     with pytest.raises(cli.UserError, match="--dtype bf16 is mixed precision for CUDA; on MPS "
                                             "training runs in fp32"):
-        cli.amp_dtype(mps, "bf16", "training")
+        hardware.amp_dtype(mps, "bf16", "training")
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     argv = quick(tiny, data, tmp_path / "run")
     argv[argv.index("--device") + 1] = "mps"

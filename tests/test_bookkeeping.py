@@ -8,7 +8,7 @@ from conftest import batch
 
 import train
 from data.e2e.prepare import collate, loss_positions
-from kit import training
+from kit import bookkeeping
 
 
 def test_the_schedule_is_the_released_linear_schedule_with_warmup():
@@ -60,5 +60,5 @@ def test_padding_to_few_shapes_changes_no_loss(base):
 
 
 def test_a_duration_shows_days_instead_of_wrapping_at_24_hours():
-    assert training.duration(59) == "00:00:59"
-    assert training.duration(10 * 86400 + 16 * 3600 + 57 * 60 + 16) == "10 d 16:57:16"
+    assert bookkeeping.duration(59) == "00:00:59"
+    assert bookkeeping.duration(10 * 86400 + 16 * 3600 + 57 * 60 + 16) == "10 d 16:57:16"

@@ -20,7 +20,7 @@ import torch
 
 from data.e2e.prepare import FORMATS
 from data.task import open_task, tokenizer
-from kit import cli, distributed, evaluation, latency, multitask, rundir
+from kit import cli, distributed, evaluation, hardware, latency, multitask, rundir
 from kit.checkpoint import ADAPTER_FORMAT, load_metadata, write_atomic
 from kit.decoding import decode
 from kit.errors import UserError
@@ -411,9 +411,9 @@ def check(args, world=distributed.ALONE) -> torch.device:
                         "--temperature": args.temperature}.items():
         if not math.isfinite(value):
             raise UserError(f"{flag} must be a finite number, got {value}")
-    device = world.place(cli.pick_device(args.device))
+    device = world.place(hardware.pick_device(args.device))
     # fp32 unless --dtype says otherwise, as the released code decodes
-    args.amp_dtype = cli.amp_dtype(device, args.dtype, "decoding", auto=None)
+    args.amp_dtype = hardware.amp_dtype(device, args.dtype, "decoding", auto=None)
     if len(args.adapters) == 1 and not args.model and rundir.is_run_folder(args.adapters[0]):
         _, model = rundir.run_result(args.adapters[0])
         if model:  # a full fine-tuning run's folder: its model/ is what to decode

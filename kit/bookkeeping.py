@@ -1,7 +1,7 @@
 """What a training run needs besides its loop (train.py): its settings checked, its folder owned,
 a resume, the checkpoints, Ctrl-C, SIGTERM and SIGHUP, the log. train.py calls it in this order:
 
-    run = training.open_run(cfg, world)  # every check; the run folder owned; nothing written
+    run = bookkeeping.open_run(cfg, world, given, go_on)  # every check; the folder owned
     with run.setting_up():               # a user error or Ctrl-C in here: every file as it was
         run.examples("train"); ...; run.check_lengths(model)
         start = run.restore(model, optimizer, scaler, save_result)  # a resumed run's state
@@ -38,7 +38,7 @@ import torch
 
 import lora
 from data.task import open_task
-from kit import cli, distributed, rundir
+from kit import cli, distributed, hardware, rundir
 from kit.checkpoint import (CheckpointError, load_metadata, load_tensors, read_hf_config,
                             save_tensors, short_list, tensor_mismatch, write_atomic, writing)
 from kit.errors import UserError, WriteError
@@ -56,8 +56,10 @@ UNUSED = {"lora": (), "full": ("targets", "rank", "alpha", "lora_dropout"),
 # --- the settings ------------------------------------------------------------------------------
 
 
-def check(cfg, world=distributed.ALONE) -> tuple[torch.device, torch.dtype | None]:
-    """Refuse bad settings before anything is loaded or written: (device, autocast dtype)."""
+def check(cfg, given: tuple = (), world=distributed.ALONE) -> tuple[torch.device,
+                                                                     torch.dtype | None]:
+    """Refuse bad settings (given: the flags typed) before anything is loaded or written:
+    (device, autocast dtype)."""
     positive = {"--epochs": cfg.epochs, "--batch-size": cfg.batch_size,
                 "--grad-accum": cfg.grad_accum, "--log-interval": cfg.log_interval}
     for flag, value in positive.items():
@@ -98,17 +100,17 @@ def check(cfg, world=distributed.ALONE) -> tuple[torch.device, torch.dtype | Non
     if cfg.random_init and cfg.method != "full":
         raise UserError(f"--random-init trains every weight from scratch, which is --method full; "
                         f"--method {cfg.method} adapts pretrained weights that it would lack")
-    if unused := [name for name in UNUSED[cfg.method] if name in cfg.given]:
+    if unused := [name for name in UNUSED[cfg.method] if name in given]:
         raise UserError(f"--method {cfg.method} does not use "
                         f"{', '.join('--' + n.replace('_', '-') for n in unused)}; drop "
                         f"{'it' if len(unused) == 1 else 'them'}")
-    device = world.place(cli.pick_device(cfg.device))
-    return device, cli.amp_dtype(device, cfg.dtype, "training")
+    device = world.place(hardware.pick_device(cfg.device))
+    return device, hardware.amp_dtype(device, cfg.dtype, "training")
 
 
-def resumed(cfg):
+def resumed(cfg, given: tuple = ()):
     """The settings saved in cfg.resume's config.json, with the flags that are safe to change
-    taken from the command line; any other flag given is refused."""
+    taken from the command line; any other flag given (typed) is refused."""
     config = os.path.join(cfg.resume, "config.json")
     if not os.path.isfile(config):
         raise UserError(f"{cfg.resume} holds no run to resume (no config.json): start one with "
@@ -122,7 +124,7 @@ def resumed(cfg):
         raise UserError(f"{config} is not a run's config.json written by train.py (its 'args': "
                         f"{str(saved)[:60]}); start a new run instead")
     safe = {flag.lstrip("-").replace("-", "_") for flag in SAFE_ON_RESUME}
-    if unsafe := [name for name in cfg.given if name not in safe | {"resume"}]:
+    if unsafe := [name for name in given if name not in safe | {"resume"}]:
         flags = ", ".join("--" + name.replace("_", "-") for name in unsafe)
         raise UserError(f"{flags} cannot change when a run resumes (only "
                         f"{', '.join(SAFE_ON_RESUME)} can); start a new run with --out instead")
@@ -134,20 +136,20 @@ def resumed(cfg):
     saved.setdefault("random_init", False)
     if saved.get("compile") in (True, False):  # a switch before cuda-graphs existed
         saved["compile"] = "default" if saved["compile"] else None
-    saved.update({name: getattr(cfg, name) for name in cfg.given if name in safe})
+    saved.update({name: getattr(cfg, name) for name in given if name in safe})
     known = {f.name for f in dataclasses.fields(cfg)}
     return type(cfg)(**{k: v for k, v in saved.items() if k in known},
-                     resume=os.path.abspath(cfg.resume), given=tuple(cfg.given), go_on=cfg.go_on)
+                     resume=os.path.abspath(cfg.resume))
 
 
-def checked(cfg, world=distributed.ALONE) -> tuple:
+def checked(cfg, given: tuple = (), world=distributed.ALONE) -> tuple:
     """The run's settings (a resumed run's from its config.json), checked, before anything is
     loaded or written: (settings, device, autocast dtype)."""
     if cfg.resume:
-        cfg = resumed(cfg)
+        cfg = resumed(cfg, given)
     else:  # Table 11's values for the task where they are not E2E's (train.py's), unless given
-        cfg = dataclasses.replace(cfg, **recipe(cfg))
-    device, amp_dtype = check(cfg, world)
+        cfg = dataclasses.replace(cfg, **recipe(cfg, given))
+    device, amp_dtype = check(cfg, given, world)
     if not cfg.resume:  # paths recorded absolute, so a resume works from anywhere
         cfg = dataclasses.replace(cfg, out=cfg.out and os.path.abspath(cfg.out))
         for name in ("model", "data"):  # (a preset's name stays a name)
@@ -157,9 +159,10 @@ def checked(cfg, world=distributed.ALONE) -> tuple:
     return cfg, device, amp_dtype
 
 
-def recipe(cfg) -> dict:
-    """The settings that a new run takes from its task's recipe (Task.recipe): those not given."""
-    return {k: v for k, v in open_task(cfg.data, cfg.format).recipe.items() if k not in cfg.given}
+def recipe(cfg, given: tuple = ()) -> dict:
+    """The settings that a new run takes from its task's recipe (Task.recipe): those not given
+    (typed)."""
+    return {k: v for k, v in open_task(cfg.data, cfg.format).recipe.items() if k not in given}
 
 
 def model_shape(name: str, dropout: float, who: str = "--random-init") -> GPTConfig:
@@ -182,22 +185,6 @@ def result_path(method: str, run_dir: str, epoch: int | None = None) -> str:
     suffix = "" if epoch is None else f"-epoch{epoch}"
     return os.path.join(run_dir, f"model{suffix}" if method == "full"
                         else f"adapter{suffix}.safetensors")
-
-
-# --compile cuda-graphs: CUDA graphs replay one recorded shape each, so the sequence length is
-# rounded up to a multiple of 16 and the number of loss positions to a multiple of 128 (E2E's
-# batches then need a few dozen graphs).
-CUDA_GRAPH_SHAPES = (16, 128)
-
-
-def compiled(loss_fn, mode: str | None):
-    """loss_fn as --compile asks (None: eager; "default"; "cuda-graphs": torch.compile's
-    reduce-overhead mode), and the shape multiples its batches need (train.device_batch)."""
-    if mode is None:
-        return loss_fn, (1, 1)
-    if mode == "cuda-graphs":
-        return torch.compile(loss_fn, dynamic=True, mode="reduce-overhead"), CUDA_GRAPH_SHAPES
-    return torch.compile(loss_fn, dynamic=True), (1, 1)
 
 
 # --- the run folder ------------------------------------------------------------------------------
@@ -231,7 +218,7 @@ def run_directory(cfg) -> rundir.Claim:
     return owner
 
 
-def begin(cfg, run_dir: str):
+def begin(cfg, run_dir: str, given: tuple = ()):
     """What a start writes, once every check has passed: the leftovers of interrupted writes
     removed, and config.json: a new run's settings, or the flags a resume changed (so the next
     resume keeps them), listed under "resumed"."""
@@ -239,7 +226,7 @@ def begin(cfg, run_dir: str):
         print(f"removed {name}, left behind by an interrupted write")
     path = os.path.join(run_dir, "config.json")
     if cfg.resume:
-        if changed := {name: getattr(cfg, name) for name in cfg.given if name != "resume"}:
+        if changed := {name: getattr(cfg, name) for name in given if name != "resume"}:
             with open(path, encoding="utf-8") as f:
                 config = json.load(f)
             config["args"].update(changed)
@@ -461,8 +448,10 @@ class Run:
     loop in train.py calls for its data, checkpoints, signals and log."""
 
     def __init__(self, cfg, device, amp_dtype, folder: str, owner: rundir.Claim | None,
-                 state: str | None, world=distributed.ALONE):
+                 state: str | None, world=distributed.ALONE, given: tuple = (),
+                 go_on: str = ""):
         self.cfg, self.device, self.amp_dtype, self.world = cfg, device, amp_dtype, world
+        self.given, self.go_on = given, go_on  # the flags typed; what a stop says to do next
         self.folder, self.owner, self.state = folder, owner, state
         self.task, self.splits = None, {}  # the examples handed out, by split
         self.position = {"step": 0, "epoch": 0, "batch": 0, "last_good": None}
@@ -526,7 +515,7 @@ class Run:
         """A finished run resumed as it was: nothing to train (exit code 0)."""
         with self.owner or contextlib.nullcontext():
             if self.owner:
-                begin(self.cfg, self.folder)
+                begin(self.cfg, self.folder, self.given)
             print(f"{self.folder} has run all its {total:,} steps already: nothing to do (to "
                   "train it longer, resume with a larger --max-steps or --epochs)")
         return 0
@@ -544,7 +533,7 @@ class Run:
         try:
             with self.owner or contextlib.nullcontext():
                 if self.owner:
-                    begin(self.cfg, self.folder)
+                    begin(self.cfg, self.folder, self.given)
                     trim_log(self.folder, self.step)  # what ran after the checkpoint runs again
                 self.log = Log(self.folder if self.world.main else None, self.step, total,
                                self.world, self.device)
@@ -567,7 +556,7 @@ class Run:
                     self.log.write({"event": "lost", "error": str(e), "step": self.step})
                     self.exit_code = e.say("train.py", f"stopped, {self.kept()}")
         except WriteError as e:  # (the last checkpoint is whole: writes are atomic)
-            go_on = way_on(self.cfg, self.folder)
+            go_on = way_on(self.go_on, self.folder)
             e.kept = (f"stopped, {self.kept()}" + (f"; make room (or make the folder writable "
                                                    f"again), then {go_on}" if go_on else ""))
             raise
@@ -587,7 +576,7 @@ class Run:
                        + (f"; {world.size} processes (torchrun), "
                           f"{cfg.batch_size // world.size} examples of each batch apiece"
                           if world.size > 1 else ""))
-        if (applied := recipe(cfg)) and not cfg.resume:
+        if (applied := recipe(cfg, self.given)) and not cfg.resume:
             self.log.write({"event": "note", "recipe": applied}, f"{self.task.name}: Table 11's "
                            "recipe for it: " + ", ".join(f"--{k.replace('_', '-')} {v}"
                                                          for k, v in applied.items()))
@@ -656,7 +645,7 @@ class Run:
 
     def stopped(self, step: int, code: int) -> int:
         """After the checkpoint a signal asked for: how to go on, and the signal's exit code."""
-        go_on = way_on(self.cfg, self.folder)
+        go_on = way_on(self.go_on, self.folder)
         self.log.write({"event": "stopped", "step": step},
                        f"stopped at step {step}" + (f"; {go_on}" if go_on else ""))
         return code
@@ -669,18 +658,21 @@ class Run:
         return 0
 
 
-def way_on(cfg, folder: str) -> str:
-    """How a stopped run goes on: the Recipe's go_on ("continue with: python train.py --resume
-    FOLDER"), the folder quoted for a shell; "" where the caller says it (reproduce.py)."""
-    return cfg.go_on.format(folder=shlex.quote(folder))
+GO_ON = "continue with: python train.py --resume {folder}"  # what a stopped run says to do
 
 
-def open_run(cfg, world=distributed.ALONE) -> Run:
+def way_on(go_on: str, folder: str) -> str:
+    """How a stopped run goes on: go_on (GO_ON, or "" where the caller says it: reproduce.py)
+    with the folder quoted for a shell."""
+    return go_on.format(folder=shlex.quote(folder))
+
+
+def open_run(cfg, world=distributed.ALONE, given: tuple = (), go_on: str = GO_ON) -> Run:
     """Every check, and the run folder owned, before anything is loaded or written: a bad
     setting, a missing file, a folder in use raise a user error with nothing touched. Under
     torchrun every rank calls it: rank 0 owns the folder, a user error on any rank is raised on
     all (world.agree)."""
-    cfg, device, amp_dtype = world.agree(checked, cfg, world)
+    cfg, device, amp_dtype = world.agree(checked, cfg, given, world)
     owner = world.agree(run_directory, cfg, main_only=True)
     try:
         folder = world.broadcast(owner and owner.folder)  # (a new run's name is rank 0's)
@@ -697,4 +689,4 @@ def open_run(cfg, world=distributed.ALONE) -> Run:
         if not os.path.isfile(state):
             print(f"{folder} has no checkpoint yet: resuming it from step 0")
             state = None
-    return Run(cfg, device, amp_dtype, folder, owner, state, world)
+    return Run(cfg, device, amp_dtype, folder, owner, state, world, given, go_on)

@@ -327,7 +327,7 @@ def test_a_first_attempt_that_failed_before_any_run_takes_new_settings(tiny, e2e
                                                                         tmp_path, capsys,
                                                                         monkeypatch):
     # (as a GPT-2 download fails offline: inside train.train, before its run folder exists)
-    def offline(cfg, world):
+    def offline(cfg, world, given, go_on):
         raise reproduce.UserError("cannot download gpt2: no network?")
     monkeypatch.setattr(reproduce.train, "train", offline)
     out = tmp_path / "table3"

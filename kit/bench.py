@@ -44,7 +44,7 @@ import torch.nn.functional as F
 import lora
 import train
 from data.e2e import prepare as e2e
-from kit import cli, hardware, latency, multitask
+from kit import cli, hardware, latency, mfu, multitask
 from kit.checkpoint import write_atomic
 from kit.cli import HelpFormatter
 from kit.decoding import batches, beam_search, decode
@@ -94,6 +94,15 @@ class Setup:
     def __exit__(self, *exc):  # the random weights go (not a --weights folder: the caller's)
         if not self.args.weights:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+    def flops_models(self) -> dict:
+        """This shape with LoRA r=4 on q,v and with every weight trained, on the meta device:
+        what kit/mfu.py counts a step's FLOPs on (every LoRA row, theirs too, needs the same
+        FLOPs as ours; what a row runs beyond them, as an LM head at every position, is its own
+        cost)."""
+        with torch.device("meta"):
+            return {"lora": lora.apply(GPT(self.config), "q,v", r=4, alpha=32),
+                    "full": GPT(self.config)}
 
     def describe(self) -> str:
         c = self.config
@@ -224,10 +233,15 @@ def interleaved(setup, steps: dict, failed: dict) -> dict:
                 failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
     seconds = {name: s for name, s in seconds.items() if name not in failed}
     tokens = [sum(len(t) for batch in batches for t, _ in batch) for batches in rounds]
+    peak = mfu.peak(device, torch.bfloat16 if device.type == "cuda" else None)[0]
+    needed = {method: sum(mfu.batch_flops(model, batch) for batch in timed_batches)
+              for method, model in setup.flops_models().items()}
     return {name: {"steps_per_s": len(timed_batches) / sum(s),
                    "tokens_per_s": sum(tokens) / sum(s),
                    "tokens_per_s_range": [min(n / x for n, x in zip(tokens, s)),
-                                          max(n / x for n, x in zip(tokens, s))]}
+                                          max(n / x for n, x in zip(tokens, s))],
+                   "mfu": needed["full" if "full" in name else "lora"] / sum(s) / peak
+                   if peak else None}
             for name, s in seconds.items()}
 
 
@@ -253,17 +267,23 @@ def bench_train(setup) -> dict:
           f"{setup.args.steps} steps in {setup.args.rounds} interleaved rounds after "
           f"{setup.args.warmup} warm-up; {padding:.0%} padding"
           f"{' with --bucket' if setup.args.bucket else ''})\n")
-    print("| | tokens/s | range over rounds | steps/s | vs transformers + peft |\n"
-          "|---|---|---|---|---|")
+    print("| | tokens/s | range over rounds | steps/s | MFU | vs transformers + peft |\n"
+          "|---|---|---|---|---|---|")
     for name in variants:
         if name in failed:
-            print(f"| {name} | failed: {failed[name]} | | | |")
+            print(f"| {name} | failed: {failed[name]} | | | | |")
             continue
         r = rows[name]
         low, high = r["tokens_per_s_range"]
         ratio = f"{r['tokens_per_s'] / reference:.2f}x" if reference else "n/a"
+        utilization = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         print(f"| {name} | {r['tokens_per_s']:,.0f} | {low:,.0f}-{high:,.0f} | "
-              f"{r['steps_per_s']:.2f} | {ratio} |")
+              f"{r['steps_per_s']:.2f} | {utilization} | {ratio} |")
+    peak, source = mfu.peak(setup.device, torch.bfloat16 if setup.device.type == "cuda"
+                            else None)
+    print(f"\nMFU: the FLOPs each step needs (kit/mfu.py: LoRA's backward without W0's weight "
+          f"gradients, the LM head at the loss positions) over the peak: "
+          f"{'n/a' if peak is None else f'{peak / 1e12:,.3g} TFLOP/s'} ({source})")
     result = {"rows": rows, "failed": failed}
     ours = [name for name in ("ours, LoRA r=4 q,v", "ours, LoRA, compiled",
                               "ours, LoRA, compiled with CUDA graphs") if name in rows]

@@ -29,6 +29,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import shlex
 import signal
 import sys
@@ -38,11 +39,18 @@ import torch
 
 import lora
 from data.task import open_task
-from kit import cli, distributed, hardware, rundir
+from kit import cli, distributed, hardware, mfu, rundir
 from kit.checkpoint import (CheckpointError, load_metadata, load_tensors, read_hf_config,
                             save_tensors, short_list, tensor_mismatch, write_atomic, writing)
 from kit.errors import UserError, WriteError
 from model import GPTConfig, PRESETS
+
+# The route that ends in minutes on a CPU (docs/no-gpu.md): GPT-2 small, a few hundred steps
+QUICK_ROUTE = "python train.py --model gpt2 --max-steps 200 --warmup 20 --out runs/quick"
+# The MFU a CPU training run reaches against its measured fp32 matrix-product speed (kit/mfu.py):
+# this machine's, GPT-2 small and medium shapes, LoRA (BENCHMARKS.md); what projects a CPU run's
+# time before its first step
+CPU_MFU = 0.75
 
 # What a resumed run may change: how long it runs, where and how fast, how often it reports.
 SAFE_ON_RESUME = ("--max-steps", "--epochs", "--device", "--dtype", "--log-interval",
@@ -301,6 +309,14 @@ def load_state(path: str, model, optimizer, scaler) -> dict:
 # --- the log -------------------------------------------------------------------------------------
 
 
+def roughly(seconds: float) -> str:
+    """'about 7 minutes', 'about 40 hours', 'about 1.7 days': a projection's precision."""
+    for unit, size, limit in (("seconds", 1, 90), ("minutes", 60, 5400), ("hours", 3600, 172800)):
+        if seconds < limit:
+            return f"about {max(1, round(seconds / size))} {unit}"
+    return f"about {seconds / 86400:.1f} days"
+
+
 def duration(seconds: float) -> str:
     """'04:05:06', or with days: '10 d 16:57:16'."""
     days, rest = divmod(int(seconds), 86400)
@@ -339,11 +355,14 @@ class Diverged(Exception):
 class Log:
     """Progress on the terminal (a tqdm bar, or plain lines when stderr is not a terminal) and
     every value in metrics.jsonl; run_dir None: nothing at all (the ranks of torchrun but 0).
-    It keeps the loss and tokens since the last log line (every rank's, summed when logged), and
-    the clock of training tokens/s, which evaluations and saves (paused) do not count."""
+    It keeps the loss, tokens and FLOPs since the last log line (every rank's, summed when
+    logged), and the clock of training tokens/s and MFU (kit/mfu.py: the FLOPs the steps need
+    over their time, over the device's peak), which evaluations and saves (paused) do not
+    count."""
 
     def __init__(self, run_dir: str | None, step: int, total: int,
-                 world=distributed.ALONE, device="cpu"):
+                 world=distributed.ALONE, device=torch.device("cpu"), model=None,
+                 amp_dtype=None):
         from tqdm import tqdm
 
         self.silent = run_dir is None
@@ -356,6 +375,8 @@ class Log:
         self.total, self.start, self.start_step, self.world = total, time.time(), step, world
         self.projected = False  # the time the whole run takes, said once
         self.running, self.tokens = torch.zeros((), device=device), 0  # since the last line
+        self.model, self.flops = model, 0
+        self.peak = mfu.peak(device, amp_dtype)[0] if model is not None else None
         self.logged, self.clock = step, time.time()
 
     def write(self, record: dict, line: str | None = None, error: bool = False):
@@ -375,6 +396,8 @@ class Log:
         if weight:
             self.running += loss.detach()
             self.tokens += sum(len(tokens) - 1 for tokens, _ in examples)
+            if self.model is not None:
+                self.flops += mfu.batch_flops(self.model, examples)
 
     def check(self, step: int):
         """Diverged when the mean loss since the last line is no longer finite (summed over the
@@ -389,13 +412,16 @@ class Log:
 
     def train(self, step: int, epoch: int, lr: float):
         """The log line of the steps since the last one: their mean loss, lr, tokens/s."""
-        loss_sum, tokens = self.world.sum(self.running, self.tokens)  # (of every rank)
+        loss_sum, tokens, flops = self.world.sum(self.running, self.tokens, self.flops)  # (all)
         mean_loss = loss_sum / (step - self.logged)
         self._finite(mean_loss, step)
+        seconds = max(time.time() - self.clock, 1e-9)
         self.progress(step, {"event": "train", "step": step, "epoch": epoch, "loss": mean_loss,
-                             "lr": lr, "tokens_per_s": tokens / max(time.time() - self.clock,
-                                                                    1e-9)})
-        self.running, self.tokens, self.logged, self.clock = self.running * 0, 0, step, time.time()
+                             "lr": lr, "tokens_per_s": tokens / seconds,
+                             "mfu": flops / seconds / (self.peak * self.world.size)
+                             if self.peak else None})
+        self.running, self.tokens, self.flops = self.running * 0, 0, 0
+        self.logged, self.clock = step, time.time()
 
     def eval(self, step: int, epoch: int, loss: float, when: str):
         self.write({"event": "eval", "step": step, "epoch": epoch, "dev_loss": loss},
@@ -411,14 +437,17 @@ class Log:
     def progress(self, step: int, record: dict):
         self.bar.update(step - self.bar.n)
         self.bar.set_postfix(epoch=record["epoch"], loss=f"{record['loss']:.3f}",
-                             lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}")
+                             lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}",
+                             **({} if record["mfu"] is None else
+                                {"mfu": f"{100 * record['mfu']:.1f}%"}))
         done = step - self.start_step
         seconds = (time.time() - self.start) / max(done, 1)
         eta = seconds * (self.total - step)
+        utilization = "" if record["mfu"] is None else f"MFU {100 * record['mfu']:.1f}% | "
         self.write(record, None if not self.bar.disable else
                    f"step {step}/{self.total} | epoch {record['epoch']} | loss "
                    f"{record['loss']:.4f} | lr {record['lr']:.2e} | "
-                   f"{record['tokens_per_s']:,.0f} tok/s | ETA {duration(eta)}")
+                   f"{record['tokens_per_s']:,.0f} tok/s | {utilization}ETA {duration(eta)}")
         if not self.projected and step < self.total:
             self.projected = True
             self.write({"event": "projected", "step": step, "seconds_per_step": seconds},
@@ -536,7 +565,7 @@ class Run:
                     begin(self.cfg, self.folder, self.given)
                     trim_log(self.folder, self.step)  # what ran after the checkpoint runs again
                 self.log = Log(self.folder if self.world.main else None, self.step, total,
-                               self.world, self.device)
+                               self.world, self.device, self.model, self.amp_dtype)
                 self._started(what, examples, total)
                 try:
                     self.saving = False  # from here on a second signal quits (Stop, below)
@@ -580,10 +609,28 @@ class Run:
             self.log.write({"event": "note", "recipe": applied}, f"{self.task.name}: Table 11's "
                            "recipe for it: " + ", ".join(f"--{k.replace('_', '-')} {v}"
                                                          for k, v in applied.items()))
-        if self.device.type == "cpu" and cfg.device == "auto":
-            self.log.write({"event": "note", "device": "cpu"}, "no CUDA GPU here, so this "
-                           "trains on the CPU: how long that takes is projected after the first "
-                           f"{min(cfg.log_interval, total - step)} steps")
+        if self.device.type != "cuda" and step < total:  # a CPU, or Apple's MPS
+            seconds = self.projected_seconds(total - step)
+            where = ("no CUDA GPU here, so this trains on the CPU" if self.device.type == "cpu"
+                     and cfg.device == "auto" else f"on {self.device.type.upper()}")
+            self.log.write({"event": "note", "device": self.device.type,
+                            "projected_seconds": seconds},
+                           f"{where}: its {total - step:,} steps take {roughly(seconds)} "
+                           "(projected from the FLOPs they need at this device's measured speed; "
+                           "the first log lines measure it)" + (
+                               f". A route that ends in minutes without a GPU: {QUICK_ROUTE} "
+                               "(docs/no-gpu.md)" if seconds > 3600 else ""))
+
+    def projected_seconds(self, steps: int) -> float:
+        """How long `steps` steps take on a CPU (or MPS), before the first: the FLOPs of the
+        training set's batches (kit/mfu.py, over 32 drawn at random) at the device's measured
+        matrix-product speed, at the MFU such runs reach (CPU_MFU)."""
+        examples, rng = self.splits["train"], random.Random(0)
+        draws = [[examples[i] for i in rng.sample(range(len(examples)),
+                                                  min(self.cfg.batch_size, len(examples)))]
+                 for _ in range(32)]
+        flops = sum(mfu.batch_flops(self.model, batch) for batch in draws) / len(draws)
+        return steps * flops / (mfu.peak(self.device, self.amp_dtype)[0] * CPU_MFU)
 
     def on_signal(self, signum, frame):
         """Ctrl-C, SIGTERM or SIGHUP: save after this step and stop (exit 130, 143 or 129). A

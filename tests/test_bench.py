@@ -12,9 +12,11 @@ import pytest
 import torch
 from conftest import REPO
 
+import lora
 import train
 from data.e2e import prepare as e2e
-from kit import bench
+from kit import bench, mfu
+from model import GPT, GPTConfig
 
 
 def test_training_section_reports_what_it_measured(e2e_data, gpt2_vocab, tmp_path, capsys):
@@ -33,15 +35,24 @@ def test_training_section_reports_what_it_measured(e2e_data, gpt2_vocab, tmp_pat
     batches = train.epoch_batches(examples, 0, 8, seed=110)[1:3]
     tokens_per_step = sum(len(examples[i][0]) for batch in batches for i in batch) / 2
     reference = rows["transformers + peft, LoRA r=4 c_attn"]["tokens_per_s"]
+    setup_config = GPTConfig(**{**GPTConfig().__dict__, **bench.SMALL, "dropout": 0.0})
     for name, r in rows.items():
         low, high = r["tokens_per_s_range"]
         assert 0 < low <= r["tokens_per_s"] <= high and math.isfinite(high)
         assert math.isclose(r["tokens_per_s"] / r["steps_per_s"], tokens_per_step)
         printed = re.search(rf"\| {re.escape(name)} \| ([\d,]+) \| ([\d,]+)-([\d,]+) \| "
-                            rf"([\d.]+) \| ([\d.]+)x \|", out)
+                            rf"([\d.]+) \| ([\d.]+)% \| ([\d.]+)x \|", out)
         assert printed, name
         assert int(printed[1].replace(",", "")) == round(r["tokens_per_s"])
-        assert float(printed[5]) == round(r["tokens_per_s"] / reference, 2)
+        assert float(printed[6]) == round(r["tokens_per_s"] / reference, 2)
+        # MFU: the FLOPs of those batches (kit/mfu.py) at that step rate, over the CPU's peak
+        with torch.device("meta"):
+            model = GPT(setup_config)
+            model = model if "full" in name else lora.apply(model, "q,v", r=4, alpha=32)
+        flops = sum(mfu.batch_flops(model, [examples[i] for i in batch]) for batch in batches)
+        assert math.isclose(r["mfu"], flops / 2 * r["steps_per_s"] / mfu.measured_peak("cpu"),
+                            rel_tol=1e-9)
+        assert float(printed[5]) == round(100 * r["mfu"], 1)
     minutes = re.search(r"The paper's recipe \(26,290 steps\) at the step rate of 'ours, LoRA "
                         r"r=4 q,v': ([\d,.]+) minutes", out)
     assert float(minutes[1].replace(",", "")) == round(

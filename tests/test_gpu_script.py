@@ -38,3 +38,17 @@ def test_each_part_runs_every_stage_and_brings_back_at_most_8_files(part, tmp_pa
     else:  # torchrun with one process (gloo here, NCCL there) against the plain run: the same
         compared = re.search(r"training loss (\S+), dev loss (\S+) .*; weights (\S+) ", log)
         assert compared and all(float(x) <= 1e-6 for x in compared.groups()), log[-2000:]
+
+
+def test_the_quick_routes_timing_script_runs(tmp_path, e2e_data, gpt2_vocab):
+    # scripts/quick_route.sh (docs/no-gpu.md's route, timed for BENCHMARKS.md) at a tiny size
+    random_gpt2(std=0.02, n_positions=256).save_pretrained(tmp_path / "tiny")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "quick_route.sh")], cwd=REPO,
+                          env={**os.environ, "SMOKE": "1", "SMOKE_MODEL": str(tmp_path / "tiny"),
+                               "PYTHON": sys.executable, "E2E_DATA_DIR": e2e_data},
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^== \d+ s: .* train.py --model", proc.stdout, flags=re.M)
+    assert "| this run (test, first 2 MRs) |" in proc.stdout
+    assert re.search(r"^== the route: \d+ s \(train \+ decode \+ score\)$", proc.stdout,
+                     flags=re.M)

@@ -878,3 +878,30 @@ def test_the_commands_it_prints_paste_into_a_shell(tiny, data, tmp_path, capsys)
     code, out, err = main(capsys, *quick(tiny, data, run_dir))  # (a folder with a run in it)
     assert code == 2 and shlex.split(err.split("continue that run with ")[1]) == [
         "--resume", str(run_dir)], err
+
+
+def test_a_cpu_run_says_how_long_it_takes_before_its_first_step(tiny, data, tmp_path, capsys,
+                                                                monkeypatch):
+    # projected from the FLOPs its steps need (kit/mfu.py) at this CPU's measured speed
+    argv = quick(tiny, data, tmp_path / "run", "--max-steps", "2")
+    argv[argv.index("--device") + 1] = "auto"
+    code, out, err = main(capsys, *argv)
+    assert code == 0, err
+    first = out.split("step 1/2")[0]
+    assert re.search(r"no CUDA GPU here, so this trains on the CPU: its 2 steps take about \d+ "
+                     r"seconds \(projected from the FLOPs they need", first), first
+    assert "docs/no-gpu.md" not in out
+    # a run of hours (here: a CPU 10^9 times slower) says so, with the route that ends in minutes
+    monkeypatch.setattr(bookkeeping, "CPU_MFU", bookkeeping.CPU_MFU * 1e-9)
+    argv[argv.index("--out") + 1] = str(tmp_path / "slow")
+    code, out, err = main(capsys, *argv)
+    assert code == 0, err
+    line = next(line for line in out.split("step 1/2")[0].splitlines() if "its 2 steps" in line)
+    assert re.search(r"take about [\d.]+ days", line) and line.endswith(
+        f". A route that ends in minutes without a GPU: {bookkeeping.QUICK_ROUTE} "
+        "(docs/no-gpu.md)")
+    assert bookkeeping.QUICK_ROUTE in (REPO / "docs" / "no-gpu.md").read_text()  # (its command)
+    # the log line shows MFU, and metrics.jsonl keeps it
+    assert re.search(r"step 2/2 \| .* tok/s \| MFU \d+\.\d% \| ETA", out)
+    records = [json.loads(r) for r in (tmp_path / "slow" / "metrics.jsonl").open()]
+    assert all(0 < r["mfu"] < 1 for r in records if r["event"] == "train")

@@ -142,7 +142,8 @@ def measured_peak(device_type: str, size: int = 1024, seconds: float = 0.3) -> f
     threads use them; MPS), timed for about `seconds` after one untimed product. Once per
     process."""
     device = torch.device(device_type)
-    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    g = torch.Generator().manual_seed(0)  # (not torch's own: a resumed run's RNG stays as saved)
+    a, b = (torch.randn(size, size, generator=g).to(device) for _ in range(2))
 
     def sync():
         if device.type == "mps":

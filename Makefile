@@ -1,13 +1,14 @@
 # Two entry points, each doing its own set-up (idempotent: a stamp file records what is installed).
 #   make train   fine-tune GPT-2 medium on E2E with LoRA r=4 on W_q, W_v (the paper's recipe)
 #   make test    install the test references and run the whole suite on CPU
+#   make test-fast   the fast tier: the lesson against its references, in under a minute
 # Extra flags for train.py go in ARGS, e.g. make train ARGS="--max-steps 100".
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: train test clean gpu-carry
+.PHONY: train test test-fast clean gpu-carry
 
 $(VENV)/.run-deps: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ train: $(VENV)/.run-deps
 
 test: $(VENV)/.dev-deps
 	$(PY) -m pytest -q -n auto --dist loadgroup tests
+
+test-fast: $(VENV)/.dev-deps
+	$(PY) -m pytest -q -n auto -m fast tests
 
 # What a lent GPU machine needs and cannot download (scripts/gpu.sh): the E2E CSVs, the paper's
 # released text, GPT-2's vocabulary and pytest's wheels, into the git-ignored gpu_carry/.

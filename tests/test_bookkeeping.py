@@ -2,6 +2,7 @@
 learning rate schedule as its LambdaLR gives it, and the label-smoothed loss as its GPT2LMModel
 computes it. The loop itself is tested through train.py (test_train.py)."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import batch
@@ -11,6 +12,7 @@ from data.e2e.prepare import collate, loss_positions
 from kit import bookkeeping
 
 
+@pytest.mark.fast
 def test_the_schedule_is_the_released_linear_schedule_with_warmup():
     total, warmup, lr = 40, 7, 2e-4
 
@@ -27,6 +29,7 @@ def test_the_schedule_is_the_released_linear_schedule_with_warmup():
         scheduler.step()
 
 
+@pytest.mark.fast
 def test_the_loss_is_the_released_label_smoothed_loss(base):
     # src/model.py: (1 - e) nll + e mean(-log p) per position, summed over the reference
     # positions and divided by their number

@@ -43,6 +43,7 @@ def test_every_training_example_is_context_separator_reference_end(data, format)
         assert enc.decode(list(examples[0][0][examples[0][1]:-1])) == " " + rows[0][1]
 
 
+@pytest.mark.fast
 def test_the_loss_mask_covers_exactly_the_reference_and_the_end_token(data):
     examples = e2e.load_examples("dev", str(data))
     batch = [examples[i] for i in (0, 5, 77, 4000)]  # different lengths: padding in between

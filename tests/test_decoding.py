@@ -32,6 +32,7 @@ def exhaustive_best(model, prompt, stop, max_new, length_penalty):
 
 
 @pytest.mark.parametrize("length_penalty", [0.9, 0.0, 2.0, -0.5])
+@pytest.mark.fast
 def test_beam_search_equals_exhaustive_search_when_the_beam_holds_everything(length_penalty):
     model = tiny_vocab_model()
     prompts = torch.tensor([[0, 1, 2], [3, 3, 4], [4, 0, 1]])
@@ -42,6 +43,7 @@ def test_beam_search_equals_exhaustive_search_when_the_beam_holds_everything(len
         assert tokens == exhaustive_best(model, prompt, 5, 4, length_penalty)
 
 
+@pytest.mark.fast
 def test_beam_1_is_greedy_decoding(hf_dir):
     model = GPT.from_pretrained(str(hf_dir)).eval()
     prompts = torch.randint(0, 50257, (4, 5), generator=torch.Generator().manual_seed(3))
@@ -156,6 +158,7 @@ def released_beam(model, prompt, beam, length_penalty, no_repeat_ngram, max_new_
 
 
 @pytest.mark.parametrize("seed, no_repeat", [(0, 2), (1, 3), (2, 2), (3, 4), (4, 1)])
+@pytest.mark.fast
 def test_beam_search_equals_the_released_loop(seed, no_repeat):
     model = tiny_vocab_model(seed)
     prompts = torch.randint(0, 5, (6, 3), generator=torch.Generator().manual_seed(seed))

@@ -19,6 +19,7 @@ from model import GPT, GPTConfig
 # --- the layer and apply ---------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_layer_computes_eq3():
     torch.manual_seed(0)
     W0 = torch.nn.Linear(6, 5)
@@ -30,12 +31,14 @@ def test_layer_computes_eq3():
     assert_close(layer(x), expected)
 
 
+@pytest.mark.fast
 def test_output_at_init_equals_base(base):
     before = base(batch())
     lora.apply(base, "q,k,v,o,fc,proj", r=4, alpha=32, dropout=0.1)
     assert torch.equal(base(batch()), before)  # B = 0: exactly the pretrained function
 
 
+@pytest.mark.fast
 def test_a_training_step_changes_only_A_and_B(base):
     lora.apply(base, "q,v", r=4, alpha=32, dropout=0.1)
     frozen = {n: p.detach().clone() for n, p in base.named_parameters() if not n.endswith((".A", ".B"))}
@@ -76,6 +79,7 @@ def test_trainable_counts_for_gpt2_medium(targets, expected):
 # --- merge and unmerge -----------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_merge_equals_unmerged_and_leaves_plain_linear_layers(base):
     trained(lora.apply(base, "q,v,o,fc", r=4, alpha=8))
     W0 = {n: m.base.weight.detach().clone() for n, m in lora.lora_layers(base).items()}
@@ -93,6 +97,7 @@ def test_merge_equals_unmerged_and_leaves_plain_linear_layers(base):
     assert_close(base(idx), unmerged)
 
 
+@pytest.mark.fast
 def test_merging_twice_is_refused_never_added_twice(base):
     trained(lora.apply(base, "q,v", r=2, alpha=4))
     lora.merge(base)
@@ -121,6 +126,7 @@ def test_task_switching(base, hf_dir, tmp_path):
     assert_close(base(batch()), fresh(batch()))
 
 
+@pytest.mark.fast
 def test_merged_model_saves_as_plain_gpt2_for_transformers(base, tmp_path):
     trained(lora.apply(base, "q,v,proj", r=4, alpha=8))
     with pytest.raises(ValueError, match="merge LoRA into the weights first"):
@@ -136,6 +142,7 @@ def test_merged_model_saves_as_plain_gpt2_for_transformers(base, tmp_path):
 # --- adapter-only checkpoints ----------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_save_load_round_trip(base, hf_dir, tmp_path, capsys):
     trained(lora.apply(base, "q,v", r=4, alpha=32, dropout=0.1))
     path = tmp_path / "run" / "adapter.safetensors"

@@ -53,7 +53,8 @@ def e2e_dir(request):
     return lambda: request.getfixturevalue("e2e_data")
 
 
-@pytest.mark.parametrize("case", list(OFFICIAL))
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.fast) if case == "dev-10"
+                                  else case for case in OFFICIAL])
 def test_equal_to_the_official_scores(case, e2e_dir):
     refs_file, preds_file, expected = OFFICIAL[case]
     refs, preds = metrics.load(references(refs_file, e2e_dir), str(CASES / preds_file))

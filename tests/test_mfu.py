@@ -29,6 +29,7 @@ def model_for(method: str) -> GPT:
 
 
 @pytest.mark.parametrize("method", ["lora q,v", "lora everywhere", "full", "houlsby", "lin"])
+@pytest.mark.fast
 def test_the_count_is_torchs_on_a_real_step(method):
     model = model_for(method)
     batch, length = 3, 10

@@ -25,6 +25,7 @@ def random_batches(seed=0):
 
 
 @pytest.mark.parametrize("checkpoint", ["hf_dir", "hf_bin_dir", "official_layout_dir"])
+@pytest.mark.fast
 def test_logits_equal_transformers(checkpoint, hf_model, request):
     ours = GPT.from_pretrained(str(request.getfixturevalue(checkpoint))).eval()
     with torch.no_grad():
@@ -52,6 +53,7 @@ def test_bare_weights_file_infers_the_shape_of_an_official_size(tmp_path):
         assert max_diff(ours(idx), ref(idx).logits) < 1e-5
 
 
+@pytest.mark.fast
 def test_greedy_generation_equals_transformers(hf_dir, hf_model):
     ours = GPT.from_pretrained(str(hf_dir)).eval()
     hello = [15496, 11, 616, 1438, 318]  # tiktoken "gpt2": "Hello, my name is"
@@ -136,6 +138,7 @@ def test_longer_than_block_size_is_refused(hf_dir):
 # --- KV cache --------------------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_kv_cache_one_token_at_a_time_equals_full_forward(hf_dir):
     ours = GPT.from_pretrained(str(hf_dir)).eval()
     idx = random_batches()[1]

@@ -5,17 +5,21 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import assert_close, batch, max_diff, trained
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
 from transformers import GPT2LMHeadModel
 
 import lora
+import train
+from data.task import collate, loss_positions
 from kit.peft_interop import export_peft, import_peft
 from model import GPT
 
 
 @pytest.mark.parametrize("targets", ["q,v", "q,k,v,o,fc,proj", "v,o", "fc,proj"])
+@pytest.mark.fast
 def test_peft_loads_our_export_with_equal_logits(base, hf_dir, tmp_path, targets):
     trained(lora.apply(base, targets, r=3, alpha=6, dropout=0.1))
     export_peft(base, str(tmp_path / "peft"))
@@ -50,6 +54,7 @@ def test_export_of_q_v_is_rank_2r_block_diagonal(base, tmp_path):
     dict(target_modules=["c_attn", "mlp.c_proj"], use_rslora=True),
     dict(target_modules=["c_attn"], layers_to_transform=[1]),
 ])
+@pytest.mark.fast
 def test_import_of_a_peft_adapter_equals_peft_forward(base, hf_dir, tmp_path, options):
     torch.manual_seed(0)
     ref = get_peft_model(GPT2LMHeadModel.from_pretrained(str(hf_dir)),
@@ -66,6 +71,7 @@ def test_import_of_a_peft_adapter_equals_peft_forward(base, hf_dir, tmp_path, op
             assert max_diff(ref(batch()).logits, base(batch())) > 0.1  # the adapter matters
 
 
+@pytest.mark.fast
 def test_export_then_import_round_trip(base, hf_dir, tmp_path):
     trained(lora.apply(base, "q,v,o", r=2, alpha=4))
     export_peft(base, str(tmp_path))
@@ -106,3 +112,41 @@ def test_our_mixed_task_batch_equals_peft_mixed_adapter_batch(base, hf_dir, tmp_
     multitask.route(base, torch.tensor([int(name[-1]) for name in rows]))
     with torch.no_grad():
         assert_close(base(idx), ref(idx, adapter_names=rows).logits)
+
+
+@pytest.mark.parametrize("targets", ["q,v", "o,fc,proj"])  # (inside c_attn; a module each)
+@pytest.mark.fast
+def test_the_training_loss_and_gradients_of_a_and_b_equal_peft(base, hf_dir, tmp_path,
+                                                               targets):
+    # train.py's loss (label-smoothed, at the reference tokens only) on our model and on PEFT's
+    # with the same adapter: the same loss, and every A's and B's gradient PEFT's
+    trained(lora.apply(base, targets, r=3, alpha=6))
+    export_peft(base, str(tmp_path))
+    ref = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(str(hf_dir)), str(tmp_path),
+                                    is_trainable=True)
+    examples = [(batch(seed, (1, n))[0].numpy(), p) for seed, n, p in [(0, 12, 5), (1, 9, 4)]]
+    inputs, targets_ = collate(examples)
+    positions, labels = loss_positions(targets_)
+    ours = train.token_loss(base.eval(), inputs, positions, labels, 0.1)  # (eval: no dropout
+    logits = ref.eval()(inputs).logits.flatten(0, 1).index_select(0, positions)  # to draw)
+    theirs = F.cross_entropy(logits.float(), labels, label_smoothing=0.1, reduction="sum")
+    assert_close(ours, theirs)
+    ours.backward()
+    theirs.backward()
+    grads = {n: p.grad for n, p in ref.named_parameters() if "lora_" in n}
+    C, r, fused = base.config.n_embd, 3, [t for t in "qkv" if t in targets]
+    for name, layer in lora.lora_layers(base).items():
+        i, t = int(name.split(".")[2]), next(t for t, m in lora.TARGETS.items()
+                                             if name.endswith(m))
+        prefix = f"base_model.model.transformer.h.{i}."
+        if t in fused:  # A = [A_q; A_v], B block-diagonal (export_peft's layout)
+            j, row = fused.index(t), "qkv".index(t) * C
+            dA = grads[prefix + "attn.c_attn.lora_A.default.weight"][j * r:(j + 1) * r]
+            dB = grads[prefix + "attn.c_attn.lora_B.default.weight"][row:row + C,
+                                                                      j * r:(j + 1) * r]
+        else:
+            module = {"o": "attn.c_proj", "fc": "mlp.c_fc", "proj": "mlp.c_proj"}[t]
+            dA = grads[prefix + f"{module}.lora_A.default.weight"]
+            dB = grads[prefix + f"{module}.lora_B.default.weight"]
+        assert_close(layer.A.grad, dA)
+        assert_close(layer.B.grad, dB)

@@ -55,6 +55,7 @@ def run(*args, env=None):
                           capture_output=True, text=True, env=env)
 
 
+@pytest.mark.fast
 def test_limit_5_writes_5_predictions_and_scores(tiny_run, e2e_data, gpt2_vocab):
     adapter = tiny_run / "run" / "adapter.safetensors"
     result = run("--adapter", adapter, "--data", e2e_data, "--limit", "5", "--no-meteor",

@@ -263,6 +263,7 @@ def test_an_existing_run_is_never_overwritten(tiny, data, tmp_path):
     assert (tmp_path / "run" / "mine.txt").read_text() == "keep me"
 
 
+@pytest.mark.fast
 def test_the_readme_command_runs_end_to_end(tiny, data, tmp_path, user_env):
     # The README's quick run: python train.py --rank 4 --targets q,v --model <tiny> --data ...,
     # as `make train` installs it: no transformers, peft or pycocoevalcap

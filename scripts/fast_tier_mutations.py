@@ -1,0 +1,57 @@
+"""The fast tier (make test-fast) against the mistakes it exists to catch: each mutation below is
+applied to the code in turn, the tier is run, and the code is put back. Every line should read
+"caught". Run it after changing the tier, or to see which of its tests guard what:
+
+    .venv/bin/python scripts/fast_tier_mutations.py
+"""
+
+import os
+import subprocess
+import sys
+
+os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MUTATIONS = [  # (file, a line of it, the line mutated, what that breaks)
+    ("lora.py",
+     "return self.base(x) + self.scaling * F.linear(F.linear(self.dropout(x), self.A), self.B)",
+     "return self.base(x) + F.linear(F.linear(self.dropout(x), self.A), self.B)",
+     "LoRA's update without alpha/r"),
+    ("lora.py", "        self.scaling = alpha / r\n", "        self.scaling = alpha\n",
+     "the scaling alpha instead of alpha/r"),
+    ("lora.py", "        layer.base.weight += layer.delta_weight().to(layer.base.weight)",
+     "        layer.base.weight -= layer.delta_weight().to(layer.base.weight)",
+     "the merge subtracts B A"),
+    ("lora.py", "        return self.scaling * (self.B @ self.A)",
+     "        return (self.B @ self.A)", "the merge forgets alpha/r"),
+    ("data/task.py",
+     "        targets[i, prompt_length - 1:len(tokens) - 1] = tokens[prompt_length:]",
+     "        targets[i, prompt_length:len(tokens) - 1] = tokens[prompt_length + 1:]",
+     "the loss one position late (collate)"),
+    ("data/task.py", "    positions = (flat != -100).nonzero().squeeze(1)",
+     "    positions = (flat != -100).nonzero().squeeze(1) + 1",
+     "the loss positions shifted (loss_positions)"),
+    ("kit/decoding.py",
+     '        value, j = (torch.where(ends, top, float("-inf")) / (t + 1) ** length_penalty).max(1)',
+     '        value, j = (torch.where(ends, top, float("-inf")) / (t + 1)).max(1)',
+     "the beam search ignores the length penalty"),
+    ("kit/decoding.py", "        top, index = (scores[..., None] + logp).flatten(1).topk(K)",
+     "        top, index = (logp + 0 * scores[..., None]).flatten(1).topk(K)",
+     "the beam search forgets the prefix's score"),
+]
+caught = 0
+for path, old, new, what in MUTATIONS:
+    src = open(path).read()
+    assert src.count(old) == 1, (path, old)
+    open(path, "w").write(src.replace(old, new))
+    try:
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "fast", "-n", "auto",
+                            "tests"], capture_output=True, text=True)
+        failed = [line.split()[1] for line in r.stdout.splitlines() if line.startswith("FAILED")]
+        caught += bool(failed)
+        names = ", ".join(name.split("::")[1] for name in failed[:2]) + (", ..." if
+                                                                         len(failed) > 2 else "")
+        print(f"{what}: " + (f"caught by {len(failed)} tests ({names})" if failed
+                             else "NOT CAUGHT"), flush=True)
+    finally:
+        open(path, "w").write(src)
+print(f"{caught} of {len(MUTATIONS)} mutations caught")
+sys.exit(0 if caught == len(MUTATIONS) else 1)

@@ -68,13 +68,24 @@ class LoRALinear(nn.Module):
         return self.base(x) + self.scaling * F.linear(F.linear(self.dropout(x), self.A), self.B)
 
     def delta_weight(self) -> torch.Tensor:
-        """Delta W = (alpha/r) B A: the d x k matrix this layer adds to W0 (merge)."""
+        """Delta W = (alpha/r) B A: the d x k matrix this layer adds to W0."""
         return self.scaling * (self.B @ self.A)
 
+    @torch.no_grad()
+    def fold(self):
+        """W <- W0 + (alpha/r) B A: the update folded into the weight (merge)."""
+        self.base.weight += self.delta_weight().to(self.base.weight)
 
-def check_settings(targets, r, alpha: float, dropout: float) -> list[str]:
-    """The targets as a list (TARGETS order), after checking r, alpha and dropout; a bad value
-    raises ValueError naming it. apply() calls this; train.py calls it before loading anything."""
+    @torch.no_grad()
+    def unfold(self):
+        """W0 <- W - (alpha/r) B A: the pretrained weight again, up to float rounding (unmerge)."""
+        self.base.weight -= self.delta_weight().to(self.base.weight)
+
+
+def check_settings(targets, r, alpha: float, dropout: float, init: str = "lora") -> list[str]:
+    """The targets as a list (TARGETS order), after checking r, alpha, dropout and init; a bad
+    value raises ValueError naming it. apply() calls this; train.py calls it before loading
+    anything."""
     names = [t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets)]
     if "" in names and any(names):  # q,,v is a typo, not q,v
         raise ValueError(f"targets {','.join(names)!r} have an empty entry: give them as e.g. q,v")
@@ -89,12 +100,16 @@ def check_settings(targets, r, alpha: float, dropout: float) -> list[str]:
         raise ValueError(f"alpha must be > 0, got {alpha!r}")
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if init not in INITS:
+        raise ValueError(f"init {init!r}: choose from {', '.join(INITS)}")
     return [t for t in TARGETS if t in names]
 
 
-def apply(model: GPT, targets="q,v", r: int = 4, alpha: float = 32, dropout: float = 0.0) -> GPT:
-    """Wrap the chosen matrices of every block in LoRALinear, then freeze all but A and B."""
-    targets = check_settings(targets, r, alpha, dropout)
+def apply(model: GPT, targets="q,v", r: int = 4, alpha: float = 32, dropout: float = 0.0, *,
+          rslora: bool = False, dora: bool = False, init: str = "lora") -> GPT:
+    """Wrap the chosen matrices of every block in LoRALinear, then freeze all but A and B.
+    rslora, dora, init: LoRA's descendants (the section after the merge)."""
+    targets = check_settings(targets, r, alpha, dropout, init)
     if lora_layers(model):
         raise ValueError("LoRA is already applied to this model; apply it once (lora.load "
                          "fills existing LoRA layers)")
@@ -113,7 +128,12 @@ def apply(model: GPT, targets="q,v", r: int = 4, alpha: float = 32, dropout: flo
     for i in range(model.config.n_layer):
         for t in targets:
             name = f"transformer.h.{i}.{TARGETS[t]}"
-            layer = LoRALinear(model.get_submodule(name), r, alpha, dropout)
+            layer = (DoRALinear if dora else LoRALinear)(model.get_submodule(name), r, alpha,
+                                                         dropout)
+            if rslora:
+                rank_stabilize(layer)
+            if init == "pissa":
+                init_pissa(layer)
             model.set_submodule(name, layer.train(model.training))  # new modules start in train()
     return model
 
@@ -130,30 +150,30 @@ def lora_layers(model: GPT) -> dict[str, LoRALinear]:
 
 
 def settings(model: GPT) -> dict:
-    """targets, r, alpha and dropout of the model's LoRA layers."""
+    """targets, r, alpha and dropout of the model's LoRA layers (and their variant: rslora,
+    dora, init)."""
     layers = lora_layers(model)
     if not layers:
         raise ValueError("this model has no LoRA layers: call lora.apply (or lora.load) first")
     first = next(iter(layers.values()))
     adapted = {name.split(".", 3)[3] for name in layers}  # 'attn.q', ...
     return dict(targets=[t for t, path in TARGETS.items() if path in adapted], r=first.r,
-                alpha=first.alpha, dropout=first.dropout.p)
+                alpha=first.alpha, dropout=first.dropout.p, **variant(first))
 
 
 def describe(model: GPT) -> str:
     """One line: the LoRA settings and the trainable share, e.g. 393,216 (0.11%) for the paper's
     gpt2-medium r=4 on q,v: 2 x (24 layers x 2 matrices) x 1024 x 4 (Sec. 5.1)."""
     s, layers = settings(model), lora_layers(model)
-    trainable = sum(layer.A.numel() + layer.B.numel() for layer in layers.values())
+    trainable = sum(p.numel() for layer in layers.values() for p in layer.parameters(False))
     total = model.num_params() + (trainable if model in _MERGED else 0)
     return (f"LoRA r={s['r']} alpha={s['alpha']:g} on {','.join(s['targets'])} "
-            f"({len(layers)} matrices): {trainable:,} trainable parameters, "
+            f"({len(layers)} matrices{describe_variant(s)}): {trainable:,} trainable parameters, "
             f"{100 * trainable / total:.2f}% of {total:,}")
 
 
 # --- merge and unmerge (Sec. 4.1, "No Additional Inference Latency") ---------------------------
 
-@torch.no_grad()
 def merge(model: GPT) -> GPT:
     """W <- W0 + (alpha/r) B A in every LoRA layer, and the plain nn.Linear goes back in its place,
     so the forward pass is exactly the base model's, module for module. Refused when merged
@@ -165,13 +185,12 @@ def merge(model: GPT) -> GPT:
     if not layers:
         raise ValueError("this model has no LoRA layers to merge")
     for name, layer in layers.items():
-        layer.base.weight += layer.delta_weight().to(layer.base.weight)
+        layer.fold()  # W <- W0 + (alpha/r) B A
         model.set_submodule(name, layer.base)
     _MERGED[model] = layers
     return model
 
 
-@torch.no_grad()
 def unmerge(model: GPT) -> GPT:
     """Undo merge: W0 <- W - (alpha/r) B A (up to float rounding), and the LoRA layers go back
     in. To switch tasks, unmerge, load the next adapter, merge again (Sec. 4.1)."""
@@ -180,24 +199,114 @@ def unmerge(model: GPT) -> GPT:
         raise ValueError("nothing to unmerge: LoRA is not merged into this model")
     for name, layer in layers.items():
         layer.to(layer.base.weight.device)  # A and B follow the model if it moved since merge
-        layer.base.weight -= layer.delta_weight().to(layer.base.weight)
+        layer.unfold()  # W0 <- W - (alpha/r) B A
         model.set_submodule(name, layer.train(model.training))
     return model
+
+
+# --- LoRA's descendants: one idea of the layer changed each ------------------------------------
+#
+# Each is PEFT's implementation of its paper, line for line in what it computes (tests/
+# test_variants.py: outputs, loss, gradients, merge, an optimizer step), and each merges: the
+# merged model is plain GPT-2 again. train.py: --rslora, --dora, --init pissa, and --lora-plus,
+# which changes the optimizer, not the layer (train.make_optimizer). docs/variants.md.
+
+
+def rank_stabilize(layer: LoRALinear):
+    """rsLoRA (Kalajdzievski 2023, arXiv 2312.03732): the update scaled by alpha / sqrt(r), not
+    alpha / r. With alpha / r the update's gradients shrink as r grows, so a high rank learns no
+    more than a low one; alpha / sqrt(r) keeps them steady, and a higher r can pay off."""
+    layer.scaling, layer.rslora = layer.alpha / math.sqrt(layer.r), True
+
+
+class DoRALinear(LoRALinear):
+    """DoRA (Liu et al. 2024, arXiv 2402.09353, Eq. 5): W0 split into a magnitude per output row
+    and a direction; LoRA moves the direction, m (trainable, from ||W0||) sets its length:
+
+        W' = m (W0 + s B A) / ||W0 + s B A||      (norms of rows; s = alpha / r)
+
+    The norm is a constant for the gradient (Sec. 4.3: it is "detached from the gradient
+    graph"), as PEFT computes it."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+        super().__init__(base, r, alpha, dropout)
+        self.m = nn.Parameter(base.weight.detach().norm(dim=1))  # W' = W0 at the start
+
+    def forward(self, x):
+        scale = self.m / (self.base.weight + self.delta_weight()).norm(dim=1).detach()
+        # scale (W0 x + s B A x) + bias, with LoRA's dropout on the input of the change
+        # (W0 x computed again on the dropped-out x: PEFT's order of operations)
+        h = self.dropout(x)
+        return (self.base(x) + (scale - 1) * F.linear(h, self.base.weight)
+                + scale * self.scaling * F.linear(F.linear(h, self.A), self.B))
+
+    @torch.no_grad()
+    def fold(self):  # W <- W'; the norm is kept, to give W0 back
+        self.norm = (self.base.weight + self.delta_weight()).norm(dim=1)
+        self.base.weight.copy_((self.m / self.norm)[:, None]
+                               * (self.base.weight + self.delta_weight()))
+
+    @torch.no_grad()
+    def unfold(self):
+        self.base.weight.copy_((self.norm / self.m)[:, None] * self.base.weight
+                               - self.delta_weight())
+
+
+INITS = ("lora", "pissa")  # how A and B start: LoRA's (A random, B zero), or PiSSA's
+
+
+@torch.no_grad()
+def init_pissa(layer: LoRALinear):
+    """PiSSA (Meng et al. 2024, arXiv 2404.02948): A and B start as W0's principal part, its top
+    r singular directions, and W0 becomes the rest; the model starts as it was, and training
+    adapts the directions that carry most of W0:
+
+        W0 = U S V^T;  B = U_r (S_r / s)^1/2,  A = (S_r / s)^1/2 V_r^T;  W0 <- W0 - s B A
+
+    The base is then not the pretrained one: the adapter file says so (init "pissa"), and
+    loading it splits W0 the same way first (B0 and A0 are kept, to tell the pretrained W0)."""
+    U, S, Vh = torch.linalg.svd(layer.base.weight.float(), full_matrices=False)
+    root = (S[:layer.r] / layer.scaling).sqrt()
+    layer.B.copy_(U[:, :layer.r] * root)
+    layer.A.copy_(root[:, None] * Vh[:layer.r])
+    layer.register_buffer("B0", layer.B.detach().clone(), persistent=False)
+    layer.register_buffer("A0", layer.A.detach().clone(), persistent=False)
+    layer.base.weight -= layer.delta_weight().to(layer.base.weight)
+
+
+def pretrained_weight(layer: LoRALinear) -> torch.Tensor:
+    """The W0 the layer adapts: its base's weight, or PiSSA's residual plus the part it took."""
+    if hasattr(layer, "B0"):
+        return layer.base.weight + layer.scaling * (layer.B0 @ layer.A0)
+    return layer.base.weight
+
+
+def variant(layer: LoRALinear) -> dict:
+    """Which of the descendants a layer is: {"rslora", "dora", "init"}."""
+    return dict(rslora=getattr(layer, "rslora", False), dora=isinstance(layer, DoRALinear),
+                init="pissa" if hasattr(layer, "B0") else "lora")
+
+
+def describe_variant(s: dict) -> str:
+    """', rsLoRA, DoRA, PiSSA init' for settings that have them."""
+    return "".join([", rsLoRA"] * bool(s.get("rslora")) + [", DoRA"] * bool(s.get("dora"))
+                   + [", PiSSA init"] * (s.get("init", "lora") == "pissa"))
 
 
 # --- adapter-only checkpoints: A and B, a few MB instead of the whole model --------------------
 
 
 def _lora_params(model: GPT) -> dict:
-    return {f"{name}.{p}": getattr(layer, p) for name, layer in lora_layers(model).items()
-            for p in "AB"}
+    """Each layer's trainable tensors: A and B (and DoRA's m), e.g. 'transformer.h.0.attn.q.A'."""
+    return {f"{name}.{p}": param for name, layer in lora_layers(model).items()
+            for p, param in layer.named_parameters(recurse=False)}
 
 
 def base_weights(model: GPT, targets: list[str]) -> list[torch.Tensor]:
     """W0 of each adapted matrix (what the adapter file's fingerprint is taken of)."""
     layers = [model.get_submodule(f"transformer.h.{i}.{TARGETS[t]}")
               for i in range(model.config.n_layer) for t in targets]
-    return [m.base.weight if isinstance(m, LoRALinear) else m.weight for m in layers]
+    return [pretrained_weight(m) if isinstance(m, LoRALinear) else m.weight for m in layers]
 
 
 def save(model: GPT, path: str):
@@ -213,9 +322,10 @@ def save(model: GPT, path: str):
 def read_settings(model: GPT, path: str, check_base: bool = True) -> dict:
     """The settings of an adapter file saved by save(), checked against the model: its shape, and
     the base weights' fingerprint unless check_base=False."""
-    s = checkpoint.read_adapter_metadata(path, "lora", model)
+    s = {**dict(rslora=False, dora=False, init="lora"),  # (files written before the variants)
+         **checkpoint.read_adapter_metadata(path, "lora", model)}
     try:  # a hand-edited file may record anything
-        s["targets"] = check_settings(s["targets"], s["r"], s["alpha"], s["dropout"])
+        s["targets"] = check_settings(s["targets"], s["r"], s["alpha"], s["dropout"], s["init"])
     except (KeyError, TypeError, ValueError) as e:
         raise checkpoint.invalid_settings(path, e) from None
     if check_base:
@@ -233,12 +343,15 @@ def load(model: GPT, path: str, check_base: bool = True) -> dict:
     if check_base:
         checkpoint.check_base(path, model, base_weights(model, s["targets"]))
     if not lora_layers(model):
-        apply(model, s["targets"], s["r"], s["alpha"], s["dropout"])
+        apply(model, s["targets"], s["r"], s["alpha"], s["dropout"], rslora=s["rslora"],
+              dora=s["dora"], init=s["init"])  # (PiSSA: W0 split as it was for training)
     have = settings(model)
-    if [have[k] for k in ("targets", "r", "alpha")] != [s[k] for k in ("targets", "r", "alpha")]:
+    keys = ("targets", "r", "alpha", "rslora", "dora", "init")
+    if [have[k] for k in keys] != [s[k] for k in keys]:
         raise checkpoint.CheckpointError(
-            f"{path} adapts {','.join(s['targets'])} with r={s['r']}, alpha={s['alpha']}, but "
-            f"this model's LoRA layers are on {','.join(have['targets'])} with r={have['r']}, "
-            f"alpha={have['alpha']}")
+            f"{path} adapts {','.join(s['targets'])} with r={s['r']}, alpha={s['alpha']}"
+            f"{describe_variant(s)}, but this model's LoRA layers are on "
+            f"{','.join(have['targets'])} with r={have['r']}, alpha={have['alpha']}"
+            f"{describe_variant(have)}")
     checkpoint.copy_tensors(path, _lora_params(model))
     return s

@@ -143,13 +143,24 @@ def device_batch(examples: list, device, multiple: tuple[int, int] = (1, 1)):
     return inputs, positions, labels
 
 
-def make_optimizer(model, lr: float, weight_decay: float, fused: bool = False):
+def make_optimizer(model, lr: float, weight_decay: float, fused: bool = False,
+                   lora_plus: float = 1.0):
     """AdamW over the trainable parameters (LoRA's A and B), betas 0.9/0.999 and eps 1e-6 as the
-    released code; weight decay on matrices only (not on biases and LayerNorms)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-6, fused=fused)
+    released code; weight decay on matrices only (not on biases, LayerNorms, DoRA's m). Each
+    group's learning rate is lr_scale x the schedule's: 1, but LoRA+ (Hayou et al. 2024, arXiv
+    2402.12354) trains B lora_plus times faster than A, B being the factor whose learning rate
+    should grow with the width (its groups: PEFT's create_loraplus_optimizer)."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    plus = lora_plus != 1  # (B, and the vectors, in LoRA+'s faster groups, as PEFT puts them)
+    groups = [{"params": [p for n, p in named if p.dim() >= 2 and not (plus and n.endswith(".B"))],
+               "weight_decay": weight_decay, "lr_scale": 1.0},
+              {"params": [p for n, p in named if p.dim() < 2], "weight_decay": 0.0,
+               "lr_scale": lora_plus}]
+    if plus:
+        groups.append({"params": [p for n, p in named if p.dim() >= 2 and n.endswith(".B")],
+                       "weight_decay": weight_decay, "lr_scale": lora_plus})
+    return torch.optim.AdamW([{**g, "lr": lr * g["lr_scale"]} for g in groups], lr=lr,
+                             betas=(0.9, 0.999), eps=1e-6, fused=fused)
 
 
 def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
@@ -282,7 +293,7 @@ def train(cfg: Recipe, world: distributed.World = distributed.ALONE, given: tupl
                 # the learning rate: linear warmup, then linear decay to 0 (Table 11)
                 lr = lr_at(step, total, cfg.lr, cfg.warmup)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group["lr_scale"]  # (1, but LoRA+'s B: --lora-plus)
                 # the batch in --grad-accum micro-batches (under torchrun, this rank's share of
                 # it): each loss divided by the batch's reference tokens, so that the gradients
                 # add up to the gradient of the batch's mean loss

@@ -1,0 +1,174 @@
+"""LoRA's descendants in lora.py (rsLoRA, DoRA, PiSSA) and train.py (LoRA+), each against PEFT's
+implementation of it on the tiny GPT-2: the same model (PEFT's LoRA on the Conv1D layers of
+transformers' GPT2LMHeadModel, ours on the same matrices), then the logits, train.py's training
+loss, the gradient of every trainable tensor, one AdamW step and the merged weights. The
+matrices are W_o and the MLP's two (attn.c_proj, mlp.c_fc, mlp.c_proj: one module each on both
+sides; W_q and W_v share transformers' fused c_attn, where the variants compute the same)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_close, batch
+from peft import LoraConfig, get_peft_model
+from transformers import GPT2LMHeadModel
+
+import lora
+import train
+from data.task import collate, loss_positions
+from model import GPT
+
+pytestmark = pytest.mark.fast  # (the next lesson: in the fast tier too)
+TARGETS = {"o": "attn.c_proj", "fc": "mlp.c_fc", "proj": "mlp.c_proj"}  # ours -> transformers'
+VARIANTS = {  # name -> (lora.apply's keywords, LoraConfig's)
+    "lora": ({}, {}),
+    "rslora": ({"rslora": True}, {"use_rslora": True}),
+    "dora": ({"dora": True}, {"use_dora": True}),
+    "pissa": ({"init": "pissa"}, {"init_lora_weights": "pissa"}),
+    "dora + rslora": ({"dora": True, "rslora": True}, {"use_dora": True, "use_rslora": True}),
+}
+R, ALPHA = 3, 6  # (alpha / r = 2, alpha / sqrt(r) = 3.46: a wrong scaling shows)
+
+
+def pair(hf_dir, name: str):
+    """Ours and PEFT's model with the same variant on the same matrices, their adapters equal and
+    carrying something: B (zero at the start) and DoRA's m (||W0|| at the start) drawn at
+    random on ours, then copied into PEFT's; A copied too (each side draws its own)."""
+    ours_kwargs, peft_kwargs = VARIANTS[name]
+    torch.manual_seed(0)
+    ours = lora.apply(GPT.from_pretrained(str(hf_dir)), ",".join(TARGETS), r=R, alpha=ALPHA,
+                      **ours_kwargs)
+    theirs = get_peft_model(GPT2LMHeadModel.from_pretrained(str(hf_dir)), LoraConfig(
+        r=R, lora_alpha=ALPHA, target_modules=list(TARGETS.values()), fan_in_fan_out=True,
+        lora_dropout=0.0, **peft_kwargs))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for ours_name, layer in lora.lora_layers(ours).items():
+            peft_layer = theirs.get_submodule(peft_name(ours_name))
+            if name != "pissa":  # (PiSSA's A and B are W0's SVD on both sides: compared below)
+                peft_layer.lora_A["default"].weight.copy_(layer.A)
+            layer.B.add_(torch.randn(layer.B.shape, generator=g) * 0.3)
+            peft_layer.lora_B["default"].weight.copy_(layer.B)
+            if isinstance(layer, lora.DoRALinear):
+                layer.m.mul_(1 + 0.2 * torch.rand(layer.m.shape, generator=g))
+                peft_layer.lora_magnitude_vector["default"].weight.copy_(layer.m)
+    return ours, theirs
+
+
+def peft_name(ours_name: str) -> str:
+    """transformer.h.0.attn.o -> base_model.model.transformer.h.0.attn.c_proj"""
+    prefix, target = ours_name.rsplit(".", 2)[0], ours_name.split(".", 3)[3]
+    t = next(t for t, path in lora.TARGETS.items() if path == target)
+    return f"base_model.model.{prefix}.{TARGETS[t]}"
+
+
+def theirs_of(theirs, ours_name: str, param: str) -> torch.Tensor:
+    """PEFT's tensor for one of ours: A, B, or DoRA's m."""
+    layer = theirs.get_submodule(peft_name(ours_name))
+    return {"A": layer.lora_A, "B": layer.lora_B,
+            "m": layer.lora_magnitude_vector}[param]["default"].weight
+
+
+def losses(ours, theirs):
+    """train.py's loss (label smoothing 0.1, at the reference tokens) on both, from the same
+    batch of two examples of different lengths."""
+    examples = [(batch(seed, (1, n))[0].numpy(), p) for seed, n, p in [(0, 12, 5), (1, 9, 4)]]
+    inputs, targets = collate(examples)
+    positions, labels = loss_positions(targets)
+    mine = train.token_loss(ours, inputs, positions, labels, 0.1)
+    logits = theirs(inputs).logits.flatten(0, 1).index_select(0, positions)
+    return mine, F.cross_entropy(logits.float(), labels, label_smoothing=0.1, reduction="sum")
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_outputs_loss_gradients_and_a_step_equal_pefts(hf_dir, name):
+    ours, theirs = pair(hf_dir, name)
+    ours.eval(), theirs.eval()  # (eval: no dropout to draw; gradients flow as in training)
+    if name == "pissa":  # A and B from W0's top singular directions, W0 the rest: as PEFT's
+        for ours_name, layer in lora.lora_layers(ours).items():
+            assert_close(layer.A, theirs_of(theirs, ours_name, "A"))
+            base = theirs.get_submodule(peft_name(ours_name)).base_layer.weight  # (in, out)
+            assert_close(layer.base.weight, base.T)
+    with torch.no_grad():
+        for seed in range(2):
+            assert_close(ours(batch(seed)), theirs(batch(seed)).logits)
+    mine, reference = losses(ours, theirs)
+    assert_close(mine, reference)
+    mine.backward()
+    reference.backward()
+    params = lora._lora_params(ours)
+    for key, p in params.items():
+        layer_name, param = key.rsplit(".", 1)
+        assert_close(p.grad, theirs_of(theirs, layer_name, param).grad)
+    # one AdamW step: train.make_optimizer's groups (weight decay on matrices, not on DoRA's
+    # m), PEFT's parameters grouped alike
+    ours_opt = train.make_optimizer(ours, lr=1e-2, weight_decay=0.01)
+    decayed = [p for n, p in theirs.named_parameters() if "lora_A" in n or "lora_B" in n]
+    vectors = [p for n, p in theirs.named_parameters() if "lora_magnitude_vector" in n]
+    theirs_opt = torch.optim.AdamW([{"params": decayed, "weight_decay": 0.01},
+                                    {"params": vectors, "weight_decay": 0.0}], lr=1e-2,
+                                   betas=(0.9, 0.999), eps=1e-6)
+    ours_opt.step()
+    theirs_opt.step()
+    for key, p in params.items():
+        layer_name, param = key.rsplit(".", 1)
+        assert_close(p, theirs_of(theirs, layer_name, param))
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_the_merged_model_is_plain_gpt2_with_pefts_merged_weights(hf_dir, name):
+    ours, theirs = pair(hf_dir, name)
+    with torch.no_grad():
+        before = ours.eval()(batch(0))
+        lora.merge(ours)
+        merged = theirs.merge_and_unload().eval()
+        for i in range(ours.config.n_layer):
+            for t, path in TARGETS.items():
+                layer = ours.get_submodule(f"transformer.h.{i}.{lora.TARGETS[t]}")
+                assert type(layer) is torch.nn.Linear  # (Conv1D's weight is (in, out))
+                assert_close(layer.weight,
+                             merged.get_submodule(f"transformer.h.{i}.{path}").weight.T)
+        assert_close(ours(batch(0)), before)
+        assert_close(ours(batch(0)), merged(batch(0)).logits)
+        lora.unmerge(ours)  # W0 back (PiSSA: the residual), the variant's layers back
+        assert_close(ours(batch(0)), before)
+
+
+def test_lora_plus_groups_and_step_equal_pefts(hf_dir):
+    from peft.optimizers import create_loraplus_optimizer
+
+    ours, theirs = pair(hf_dir, "lora")
+    ours_opt = train.make_optimizer(ours, lr=1e-3, weight_decay=0.01, lora_plus=16)
+    theirs_opt = create_loraplus_optimizer(theirs, torch.optim.AdamW, lr=1e-3,
+                                           loraplus_lr_ratio=16, loraplus_weight_decay=0.01,
+                                           betas=(0.9, 0.999), eps=1e-6)
+    by_lr = {g["lr"]: len(g["params"]) for g in ours_opt.param_groups if g["params"]}
+    assert by_lr == {g["lr"]: len(g["params"]) for g in theirs_opt.param_groups if g["params"]}
+    assert by_lr == {1e-3: 6, 16e-3: 6}  # A at lr, B at 16 lr (2 layers x 3 matrices each)
+    for _ in range(2):  # two steps: Adam's moments carry the groups' rates
+        mine, reference = losses(ours.eval(), theirs.eval())
+        mine.backward()
+        reference.backward()
+        ours_opt.step()
+        theirs_opt.step()
+        ours_opt.zero_grad()
+        theirs_opt.zero_grad()
+    for key, p in lora._lora_params(ours).items():
+        layer_name, param = key.rsplit(".", 1)
+        assert_close(p, theirs_of(theirs, layer_name, param))
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_each_starts_from_the_pretrained_model_as_pefts_does(hf_dir, name):
+    ours_kwargs, peft_kwargs = VARIANTS[name]
+    plain = GPT.from_pretrained(str(hf_dir)).eval()
+    ours = lora.apply(GPT.from_pretrained(str(hf_dir)).eval(), ",".join(TARGETS), r=R,
+                      alpha=ALPHA, **ours_kwargs)
+    theirs = get_peft_model(GPT2LMHeadModel.from_pretrained(str(hf_dir)), LoraConfig(
+        r=R, lora_alpha=ALPHA, target_modules=list(TARGETS.values()), fan_in_fan_out=True,
+        **peft_kwargs))
+    with torch.no_grad():
+        assert_close(ours(batch(0)), plain(batch(0)))  # B A = 0, or PiSSA's W0 = rest + part
+    for ours_name, layer in lora.lora_layers(ours).items():
+        assert_close(layer.B, theirs_of(theirs, ours_name, "B"))  # zero, or PiSSA's
+        if isinstance(layer, lora.DoRALinear):
+            assert_close(layer.m, theirs_of(theirs, ours_name, "m"))  # ||W0||, row by row

@@ -83,7 +83,21 @@ ROWS = {
     "adapter_l": ({"method": "adapter_l"},
                   "its size is Table 3's (GPT-2 M's row prior work's, Lin et al. 2020; GPT-2 "
                   "L's the paper's), with no recipe given: LoRA's recipe here"),
+    # LoRA's descendants (lora.py, docs/variants.md): the paper's recipe, one idea changed
+    "rslora": ({"method": "lora", "rank": 4, "targets": "q,v", "rslora": True},
+               "rsLoRA (arXiv 2312.03732): the paper's recipe, the update scaled by alpha / "
+               "sqrt(r)"),
+    "lora_plus": ({"method": "lora", "rank": 4, "targets": "q,v", "lora_plus": 16.0},
+                  "LoRA+ (arXiv 2402.12354): the paper's recipe, B's learning rate 16 x A's "
+                  "(its paper's suggestion)"),
+    "dora": ({"method": "lora", "rank": 4, "targets": "q,v", "dora": True},
+             "DoRA (arXiv 2402.09353): the paper's recipe, a magnitude per output row trained "
+             "too"),
+    "pissa": ({"method": "lora", "rank": 4, "targets": "q,v", "init": "pissa"},
+              "PiSSA (arXiv 2404.02948): the paper's recipe, A and B from W0's top singular "
+              "directions"),
 }
+VARIANT_ROWS = ("rslora", "lora_plus", "dora", "pissa")  # LoRA's descendants, as rows
 # Table 3's adapter rows that the paper ran or quotes: (row, GPT-2 size) -> trainable parameters
 ADAPTER_PARAMS = {("adapter_h", "gpt2-medium"): 11.09e6, ("adapter_l", "gpt2-medium"): 0.37e6,
                   ("adapter_l", "gpt2-large"): 0.88e6}
@@ -149,9 +163,14 @@ def plan(args, task) -> tuple[dict, list[Unit]]:
             if names in seen:  # (q,v and v,q are one set)
                 raise UserError(f"--targets gives {','.join(names)} twice: give each set once")
             seen.append(names)
+            variant = {k: v for k, v in ROWS[args.variant][0].items()  # (--variant: a row's
+                       if k not in ("method", "rank", "targets")}   # settings but r and targets)
+            suffix = "" if args.variant == "lora" else f"-{args.variant}"
             for r in ranks:
-                cells.append((f"lora-{''.join(names)}-r{r}", f"{','.join(names)} r={r}",
-                              {"method": "lora", "targets": ",".join(names), "rank": r}, ""))
+                cells.append((f"lora-{''.join(names)}-r{r}{suffix}",
+                              f"{','.join(names)} r={r}{suffix.replace('-', ' ')}",
+                              {"method": "lora", "targets": ",".join(names), "rank": r,
+                               **variant}, ""))
     units = [Unit(f"{name}-seed{seed}", label, seed, train.Recipe(**common, **settings, seed=seed),
                   tuple(settings), note)
              for name, label, settings, note in cells for seed in seeds]
@@ -333,6 +352,8 @@ def parse_args(argv=None):
                        help="LoRA over ranks and target sets (Tables 5 and 6, Appendix H.2)")
     w.add_argument("--rank", default="1,2,4,8,16", help="comma-separated ranks r")
     w.add_argument("--targets", nargs="+", default=["q,v"], help="target sets, e.g. q,v q,k,v,o")
+    w.add_argument("--variant", default="lora", choices=("lora", *VARIANT_ROWS),
+                   help="LoRA, or one of its descendants (table3's row of that name)")
     for q in (*tables, w):
         q.error = p.error
         q.add_argument("--model", default="gpt2-medium", help="GPT-2 preset or local checkpoint")

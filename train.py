@@ -74,6 +74,14 @@ class Recipe:
     dropout: float = flag(0.0, "dropout in the GPT-2 backbone (embeddings, attention, residual "
                           "branches); the released code uses none")
     lora_dropout: float = flag(0.1, "dropout on the input of the LoRA path (paper: 0.1; DART 0)")
+    # LoRA's descendants (lora.py's last section, docs/variants.md)
+    rslora: bool = flag(False, "rsLoRA: scale the update by alpha / sqrt(r), not alpha / r")
+    dora: bool = flag(False, "DoRA: a trainable magnitude per output row; LoRA moves the "
+                      "direction")
+    init: str = flag("lora", "how A and B start: lora (A random, B zero), or pissa (W0's top r "
+                     "singular directions; W0 keeps the rest)", choices=("lora", "pissa"))
+    lora_plus: float = flag(1.0, "LoRA+: B's learning rate over A's (1: LoRA; its paper "
+                            "suggests 16)")
     # the optimization (Table 11)
     epochs: int = flag(5, "passes over the training set", group="optimization")
     max_steps: int = flag(0, "stop after this many optimizer steps (0: run all epochs)")
@@ -218,7 +226,8 @@ def build_model(cfg: Recipe, device) -> GPT:
     torch.manual_seed(cfg.seed)  # LoRA's A (and the adapters) start from the seed
     try:  # what only the model's shape can refuse: a rank above its width
         if cfg.method == "lora":
-            lora.apply(model, cfg.targets, r=cfg.rank, alpha=cfg.alpha, dropout=cfg.lora_dropout)
+            lora.apply(model, cfg.targets, r=cfg.rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
+                       rslora=cfg.rslora, dora=cfg.dora, init=cfg.init)
         elif cfg.method in ("adapter_h", "adapter_l"):
             adapter.apply(model, "houlsby" if cfg.method == "adapter_h" else "lin", r=cfg.rank)
     except ValueError as e:
@@ -267,7 +276,8 @@ def train(cfg: Recipe, world: distributed.World = distributed.ALONE, given: tupl
         model = build_model(cfg, device)  # GPT-2 from its checkpoint, LoRA on W_q and W_v
         run.check_lengths(model)  # every example fits its positions
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, fused=device.type == "cuda")
+        optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, fused=device.type == "cuda",
+                                   lora_plus=cfg.lora_plus)
         # fp16 needs loss scaling; a disabled GradScaler is a no-op, so bf16 and fp32 share the code
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         # --compile compiles the loss function, not the model: the checkpoints, saved from `model`

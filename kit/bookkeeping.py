@@ -56,9 +56,10 @@ CPU_MFU = 0.75
 SAFE_ON_RESUME = ("--max-steps", "--epochs", "--device", "--dtype", "--log-interval",
                   "--eval-interval", "--save-every", "--compile")
 # The flags each method leaves unused: given anyway, they are refused rather than ignored.
-UNUSED = {"lora": (), "full": ("targets", "rank", "alpha", "lora_dropout"),
-          "adapter_h": ("targets", "alpha", "lora_dropout"),
-          "adapter_l": ("targets", "alpha", "lora_dropout")}
+VARIANTS = ("rslora", "dora", "init", "lora_plus")  # LoRA's descendants' flags
+UNUSED = {"lora": (), "full": ("targets", "rank", "alpha", "lora_dropout", *VARIANTS),
+          "adapter_h": ("targets", "alpha", "lora_dropout", *VARIANTS),
+          "adapter_l": ("targets", "alpha", "lora_dropout", *VARIANTS)}
 
 
 # --- the settings ------------------------------------------------------------------------------
@@ -80,12 +81,13 @@ def check(cfg, given: tuple = (), world=distributed.ALONE) -> tuple[torch.device
         if not value >= 0 or not math.isfinite(value):
             raise UserError(f"{flag} must be a finite number, not negative: got {value}")
     for flag, value in {"--lr": cfg.lr, "--alpha": cfg.alpha, "--dropout": cfg.dropout,
-                        "--lora-dropout": cfg.lora_dropout,
+                        "--lora-dropout": cfg.lora_dropout, "--lora-plus": cfg.lora_plus,
                         "--label-smoothing": cfg.label_smoothing}.items():
         if not math.isfinite(value):
             raise UserError(f"{flag} must be a finite number, got {value}")
-    if not cfg.lr > 0:
-        raise UserError(f"--lr must be positive, got {cfg.lr}")
+    for flag, value in {"--lr": cfg.lr, "--lora-plus": cfg.lora_plus}.items():
+        if not value > 0:
+            raise UserError(f"{flag} must be positive, got {value}")
     if not 0 <= cfg.label_smoothing < 1:
         raise UserError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if cfg.batch_size % cfg.grad_accum:

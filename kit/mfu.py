@@ -75,7 +75,11 @@ def _projection(module: nn.Module, n: int, grad_in: bool) -> tuple[int, bool]:
             module.base.out_features
         # x -> A: forward, A's gradient, and x's where it needs one; A x -> B: forward, B's
         # gradient, and A x's (A trains)
-        return flops + down * (2 + grad_in) + up * 3, True
+        flops += down * (2 + grad_in) + up * 3
+        if isinstance(module, lora.DoRALinear):  # W0 x once more, with its input's gradient,
+            d_in, d_out = module.base.in_features, module.base.out_features  # and B A for the
+            flops += 2 * n * d_in * d_out * (1 + grad_in) + 2 * d_out * module.r * d_in  # norm
+        return flops, True
     return _linear(module, n, grad_in)
 
 

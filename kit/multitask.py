@@ -33,6 +33,7 @@ by row beside a shared W0. What is here serves (inference): nothing trains, no d
 """
 
 import contextlib
+import math
 import os
 import weakref
 
@@ -56,7 +57,8 @@ class Adapters:
                              "model (it keeps the adapters itself)")
         self.model, self.paths = model, list(paths)
         self.settings = [read_settings(model, path, check_base) for path in self.paths]
-        self.scaling = [s["alpha"] / s["r"] for s in self.settings]  # alpha/r (Sec. 4.1)
+        self.scaling = [s["alpha"] / (math.sqrt(s["r"]) if s["rslora"] else s["r"])
+                        for s in self.settings]  # alpha/r (Sec. 4.1), rsLoRA's alpha/sqrt(r)
         r = max(s["r"] for s in self.settings)
         adapted = set()
         for s in self.settings:
@@ -195,4 +197,11 @@ def read_settings(model: GPT, path: str, check_base: bool = True) -> dict:
             f"{path} is an {kind} file: only LoRA adapters can share one base here (their update "
             "W0 + s B A merges in and out, or adds per row beside the shared W0; an adapter is "
             "a layer of its own in the forward path); decode it alone")
-    return lora.read_settings(model, path, check_base)
+    s = lora.read_settings(model, path, check_base)
+    if s["dora"] or s["init"] == "pissa":
+        raise checkpoint.CheckpointError(
+            f"{path} is a {'DoRA' if s['dora'] else 'PiSSA'} adapter: it "
+            + ("rescales W0's rows" if s["dora"] else "was trained on W0 minus its top singular "
+               "directions") + ", so it cannot share one W0 with other adapters here; decode it "
+            "alone")
+    return s

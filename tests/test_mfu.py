@@ -23,12 +23,15 @@ def model_for(method: str) -> GPT:
         lora.apply(model, "q,v", r=4, alpha=8)
     elif method == "lora everywhere":
         lora.apply(model, "q,k,v,o,fc,proj", r=3, alpha=8)
+    elif method == "dora":
+        lora.apply(model, "q,v,fc", r=3, alpha=8, dora=True)
     elif method in adapter.KINDS:
         adapter.apply(model, method, r=5)
     return model
 
 
-@pytest.mark.parametrize("method", ["lora q,v", "lora everywhere", "full", "houlsby", "lin"])
+@pytest.mark.parametrize("method", ["lora q,v", "lora everywhere", "dora", "full", "houlsby",
+                                    "lin"])
 @pytest.mark.fast
 def test_the_count_is_torchs_on_a_real_step(method):
     model = model_for(method)

@@ -79,10 +79,15 @@ def test_export_then_import_round_trip(base, hf_dir, tmp_path):
     assert_close(back(batch()), base(batch()))
 
 
-def test_import_refuses_what_plain_lora_does_not_cover(base, tmp_path):
+def test_import_refuses_what_lora_here_does_not_cover(base, tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "use_dora": True, "target_modules": ["c_attn"]}))
-    with pytest.raises(ValueError, match="uses use_dora"):
+        {"peft_type": "LORA", "lora_bias": True, "target_modules": ["c_attn"]}))
+    with pytest.raises(ValueError, match="uses lora_bias"):
+        import_peft(base, str(tmp_path))
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "init_lora_weights": "pissa", "target_modules": ["c_attn"]}))
+    with pytest.raises(ValueError, match="a pissa adapter saved as it trained, on its residual "
+                                         "base; save it with PEFT's conversion"):
         import_peft(base, str(tmp_path))
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3"}))
     with pytest.raises(ValueError, match="peft_type 'IA3'"):
@@ -150,3 +155,28 @@ def test_the_training_loss_and_gradients_of_a_and_b_equal_peft(base, hf_dir, tmp
             dB = grads[prefix + f"{module}.lora_B.default.weight"]
         assert_close(layer.A.grad, dA)
         assert_close(layer.B.grad, dB)
+
+
+@pytest.mark.parametrize("variant", [{"rslora": True}, {"dora": True}, {"init": "pissa"},
+                                     {"dora": True, "rslora": True, "init": "pissa"}])
+def test_the_descendants_export_to_peft_and_back_with_equal_logits(base, hf_dir, tmp_path,
+                                                                   variant):
+    # on q,v (inside the fused c_attn) and the MLP: PEFT loads what we write with our logits
+    # (PiSSA: its conversion to a LoRA on the pretrained W0), and we import it back
+    lora.apply(base, "q,v,fc", r=2, alpha=5, **variant)
+    with torch.no_grad():
+        for layer in lora.lora_layers(base).values():
+            layer.B.add_(torch.randn_like(layer.B) * 0.3)
+            if isinstance(layer, lora.DoRALinear):
+                layer.m.mul_(1 + 0.2 * torch.rand_like(layer.m))
+    export_peft(base, str(tmp_path))
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["use_dora"] == bool(variant.get("dora"))
+    assert config["r"] == 2 * 2 * (2 if variant.get("init") == "pissa" else 1)  # (q, v: 2r)
+    ref = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(str(hf_dir)),
+                                    str(tmp_path)).eval()
+    back = import_peft(GPT.from_pretrained(str(hf_dir)).eval(), str(tmp_path))
+    with torch.no_grad():
+        for seed in range(2):
+            assert_close(ref(batch(seed)).logits, base(batch(seed)))
+            assert_close(back(batch(seed)), base(batch(seed)))

@@ -24,7 +24,7 @@ VARIANTS = {  # name -> (lora.apply's keywords, LoraConfig's)
     "rslora": ({"rslora": True}, {"use_rslora": True}),
     "dora": ({"dora": True}, {"use_dora": True}),
     "pissa": ({"init": "pissa"}, {"init_lora_weights": "pissa"}),
-    "dora + rslora": ({"dora": True, "rslora": True}, {"use_dora": True, "use_rslora": True}),
+    "dora+rslora": ({"dora": True, "rslora": True}, {"use_dora": True, "use_rslora": True}),
 }
 R, ALPHA = 3, 6  # (alpha / r = 2, alpha / sqrt(r) = 3.46: a wrong scaling shows)
 

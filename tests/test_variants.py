@@ -5,19 +5,26 @@ loss, the gradient of every trainable tensor, one AdamW step and the merged weig
 matrices are W_o and the MLP's two (attn.c_proj, mlp.c_fc, mlp.c_proj: one module each on both
 sides; W_q and W_v share transformers' fused c_attn, where the variants compute the same)."""
 
+import json
+import signal
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close, batch
+from conftest import REPO, assert_close, batch, run_main
 from peft import LoraConfig, get_peft_model
+from safetensors import safe_open
 from transformers import GPT2LMHeadModel
 
 import lora
+import reproduce
+import sample
 import train
 from data.task import collate, loss_positions
 from model import GPT
 
-pytestmark = pytest.mark.fast  # (the next lesson: in the fast tier too)
 TARGETS = {"o": "attn.c_proj", "fc": "mlp.c_fc", "proj": "mlp.c_proj"}  # ours -> transformers'
 VARIANTS = {  # name -> (lora.apply's keywords, LoraConfig's)
     "lora": ({}, {}),
@@ -79,6 +86,7 @@ def losses(ours, theirs):
     return mine, F.cross_entropy(logits.float(), labels, label_smoothing=0.1, reduction="sum")
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_outputs_loss_gradients_and_a_step_equal_pefts(hf_dir, name):
     ours, theirs = pair(hf_dir, name)
@@ -114,6 +122,7 @@ def test_outputs_loss_gradients_and_a_step_equal_pefts(hf_dir, name):
         assert_close(p, theirs_of(theirs, layer_name, param))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_the_merged_model_is_plain_gpt2_with_pefts_merged_weights(hf_dir, name):
     ours, theirs = pair(hf_dir, name)
@@ -133,6 +142,7 @@ def test_the_merged_model_is_plain_gpt2_with_pefts_merged_weights(hf_dir, name):
         assert_close(ours(batch(0)), before)
 
 
+@pytest.mark.fast
 def test_lora_plus_groups_and_step_equal_pefts(hf_dir):
     from peft.optimizers import create_loraplus_optimizer
 
@@ -157,6 +167,7 @@ def test_lora_plus_groups_and_step_equal_pefts(hf_dir):
         assert_close(p, theirs_of(theirs, layer_name, param))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_each_starts_from_the_pretrained_model_as_pefts_does(hf_dir, name):
     ours_kwargs, peft_kwargs = VARIANTS[name]
@@ -172,3 +183,92 @@ def test_each_starts_from_the_pretrained_model_as_pefts_does(hf_dir, name):
         assert_close(layer.B, theirs_of(theirs, ours_name, "B"))  # zero, or PiSSA's
         if isinstance(layer, lora.DoRALinear):
             assert_close(layer.m, theirs_of(theirs, ours_name, "m"))  # ||W0||, row by row
+
+
+
+# --- through the scripts ---------------------------------------------------------------------
+
+
+ALL = ["--dora", "--rslora", "--init", "pissa", "--lora-plus", "16"]
+
+
+def quick(tiny, data, out, *extra):
+    return ["--model", tiny, "--data", data, "--device", "cpu", "--out", out, "--limit", "64",
+            "--warmup", "0", "--log-interval", "1", "--lr", "1e-2", *extra]
+
+
+def test_train_records_them_sample_merges_them_and_a_resume_goes_on_exactly(
+        tiny, e2e_data, gpt2_vocab, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, err = run_main(train.main, capsys, *quick(tiny, e2e_data, run, "--max-steps", "4",
+                                                         *ALL))
+    assert code == 0, err
+    assert "(48 matrices, rsLoRA, DoRA, PiSSA init)" not in out  # (the tiny model: 2 layers)
+    assert "LoRA r=4 alpha=32 on q,v (4 matrices, rsLoRA, DoRA, PiSSA init): " in out
+    config = json.loads((run / "config.json").read_text())["args"]
+    assert (config["dora"], config["rslora"], config["init"], config["lora_plus"]) == \
+        (True, True, "pissa", 16.0)
+    with safe_open(str(run / "adapter.safetensors"), "pt") as f:  # A, B and DoRA's m
+        assert sorted({k.rsplit(".", 1)[1] for k in f.keys()}) == ["A", "B", "m"]
+    code, out, err = run_main(sample.main, capsys, "--adapter", run, "--data", e2e_data,
+                              "--limit", "2", "--beam", "2", "--max-new-tokens", "4",
+                              "--no-meteor", "--device", "cpu")
+    assert code == 0, err
+    assert "merged LoRA (LoRA r=4 alpha=32 on q,v (4 matrices, rsLoRA, DoRA, PiSSA init)) " in out
+    # stopped after step 2 and resumed (W0 split again by PiSSA, m and A and B from the
+    # checkpoint): the losses of the run above, step for step
+    whole = [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").open())
+             if r["event"] == "train"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"),
+                             *map(str, quick(tiny, e2e_data, tmp_path / "again", "--max-steps",
+                                             "4", *ALL))],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 2/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    assert proc.communicate() and proc.returncode == 143
+    code, out, err = run_main(train.main, capsys, "--resume", tmp_path / "again")
+    assert code == 0 and "resuming at step" in out, err
+    resumed = {r["step"]: r["loss"] for r in map(json.loads, (tmp_path / "again" /
+                                                             "metrics.jsonl").open())
+               if r["event"] == "train"}
+    assert [resumed[step] for step in range(1, 5)] == whole
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--method", "full", "--dora"], "--method full does not use --dora; drop it"),
+    (["--method", "adapter_h", "--init", "pissa", "--lora-plus", "4"],
+     "--method adapter_h does not use --init, --lora-plus; drop them"),
+    (["--lora-plus", "0"], "--lora-plus must be positive, got 0.0"),
+    (["--init", "svd"], "argument --init: invalid choice: 'svd'"),
+])
+def test_what_does_not_mix_is_one_line(tiny, e2e_data, gpt2_vocab, tmp_path, capsys, flags,
+                                       message):
+    code, out, err = run_main(train.main, capsys, *quick(tiny, e2e_data, tmp_path / "run",
+                                                         *flags))
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_reproduce_compares_them_under_the_papers_protocol(tiny, e2e_data, gpt2_vocab, tmp_path,
+                                                           capsys):
+    argv = ["table3", "--rows", "lora,rslora,lora_plus,dora,pissa", "--model", tiny, "--data",
+            e2e_data, "--seeds", "1", "--epochs", "1", "--limit", "16", "--mrs", "2", "--beam",
+            "1", "--max-new-tokens", "4", "--no-meteor", "--device", "cpu", "--out",
+            tmp_path / "table3"]
+    code, out, err = run_main(reproduce.main, capsys, *argv)
+    assert code == 0, err
+    assert "reproduce.py [10/10] decoded pissa-seed1" in out  # 5 runs trained, 5 decoded
+    result = json.loads((tmp_path / "table3" / "results.json").read_text())
+    assert sorted(result["rows"]) == ["dora", "lora", "lora_plus", "pissa", "rslora"]
+    trainable = {row: r["trainable"] for row, r in result["rows"].items()}
+    assert trainable["dora"] == trainable["lora"] + 2 * 2 * 32  # m: a number per row of W_q, W_v
+    assert len(set(trainable[row] for row in ("lora", "rslora", "lora_plus", "pissa"))) == 1
+    runs = result["runs"]
+    assert runs["dora-seed1"]["config"]["dora"] and runs["pissa-seed1"]["config"]["init"] == \
+        "pissa" and runs["lora_plus-seed1"]["config"]["lora_plus"] == 16
+    md = (tmp_path / "table3" / "results.md").read_text()
+    assert "| ours: dora | 1,152 |" in md and "lora_plus 16.0; LoRA+ (arXiv 2402.12354)" in md
+    code, out, err = run_main(reproduce.main, capsys, *argv)  # done: nothing runs again
+    assert code == 0 and "reproduce.py [" not in out, out  # (no stage line: trained, decoded)

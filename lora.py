@@ -125,11 +125,11 @@ def apply(model: GPT, targets="q,v", r: int = 4, alpha: float = 32, dropout: flo
             raise ValueError(f"rank r={r} is larger than {t} ({W0.out_features} x "
                              f"{W0.in_features}) allows: at most {min(W0.weight.shape)}")
     model.requires_grad_(False)  # W0 and everything else stay as pretrained
+    Layer = DoRALinear if dora else LoRALinear  # (DoRA, a descendant: the last section)
     for i in range(model.config.n_layer):
         for t in targets:
             name = f"transformer.h.{i}.{TARGETS[t]}"
-            layer = (DoRALinear if dora else LoRALinear)(model.get_submodule(name), r, alpha,
-                                                         dropout)
+            layer = Layer(model.get_submodule(name), r, alpha, dropout)
             if rslora:
                 rank_stabilize(layer)
             if init == "pissa":

@@ -143,7 +143,7 @@ def plan(args, task) -> tuple[dict, list[Unit]]:
     shape = bookkeeping.model_shape(args.model, 0.0, "this experiment")  # a preset or a checkpoint
     common = dict(model=args.model, data=args.data, epochs=args.epochs, limit=args.limit,
                   device=args.device, dtype=args.dtype, save_every=args.save_every,
-                  keep_epochs=True)
+                  keep_epochs=True, **recipe_flags(args))
     cells = []  # (name, label, settings, note)
     if args.command in TABLES:
         rows = experiment.parse_list(args.rows, "--rows", str)
@@ -171,16 +171,23 @@ def plan(args, task) -> tuple[dict, list[Unit]]:
                               f"{','.join(names)} r={r}{suffix.replace('-', ' ')}",
                               {"method": "lora", "targets": ",".join(names), "rank": r,
                                **variant}, ""))
-    units = [Unit(f"{name}-seed{seed}", label, seed, train.Recipe(**common, **settings, seed=seed),
-                  tuple(settings), note)
+    units = [Unit(f"{name}-seed{seed}", label, seed,
+                  train.Recipe(**{**common, **settings}, seed=seed),  # (a row's own value wins)
+                  tuple(settings) + tuple(recipe_flags(args)), note)
              for name, label, settings, note in cells for seed in seeds]
     settings = {"command": args.command, "model": args.model, **task.recorded(),
                 "size": task.paper_size(shape),  # whose paper rows are printed beside
                 "cells": [c[0] for c in cells],
                 "train": {name: s for name, _, s, _ in cells}, "seeds": seeds,
                 "epochs": args.epochs, "limit": args.limit, "mrs": args.mrs,
+                **({"recipe": recipe_flags(args)} if recipe_flags(args) else {}),
                 "decoding": decoding(args, task).recorded(), "meteor": not args.no_meteor}
     return settings, units
+
+
+def recipe_flags(args) -> dict:
+    """--lr and --warmup where given: every row's, but a row that sets its own (full's lr)."""
+    return {k: getattr(args, k) for k in ("lr", "warmup") if getattr(args, k) is not None}
 
 
 def decoding(args, task) -> Decoding:
@@ -359,6 +366,10 @@ def parse_args(argv=None):
         q.add_argument("--model", default="gpt2-medium", help="GPT-2 preset or local checkpoint")
         q.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated")
         q.add_argument("--epochs", type=int, default=5, help="epochs per run (each one kept)")
+        q.add_argument("--lr", type=float, help="the rows' peak learning rate (default: Table "
+                                                "11's, 2e-4; full fine-tuning's own, 5e-5)")
+        q.add_argument("--warmup", type=int, help="the rows' warmup steps (default: Table 11's, "
+                                                  "500): a short run needs fewer")
         q.add_argument("--out", help="the experiment folder (default: runs/<command>-<model>)")
         q.add_argument("--data", help="the task, as train.py's --data: e2e, webnlg, dart, or a "
                                       "folder (their files, or train.jsonl, dev.jsonl and "
@@ -388,6 +399,8 @@ def parse_args(argv=None):
     for flag in ("epochs", "beam", "max_new_tokens", "batch_size", "nproc"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.lr is not None and not 0 < args.lr < float("inf") or (args.warmup or 0) < 0:
+        p.error("--lr must be a positive number and --warmup not negative")
     if train.Recipe().batch_size % args.nproc:
         p.error(f"--nproc {args.nproc}: the paper's batch of {train.Recipe().batch_size} examples "
                 "does not split over that many processes")

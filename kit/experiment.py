@@ -294,6 +294,10 @@ def report(result: dict, model: str, unit: str, selections: dict, paper) -> str:
            + (f" (first {cli.plural(s['mrs'], unit)})"
               if s["mrs"] else ""),
            "", f"Mean +- std over seeds (sample std), rounded as {paper.name}."]
+    if s.get("recipe"):  # reproduce.py --lr, --warmup
+        out += ["", "Every row trained with " + ", ".join(f"{k} {v:g}" for k, v in
+                                                          s["recipe"].items())
+                + " (given), where it sets no value of its own."]
     for sel, (what, _) in selections.items():
         chosen = ", ".join(f"{name} {e}" for row in result["rows"].values()
                            for name, e in row["selections"][sel]["epochs"].items())

@@ -255,8 +255,8 @@ def test_reproduce_compares_them_under_the_papers_protocol(tiny, e2e_data, gpt2_
                                                            capsys):
     argv = ["table3", "--rows", "lora,rslora,lora_plus,dora,pissa", "--model", tiny, "--data",
             e2e_data, "--seeds", "1", "--epochs", "1", "--limit", "16", "--mrs", "2", "--beam",
-            "1", "--max-new-tokens", "4", "--no-meteor", "--device", "cpu", "--out",
-            tmp_path / "table3"]
+            "1", "--max-new-tokens", "4", "--no-meteor", "--device", "cpu", "--lr", "3e-3",
+            "--warmup", "0", "--out", tmp_path / "table3"]
     code, out, err = run_main(reproduce.main, capsys, *argv)
     assert code == 0, err
     assert "reproduce.py [10/10] decoded pissa-seed1" in out  # 5 runs trained, 5 decoded
@@ -270,5 +270,7 @@ def test_reproduce_compares_them_under_the_papers_protocol(tiny, e2e_data, gpt2_
         "pissa" and runs["lora_plus-seed1"]["config"]["lora_plus"] == 16
     md = (tmp_path / "table3" / "results.md").read_text()
     assert "| ours: dora | 1,152 |" in md and "lora_plus 16.0; LoRA+ (arXiv 2402.12354)" in md
+    assert "Every row trained with lr 0.003, warmup 0 (given)" in md
+    assert all((r["config"]["lr"], r["config"]["warmup"]) == (3e-3, 0) for r in runs.values())
     code, out, err = run_main(reproduce.main, capsys, *argv)  # done: nothing runs again
     assert code == 0 and "reproduce.py [" not in out, out  # (no stage line: trained, decoded)

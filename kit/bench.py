@@ -102,6 +102,7 @@ class Setup:
         cost)."""
         with torch.device("meta"):
             return {"lora": lora.apply(GPT(self.config), "q,v", r=4, alpha=32),
+                    "dora": lora.apply(GPT(self.config), "q,v", r=4, alpha=32, dora=True),
                     "full": GPT(self.config)}
 
     def describe(self) -> str:
@@ -123,7 +124,7 @@ class Setup:
 
 
 def ours_trainer(setup, method: str, compile: str | None = None, every_position: bool = False,
-                 lora_dropout: float = 0.1):
+                 lora_dropout: float = 0.1, dora: bool = False):
     """A train.py step: its model set-up, batches (train.device_batch), loss (train.token_loss:
     the LM head at the loss positions only) and AdamW (train.make_optimizer). compile: None
     (eager), or train.py's --compile: "default" or "cuda-graphs" (over shapes padded to
@@ -132,7 +133,7 @@ def ours_trainer(setup, method: str, compile: str | None = None, every_position:
     device = setup.device
     model = GPT.from_pretrained(setup.folder)
     if method == "lora":
-        lora.apply(model, "q,v", r=4, alpha=32, dropout=lora_dropout)
+        lora.apply(model, "q,v", r=4, alpha=32, dropout=lora_dropout, dora=dora)
     model.to(device).train()
     optimizer = train.make_optimizer(model, lr=2e-4, weight_decay=0.01,
                                         fused=device.type == "cuda")
@@ -209,6 +210,7 @@ def train_variants(setup) -> dict:
             variants["ours, LoRA, compiled with CUDA graphs"] = \
                 lambda: ours_trainer(setup, "lora", compile="cuda-graphs")
         variants[REFERENCE + ", compiled"] = lambda: hf_peft_trainer(setup, compile=True)
+    variants["ours, DoRA r=4 q,v"] = lambda: ours_trainer(setup, "lora", dora=True)
     variants["ours, full fine-tuning"] = lambda: ours_trainer(setup, "full")
     return variants
 
@@ -240,8 +242,8 @@ def interleaved(setup, steps: dict, failed: dict) -> dict:
                    "tokens_per_s": sum(tokens) / sum(s),
                    "tokens_per_s_range": [min(n / x for n, x in zip(tokens, s)),
                                           max(n / x for n, x in zip(tokens, s))],
-                   "mfu": needed["full" if "full" in name else "lora"] / sum(s) / peak
-                   if peak else None}
+                   "mfu": needed["full" if "full" in name else "dora" if "DoRA" in name
+                                 else "lora"] / sum(s) / peak if peak else None}
             for name, s in seconds.items()}
 
 

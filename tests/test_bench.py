@@ -27,7 +27,8 @@ def test_training_section_reports_what_it_measured(e2e_data, gpt2_vocab, tmp_pat
     result = json.loads((tmp_path / "bench.json").read_text())["train"]
     rows = result["rows"]
     assert list(rows) == ["ours, LoRA r=4 q,v", "transformers + peft, LoRA r=4 c_attn",
-                          "ours, LoRA, LM head at every position", "ours, full fine-tuning"]
+                          "ours, LoRA, LM head at every position", "ours, DoRA r=4 q,v",
+                          "ours, full fine-tuning"]
     assert result["failed"] == {}
     # every variant steps through the same timed batches, train.py's first ones: tokens per
     # step is theirs, exactly
@@ -48,7 +49,8 @@ def test_training_section_reports_what_it_measured(e2e_data, gpt2_vocab, tmp_pat
         # MFU: the FLOPs of those batches (kit/mfu.py) at that step rate, over the CPU's peak
         with torch.device("meta"):
             model = GPT(setup_config)
-            model = model if "full" in name else lora.apply(model, "q,v", r=4, alpha=32)
+            model = model if "full" in name else lora.apply(model, "q,v", r=4, alpha=32,
+                                                            dora="DoRA" in name)
         flops = sum(mfu.batch_flops(model, [examples[i] for i in batch]) for batch in batches)
         assert math.isclose(r["mfu"], flops / 2 * r["steps_per_s"] / mfu.measured_peak("cpu"),
                             rel_tol=1e-9)

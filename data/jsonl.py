@@ -16,15 +16,23 @@ Decoding defaults: the paper's (beam 10, length penalty 0.9, no repeated 4-grams
 <|endoftext|> only, with room for the longest target of train.jsonl (max_new_tokens). A bad line
 is refused naming the file and line (DataError); a (context, target) pair written twice is kept,
 with one note that counts them.
+
+A file is read a line at a time and tokenized a block at a time (data/task.encode_pairs), so a
+million lines never sit in memory as text; its token arrays are cached by its content
+(data/task.cached): the next run, every run of an experiment and every rank of torchrun but the
+first (which builds them) load them in a second or two.
 """
 
+import array
 import json
 import os
 
-from data.task import (JSON_TYPES, DataError, Examples, Task, check_text, encode_pairs,
-                       read_text)
+import numpy as np
+
+from data.task import JSON_TYPES, DataError, Examples, Task, cached, check_text, encode_pairs
 
 FILES = {"train": "train.jsonl", "dev": "dev.jsonl", "test": "test.jsonl"}
+LAYOUT = "jsonl: context + <|endoftext|> + ' ' + target + <|endoftext|>"  # (the cache's key too)
 
 
 def parse_line(line: str) -> tuple[str, list[str]]:
@@ -48,18 +56,53 @@ def parse_line(line: str) -> tuple[str, list[str]]:
             [check_text(t, "the target") for t in targets])
 
 
+def stream(path: str):
+    """(line number, context, targets) for each line of a JSONL file, every line checked, read a
+    line at a time (UTF-8; a byte-order mark dropped)."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    empty = True
+    with f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = (raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw).decode()
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path} is not UTF-8 (byte 0x{raw[e.start]:02x} on line "
+                                f"{number})") from None
+            if line.strip():
+                try:
+                    yield number, *parse_line(line)
+                except ValueError as e:
+                    raise DataError(f"{path}, line {number}: {e}") from None
+                empty = False
+    if empty:
+        raise DataError(f"{path} holds no examples")
+
+
 def read_file(path: str) -> list[tuple[int, str, list[str]]]:
     """(line number, context, targets) for each line of a JSONL file, every line checked."""
-    rows = []
-    for number, line in enumerate(read_text(path).split("\n"), start=1):
-        if line.strip():
-            try:
-                rows.append((number, *parse_line(line)))
-            except ValueError as e:
-                raise DataError(f"{path}, line {number}: {e}") from None
-    if not rows:
-        raise DataError(f"{path} holds no examples")
-    return rows
+    return list(stream(path))
+
+
+def encode(path: str) -> dict:
+    """One example per (context, target) pair of the file, in its order: the token arrays
+    (encode_pairs), the line of each example ("lines"), and how many pairs repeat an earlier one
+    ("repeated"), the file streamed through."""
+    lines, keys = array.array("i"), array.array("q")  # 12 bytes a pair, not the pairs
+
+    def pairs():
+        for number, context, targets in stream(path):
+            for target in targets:
+                lines.append(number)
+                keys.append(hash((context, target)))  # (64 bits: equal pairs, equal keys)
+                yield context, target
+
+    arrays = encode_pairs(pairs())
+    keys = np.frombuffer(keys, dtype=np.int64)
+    return {**arrays, "lines": np.frombuffer(lines, dtype=np.int32),
+            "repeated": np.array(len(keys) - len(np.unique(keys)))}
 
 
 class JsonlTask(Task):
@@ -92,27 +135,27 @@ class JsonlTask(Task):
         return self._rows[split]
 
     def describe(self) -> str:
-        return f"jsonl: context + <|endoftext|> + ' ' + target + <|endoftext|>, {self.folder}"
+        return f"{LAYOUT}, {self.folder}"
 
     def recorded(self) -> dict:
         return {"task": self.folder}
 
     def examples(self, split: str) -> Examples:
-        """One example per (context, target) pair, in the file's order (tokenized once)."""
+        """One example per (context, target) pair, in the file's order (tokenized once: cached
+        by the file's content)."""
+        self.check_split(split)
         if split not in self._examples:
-            pairs, lines = [], []
-            for number, context, targets in self.rows(split):
-                pairs += [(context, t) for t in targets]
-                lines += [number] * len(targets)
-            if repeated := len(pairs) - len(set(pairs)):
+            arrays = cached(f"jsonl-{split}", [self.path(split)], LAYOUT,
+                            lambda: encode(self.path(split)))
+            if repeated := int(arrays["repeated"]):
                 print(f"note: {self.path(split)}: {repeated} (context, target) "
                       f"pair{'s' if repeated > 1 else ''} repeat an earlier line; kept as written")
-            self._examples[split], self._lines[split] = Examples(encode_pairs(pairs)), lines
+            self._examples[split], self._lines[split] = Examples(arrays), arrays["lines"]
         return self._examples[split]
 
     def where(self, split: str, i: int) -> str:
         self.examples(split)
-        return f"{self.path(split)}, line {self._lines[split][i]}"
+        return f"{self.path(split)}, line {int(self._lines[split][i])}"
 
     def eval_groups(self, split: str):
         groups = {}  # context -> every target given for it, in order
@@ -125,6 +168,5 @@ class JsonlTask(Task):
         """The paper's settings, with room for the longest target of train.jsonl (and its
         <|endoftext|>), rounded up to a multiple of 16."""
         examples = self.examples("train")
-        longest = max(len(tokens) - prompt for tokens, prompt in
-                      (examples[i] for i in range(len(examples))))
+        longest = int((np.diff(examples.offsets) - examples.prompt_lengths).max())
         return {"max_new_tokens": -(-longest // 16) * 16}

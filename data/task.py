@@ -21,11 +21,14 @@ The tasks behind one interface (Task), picked by open_task(--data):
 Each prints its scores beside its rows of the paper (PaperTable: Table 3, 13 or 14).
 """
 
+import contextlib
 import dataclasses
 import difflib
 import functools
 import hashlib
+import itertools
 import os
+import zipfile
 
 import numpy as np
 import torch
@@ -328,16 +331,73 @@ def tokenizer():
                         "folder that holds them") from None
 
 
-def encode_pairs(pairs: list[tuple[str, str]]) -> dict:
+def encode_pairs(pairs, block: int = 20_000) -> dict:
     """Token arrays for (context, target) pairs laid out as above: all sequences concatenated,
     with their offsets and the length of each prompt (context + separator), where the loss
-    starts. A context several pairs share is encoded once."""
+    starts. pairs may be any iterable (a file read as it goes): they are taken a block at a time
+    into arrays, so a million pairs never exist as Python lists of tokens at once, and the blocks
+    are joined without a second copy of the whole; a context the block repeats is encoded once.
+    (The text is checked to hold no <|endoftext|>, so ordinary encoding equals encode().
+    tiktoken's batch encoding, with threads, is slower than this loop on short texts.)"""
     enc = tokenizer()
-    prompts = {c: enc.encode(c) + [EOT] for c in dict.fromkeys(c for c, _ in pairs)}
-    sequences = [prompts[c] + enc.encode(" " + t) + [EOT] for c, t in pairs]
-    return {"tokens": np.array([t for s in sequences for t in s], dtype=np.int32),
-            "offsets": np.cumsum([0] + [len(s) for s in sequences]).astype(np.int64),
-            "prompt_lengths": np.array([len(prompts[c]) for c, _ in pairs], dtype=np.int32)}
+    tokens, lengths, prompts, rest = [], [], [], iter(pairs)
+    while part := list(itertools.islice(rest, block)):
+        encoded = {c: enc.encode_ordinary(c) for c in dict.fromkeys(c for c, _ in part)}
+        sequences = [encoded[c] + [EOT] + enc.encode_ordinary(" " + t) + [EOT] for c, t in part]
+        tokens.append(np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int32))
+        lengths.append(np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences)))
+        prompts.append(np.fromiter((len(encoded[c]) + 1 for c, _ in part), dtype=np.int32,
+                                   count=len(part)))
+    lengths = joined(lengths, np.int64)
+    return {"tokens": joined(tokens, np.int32),
+            "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            "prompt_lengths": joined(prompts, np.int32)}
+
+
+def joined(parts: list, dtype) -> np.ndarray:
+    """np.concatenate(parts), each part let go once copied: the peak is the whole plus a part,
+    not twice the whole."""
+    out, at = np.empty(sum(len(p) for p in parts), dtype=dtype), 0
+    while parts:
+        part = parts.pop(0)
+        out[at:at + len(part)] = part
+        at += len(part)
+    return out
+
+
+def cached(name: str, sources: list[str], layout: str, build, folder: str | None = None) -> dict:
+    """The arrays build() makes from the source files, built once: kept in FOLDER/NAME-KEY.npz,
+    KEY a hash of the files' bytes and of the layout (what build makes of them), so an edited
+    file, or another layout, is built afresh and a cache is never used for another source. The
+    file is written whole under a name of its own, then renamed: two processes building the same
+    cache end with one good copy. folder: default the user's cache, $GPT2_CACHE_DIR/tokens (else
+    ~/.cache/lora-gpt2/tokens); one that cannot be written costs the cache, not the run."""
+    if folder is None:
+        from kit.checkpoint import cache_dir
+        folder = os.path.join(cache_dir(), "tokens")
+    digest = hashlib.sha256(layout.encode())
+    for path in sources:
+        digest.update(f"\0{os.path.getsize(path)}\0".encode())
+        with open(path, "rb") as f:  # (in 64 kB reads: reads of megabytes raise glibc's mmap
+            for chunk in iter(lambda: f.read(1 << 16), b""):  # threshold, and the build's
+                digest.update(chunk)  # blocks then stay in its heap: 150 MB more at the peak)
+    path = os.path.join(folder, f"{name}-{digest.hexdigest()[:20]}.npz")
+    try:
+        with np.load(path) as arrays:
+            return {key: arrays[key] for key in arrays.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # none yet, or a damaged one
+        pass
+    arrays = build()
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except OSError:  # a read-only or full cache folder: this run goes on without the cache
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+    return arrays
 
 
 class Examples:

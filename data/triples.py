@@ -20,7 +20,8 @@ import os
 import xml.etree.ElementTree as ET
 
 from data import mt_metrics
-from data.task import DataError, Examples, Task, encode_pairs, open_task, read_text, size_of
+from data.task import (DataError, Examples, Task, cached, encode_pairs, open_task, read_text,
+                       size_of)
 
 
 def xml_entries(path: str) -> list[tuple[dict, list[tuple[str, str, str]], list[tuple[str, str]]]]:
@@ -122,14 +123,20 @@ class TriplesTask(Task):
         return self._entries[split]
 
     def examples(self, split: str) -> Examples:
-        """One example per text of each entry, in the files' order (tokenized once)."""
+        """One example per text of each entry, in the files' order (tokenized once: cached by
+        the files' content, data/task.cached)."""
         if split not in self._examples:
-            pairs = self.prepare.pairs(self.entries(split))
-            if not pairs:
-                raise DataError(f"{self.name}'s {split} split in {self.folder(split)} holds no "
-                                "texts to train on")
-            self._examples[split] = Examples(encode_pairs(pairs))
+            files = self.prepare.files(self.folder(split), split)
+            self._examples[split] = Examples(cached(f"{self.name}-{split}", files,
+                                                    self.describe(), lambda: self.encode(split)))
         return self._examples[split]
+
+    def encode(self, split: str) -> dict:
+        pairs = self.prepare.pairs(self.entries(split))
+        if not pairs:
+            raise DataError(f"{self.name}'s {split} split in {self.folder(split)} holds no "
+                            "texts to train on")
+        return encode_pairs(pairs)
 
     def where(self, split: str, i: int) -> str:
         for n, entry in enumerate(self.entries(split)):

@@ -270,3 +270,87 @@ def test_a_rank_sweep_runs_on_the_toy_task(tmp_path, tiny, vocab, capsys):
                               runs / "lora-qv-r2-seed1" / "adapter.safetensors",
                               "--target", "v", "--out", tmp_path / "phi.csv")
     assert code == 0 and (tmp_path / "phi.csv").is_file(), err
+
+
+# --- tokenized once: the cache ---------------------------------------------------------------
+
+
+def plainly(path) -> dict:
+    """The token arrays as the one-pair-at-a-time encoding lays them out (what encode_pairs did
+    before it streamed and batched): the reference for the streaming, batched and cached ones."""
+    from data.jsonl import read_file
+    from data.task import tokenizer
+    enc, sequences, prompts = tokenizer(), [], []
+    for _, context, targets in read_file(str(path)):
+        for target in targets:
+            sequences.append(enc.encode(context) + [EOT] + enc.encode(" " + target) + [EOT])
+            prompts.append(len(enc.encode(context)) + 1)
+    return {"tokens": np.concatenate(sequences).astype(np.int32),
+            "offsets": np.cumsum([0] + [len(s) for s in sequences]),
+            "prompt_lengths": np.array(prompts)}
+
+
+def test_a_cached_load_equals_a_fresh_one_and_an_edited_file_is_read_again(
+        tmp_path, vocab, monkeypatch, capsys):
+    from data import jsonl
+    monkeypatch.setenv("GPT2_CACHE_DIR", str(tmp_path / "cache"))
+    lines = [{"context": f"k : {i % 7}", "targets": [f"Text {i}.", f"Again {i // 3}."]}
+             for i in range(50)] + [{"context": "k : 0", "target": "Text 0."}]  # a repeat
+    folder = write_task(tmp_path / "task", lines)
+    monkeypatch.setattr(jsonl, "encode_pairs", lambda pairs: prepare.encode_pairs(pairs, 8))
+    fresh = open_task(str(folder)).examples("train")  # (blocks of 8 pairs: many)
+    note = "1 (context, target) pair repeat an earlier line; kept as written"
+    assert note in capsys.readouterr().out
+    expected = plainly(folder / "train.jsonl")
+    for name, array in expected.items():
+        assert np.array_equal(getattr(fresh, name), array), name
+    assert len(list((tmp_path / "cache" / "tokens").glob("jsonl-train-*.npz"))) == 1
+
+    def no_tokenizing(*args):
+        raise AssertionError("tokenized again")
+    monkeypatch.setattr(jsonl, "encode", no_tokenizing)
+    task = open_task(str(folder))
+    again = task.examples("train")
+    assert note in capsys.readouterr().out  # (said again: the count is in the cache)
+    assert all(np.array_equal(getattr(again, n), getattr(fresh, n)) for n in expected)
+    assert task.where("train", 100) == f"{folder / 'train.jsonl'}, line 51"
+    write_task(tmp_path / "task", lines[:-1] + [{"context": "k : 9", "target": "New."}])
+    with pytest.raises(AssertionError, match="tokenized again"):  # its content changed
+        open_task(str(folder)).examples("train")
+
+
+def test_a_bad_file_is_refused_alike_each_time_and_never_cached(tmp_path, vocab, monkeypatch):
+    monkeypatch.setenv("GPT2_CACHE_DIR", str(tmp_path / "cache"))
+    folder = write_task(tmp_path / "task", [{"context": "x", "target": "y"},
+                                            '{"context": 3, "target": "y"}'])
+    messages = []
+    for _ in range(2):
+        with pytest.raises(prepare.DataError) as e:
+            open_task(str(folder)).examples("train")
+        messages.append(str(e.value))
+    assert messages[0] == messages[1] and messages[0].endswith(
+        "train.jsonl, line 2: the context is a number, not a string")
+    assert not list((tmp_path / "cache").rglob("*.npz"))
+
+
+def test_two_processes_building_one_cache_end_with_one_good_copy(tmp_path, vocab):
+    # each builds (slowly: the other starts meanwhile), writes its own file, renames it in place
+    folder = write_task(tmp_path / "task", [{"context": f"c{i}", "target": f"t{i}."}
+                                            for i in range(200)])
+    script = ("import sys, time; sys.path.insert(0, sys.argv[1]); from data import jsonl, task; "
+              "arrays = task.cached('jsonl-train', [sys.argv[2]], jsonl.LAYOUT, lambda: "
+              "(time.sleep(1), jsonl.encode(sys.argv[2]))[1], sys.argv[3]); "
+              "print(int(arrays['tokens'].sum()))")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(REPO),
+                               str(folder / "train.jsonl"), str(tmp_path / "cache")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    sums = []
+    for proc in procs:
+        out, err = proc.communicate()
+        assert proc.returncode == 0, err
+        sums.append(out.strip())
+    assert sums[0] == sums[1] == str(int(plainly(folder / "train.jsonl")["tokens"].sum()))
+    assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".npz"]  # one, no .tmp left
+    with np.load(next((tmp_path / "cache").iterdir())) as arrays:
+        assert str(int(arrays["tokens"].sum())) == sums[0]

@@ -59,6 +59,11 @@ def path(folder: str, split: str) -> str | None:
     return next((stem + ext for ext in (".json", ".xml") if os.path.isfile(stem + ext)), None)
 
 
+def files(folder: str, split: str) -> list[str]:
+    """The file the split is read from (its JSON or XML)."""
+    return [path(folder, split)]
+
+
 def locate(data_dir: str | None = None, splits: tuple = SPLITS) -> str:
     """The folder of the data (with the splits asked for): data_dir, else $DART_DATA_DIR, else
     data/dart/ (downloaded on first use)."""

@@ -39,7 +39,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.e2e import paper_format  # noqa: E402
 # the pipeline every task shares (E2E is one task), known here by its old names too
-from data.task import (EOT, DataError, Examples, collate, encode_pairs,  # noqa: E402, F401
+from data.task import (EOT, DataError, Examples, cached, collate, encode_pairs,  # noqa: E402, F401
                        loss_positions, read_text, tokenizer)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -235,19 +235,9 @@ def load_examples(split: str, data_dir: str | None = None, format: str = "paper"
     and the CSV's content, so another folder or an edited file gets its own cache)."""
     check_format(format)
     path = os.path.join(locate(data_dir), SPLITS[split])
-    with open(path, "rb") as f:
-        key = hashlib.sha256(FORMATS[format].encode() + f.read()).hexdigest()[:16]
-    cache = os.path.join(HERE, "cache", f"{split}-{format}-{key}.npz")
-    if os.path.isfile(cache):
-        with np.load(cache) as arrays:
-            return Examples(dict(arrays))
-    arrays = encode(read_split(path), split, format)
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    tmp = f"{cache}.{os.getpid()}.tmp"  # parallel test workers may write the same cache
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, cache)
-    return Examples(arrays)
+    return Examples(cached(f"{split}-{format}", [path], f"{FORMATS[format]} ({split})",
+                           lambda: encode(read_split(path), split, format),
+                           os.path.join(HERE, "cache")))
 
 
 def load_mrs(split: str, data_dir: str | None = None) -> list[tuple[str, list[str]]]:

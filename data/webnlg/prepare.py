@@ -77,6 +77,13 @@ def path(folder: str, split: str) -> str | None:
                                                                  "*.xml")) else None
 
 
+def files(folder: str, split: str) -> list[str]:
+    """The files the split is read from: its JSON, or the challenge's XML files."""
+    found = path(folder, split)
+    return [found] if os.path.isfile(found) else sorted(
+        glob.glob(os.path.join(found, "*triples", "*.xml")))
+
+
 def locate(data_dir: str | None = None, splits: tuple = SPLITS) -> str:
     """The folder of the data (with the splits asked for): data_dir, else $WEBNLG_DATA_DIR, else
     data/webnlg/ (what it lacks of the released JSON downloaded on first use)."""
@@ -126,10 +133,7 @@ def read_split(folder: str, split: str) -> list[Entry]:
                         f"challenge's {XML_FILES[split]})")
     if file.endswith(".json"):
         return _json_entries(file)
-    if split == "test":
-        return _xml_entries(file)
-    return [e for xml in sorted(glob.glob(os.path.join(file, "*triples", "*.xml")))
-            for e in _xml_entries(xml)]
+    return [e for xml in files(folder, split) for e in _xml_entries(xml)]
 
 
 def texts(entry: Entry) -> list[str]:

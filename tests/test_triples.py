@@ -412,3 +412,25 @@ def test_the_lines_printed_say_what_they_mean(webnlg_slice, dart_slice, tiny, vo
         text = subprocess.run([sys.executable, "-m", module.__name__, "--help"], cwd=REPO,
                               capture_output=True, text=True).stdout
         assert "the split the outputs are for" in text and "released: the paper's" in text
+
+
+def test_the_examples_are_tokenized_once_and_cached_by_the_files(webnlg_slice, vocab, tmp_path,
+                                                                  monkeypatch):
+    from data.triples import TriplesTask
+    monkeypatch.setenv("GPT2_CACHE_DIR", str(tmp_path / "cache"))
+    first = open_task(str(webnlg_slice)).examples("train")
+    monkeypatch.setattr(TriplesTask, "encode", lambda self, split: pytest.fail("tokenized again"))
+    again = open_task(str(webnlg_slice)).examples("train")
+    assert (again.tokens == first.tokens).all() and (again.offsets == first.offsets).all()
+    copy = tmp_path / "edited"  # the same entries but one text: its own cache
+    copy.mkdir()
+    for name in webnlg.JSON_FILES:
+        text = (webnlg_slice / name).read_text(encoding="utf-8")
+        (copy / name).write_text(text.replace('"lex": "', '"lex": "Edited: ', 1)
+                                 if name == "train.json" else text, encoding="utf-8")
+    monkeypatch.undo()
+    monkeypatch.setenv("GPT2_CACHE_DIR", str(tmp_path / "cache"))
+    edited = open_task(str(copy)).examples("train")
+    assert len(edited) == len(first) and not (edited.tokens[:len(first.tokens)] ==
+                                               first.tokens).all()
+    assert len(list((tmp_path / "cache" / "tokens").glob("webnlg-train-*.npz"))) == 2

@@ -67,10 +67,14 @@ def read_factors(path: str, model_name: str | None = None) -> tuple[dict, str]:
     tensors = checkpoint.load_tensors(path)
     try:  # a hand-edited file may record anything
         s = {k: json.loads(meta[k]) for k in ("targets", "r", "alpha", "dropout")}
-        lora.check_settings(s["targets"], s["r"], s["alpha"], s["dropout"])
+        s.update({k: json.loads(meta[k]) for k in ("rslora", "dora", "init") if k in meta})
+        lora.check_settings(s["targets"], s["r"], s["alpha"], s["dropout"], s.get("init", "lora"))
     except (KeyError, TypeError, ValueError) as e:
         raise checkpoint.invalid_settings(path, e) from None
-    scaling = s["alpha"] / s["r"]
+    if s.get("dora") or s.get("init") == "pissa":  # (their change to W0 is not s B A)
+        raise UserError(f"{path} is a {'DoRA' if s.get('dora') else 'PiSSA'} adapter: Section "
+                        "7's analysis reads plain LoRA's Delta W = s B A (rsLoRA's too)")
+    scaling = s["alpha"] / (s["r"] ** 0.5 if s.get("rslora") else s["r"])
     factors = {}
     for key, A in tensors.items():
         if key.endswith(".A"):

@@ -203,3 +203,18 @@ def test_run_folders_read_as_their_adapters_and_other_folders_say_what_they_are(
                                       "(adapter.safetensors) nor a PEFT adapter folder")):
         code, out, err = run_main(analysis.main, capsys, "amplification", two_adapters / folder)
         assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_rslora_is_read_with_its_scaling_and_dora_or_pissa_refused(hf_dir, tmp_path, capsys):
+    for name, variant in (("rslora", {"rslora": True}), ("dora", {"dora": True}),
+                          ("pissa", {"init": "pissa"})):
+        model = trained(lora.apply(GPT.from_pretrained(str(hf_dir)), "q,v", r=4, alpha=8,
+                                   **variant))
+        lora.save(model, str(tmp_path / f"{name}.safetensors"))
+    factors, _ = analysis.read_factors(str(tmp_path / "rslora.safetensors"))
+    assert {scaling for _, _, scaling in factors.values()} == {8 / 2}  # alpha / sqrt(r)
+    for name in ("dora", "pissa"):
+        code, out, err = run_main(analysis.main, capsys, "amplification",
+                                  tmp_path / f"{name}.safetensors")
+        assert code == 2 and f"is a {name.replace('dora', 'DoRA').replace('pissa', 'PiSSA')} " \
+            "adapter: Section 7's analysis reads plain LoRA's" in err, err

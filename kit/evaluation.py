@@ -142,14 +142,14 @@ def scoring_left(stem: str) -> bool:
     """Whether STEM.tsv holds a whole decode that was stopped while it was scored: its .part is
     still there (it goes once STEM.scores.json is written), every input in it. The same command
     then scores it without decoding again."""
-    if not os.path.exists(stem + ".tsv") or decoded_so_far(stem) is None:
+    if not os.path.exists(stem + ".tsv") or (done := decoded_so_far(stem)) is None:
         return False
     with open(stem + ".tsv.part", encoding="utf-8", errors="replace") as f:
         try:
             total = json.loads(f.readline())["settings"]["mrs"]
         except (ValueError, KeyError, TypeError):
             return False
-    return decoded_so_far(stem) >= total
+    return done >= total
 
 
 class Job:

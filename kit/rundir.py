@@ -66,10 +66,9 @@ class Claim:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.read(fd, 200).decode(errors="replace").split()
+                program, pid = holder(os.read(fd, 200))
                 os.close(fd)
-                who = (f"{holder[1]} (pid {holder[0]})" if len(holder) == 2
-                       else "another process")
+                who = f"{program} (pid {pid})" if pid else program
                 raise FolderInUse(f"{self.folder} is in use by {who}; {hint}") from None
             try:  # the owner before us may have removed the file between our open and flock
                 if os.fstat(fd).st_ino == os.stat(path).st_ino:
@@ -163,6 +162,13 @@ def run_result(path: str) -> tuple[str | None, str | None]:
                     "in it)")
 
 
+def holder(lock_text: bytes) -> tuple[str, str | None]:
+    """(program, pid) of the process a lock file names ('123 train.py'), or ('another process',
+    None) where it names none (written by no process of ours, or not yet)."""
+    words = lock_text.decode(errors="replace").split()
+    return (words[1], words[0]) if len(words) == 2 else ("another process", None)
+
+
 def in_use(folder: str) -> str | None:
     """Who owns folder now ('train.py, pid 123'), or None where no process does."""
     path = os.path.join(folder, LOCK)
@@ -172,7 +178,7 @@ def in_use(folder: str) -> str | None:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = f.read(200).decode(errors="replace").split()
-            return f"{holder[1]}, pid {holder[0]}" if len(holder) == 2 else "another process"
+            program, pid = holder(f.read(200))
+            return f"{program}, pid {pid}" if pid else program
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
     return None

@@ -127,10 +127,7 @@ def _xml_entries(path: str) -> list[Entry]:
 def read_split(folder: str, split: str) -> list[Entry]:
     """The split's entries, in the released files' order (the challenge's files sorted by name,
     which puts them by triple count, then category)."""
-    file = path(folder, split)
-    if file is None:
-        raise DataError(f"{folder} lacks WebNLG's {split} split ({split}.json, or the "
-                        f"challenge's {XML_FILES[split]})")
+    file = path(locate(folder, (split,)), split)  # (a folder that lacks it: locate says so)
     if file.endswith(".json"):
         return _json_entries(file)
     return [e for xml in files(folder, split) for e in _xml_entries(xml)]

@@ -25,7 +25,9 @@ costs, and subtracting B A restores W0 for the next task (`unmerge`).
     lora.save(model, "adapter.safetensors")                        # A and B only: 1.6 MB
     lora.merge(model)                                              # W <- W0 + (alpha/r) B A
 
-The adapter file format lives in kit/checkpoint.py, PEFT's format in kit/peft_interop.py.
+Read in order: the layer, apply, merge and unmerge (Sec. 4.1), LoRA's descendants (the next lesson:
+one idea of the layer changed each), then the adapter-only checkpoints. The adapter file format
+lives in plumbing/checkpoint.py, PEFT's format in paper/peft_interop.py.
 """
 
 import math
@@ -35,8 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kit import checkpoint
 from model import GPT, Block
+from plumbing import checkpoint
 
 # Which matrices of each block LoRA can adapt, by the names used on the command line.
 TARGETS = {
@@ -125,7 +127,7 @@ def apply(model: GPT, targets="q,v", r: int = 4, alpha: float = 32, dropout: flo
             raise ValueError(f"rank r={r} is larger than {t} ({W0.out_features} x "
                              f"{W0.in_features}) allows: at most {min(W0.weight.shape)}")
     model.requires_grad_(False)  # W0 and everything else stay as pretrained
-    Layer = DoRALinear if dora else LoRALinear  # (DoRA, a descendant: the last section)
+    Layer = DoRALinear if dora else LoRALinear  # (DoRA: the descendants' section, after merge)
     for i in range(model.config.n_layer):
         for t in targets:
             name = f"transformer.h.{i}.{TARGETS[t]}"
@@ -138,8 +140,8 @@ def apply(model: GPT, targets="q,v", r: int = 4, alpha: float = 32, dropout: flo
     return model
 
 
-# merge() puts each merged layer's plain nn.Linear back into the model; the LoRA layers (A, B and
-# their `merged` flag) wait here, by model, until unmerge() puts them back.
+# merge() puts each merged layer's plain nn.Linear back into the model; the LoRA layers (their A
+# and B) wait here, by model, until unmerge() puts them back: being here is what "merged" means.
 _MERGED = weakref.WeakKeyDictionary()
 
 

@@ -1,10 +1,10 @@
 """GPT-2 in one file, with the attention projections W_q, W_k, W_v, W_o as separate layers.
 
-Read it top to bottom: the config, then the modules in the order the forward pass uses them
-(attention, MLP, block, the whole model), then loading and saving the official checkpoints, and
-last the conversion of their layout to ours. The files themselves (formats, strict checks, the
-download) are kit/checkpoint.py's, imported only inside from_pretrained and save_pretrained: this
-file alone is the model.
+Read it top to bottom: the config, the KV cache (the keys and values decoding keeps), then the
+modules in the order the forward pass uses them (attention, MLP, block, the whole model), then
+loading and saving the official checkpoints, and last the conversion of their layout to ours. The
+files themselves (formats, strict checks, the download) are plumbing/checkpoint.py's, imported
+only inside from_pretrained and save_pretrained: this file alone is the model.
 
 OpenAI's GPT-2 (and Hugging Face's port of it) fuses W_q, W_k, W_v into one `c_attn` layer stored
 as a "Conv1D" whose weight is the transpose of an nn.Linear weight. LoRA (Hu et al. 2021, Sec. 4.2)
@@ -229,7 +229,7 @@ class GPT(nn.Module):
 
         temperature 0 is greedy decoding; otherwise sample from softmax(logits / temperature),
         optionally restricted to the top_k tokens and/or the smallest set whose mass reaches top_p.
-        Beam search (the paper's decoding) is kit/decoding.py's, which sample.py calls.
+        Beam search (the paper's decoding) is paper/decoding.py's, which sample.py calls.
         """
         cache = KVCache(self.config.n_layer, capacity=min(idx.size(1) + max_new_tokens,
                                                           self.config.block_size))
@@ -264,14 +264,14 @@ class GPT(nn.Module):
 
     # ---------------------------------------------------------------------------------------------
     # The official checkpoints in and out: their layout is converted to ours below the class;
-    # finding, downloading, reading, checking and writing the files is kit/checkpoint.py's
+    # finding, downloading, reading, checking and writing the files is plumbing/checkpoint.py's
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dropout: float | None = None) -> "GPT":
         """Load official GPT-2 weights: a preset name (downloaded once from the Hugging Face hub),
         a local HF model directory (config.json + model.safetensors or pytorch_model.bin), or a
         single weights file. Loading is strict: every tensor must be there with the right shape."""
-        from kit import checkpoint  # the files: found or downloaded, read, checked (plumbing)
+        from plumbing import checkpoint  # the files: found or downloaded, read, checked (plumbing)
 
         fields, hf, source = checkpoint.read_official(name_or_path, PRESETS)
         config = GPTConfig(**fields)
@@ -291,7 +291,7 @@ class GPT(nn.Module):
 
     def save_pretrained(self, directory: str):
         """Write config.json + model.safetensors in HF's GPT-2 format (GPT2LMHeadModel loads it)."""
-        from kit import checkpoint
+        from plumbing import checkpoint
 
         state = {k: v for k, v in self.state_dict().items() if k != "lm_head.weight"}  # tied
         with torch.device("meta"):

@@ -27,14 +27,14 @@ Rerunning the same command skips what is done and resumes what was interrupted (
 last checkpoint, a decode from its .part file), so a kill at any moment costs at most one
 checkpoint interval. The stages run one after another in this process: no scheduler of ours.
 With --nproc N the command starts itself again under torchrun (PyTorch's launcher) with N
-processes, and each stage runs data-parallel over them (kit/distributed.py): training as
+processes, and each stage runs data-parallel over them (plumbing/distributed.py): training as
 `torchrun train.py` does it, decoding as `torchrun sample.py`.
 
 Read it top to bottom: the rows and their settings, the plan (rows x seeds), the two stages
 (train.train, the very loop train.py runs; each kept epoch merged into the base and decoded),
 the selections and the summary over seeds, then run(), which puts them together. The experiment
 folder's bookkeeping (its lock, what is left, the projected time, results.json and results.md,
-the plots, --nproc) is kit/experiment.py's.
+the plots, --nproc) and the flags every command shares are harness/experiment.py's.
 """
 
 import contextlib
@@ -52,10 +52,12 @@ import train
 from data.e2e import paper_results
 from data.task import open_task, size_of
 from data.triples import TriplesTask
-from kit import adapter, bookkeeping, cli, distributed, evaluation, experiment
-from kit.errors import UserError
-from kit.evaluation import Decoding
+from harness import bookkeeping, evaluation, experiment
+from harness.evaluation import Decoding
 from model import GPT
+from paper import adapter
+from plumbing import cli, distributed
+from plumbing.errors import UserError
 
 SEEDS = (110, 111, 112)  # the released code's seed, and the two after it
 TABLES = {"table3": "e2e", "table13": "dart", "table14": "webnlg"}  # command -> its task
@@ -361,53 +363,12 @@ def parse_args(argv=None):
     w.add_argument("--targets", nargs="+", default=["q,v"], help="target sets, e.g. q,v q,k,v,o")
     w.add_argument("--variant", default="lora", choices=("lora", *VARIANT_ROWS),
                    help="LoRA, or one of its descendants (table3's row of that name)")
-    for q in (*tables, w):
-        q.error = p.error
-        q.add_argument("--model", default="gpt2-medium", help="GPT-2 preset or local checkpoint")
-        q.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated")
-        q.add_argument("--epochs", type=int, default=5, help="epochs per run (each one kept)")
-        q.add_argument("--lr", type=float, help="the rows' peak learning rate (default: Table "
-                                                "11's, 2e-4; full fine-tuning's own, 5e-5)")
-        q.add_argument("--warmup", type=int, help="the rows' warmup steps (default: Table 11's, "
-                                                  "500): a short run needs fewer")
-        q.add_argument("--out", help="the experiment folder (default: runs/<command>-<model>)")
-        q.add_argument("--data", help="the task, as train.py's --data: e2e, webnlg, dart, or a "
-                                      "folder (their files, or train.jsonl, dev.jsonl and "
-                                      "test.jsonl); table13 and table14: DART's and WebNLG's "
-                                      "(default: their own folder)")
-        q.add_argument("--limit", type=int, default=0,
-                       help="train on the first N examples only (quick runs; 0: all)")
-        q.add_argument("--mrs", type=int, default=0,
-                       help="decode the first N MRs (inputs) of each split only (0: all)")
-        q.add_argument("--beam", type=int, default=10, help="beam width")
-        q.add_argument("--length-penalty", type=float,
-                       help="default: the task's, as Table 11 (E2E 0.9, WebNLG and DART 0.8)")
-        q.add_argument("--max-new-tokens", type=int,
-                       help="longest output (default: 64; a JSONL task's: its longest target)")
-        q.add_argument("--batch-size", type=int, default=32, help="MRs decoded together")
-        q.add_argument("--no-meteor", action="store_true",
-                       help="skip METEOR (it needs pycocoevalcap's word lists)")
-        q.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps")
-        q.add_argument("--device", default="auto",
-                       help="auto (cuda, else mps, else cpu), cuda, cuda:N, mps, cpu")
-        q.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
-                       help="training's autocast dtype on CUDA (decoding is fp32)")
-        q.add_argument("--nproc", type=int, default=1,
-                       help="processes (GPUs) per stage: N > 1 runs the command under torchrun "
-                            "(--standalone, this machine), data-parallel")
+    for q in (*tables, w):  # what every command takes: the model, seeds, epochs, decoding, ...
+        experiment.add_flags(q, p, SEEDS)
     args = p.parse_args(argv)
-    for flag in ("epochs", "beam", "max_new_tokens", "batch_size", "nproc"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.lr is not None and not 0 < args.lr < float("inf") or (args.warmup or 0) < 0:
-        p.error("--lr must be a positive number and --warmup not negative")
-    if train.Recipe().batch_size % args.nproc:
-        p.error(f"--nproc {args.nproc}: the paper's batch of {train.Recipe().batch_size} examples "
-                "does not split over that many processes")
+    experiment.check_flags(p, args, train.Recipe().batch_size)
     if args.data is None and args.command in ("table13", "table14"):
         args.data = TABLES[args.command]  # (its own folder, or its environment variable's)
-    if min(args.limit, args.mrs, args.save_every) < 0:
-        p.error("--limit, --mrs and --save-every must not be negative")
     return args
 
 

@@ -7,24 +7,25 @@
     python sample.py --latency                                     # the Table 1 latency grid
     python sample.py --adapter RUN_A/adapter.safetensors --adapter RUN_B/adapter.safetensors --mix
 
-Read load_model (the merge of Sec. 4.1: afterwards the model is plain GPT-2 again, at GPT-2's
-cost), then evaluate_split and one_input. The task is the run's own (E2E, WebNLG, DART,
-or a JSONL folder: data/task.py), or --data's. Decoding follows the paper (Table 11): beam search
-(kit/decoding.py) with 10 beams, length penalty 0.9 (WebNLG, DART: 0.8) and no repeated 4-grams,
-at most 64 new tokens (a JSONL task: its longest target), stopping at <|endoftext|> (E2E, WebNLG,
-DART: or a blank line). Each distinct context of the test set (E2E: its 630 MRs) is decoded once;
-the predictions (MR or context, output) are written beside the adapter before they are scored
-with the task's metrics (E2E's five, data/e2e/metrics.py, also for a JSONL task; WebNLG's and
-DART's BLEU, METEOR and TER, data/mt_metrics.py), beside the paper's row where the task has one.
+Read load_model (the merge of Sec. 4.1: afterwards the model is plain GPT-2 again, at GPT-2's cost),
+then evaluate_split and one_input. The task is the run's own (E2E, WebNLG, DART, or a JSONL folder:
+data/task.py), or --data's. Decoding follows the paper (Table 11): beam search (paper/decoding.py)
+with 10 beams, length penalty 0.9 (WebNLG, DART: 0.8) and no repeated 4-grams, at most 64 new tokens
+(a JSONL task: its longest target), stopping at <|endoftext|> (E2E, WebNLG, DART: or a blank line).
+Each distinct context of the test set (E2E: its 630 MRs) is decoded once; the predictions (MR or
+context, output) are written beside the adapter before they are scored with the task's metrics
+(E2E's five, data/e2e/metrics.py, also for a JSONL task; WebNLG's and DART's BLEU, METEOR and TER,
+data/scorers/mt_metrics.py), beside the paper's row where the task has one.
 
-The rest is one call each into kit/sample_cli.py: the flag rules, where the predictions go,
-several adapters on one base (--mix: mixed batches, Sec. 4.2; kit/multitask.py), and --latency
-(Table 1, kit/latency.py).
+The rest is a call at a time into harness/sample_cli.py (the flag rules, where the predictions
+go, several adapters on one base: --mix, mixed batches, Sec. 4.2, paper/multitask.py; --latency:
+Table 1, paper/latency.py), harness/evaluation.py (a split decoded and scored) and the plumbing
+(plumbing/: the command line, the device, torchrun's world).
 
     torchrun --standalone --nproc_per_node 4 sample.py --adapter RUN_DIR/adapter.safetensors
 
-decodes the test set over 4 processes (GPUs): each searches a share of the batches, rank 0
-writes the predictions (the same file, byte for byte) and scores them once (kit/distributed.py).
+decodes the test set over 4 processes (GPUs): each searches a share of the batches, rank 0 writes
+the predictions (the same file, byte for byte) and scores them once (plumbing/distributed.py).
 """
 
 import sys
@@ -34,9 +35,11 @@ import torch
 import lora
 from data.e2e.prepare import FORMATS
 from data.task import EOT, tokenizer
-from kit import adapter, cli, distributed, evaluation, hardware, sample_cli
-from kit.decoding import decode
+from harness import evaluation, sample_cli
 from model import GPT, PRESETS
+from paper import adapter
+from paper.decoding import decode
+from plumbing import cli, distributed, hardware
 
 
 def load_model(args, device) -> tuple[GPT, str]:
@@ -60,7 +63,7 @@ def load_model(args, device) -> tuple[GPT, str]:
 
 def evaluate_split(model, kind: str, args, device, world):
     """Decode each distinct context of the split once with the paper's beam search, write the
-    predictions, score them (kit/evaluation.py), then print the row next to the paper's."""
+    predictions, score them (harness/evaluation.py), then print the row next to the paper's."""
     job = sample_cli.split_job(model, args, device, world)  # its inputs, where they go, what is done
     report, = evaluation.run_jobs(model, [job], meteor=not args.no_meteor, world=world)
     if report is not None:  # (a rank of torchrun but 0: rank 0 scores)
@@ -186,7 +189,7 @@ def main(argv=None) -> int:
                 owners = world.agree(sample_cli.claim_outputs, stems, args.force,
                                      main_only=True) or []
                 claimed = True
-            if args.several:  # several adapters on one base (kit/multitask.py)
+            if args.several:  # several adapters on one base (paper/multitask.py)
                 sample_cli.serve_several(args, device, world, test_set)
             else:
                 model, kind = world.agree(load_model, args, device, main_first=True)

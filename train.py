@@ -9,9 +9,8 @@ Read it in order: the recipe (one dataclass, a field per flag, the defaults Tabl
 method's small pieces (the loss at the reference tokens, AdamW's groups, the learning-rate
 schedule, the dev loss, the model with LoRA applied), then train(), which sets the run up and
 runs the loop: learning rate, micro-batches, forward under autocast, backward, clip, step, log,
-evaluate, save. The rest is one call each into kit/bookkeeping.py (the flags' checks, the run
-folder and its lock, resuming, checkpoints, Ctrl-C, SIGTERM and SIGHUP, the log) and kit/distributed.py
-(torchrun): skip both on a first read.
+evaluate, save. The rest is a call or two at a time into the plumbing (run, log, world, hardware:
+the map above train() says what each is and where it lives): skip it on a first read.
 
 What the paper leaves out comes from its released code (microsoft/LoRA, examples/NLG): AdamW's
 betas 0.9/0.999 and eps 1e-6, the schedule decaying to 0, dropout 0.1 on the LoRA path only (no
@@ -19,11 +18,11 @@ dropout in the backbone), seed 110, and the released pre-tokenized E2E text (--f
 data/e2e/paper_format.py). `--method full | adapter_h | adapter_l` trains Table 3's other rows;
 `--method full --random-init` the same shape from scratch (what pretraining buys).
 
-A run folder holds config.json, metrics.jsonl, the result (adapter.safetensors, or model/ for
-full fine-tuning) and state.safetensors, saved atomically every --save-every steps, at each
-epoch end, at the last step and after Ctrl-C, SIGTERM or SIGHUP (exit 130 / 143 / 129). `--resume RUN_DIR`
-goes on with the losses of an uninterrupted run. Under torchrun, --batch-size stays the global
-batch: each process takes its share, DDP sums the gradients, and rank 0 writes the folder.
+A run folder holds config.json, metrics.jsonl, the result (adapter.safetensors, or model/ for full
+fine-tuning) and state.safetensors, saved atomically every --save-every steps, at each epoch end, at
+the last step and after Ctrl-C, SIGTERM or SIGHUP (exit 130 / 143 / 129). `--resume RUN_DIR` goes on
+with the losses of an uninterrupted run. Under torchrun, --batch-size stays the global batch: each
+process takes its share, DDP sums the gradients, and rank 0 writes the folder.
 """
 
 import dataclasses
@@ -36,9 +35,11 @@ import torch.nn.functional as F
 import lora
 from data.e2e.prepare import FORMATS
 from data.task import collate, loss_positions
-from kit import adapter, bookkeeping, cli, distributed, hardware
-from kit.cli import flag
+from harness import bookkeeping
 from model import GPT
+from paper import adapter
+from plumbing import cli, distributed, hardware
+from plumbing.cli import flag
 
 METHODS = ("lora", "full", "adapter_h", "adapter_l")  # LoRA, and Table 3's other rows
 
@@ -74,7 +75,7 @@ class Recipe:
     dropout: float = flag(0.0, "dropout in the GPT-2 backbone (embeddings, attention, residual "
                           "branches); the released code uses none")
     lora_dropout: float = flag(0.1, "dropout on the input of the LoRA path (paper: 0.1; DART 0)")
-    # LoRA's descendants (lora.py's last section, docs/variants.md)
+    # LoRA's descendants (lora.py's section after the merge, docs/variants.md)
     rslora: bool = flag(False, "rsLoRA: scale the update by alpha / sqrt(r), not alpha / r")
     dora: bool = flag(False, "DoRA: a trainable magnitude per output row; LoRA moves the "
                       "direction")
@@ -258,6 +259,15 @@ def save_result(model: GPT, cfg: Recipe, path: str):
 
 
 # --- the run -------------------------------------------------------------------------------------
+# What the loop calls besides torch and the pieces above (skip them on a first read):
+#   run       harness/bookkeeping.py's Run: the flags checked and the folder owned (open_run), the
+#             data and lengths checked, a resume restored, checkpoints saved, a signal's stop
+#   log       its Log (run.training): the progress bar, metrics.jsonl, tokens/s and MFU; paused()
+#             leaves evaluations and saves out of tokens/s
+#   world     plumbing/distributed.py's World: torchrun's processes (alone, each call is a no-op):
+#             a batch shared out (share), DDP's gradient sync (wrap_loss, syncing), sums, seeds
+#   hardware  plumbing/hardware.py: autocast's dtype per device, torch.compile (compiled)
+#   adapter   paper/adapter.py: the Adapter^H / Adapter^L baselines (--method adapter_h | adapter_l)
 
 
 def train(cfg: Recipe, world: distributed.World = distributed.ALONE, given: tuple = (),
@@ -358,7 +368,7 @@ def train(cfg: Recipe, world: distributed.World = distributed.ALONE, given: tupl
         if run.saved_at != step:
             run.save(where, "last step")
         return run.done(step)
-    return run.exit_code  # 1 when the loss or weights diverged or a rank was lost; 130 / 143
+    return run.exit_code  # 1: the loss or weights diverged, or a rank was lost; 130 / 143 / 129
 
 
 def main(argv=None) -> int:

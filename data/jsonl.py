@@ -19,7 +19,7 @@ with one note that counts them.
 
 A file is read a line at a time and tokenized a block at a time (data/task.encode_pairs), so a
 million lines never sit in memory as text; its token arrays are cached by its content
-(data/task.cached): the next run, every run of an experiment and every rank of torchrun but the
+(data/files.cached): the next run, every run of an experiment and every rank of torchrun but the
 first (which builds them) load them in a second or two.
 """
 
@@ -29,7 +29,8 @@ import os
 
 import numpy as np
 
-from data.task import JSON_TYPES, DataError, Examples, Task, cached, check_text, encode_pairs
+from data.files import DataError, cached
+from data.task import JSON_TYPES, Examples, Task, check_text, encode_pairs
 
 FILES = {"train": "train.jsonl", "dev": "dev.jsonl", "test": "test.jsonl"}
 LAYOUT = "jsonl: context + <|endoftext|> + ' ' + target + <|endoftext|>"  # (the cache's key too)

@@ -5,7 +5,7 @@
 
 Each task is a folder, data/webnlg/ and data/dart/, with the same three modules: prepare.py (its
 files, found or downloaded, and read: entries of triples and texts), metrics.py (its two
-protocols of BLEU, METEOR and TER, data/mt_metrics.py's) and paper_results.py (its table).
+protocols of BLEU, METEOR and TER, data/scorers/mt_metrics.py's) and paper_results.py (its table).
 TriplesTask puts them together; open_task() picks one by name or by what a folder holds:
 
 - training: one example per text of an entry (prepare.pairs, the released converter's lines);
@@ -19,9 +19,9 @@ TriplesTask puts them together; open_task() picks one by name or by what a folde
 import os
 import xml.etree.ElementTree as ET
 
-from data import mt_metrics
-from data.task import (DataError, Examples, Task, cached, encode_pairs, open_task, read_text,
-                       size_of)
+from data.files import DataError, cached, read_text
+from data.scorers import mt_metrics
+from data.task import Examples, Task, encode_pairs, open_task, size_of
 
 
 def xml_entries(path: str) -> list[tuple[dict, list[tuple[str, str, str]], list[tuple[str, str]]]]:
@@ -124,7 +124,7 @@ class TriplesTask(Task):
 
     def examples(self, split: str) -> Examples:
         """One example per text of each entry, in the files' order (tokenized once: cached by
-        the files' content, data/task.cached)."""
+        the files' content, data/files.cached)."""
         if split not in self._examples:
             files = self.prepare.files(self.folder(split), split)
             self._examples[split] = Examples(cached(f"{self.name}-{split}", files,

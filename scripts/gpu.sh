@@ -5,7 +5,7 @@
 #
 #   make gpu-carry    # here, once: the E2E CSVs, the released text, the tiktoken vocabulary and
 #                     # pytest's wheels, copied into gpu_carry/ (git-ignored; the call carries it)
-#   scripts/gpu.sh a  # <= 5 min: tests/test_cuda.py; kit/bench.py train at GPT-2 medium's shape, bf16,
+#   scripts/gpu.sh a  # <= 5 min: tests/test_cuda.py; scripts/bench.py train at GPT-2 medium's shape, bf16,
 #                     # ours eager / compiled / CUDA graphs against transformers + peft eager and
 #                     # compiled; memory (LoRA, full, peft); the Table 1 latency grid
 #   scripts/gpu.sh b  # <= 4.5 min: beam-10 decoding of the 630 test MRs against transformers'
@@ -69,17 +69,17 @@ a)
     stage cuda-tests 60 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
     if [ -n "$SMOKE" ]; then size=("${bench[@]}" --steps 2 --warmup 1 --rounds 1);
     else size=(--compile --steps 30 --warmup 10 --rounds 3); fi
-    stage bench-train 150 $PY -m kit.bench train "${size[@]}" --json "$OUT/bench-train.json"
-    stage bench-memory 45 $PY -m kit.bench memory "${size[@]}" --json "$OUT/bench-memory.json"
+    stage bench-train 150 $PY -m scripts.bench train "${size[@]}" --json "$OUT/bench-train.json"
+    stage bench-memory 45 $PY -m scripts.bench memory "${size[@]}" --json "$OUT/bench-memory.json"
     if [ -n "$SMOKE" ]; then size=("${bench[@]}" --trials 2 --grid 1x16); else size=(--trials 50); fi
-    stage bench-latency 40 $PY -m kit.bench latency "${size[@]}" --json "$OUT/bench-latency.json"
+    stage bench-latency 40 $PY -m scripts.bench latency "${size[@]}" --json "$OUT/bench-latency.json"
     ;;
 b)
     : > "$LOG"
     environment
     if [ -n "$SMOKE" ]; then size=("${bench[@]}" --mrs 2 --generate-mrs 1); steps=(3 3 2); limit=2;
     else size=(--mrs 630 --generate-mrs 64); steps=(200 1200 20); limit=100; fi
-    stage bench-decode 80 $PY -m kit.bench decode "${size[@]}" --json "$OUT/bench-decode.json"
+    stage bench-decode 80 $PY -m scripts.bench decode "${size[@]}" --json "$OUT/bench-decode.json"
     stage amp-fp16 30 $PY train.py --method full --random-init "${model[@]}" "${fp16[@]}" \
         --max-steps "${steps[0]}" --warmup 20 --lr 3e-4 --log-interval 20 \
         --save-every 0 --out "$RUNS/amp-fp16"

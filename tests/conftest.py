@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.e2e import metrics
+from data.scorers import meteor
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -33,9 +33,9 @@ if (SHARED / "data" / "e2e-lora").is_dir():  # the paper's released dev and test
     os.environ.setdefault("E2E_LORA_DIR", str(SHARED / "data" / "e2e-lora"))
 # The METEOR 1.5 jar that pycocoevalcap ships (None without Java or pycocoevalcap): the reference
 # for meteor.py, with the Stanford PTBTokenizer jar beside it
-METEOR_JAR = metrics.meteor_jar()
+METEOR_JAR = meteor.meteor_jar()
 needs_jar = pytest.mark.skipif(METEOR_JAR is None,
-                               reason=f"the jars: {metrics.meteor_note(implementation='jar')}")
+                               reason=f"the jars: {meteor.meteor_note(implementation='jar')}")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""kit/adapter.py: Adapter^H and Adapter^L, the baselines of Tables 1 and 3.
+"""paper/adapter.py: Adapter^H and Adapter^L, the baselines of Tables 1 and 3.
 
 No reference package implements these two, so placement is checked independently: forward hooks
 on the plain base model add the adapter's function where the papers put it, and the result must
@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import VOCAB, assert_close, batch
 
-from kit import adapter
 from model import GPT, GPTConfig
+from paper import adapter
 
 
 def randomize(model, seed=0):

@@ -1,4 +1,4 @@
-"""kit/analysis.py: the paper's Section 7 measurements, checked on cases whose answer is known."""
+"""paper/analysis.py: the paper's Section 7 measurements, checked on cases whose answer is known."""
 
 import errno
 import importlib.util
@@ -11,8 +11,8 @@ import torch
 from conftest import REPO, run_main, trained
 
 import lora
-from kit import analysis
 from model import GPT
+from paper import analysis
 
 
 def random_A(r, k, seed):
@@ -79,7 +79,7 @@ def two_adapters(hf_dir, tmp_path):
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "kit.analysis", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "paper.analysis", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True)
 
 
@@ -108,7 +108,7 @@ def test_amplification_cli_prints_table_7(two_adapters, hf_dir):
 
 
 def test_a_peft_adapter_reads_as_its_import(two_adapters, hf_dir, tmp_path):
-    from kit import peft_interop
+    from paper import peft_interop
     model = GPT.from_pretrained(str(hf_dir))
     lora.load(model, str(two_adapters / "r2.safetensors"))
     peft_interop.export_peft(model, str(tmp_path / "peft"))

@@ -1,4 +1,4 @@
-"""kit/bench.py runs, and what it prints is what it measured (its figures live in BENCHMARKS.md;
+"""scripts/bench.py runs, and what it prints is what it measured (its figures live in BENCHMARKS.md;
 nothing here is timed, so nothing here depends on this machine's speed)."""
 
 import json
@@ -15,8 +15,9 @@ from conftest import REPO
 import lora
 import train
 from data.e2e import prepare as e2e
-from kit import bench, mfu
 from model import GPT, GPTConfig
+from paper import mfu
+from scripts import bench
 
 
 def test_training_section_reports_what_it_measured(e2e_data, gpt2_vocab, tmp_path, capsys):
@@ -46,7 +47,7 @@ def test_training_section_reports_what_it_measured(e2e_data, gpt2_vocab, tmp_pat
         assert printed, name
         assert int(printed[1].replace(",", "")) == round(r["tokens_per_s"])
         assert float(printed[6]) == round(r["tokens_per_s"] / reference, 2)
-        # MFU: the FLOPs of those batches (kit/mfu.py) at that step rate, over the CPU's peak
+        # MFU: the FLOPs of those batches (paper/mfu.py) at that step rate, over the CPU's peak
         with torch.device("meta"):
             model = GPT(setup_config)
             model = model if "full" in name else lora.apply(model, "q,v", r=4, alpha=32,
@@ -107,7 +108,7 @@ def test_a_plain_install_runs_what_needs_no_reference_and_says_what_does(e2e_dat
                                                                           user_env):
     # make train's environment: no transformers, no peft
     env = {**user_env, "E2E_DATA_DIR": e2e_data}
-    run = lambda *argv: subprocess.run([sys.executable, "-m", "kit.bench", *argv, "--small",
+    run = lambda *argv: subprocess.run([sys.executable, "-m", "scripts.bench", *argv, "--small",
                                         "--device", "cpu"], cwd=REPO, env=env,
                                        capture_output=True, text=True)
     result = run("latency", "--grid", "1x8", "--trials", "1")

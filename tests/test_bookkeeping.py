@@ -9,7 +9,7 @@ from conftest import batch
 
 import train
 from data.e2e.prepare import collate, loss_positions
-from kit import bookkeeping
+from harness import bookkeeping
 
 
 @pytest.mark.fast
@@ -47,7 +47,7 @@ def test_the_loss_is_the_released_label_smoothed_loss(base):
 
 
 def test_padding_to_few_shapes_changes_no_loss(base):
-    # --compile cuda-graphs (and kit/bench.py's variant of it) rounds the length and the number of loss positions up: the
+    # --compile cuda-graphs (and scripts/bench.py's variant of it) rounds the length and the number of loss positions up: the
     # padding sits after every real token (causal attention never looks ahead) and takes no loss
     examples = [(batch(seed, (1, n))[0].numpy(), p) for seed, n, p in [(0, 12, 5), (1, 9, 4)]]
     cpu = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""kit/checkpoint.py: the resumable download of the official checkpoints (served locally: this
+"""plumbing/checkpoint.py: the resumable download of the official checkpoints (served locally: this
 machine has no network). The layout conversion (model.py) and the strict checks are tested through
 GPT.from_pretrained in test_model.py, and the adapter files through lora and adapter."""
 
@@ -9,8 +9,8 @@ import torch
 from conftest import run_main
 
 import model
-from kit import checkpoint
 from model import GPT
+from plumbing import checkpoint
 
 
 def test_download_resumes_after_an_interruption(file_server, tmp_path):

@@ -14,7 +14,8 @@ from data.dart import metrics as dart_metrics
 from data.e2e import metrics as e2e_metrics
 from data.e2e import prepare as e2e_prepare
 from data.webnlg import metrics as webnlg_metrics
-from kit import analysis, bench
+from paper import analysis
+from scripts import bench
 
 
 @pytest.mark.parametrize("parse, argv", [
@@ -45,8 +46,8 @@ def test_an_abbreviated_flag_is_refused_by_every_script(parse, argv, capsys):
 ])
 def test_kit_launch_run_as_its_docstring_shows_says_its_usage(argv, message):
     # (reproduce.py --nproc N runs it; a user may run it as its docstring shows)
-    result = subprocess.run([sys.executable, "kit/launch.py", *argv], cwd=REPO,
+    result = subprocess.run([sys.executable, "plumbing/launch.py", *argv], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stdout == "" and result.stderr == (
-        f"launch.py: {message}; usage: python kit/launch.py NPROC SCRIPT [ARGS...] (NPROC "
+        f"launch.py: {message}; usage: python plumbing/launch.py NPROC SCRIPT [ARGS...] (NPROC "
         "processes of SCRIPT)\n")

@@ -12,9 +12,10 @@ import pytest
 import torch
 from conftest import REPO
 
-from kit import bench, latency
-from kit.decoding import beam_search
 from model import GPT, GPTConfig, KVCache
+from paper import latency
+from paper.decoding import beam_search
+from scripts import bench
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 CUDA = torch.device("cuda")
@@ -35,7 +36,7 @@ def test_mixed_task_batch_on_cuda_equals_each_adapter_merged(tiny, tmp_path):
     """multitask.py on the GPU: a batch whose rows use two adapters, in fp32 and under bf16
     autocast (as sample.py --dtype bf16), against each adapter merged alone."""
     import lora
-    from kit import multitask
+    from paper import multitask
     paths = []
     for i in range(2):
         model = lora.apply(GPT.from_pretrained(tiny), "q,v", r=4)

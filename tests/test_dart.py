@@ -13,8 +13,8 @@ import sys
 import pytest
 from conftest import FIXTURES, REPO, shared_folder
 
-from data import mt_metrics
 from data.dart import metrics, prepare
+from data.scorers import mt_metrics
 
 
 def released_converter(path) -> list[tuple]:

@@ -1,4 +1,4 @@
-"""kit/decoding.py: beam search checked against exhaustive search, greedy decoding, and itself
+"""paper/decoding.py: beam search checked against exhaustive search, greedy decoding, and itself
 without the KV cache."""
 
 import pytest
@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from conftest import random_gpt2, tiny_vocab_model
 
-from kit.decoding import ban_repeated_ngrams, beam_search, decode
 from model import GPT, GPTConfig
+from paper.decoding import ban_repeated_ngrams, beam_search, decode
 
 
 def exhaustive_best(model, prompt, stop, max_new, length_penalty):

@@ -1,8 +1,8 @@
-"""Many processes (kit/distributed.py) on CPU, gloo on localhost, each checked against one process:
-torchrun train.py (LoRA with and without --grad-accum, full fine-tuning, Adapter^H; Adapter^L's
-run is in BENCHMARKS.md) gives the one-process losses, dev losses and weights; a stop reaches
-every rank; a run moves 2 -> 1 -> 2 processes and ends as if never stopped; a lost rank ends the
-other with one line; torchrun sample.py writes the one-process predictions byte for byte; a user
+"""Many processes (plumbing/distributed.py) on CPU, gloo on localhost, each checked against one
+process: torchrun train.py (LoRA with and without --grad-accum, full fine-tuning, Adapter^H;
+Adapter^L's run is in BENCHMARKS.md) gives the one-process losses, dev losses and weights; a stop
+reaches every rank; a run moves 2 -> 1 -> 2 processes and ends as if never stopped; a lost rank ends
+the other with one line; torchrun sample.py writes the one-process predictions byte for byte; a user
 error is one line, once.
 
 Two ways to start the ranks: torchrun itself (what users run), and by hand with torchrun's
@@ -29,7 +29,8 @@ from safetensors.torch import load_file
 import reproduce
 import sample
 import train
-from kit import bookkeeping, cli, distributed, rundir, sample_cli
+from harness import bookkeeping, sample_cli
+from plumbing import cli, distributed, rundir
 
 # what a run logged, and its result without a full fine-tuning's key biases (why: the script)
 _spec = importlib.util.spec_from_file_location("compare_runs", REPO / "scripts" / "compare_runs.py")
@@ -102,7 +103,7 @@ def signal_at(proc, step, sig, target=None) -> str:
 
 
 def state_step(run_dir) -> int:
-    from kit.checkpoint import load_metadata
+    from plumbing.checkpoint import load_metadata
     return json.loads(load_metadata(str(run_dir / "state.safetensors"))["state"])["step"]
 
 

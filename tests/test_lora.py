@@ -15,7 +15,6 @@ from transformers import GPT2LMHeadModel
 import lora
 from model import GPT, GPTConfig
 
-
 # --- the layer and apply ---------------------------------------------------------------------
 
 
@@ -254,7 +253,7 @@ def test_loading_while_merged_or_a_foreign_file_is_refused(base, hf_dir, tmp_pat
 @pytest.mark.parametrize("kind, message", [("lin", "blocks are wrapped"),
                                            ("houlsby", "o is a WithAdapter here")])
 def test_lora_on_a_model_with_adapters_is_refused(base, kind, message):
-    from kit import adapter
+    from paper import adapter
     adapter.apply(base, kind, r=2)
     with pytest.raises(ValueError, match=message):
         lora.apply(base, "q,v,o", r=2)

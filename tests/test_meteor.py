@@ -1,4 +1,4 @@
-"""meteor.py, the Python METEOR 1.5, against the jar it ports.
+"""data/scorers/meteor.py, the Python METEOR 1.5, against the jar it ports.
 
 Where Java is installed, the jar itself is the reference: the 23 statistics of every MR, each MR's
 score and the corpus score equal what it answers through the stdio protocol the COCO code uses
@@ -16,7 +16,8 @@ import sys
 import pytest
 from conftest import FIXTURES, METEOR_JAR, needs_jar
 
-from data.e2e import meteor, metrics
+from data.e2e import metrics
+from data.scorers import meteor
 
 MISSING = meteor.resources_missing()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"METEOR {MISSING}")

@@ -19,6 +19,9 @@ import pytest
 from conftest import FIXTURES, REPO, SHARED, installed, needs_jar
 
 from data.e2e import metrics
+from data.scorers.meteor import meteor_note
+from data.scorers import mteval
+from data.scorers.mteval import mteval_tokenize
 
 CASES = FIXTURES / "e2e-metrics"
 HAVE_COCO = installed("pycocoevalcap")
@@ -62,7 +65,7 @@ def test_equal_to_the_official_scores(case, e2e_dir):
     for name in ("BLEU", "NIST", "ROUGE_L", "CIDEr"):
         assert round(got[name], 4) == expected[name], name
     if got["METEOR"] is None:
-        pytest.skip(f"METEOR {metrics.meteor_note()}; the other four metrics matched")
+        pytest.skip(f"METEOR {meteor_note()}; the other four metrics matched")
     assert abs(got["METEOR"] - expected["METEOR"]) < 0.0005
     assert round(got["METEOR"], 4) == expected["METEOR"]  # in fact all four printed decimals
 
@@ -130,7 +133,7 @@ def test_coco_tokenize_drops_punctuation_but_keeps_lowercased_brackets():
 def test_mteval_punctuation_is_the_perl_character_class():
     # mteval-v13a: s/([\{-\~\[-\` -\&\(-\+\:-\@\/])/ $1 /g (the space in it changes nothing)
     perl = {chr(c) for c in range(128) if re.match(r"[\{-\~\[-\` -\&\(-\+\:-\@\/]", chr(c))}
-    ours = {chr(k) for k, v in metrics._MTEVAL_CHARS.items() if v == f" {chr(k)} "}
+    ours = {chr(k) for k, v in mteval._MTEVAL_CHARS.items() if v == f" {chr(k)} "}
     assert ours == perl - {" "}
 
 
@@ -163,7 +166,7 @@ def test_mteval_tokenize_equals_perl():
               "ÉCLAIR Café 1,000.5 .5 5. ,a a,b -- a--b 20£-25 ~^_`|@#$%*+=?!;:/\\"]
     out = subprocess.run(["perl", "-e", MTEVAL_PERL], input="\n".join(lines) + "\n",
                          capture_output=True, text=True, encoding="utf-8", check=True).stdout
-    assert [" ".join(metrics.mteval_tokenize(line)) for line in lines] == out.splitlines()
+    assert [" ".join(mteval_tokenize(line)) for line in lines] == out.splitlines()
 
 
 def test_an_empty_prediction_scores_as_empty():

@@ -1,4 +1,4 @@
-"""kit/mfu.py: the FLOPs a training step needs, against torch's own count (FlopCounterMode, with
+"""paper/mfu.py: the FLOPs a training step needs, against torch's own count (FlopCounterMode, with
 attention computed by SDPA's math backend so that its products are counted too) on real steps of
 train.py's loss: LoRA on the paper's and on every matrix, full fine-tuning, Adapter^H and
 Adapter^L; and the peaks MFU divides by."""
@@ -10,8 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import lora
 import train
-from kit import adapter, mfu
 from model import GPT, GPTConfig
+from paper import adapter, mfu
 
 CONFIG = GPTConfig(block_size=64, vocab_size=100, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 

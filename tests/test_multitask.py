@@ -1,6 +1,6 @@
-"""kit/multitask.py: several LoRA adapters on one base, by switching (merge / unmerge) and in mixed
-batches (each row its own adapter), against each adapter loaded alone by lora.py; and sample.py
-serving them, against sample.py with one adapter."""
+"""paper/multitask.py: several LoRA adapters on one base, by switching (merge / unmerge) and in
+mixed batches (each row its own adapter), against each adapter loaded alone by lora.py; and
+sample.py serving them, against sample.py with one adapter."""
 
 import json
 import subprocess
@@ -12,9 +12,9 @@ from conftest import REPO, assert_close, random_gpt2, run_main, shared_folder, t
 
 import lora
 import sample
-from kit import multitask
-from kit.decoding import beam_search, decode
 from model import GPT
+from paper import multitask
+from paper.decoding import beam_search, decode
 
 # three adapters that differ in everything they may differ in: targets, rank, alpha
 SHAPES = [("q,v", 4, 32), ("q,k,o,fc", 2, 4), ("v,proj", 8, 8)]
@@ -237,7 +237,7 @@ def test_a_folder_of_adapters_is_served_and_the_user_flow_needs_no_test_package(
                              "--length-penalty, or drop --mix"),
 ])
 def test_bad_adapters_are_one_line_and_exit_2(two_tasks, tmp_path, capsys, case, message):
-    from kit import adapter
+    from paper import adapter
     a, b = adapters(two_tasks)
     argv = ["--adapter", a, "--adapter", b, "--context", "city : Paris"]
     if case == "adapter_h":
@@ -288,7 +288,7 @@ def test_the_docs_serve_two_tasks_in_three_lines(two_tasks):
             .replace('"toy/adapter.safetensors"', repr(str(b))))
     prompts = [sample.tokenizer().encode(f"city : {c}") + [50256] for c in ("Pisa", "Nice")] * 2
     scope = {"prompts": prompts}
-    exec("from kit import decoding, multitask\nfrom model import GPT\n" + code, scope)
+    exec("from paper import decoding, multitask\nfrom model import GPT\n" + code, scope)
     texts = [sample.tokenizer().decode(out).split("<|endoftext|>")[0].strip()
              for out in scope["outputs"]]
     assert texts[0].startswith("Yes") and texts[3].startswith("Yes")  # tasks 0, 1, 1, 0
@@ -297,7 +297,7 @@ def test_the_docs_serve_two_tasks_in_three_lines(two_tasks):
 
 def test_ctrl_c_in_a_mixed_decode_keeps_each_tasks_outputs_and_resumes(two_tasks, tmp_path,
                                                                         capsys, monkeypatch):
-    from kit import evaluation
+    from harness import evaluation
     a, b = adapters(two_tasks)
     flags = ["--adapter", a, "--adapter", b, "--mix", "--no-meteor", "--out", tmp_path / "mixed"]
     code, _, err = run_main(sample.main, capsys, *flags[:-1], tmp_path / "whole")

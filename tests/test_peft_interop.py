@@ -1,4 +1,4 @@
-"""kit/peft_interop.py: our LoRA adapters in PEFT's format and back. The reference is `peft`
+"""paper/peft_interop.py: our LoRA adapters in PEFT's format and back. The reference is `peft`
 itself: it loads our export with our logits, and what it writes, we import with its outputs."""
 
 import json
@@ -14,8 +14,8 @@ from transformers import GPT2LMHeadModel
 import lora
 import train
 from data.task import collate, loss_positions
-from kit.peft_interop import export_peft, import_peft
 from model import GPT
+from paper.peft_interop import export_peft, import_peft
 
 
 @pytest.mark.parametrize("targets", ["q,v", "q,k,v,o,fc,proj", "v,o", "fc,proj"])
@@ -97,8 +97,8 @@ def test_import_refuses_what_lora_here_does_not_cover(base, tmp_path):
 def test_our_mixed_task_batch_equals_peft_mixed_adapter_batch(base, hf_dir, tmp_path):
     """multitask.py against PEFT's own mixed-adapter batches (forward(adapter_names=...)): two
     adapters of other targets and ranks on one base, each row its own adapter, equal logits."""
-    from kit import multitask
     from model import GPT
+    from paper import multitask
     shapes = {"task0": ("q,v", 2, 4), "task1": ("v,o,fc", 3, 9)}
     paths = []
     for seed, (name, (targets, r, alpha)) in enumerate(shapes.items()):

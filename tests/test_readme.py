@@ -25,7 +25,7 @@ def code_blocks(text: str) -> list[str]:
 
 @pytest.mark.parametrize("title, source_files", [
     ("GPT-2, as model.py builds it", ["model.py"]),
-    ("LoRA in 40 lines", ["lora.py"]),
+    ("LoRA, as lora.py writes it", ["lora.py"]),
     ("Training: train.py", ["train.py"]),
 ])
 def test_walkthroughs_quote_lines_that_exist_in_the_code(title, source_files):
@@ -79,7 +79,7 @@ def parser_of(script: str):
     if script in ("train.py", "sample.py", "reproduce.py"):
         module = __import__(script.removesuffix(".py"))
         return module.parse_args
-    if script in ("kit.bench", "kit.analysis", "data.webnlg.metrics", "data.dart.metrics"):
+    if script in ("scripts.bench", "paper.analysis", "data.webnlg.metrics", "data.dart.metrics"):
         import importlib
         return importlib.import_module(script).parse_args
     return None  # data/ scripts: no separate parser (their own tests run them)
@@ -88,7 +88,7 @@ def parser_of(script: str):
 def test_every_command_the_docs_show_parses_with_its_scripts_own_parser():
     commands = shown_commands()
     scripts = {script for _, script, _ in commands}
-    assert {"train.py", "sample.py", "reproduce.py", "kit.analysis"} <= scripts
+    assert {"train.py", "sample.py", "reproduce.py", "paper.analysis"} <= scripts
     for page, script, argv in commands:
         parse = parser_of(script)
         if parse is None:

@@ -16,9 +16,9 @@ from conftest import REPO, _plain_env, installed, run_main
 
 import reproduce
 from data.e2e import paper_results
-from kit import adapter
-from kit.experiment import report, table
+from harness.experiment import report, table
 from model import GPTConfig
+from paper import adapter
 
 
 def scores(bleu):
@@ -343,7 +343,7 @@ def test_a_first_attempt_that_failed_before_any_run_takes_new_settings(tiny, e2e
 
 
 def test_predictions_that_are_gone_or_edited_are_not_rescored(tmp_path):
-    from kit import evaluation
+    from harness import evaluation
     stem = str(tmp_path / "epoch1-test")
     (tmp_path / "epoch1-test.scores.json").write_text(json.dumps(
         {"split": "test", "mrs": 2, "scores": scores(0.5)}))

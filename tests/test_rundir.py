@@ -1,4 +1,4 @@
-"""kit/rundir.py: one process owns a run folder (a lock the OS drops with the process), default
+"""plumbing/rundir.py: one process owns a run folder (a lock the OS drops with the process), default
 names never collide, and the leftovers of interrupted writes go; then the same through train.py,
 with real processes started together."""
 
@@ -12,7 +12,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from kit import rundir
+from plumbing import rundir
 
 
 def test_a_claimed_folder_is_refused_to_a_second_claim_until_released(tmp_path):
@@ -40,7 +40,7 @@ def test_an_abandoned_claim_removes_only_the_folders_it_created(tmp_path):
 
 def test_the_lock_of_a_killed_process_is_free_at_once(tmp_path):
     # kill -9 runs no clean-up: the lock file stays, but the OS has dropped the lock itself
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from kit import rundir; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from plumbing import rundir; "
                                "rundir.claim(sys.argv[1], 'holder', ''); print('held', flush=True); "
                                "time.sleep(60)", str(tmp_path / "run")], cwd=REPO,
                               stdout=subprocess.PIPE, text=True)

@@ -16,9 +16,8 @@ import torch
 from conftest import REPO, assert_close, random_gpt2, run_main
 
 import lora
-from kit import rundir
 from model import GPT
-
+from plumbing import rundir
 
 # --- the command line on a tiny random GPT-2 with a LoRA adapter -----------------------------
 
@@ -226,7 +225,7 @@ def adapter_with(tiny_run, tmp_path, edit_meta=None, edit_tensors=None):
     """A copy of the tiny run's adapter with its metadata or tensors changed."""
     from safetensors.torch import load_file, save_file
 
-    from kit.checkpoint import load_metadata
+    from plumbing.checkpoint import load_metadata
     src = str(tiny_run / "run" / "adapter.safetensors")
     meta, tensors = load_metadata(src), load_file(src)
     if edit_meta:
@@ -307,7 +306,7 @@ def test_an_interrupted_decode_resumes_from_its_part_file(tiny_run, e2e_data, tm
     # what a decode killed after three MRs leaves: the settings, then three outputs (and a
     # fourth line cut short)
     import sample
-    from kit import evaluation, sample_cli
+    from harness import evaluation, sample_cli
     args = sample.parse_args([str(f) for f in flags])
     args.amp_dtype = None
     what = evaluation.identity(str(tiny_run / "base"), str(flags[1]))
@@ -433,7 +432,7 @@ def test_an_output_folder_in_use_is_refused(tiny_run, e2e_data, tmp_path, capsys
 
 def test_ctrl_c_while_decoding_keeps_what_was_decoded(tiny_run, e2e_data, gpt2_vocab, tmp_path,
                                                       capsys, monkeypatch):
-    from kit import evaluation
+    from harness import evaluation
     flags = ["--adapter", tiny_run / "run" / "adapter.safetensors", "--data", e2e_data,
              "--limit", "3", "--beam", "2", "--max-new-tokens", "4", "--batch-size", "1",
              "--device", "cpu", "--no-meteor", "--out", tmp_path]
@@ -457,7 +456,7 @@ def test_ctrl_c_while_decoding_keeps_what_was_decoded(tiny_run, e2e_data, gpt2_v
 def test_ctrl_c_while_scoring_is_scored_by_the_same_command_without_decoding(
         tiny_run, e2e_data, gpt2_vocab, tmp_path, capsys, monkeypatch):
     from data.e2e import metrics
-    from kit import evaluation
+    from harness import evaluation
     flags = ["--adapter", tiny_run / "run" / "adapter.safetensors", "--data", e2e_data,
              "--limit", "3", "--beam", "2", "--max-new-tokens", "4", "--device", "cpu",
              "--no-meteor", "--out", tmp_path]
@@ -510,7 +509,7 @@ def test_sigterm_or_sighup_while_decoding_says_what_was_kept(tiny_run, e2e_data,
 def test_a_full_disk_while_decoding_is_one_line_and_keeps_what_was_decoded(
         tiny_run, e2e_data, gpt2_vocab, tmp_path, capsys, monkeypatch):
     # the .part file's writes fail as on a full disk once one MR is in it (the real OSError)
-    from kit import evaluation
+    from harness import evaluation
     flags = ["--adapter", tiny_run / "run" / "adapter.safetensors", "--data", e2e_data,
              "--limit", "3", "--beam", "2", "--max-new-tokens", "4", "--batch-size", "1",
              "--device", "cpu", "--no-meteor", "--out", tmp_path]
@@ -544,7 +543,7 @@ def test_the_paper_row_follows_the_models_shape_not_its_folder_name(tiny_run):
     import sample
     from data.e2e import paper_results
     from data.task import size_of
-    from kit import sample_cli
+    from harness import sample_cli
     from model import GPTConfig
     with torch.device("meta"):
         medium = GPT(GPTConfig.from_preset("gpt2-medium"))  # a local copy, named anything

@@ -20,7 +20,7 @@ import train
 from data.e2e import prepare
 from data.e2e.task import E2ETask
 from data.task import EOT, open_task
-from kit import analysis
+from paper import analysis
 
 TOY = REPO / "data" / "toy"
 
@@ -160,9 +160,9 @@ def test_e2e_through_the_task_scores_what_it_scored(e2e_data, tiny, vocab, tmp_p
     # evaluation.evaluate with the task against the path it replaced, written out: the MRs'
     # prompts (context + EOT), decode, the released decode's cut, the five metrics
     from data.e2e import metrics
-    from kit.decoding import decode
-    from kit.evaluation import Decoding, evaluate, identity
+    from harness.evaluation import Decoding, evaluate, identity
     from model import GPT
+    from paper.decoding import decode
     model = GPT.from_pretrained(tiny).eval()
     search = Decoding(beam=2, max_new_tokens=8, batch_size=2)
     report = evaluate(model, task=open_task(e2e_data), split="test", limit=5,
@@ -337,8 +337,8 @@ def test_two_processes_building_one_cache_end_with_one_good_copy(tmp_path, vocab
     # each builds (slowly: the other starts meanwhile), writes its own file, renames it in place
     folder = write_task(tmp_path / "task", [{"context": f"c{i}", "target": f"t{i}."}
                                             for i in range(200)])
-    script = ("import sys, time; sys.path.insert(0, sys.argv[1]); from data import jsonl, task; "
-              "arrays = task.cached('jsonl-train', [sys.argv[2]], jsonl.LAYOUT, lambda: "
+    script = ("import sys, time; sys.path.insert(0, sys.argv[1]); from data import files, jsonl; "
+              "arrays = files.cached('jsonl-train', [sys.argv[2]], jsonl.LAYOUT, lambda: "
               "(time.sleep(1), jsonl.encode(sys.argv[2]))[1], sys.argv[3]); "
               "print(int(arrays['tokens'].sum()))")
     procs = [subprocess.Popen([sys.executable, "-c", script, str(REPO),

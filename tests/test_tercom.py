@@ -1,5 +1,5 @@
-"""data/tercom.py: TER as tercom 0.7.25 computes it, against tercom's own sample output, and as
-pyter3 computes it, against pyter3 (a test-only reference). The challenge's official TER scores,
+"""data/scorers/tercom.py: TER as tercom 0.7.25 computes it, against tercom's own sample output, and
+as pyter3 computes it, against pyter3 (a test-only reference). The challenge's official TER scores,
 with tercom's step counters, are checked in test_webnlg.py."""
 
 import random
@@ -8,7 +8,7 @@ import re
 import pytest
 from conftest import shared_folder
 
-from data import tercom
+from data.scorers import tercom
 
 
 def trans_segments(path) -> dict:

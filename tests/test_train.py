@@ -1,4 +1,4 @@
-"""train.py and kit/bookkeeping.py (its run's plumbing) on CPU: a tiny random GPT-2 (HF format,
+"""train.py and harness/bookkeeping.py (its run's plumbing) on CPU: a tiny random GPT-2 (HF format,
 made here) fine-tuned on real E2E examples."""
 
 import errno
@@ -20,9 +20,9 @@ from safetensors import safe_open
 
 import lora
 import train
-from kit import bookkeeping, checkpoint, hardware, rundir
+from harness import bookkeeping
 from model import GPT
-
+from plumbing import checkpoint, hardware, rundir
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +236,7 @@ def test_user_errors_are_one_line_and_write_nothing(tiny, data, tmp_path, capsys
 
 
 def test_the_command_line_imports_no_subsystem_it_does_not_use():
-    # every subsystem's error subclasses kit/errors.py's UserError, so train.py's one-line
+    # every subsystem's error subclasses plumbing/errors.py's UserError, so train.py's one-line
     # errors need no import of them: training loads neither the metrics nor METEOR
     code = ("import sys; import train; "
             "print([m for m in sys.modules if 'meteor' in m or 'metrics' in m])")
@@ -729,7 +729,7 @@ def test_device_auto_picks_cuda_then_mps_then_cpu_and_mps_runs_fp32(monkeypatch,
                                                                      tmp_path, capsys):
     """Apple GPUs: auto takes MPS where there is no CUDA, and there (as on the CPU) no autocast
     and no GradScaler is used (nothing here runs on MPS: this machine has none)."""
-    from kit import cli
+    from plumbing import cli
     for cuda, mps, picked in ((True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
@@ -883,7 +883,7 @@ def test_the_commands_it_prints_paste_into_a_shell(tiny, data, tmp_path, capsys)
 
 def test_a_cpu_run_says_how_long_it_takes_before_its_first_step(tiny, data, tmp_path, capsys,
                                                                 monkeypatch):
-    # projected from the FLOPs its steps need (kit/mfu.py) at this CPU's measured speed
+    # projected from the FLOPs its steps need (paper/mfu.py) at this CPU's measured speed
     argv = quick(tiny, data, tmp_path / "run", "--max-steps", "2")
     argv[argv.index("--device") + 1] = "auto"
     code, out, err = main(capsys, *argv)

@@ -19,16 +19,18 @@ from test_webnlg import released_converter as webnlg_converter
 import reproduce
 import sample
 import train
-from data import mt_metrics, task as task_module
-from data.dart import paper_results as dart_paper
+from data import files as data_files
 from data.dart import metrics as dart_metrics
+from data.dart import paper_results as dart_paper
 from data.dart import prepare as dart
-from data.e2e.metrics import meteor_missing
-from data.task import EOT, DataError, open_task
+from data.files import DataError
+from data.scorers import mt_metrics
+from data.scorers.meteor import meteor_missing
+from data.task import EOT, open_task
 from data.webnlg import metrics as webnlg_metrics
 from data.webnlg import paper_results as webnlg_paper
 from data.webnlg import prepare as webnlg
-from kit.experiment import table
+from harness.experiment import table
 
 
 def released_decode(lines: list[tuple], keep=lambda line: True) -> dict:
@@ -129,13 +131,13 @@ def test_a_download_is_checked_by_sha256_or_by_the_id_git_gives_it(file_server, 
     url = f"http://127.0.0.1:{server.server_port}/file.json"
     blob = subprocess.run(["git", "hash-object", "--stdin"], input=handler.payload,
                           capture_output=True, check=True).stdout.decode().strip()
-    task_module.fetch(str(tmp_path), {"a.json": (url, "git", blob),
+    data_files.fetch(str(tmp_path), {"a.json": (url, "git", blob),
                                       "b.json": (url, "sha256",
                                                  hashlib.sha256(handler.payload).hexdigest())},
                       hint="")
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
     with pytest.raises(DataError, match=f"c.json from {url} is not the file expected .*deleted"):
-        task_module.fetch(str(tmp_path), {"c.json": (url, "git", "0" * 40)}, hint="")
+        data_files.fetch(str(tmp_path), {"c.json": (url, "git", "0" * 40)}, hint="")
     assert not (tmp_path / "c.json").exists()
 
 

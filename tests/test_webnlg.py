@@ -14,8 +14,8 @@ import sys
 import pytest
 from conftest import FIXTURES, METEOR_JAR, REPO, shared_folder
 
-from data import mt_metrics
-from data.e2e.metrics import meteor_note
+from data.scorers import mt_metrics
+from data.scorers.meteor import meteor_note
 from data.webnlg import metrics, prepare
 
 
@@ -248,7 +248,7 @@ def test_the_command_scores_without_meteor_in_a_plain_install(user_env, tmp_path
 
 
 def test_a_damaged_download_is_fetched_again_a_users_file_is_theirs(tmp_path):
-    from data.task import mend
+    from data.files import mend
     assert mend(os.path.join(prepare.HERE, "test.json"), prepare.HERE) == \
         "delete it, and the next run downloads it again"
     assert mend(str(tmp_path / "test.json"), prepare.HERE).startswith("replace it")

@@ -1,5 +1,5 @@
-"""DART's scores: BLEU, METEOR and TER, in the two protocols of data/mt_metrics.py (its metrics
-each equal to the official tool):
+"""DART's scores: BLEU, METEOR and TER, in the two protocols of data/scorers/mt_metrics.py (its
+metrics each equal to the official tool):
 
 - released: what the paper's released code computes (gpt2_decode.py --ref_type dart --ref_num 6
   --tokenize --lower, then GenerationEval's eval.py -nr 6 -m bleu,meteor,ter): one score per
@@ -23,14 +23,13 @@ import sys
 
 if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data import mt_metrics  # noqa: E402
 from data.dart import prepare  # noqa: E402
-from data.e2e.metrics import meteor_note  # noqa: E402
-from data.task import read_text  # noqa: E402
+from data.files import read_text  # noqa: E402
+from data.scorers import mt_metrics  # noqa: E402
+from data.scorers.meteor import meteor_note  # noqa: E402
 from data.triples import split_entries  # noqa: E402
-from kit.cli import plural  # noqa: E402
-from kit.errors import UserError  # noqa: E402
-
+from plumbing.cli import plural  # noqa: E402
+from plumbing.errors import UserError  # noqa: E402
 
 PROTOCOLS = {**mt_metrics.PROTOCOLS, "challenge": "DART's own scripts: 3 references for BLEU "
              "and TER, 8 for METEOR, multi-bleu.perl, tercom"}

@@ -28,12 +28,12 @@ four printed decimals on six public cases (tests/test_metrics.py, against
 tests/fixtures/e2e-metrics/SCORES*.md); ROUGE-L and CIDEr also equal pycocoevalcap's own code to
 1e-12, and METEOR the jar's statistics for every MR (tests/test_meteor.py).
 
-METEOR 1.5 (meteor.py) matches words through a stemmer, WordNet synonyms and a paraphrase table:
-it reads the jar's word lists and table from the PyPI package pycocoevalcap, which ships them
-(without it, `METEOR: n/a (needs the pycocoevalcap package for METEOR's word lists)`, and the
-other four are still scored, exit code 0). No Java is needed; `--meteor jar` runs the official
-jar instead (it needs Java too and takes 11 s to start) to check the port against;
-`--no-meteor` prints `METEOR: skipped (--no-meteor)`. Timings: BENCHMARKS.md.
+METEOR 1.5 (data/scorers/meteor.py, shared with WebNLG and DART) matches words through a stemmer,
+WordNet synonyms and a paraphrase table: it reads the jar's word lists and table from the PyPI
+package pycocoevalcap, which ships them (without it, `METEOR: n/a (needs the pycocoevalcap package
+for METEOR's word lists)`, and the other four are still scored, exit code 0). No Java is needed;
+`--meteor jar` runs the official jar instead (it needs Java too and takes 11 s to start) to check
+the port against; `--no-meteor` prints `METEOR: skipped (--no-meteor)`. Timings: BENCHMARKS.md.
 
 Inputs, as the official script takes them: references as CSV/TSV with MR and reference columns
 (rows sharing an MR on consecutive lines are one MR's references) or plain text (one reference per
@@ -52,16 +52,17 @@ import io
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections import Counter
 
 if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data.e2e import meteor as meteor_port  # noqa: E402
 from data.e2e.ptb_tokenizer import ptb_tokenize_lines  # noqa: E402
-from kit.errors import UserError  # noqa: E402
+from data.scorers import meteor as meteor_port  # noqa: E402
+from data.scorers.meteor import meteor_jar, meteor_missing, meteor_note  # noqa: E402
+from data.scorers.mteval import mteval_tokenize, ngram_counts  # noqa: E402
+from plumbing.errors import UserError  # noqa: E402
 
 # -------------------------------------------------------------------------------------------------
 # Reading references and predictions
@@ -170,35 +171,6 @@ def load(refs_path: str, preds_path: str) -> tuple[list[list[str]], list[str]]:
 # on the test set), not by the padded count (45). BLEU is corpus BLEU-4 with the
 # closest reference length (ties: the shorter); NIST-5 weighs each matched n-gram by its
 # information, -log2(count(w1..wn) / count(w1..wn-1)), counted over all references.
-
-# mteval lowercases A-Z only, and puts spaces around the ASCII punctuation in its character class
-# [{-~[-` -&(-+:-@/], that is all of it but ' - . , (the last two follow below).
-_MTEVAL_PUNCTUATION = {c: f" {c} " for c in "{|}~[\\]^_`!\"#$%&()*+:;<=>?@/"}
-_MTEVAL_CHARS = str.maketrans({**{c: c.lower() for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"},
-                               **_MTEVAL_PUNCTUATION})
-_MTEVAL_CHARS_CASED = str.maketrans(_MTEVAL_PUNCTUATION)
-
-
-def mteval_tokenize(text: str, lowercase: bool = True) -> list[str]:
-    """mteval-v13a's tokenization(): punctuation split off, and without its -c ASCII lowercased
-    (lowercase=False: the case kept, as multi-bleu-detok.perl tokenizes)."""
-    text = re.sub(r"\s+", " ", text).replace("<skipped>", "")
-    for entity, char in (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")):
-        text = text.replace(entity, char)
-    text = f" {text} ".translate(_MTEVAL_CHARS if lowercase else _MTEVAL_CHARS_CASED)
-    text = re.sub(r"([^0-9])([\.,])", r"\1 \2 ", text)  # . and , unless preceded by a digit
-    text = re.sub(r"([\.,])([^0-9])", r" \1 \2", text)  # . and , unless followed by a digit
-    text = re.sub(r"([0-9])(-)", r"\1 \2 ", text)  # - after a digit
-    return text.split()
-
-
-def ngram_counts(words: list[str], max_n: int) -> Counter:
-    """Counts of all n-grams of words for n = 1..max_n, as tuples."""
-    counts = Counter()
-    for n in range(1, max_n + 1):
-        counts.update(zip(*(words[i:] for i in range(n))))
-    return counts
-
 
 def bleu_nist(refs: list[list[str]], preds: list[str]) -> tuple[float, float]:
     """Corpus BLEU-4 and NIST-5 of predictions (one per MR) against each MR's references."""
@@ -343,34 +315,8 @@ def cider_d(refs: list[list[str]], preds: list[str], n: int = 4, sigma: float = 
 
 
 # -------------------------------------------------------------------------------------------------
-# METEOR 1.5: the Python port (meteor.py, the default) or the official jar through its stdio
-# protocol, which the port equals (tests/test_meteor.py) and which stays here to check it
-
-
-def meteor_missing(implementation: str = "python") -> str | None:
-    """Why METEOR cannot run here (what to install), or None when it can. implementation:
-    "python" (meteor.py: pycocoevalcap's word lists) or "jar" (also Java)."""
-    if implementation == "python":
-        return meteor_port.resources_missing()
-    missing = [] if shutil.which("java") else ["Java"]
-    try:
-        if not os.path.isfile(os.path.join(meteor_port.data_folder(), "meteor-1.5.jar")):
-            missing.append("pycocoevalcap's meteor-1.5.jar (reinstall pycocoevalcap)")
-    except ImportError:
-        missing.append("the Python package pycocoevalcap")
-    return f"needs {' and '.join(missing)}" if missing else None
-
-
-def meteor_jar() -> str | None:
-    """Path of meteor-1.5.jar when Java and pycocoevalcap are installed, else None."""
-    return None if meteor_missing("jar") else os.path.join(meteor_port.data_folder(),
-                                                            "meteor-1.5.jar")
-
-
-def meteor_note(requested: bool = True, *, implementation: str = "python") -> str:
-    """What to print instead of a METEOR score: skipped on request, or n/a and what it needs."""
-    return "skipped (--no-meteor)" if not requested else \
-        f"n/a ({meteor_missing(implementation) or 'not run'})"
+# METEOR 1.5: the Python port (data/scorers/meteor.py, the default) or the official jar through its
+# stdio protocol, which the port equals (tests/test_meteor.py) and which stays here to check it
 
 
 class MeteorError(UserError, RuntimeError):
@@ -442,8 +388,8 @@ NAMES = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 
 def score(refs: list[list[str]], preds: list[str], meteor: bool | str | Meteor = True) -> dict:
     """The five metrics for predictions (one per MR) against references (a list per MR).
-    meteor: True or "python" (meteor.py), "jar" (the official jar, started here), a running
-    Meteor jar (to score several sets with one), or False. METEOR is None with False or where
+    meteor: True or "python" (data/scorers/meteor.py), "jar" (the official jar, started here), a
+    running Meteor jar (to score several sets with one), or False. METEOR is None with False or where
     it cannot run (meteor_missing() says why). A jar that does not answer raises MeteorError."""
     if len(refs) != len(preds):
         raise ValueError(f"{len(preds)} predictions for {len(refs)} MRs")
@@ -485,8 +431,9 @@ def main(argv=None) -> int:
                                      "MRs separated by an empty line)")
     parser.add_argument("preds", help="predictions: CSV/TSV (MR, output) or text (one per line)")
     parser.add_argument("--meteor", choices=("python", "jar"), default="python",
-                        help="METEOR from meteor.py (default; it reads pycocoevalcap's word lists) "
-                             "or from the official jar (it also needs Java), to check the other")
+                        help="METEOR from data/scorers/meteor.py (default; it reads "
+                             "pycocoevalcap's word lists) or from the official jar (it also needs "
+                             "Java), to check the other")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR")
     args = parser.parse_args(argv)
     try:

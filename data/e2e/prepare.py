@@ -39,8 +39,9 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.e2e import paper_format  # noqa: E402
 # the pipeline every task shares (E2E is one task), known here by its old names too
-from data.task import (EOT, DataError, Examples, cached, collate, encode_pairs,  # noqa: E402, F401
-                       loss_positions, read_text, tokenizer)
+from data.files import DataError, cached, read_text  # noqa: E402, F401
+from data.task import (EOT, Examples, collate, encode_pairs, loss_positions,  # noqa: E402, F401
+                       tokenizer)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 URL = "https://github.com/tuetschek/e2e-dataset/releases/download/v1.0.0/e2e-dataset.zip"
@@ -70,7 +71,7 @@ def locate(data_dir: str | None = None) -> str:
 
 def download_release(folder: str):
     """Download the official zip, extract the four CSVs into folder, check their SHA-256."""
-    from kit.checkpoint import download  # the resumable downloader the GPT-2 checkpoints use
+    from plumbing.checkpoint import download  # the resumable downloader the GPT-2 checkpoints use
 
     archive = os.path.join(folder, "e2e-dataset.zip")
     if not os.path.isfile(archive):
@@ -264,7 +265,7 @@ def released_lines(split: str) -> list[str] | None:
     folder = os.environ.get("E2E_LORA_DIR") or here
     path = os.path.join(folder, name)
     if not os.path.isfile(path) and folder == here:
-        from kit.checkpoint import DownloadError, download
+        from plumbing.checkpoint import DownloadError, download
         try:
             download(paper_format.RELEASED_URL + name, path, hint="")
         except DownloadError:

@@ -1,5 +1,5 @@
 """WebNLG's scores: BLEU, METEOR and TER on the unseen, seen and all categories, in the two
-protocols of data/mt_metrics.py (its metrics each equal to the official tool):
+protocols of data/scorers/mt_metrics.py (its metrics each equal to the official tool):
 
 - released: what the paper's released code computes (gpt2_decode.py --ref_type webnlg --ref_num 6
   --tokenize --lower, then GenerationEval's eval.py -nr 6 -m bleu,meteor,ter): the numbers
@@ -23,11 +23,11 @@ import sys
 
 if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data import mt_metrics  # noqa: E402
-from data.e2e.metrics import meteor_note  # noqa: E402
+from data.scorers import mt_metrics  # noqa: E402
+from data.scorers.meteor import meteor_note  # noqa: E402
 from data.triples import split_entries  # noqa: E402
 from data.webnlg import prepare  # noqa: E402
-from kit.errors import UserError  # noqa: E402
+from plumbing.errors import UserError  # noqa: E402
 
 SUBSETS = ("unseen", "seen", "all")  # Table 14's order
 PROTOCOLS = {**mt_metrics.PROTOCOLS, "challenge": "the WebNLG 2017 challenge's scripts: 3 "

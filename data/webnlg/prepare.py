@@ -23,7 +23,7 @@ import glob
 import json
 import os
 
-from data.task import DataError, fetch, mend, read_text
+from data.files import DataError, fetch, mend, read_text
 from data.triples import xml_entries
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -1,8 +1,8 @@
 """Why does LoRA work? The paper's Section 7 measurements, on adapters you trained.
 
-    python -m kit.analysis similarity RUN_R8/adapter.safetensors RUN_R64/adapter.safetensors \
+    python -m paper.analysis similarity RUN_R8/adapter.safetensors RUN_R64/adapter.safetensors \
         --out phi.csv
-    python -m kit.analysis amplification RUN/adapter.safetensors [--model BASE]
+    python -m paper.analysis amplification RUN/adapter.safetensors [--model BASE]
 
 similarity (Sec. 7.2, Figures 3 and 4): two adapters on the same matrices, e.g. r=8 and r=64, or
 two seeds of one rank. With U_r the right-singular vectors of A (r x k) ordered by singular value,
@@ -32,9 +32,10 @@ import sys
 import torch
 
 import lora
-from kit import checkpoint, cli, peft_interop, rundir
-from kit.cli import UserError
 from model import GPT
+from paper import peft_interop
+from plumbing import checkpoint, cli, rundir
+from plumbing.cli import UserError
 
 # --- the adapters' factors -------------------------------------------------------------------------
 

@@ -1,5 +1,8 @@
-"""How close a run comes to the device's limit: model FLOPs utilization (MFU), as nanoGPT and
-PaLM (Appendix B) report it. The FLOPs a training step needs over the time it takes, over the
+"""What a LoRA step costs, and how close a run comes to the device's limit. The paper's Sec. 4.2
+("Practical Benefits"): "a 25% speedup during training on GPT-3 175B compared to full fine-tuning
+as we do not need to calculate the gradient for the vast majority of the parameters". Here that
+saving is counted, and a run's speed reported as model FLOPs utilization (MFU), as nanoGPT and
+PaLM (Appendix B) report it: the FLOPs a training step needs over the time it takes, over the
 device's peak:
 
     MFU = step_flops(...) / seconds per step / peak(device, dtype)
@@ -26,7 +29,7 @@ import torch
 import torch.nn as nn
 
 import lora
-from kit.adapter import Adapter, WithAdapter
+from paper.adapter import Adapter, WithAdapter
 
 # Dense FLOP/s by GPU (a fragment of torch.cuda.get_device_name, the first that matches) and
 # autocast dtype, from NVIDIA's data sheets (H200, H100, A100, L4, A10, T4, V100, GeForce RTX 4090
@@ -64,7 +67,7 @@ def _linear(layer: nn.Linear, n: int, grad_in: bool) -> tuple[int, bool]:
 def _projection(module: nn.Module, n: int, grad_in: bool) -> tuple[int, bool]:
     """A projection of the model as it is: a plain Linear, a LoRALinear (W0 beside A and B: A's
     and B's products forward, their weights' gradients, and the gradients into them), or a
-    module followed by an adapter (kit/adapter.py)."""
+    module followed by an adapter (paper/adapter.py)."""
     if isinstance(module, WithAdapter):
         flops, grad = _projection(module.module, n, grad_in)
         more, grad = _adapter(module.adapter, n, grad)
@@ -172,4 +175,4 @@ def peak(device: torch.device, amp_dtype: torch.dtype | None) -> tuple[float | N
     for fragment, peaks in GPU_PEAKS.items():
         if fragment in name:
             return peaks.get(dtype), f"{name}, {dtype}: NVIDIA's data sheet"
-    return None, f"{name}: not in kit/mfu.py's GPU_PEAKS"
+    return None, f"{name}: not in paper/mfu.py's GPU_PEAKS"

@@ -16,8 +16,8 @@ Same shape of API as lora.py: apply, count (describe), save, load.
 import torch.nn as nn
 
 import lora
-from kit import checkpoint
 from model import GPT
+from plumbing import checkpoint
 
 KINDS = ("houlsby", "lin")  # Adapter^H, Adapter^L
 

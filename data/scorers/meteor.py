@@ -25,7 +25,7 @@ added to the path it came from; the corpus score leaves out the chunks of exactl
 One thing is not copied: the jar compares words by their Java hash codes ("chance of collision
 statistically insignificant"); here words are compared as strings.
 
-    from data.e2e import meteor
+    from data.scorers import meteor
     meteor.corpus_score(refs, outputs)   # refs: a list of references per MR, already tokenized
 """
 
@@ -36,6 +36,7 @@ import itertools
 import math
 import os
 import re
+import shutil
 import zipfile
 
 import numpy as np
@@ -582,3 +583,33 @@ def corpus_score(refs: list[list[str]], outputs: list[str]) -> float:
     for stats in segment_statistics(refs, outputs):
         total = add(total, stats)
     return score_of(total)
+
+
+# -------------------------------------------------------------------------------------------------
+# Whether METEOR can run here: this port (pycocoevalcap's word lists), or the official jar (Java
+# too), which the E2E scorer can run instead to check the port (data/e2e/metrics.Meteor)
+
+
+def meteor_missing(implementation: str = "python") -> str | None:
+    """Why METEOR cannot run here (what to install), or None when it can. implementation:
+    "python" (meteor.py: pycocoevalcap's word lists) or "jar" (also Java)."""
+    if implementation == "python":
+        return resources_missing()
+    missing = [] if shutil.which("java") else ["Java"]
+    try:
+        if not os.path.isfile(os.path.join(data_folder(), "meteor-1.5.jar")):
+            missing.append("pycocoevalcap's meteor-1.5.jar (reinstall pycocoevalcap)")
+    except ImportError:
+        missing.append("the Python package pycocoevalcap")
+    return f"needs {' and '.join(missing)}" if missing else None
+
+
+def meteor_jar() -> str | None:
+    """Path of meteor-1.5.jar when Java and pycocoevalcap are installed, else None."""
+    return None if meteor_missing("jar") else os.path.join(data_folder(), "meteor-1.5.jar")
+
+
+def meteor_note(requested: bool = True, *, implementation: str = "python") -> str:
+    """What to print instead of a METEOR score: skipped on request, or n/a and what it needs."""
+    return "skipped (--no-meteor)" if not requested else \
+        f"n/a ({meteor_missing(implementation) or 'not run'})"

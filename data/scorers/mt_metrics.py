@@ -8,8 +8,8 @@ together as each task's two protocols (the paper's released code, and the offici
   output against its closest reference length (on a tie the shorter), where an empty reference
   line counts as a reference of no words, as the scripts read it.
 - METEOR 1.5 as the jar scores two files (`java -jar meteor-1.5.jar HYP REF -l en -norm -r N`):
-  data/e2e/meteor.py, the E2E metrics' port, with each output as the file holds it.
-- TER: tercom 0.7.25 and pyter3, data/tercom.py.
+  data/scorers/meteor.py, the E2E metrics' port, with each output as the file holds it.
+- TER: tercom 0.7.25 and pyter3, data/scorers/tercom.py.
 
 And the ways the protocols prepare text: split_nonword(), the re.split('(\\W)') that the
 challenge scripts call "detokenise" and the released decode script "tokenize" (every non-word
@@ -26,9 +26,10 @@ import multiprocessing
 import os
 import re
 
-from data import tercom
-from data.e2e import meteor as meteor_port
-from data.e2e.metrics import meteor_missing, mteval_tokenize, ngram_counts
+from data.scorers import meteor as meteor_port
+from data.scorers import tercom
+from data.scorers.meteor import meteor_missing
+from data.scorers.mteval import mteval_tokenize, ngram_counts
 
 # --- preparing text ------------------------------------------------------------------------------
 
@@ -346,9 +347,9 @@ def read_outputs(path: str, contexts: list[str]) -> list[str]:
     import csv
     import io
 
-    from data.task import read_text
-    from kit.cli import plural
-    from kit.errors import UserError
+    from data.files import read_text
+    from plumbing.cli import plural
+    from plumbing.errors import UserError
 
     text = read_text(path)
     if not str(path).lower().endswith(".tsv"):
@@ -382,7 +383,7 @@ def read_outputs(path: str, contexts: list[str]) -> list[str]:
 def describe_outputs(outputs: list[str], inputs: int, split: str) -> str:
     """What a scoring command scores: '1,862 outputs for the test split's 1,862 inputs', with
     how many are empty (each is scored as an empty output, as the official scripts score it)."""
-    from kit.cli import plural
+    from plumbing.cli import plural
 
     line = (f"{plural(len(outputs), 'output')} for the {split} split's "
             + (f"{inputs:,} inputs" if len(outputs) == inputs

@@ -1,5 +1,5 @@
 """torchrun for `reproduce.py --nproc N`: the same launcher (torch.distributed.run, --standalone),
-quiet. The ranks say what happened, in one line from rank 0 (kit/cli.py); torchrun would add
+quiet. The ranks say what happened, in one line from rank 0 (plumbing/cli.py); torchrun would add
 its own report after them: a banner, a warning per signal it forwards, a traceback when it is
 stopped (Ctrl-C, SIGTERM, SIGHUP, all forwarded to the ranks) and a page when a rank exits
 with an error. Here the launcher exits with the ranks' code instead: 128 + the signal's number
@@ -7,7 +7,9 @@ when it was stopped, the first failed rank's code otherwise, and one line only w
 killed by a signal and so could say nothing itself. The ranks die with it, even by kill -9
 (distributed.die_with_launcher).
 
-Run as a script, so that it needs nothing but torch: python kit/launch.py NPROC SCRIPT [ARGS...]
+Run as a script, so that it needs nothing but torch:
+
+    python plumbing/launch.py NPROC SCRIPT [ARGS...]
 """
 
 import logging
@@ -46,7 +48,7 @@ def main(nproc: str, script: str, *args: str) -> int:
     return 0
 
 
-USAGE = "usage: python kit/launch.py NPROC SCRIPT [ARGS...] (NPROC processes of SCRIPT)"
+USAGE = "usage: python plumbing/launch.py NPROC SCRIPT [ARGS...] (NPROC processes of SCRIPT)"
 
 
 def check(argv: list[str]) -> str | None:

@@ -39,7 +39,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from kit.cli import USER_ERRORS, UserError
+from plumbing.cli import USER_ERRORS, UserError
 
 
 class LostRank(Exception):
@@ -298,7 +298,7 @@ def die_with_launcher():
     """This rank ends (SIGTERM: it stops as a scheduler's SIGTERM stops it) when the process
     that started it does: torchrun starts each rank in a session of its own, so a kill -9 to the
     launcher's process group would leave the ranks running, and holding the run's folder. Linux
-    only (prctl's parent-death signal); kit/launch.py names itself, so that a launcher already
+    only (prctl's parent-death signal); plumbing/launch.py names itself, so that a launcher already
     gone when this rank gets here is found too."""
     if not sys.platform.startswith("linux"):
         return

@@ -18,11 +18,12 @@ import sys
 
 import torch
 
-from data.e2e import metrics
+from data.scorers.meteor import meteor_missing, meteor_note
 from data.task import tokenizer
-from kit import bookkeeping, cli, evaluation, hardware, rundir
-from kit.checkpoint import load_metadata, write_atomic
-from kit.errors import UserError
+from harness import bookkeeping, evaluation
+from plumbing import cli, hardware, rundir
+from plumbing.checkpoint import load_metadata, write_atomic
+from plumbing.errors import UserError
 
 SPLITS = ("test", "dev")  # every kept epoch is decoded and scored on both
 # What a stage can raise that the user can mend (a missing file, by now, is a bug of ours).
@@ -66,6 +67,62 @@ def read_json(path: str, way_out: str, key: str | None = None, lines: bool = Fal
         return data[key]
     except ValueError as e:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
         raise UserError(f"{path} is damaged ({e}): {way_out}") from None
+
+
+# --- reproduce.py's command line: the flags every command takes, and their checks ---------------
+
+
+def add_flags(q, p, seeds: tuple):
+    """The flags of every reproduce.py command (table3, table13, table14, sweep) on its parser q;
+    p: the main parser, whose error() reports for them all."""
+    q.error = p.error
+    q.add_argument("--model", default="gpt2-medium", help="GPT-2 preset or local checkpoint")
+    q.add_argument("--seeds", default=",".join(map(str, seeds)), help="comma-separated")
+    q.add_argument("--epochs", type=int, default=5, help="epochs per run (each one kept)")
+    q.add_argument("--lr", type=float, help="the rows' peak learning rate (default: Table "
+                                            "11's, 2e-4; full fine-tuning's own, 5e-5)")
+    q.add_argument("--warmup", type=int, help="the rows' warmup steps (default: Table 11's, "
+                                              "500): a short run needs fewer")
+    q.add_argument("--out", help="the experiment folder (default: runs/<command>-<model>)")
+    q.add_argument("--data", help="the task, as train.py's --data: e2e, webnlg, dart, or a "
+                                  "folder (their files, or train.jsonl, dev.jsonl and "
+                                  "test.jsonl); table13 and table14: DART's and WebNLG's "
+                                  "(default: their own folder)")
+    q.add_argument("--limit", type=int, default=0,
+                   help="train on the first N examples only (quick runs; 0: all)")
+    q.add_argument("--mrs", type=int, default=0,
+                   help="decode the first N MRs (inputs) of each split only (0: all)")
+    q.add_argument("--beam", type=int, default=10, help="beam width")
+    q.add_argument("--length-penalty", type=float,
+                   help="default: the task's, as Table 11 (E2E 0.9, WebNLG and DART 0.8)")
+    q.add_argument("--max-new-tokens", type=int,
+                   help="longest output (default: 64; a JSONL task's: its longest target)")
+    q.add_argument("--batch-size", type=int, default=32, help="MRs decoded together")
+    q.add_argument("--no-meteor", action="store_true",
+                   help="skip METEOR (it needs pycocoevalcap's word lists)")
+    q.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps")
+    q.add_argument("--device", default="auto",
+                   help="auto (cuda, else mps, else cpu), cuda, cuda:N, mps, cpu")
+    q.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+                   help="training's autocast dtype on CUDA (decoding is fp32)")
+    q.add_argument("--nproc", type=int, default=1,
+                   help="processes (GPUs) per stage: N > 1 runs the command under torchrun "
+                        "(--standalone, this machine), data-parallel")
+
+
+def check_flags(p, args, batch_size: int):
+    """What argparse cannot say of reproduce.py's flags: a count below 1, a negative one, a
+    process count the paper's batch (batch_size examples) does not split over."""
+    for flag in ("epochs", "beam", "max_new_tokens", "batch_size", "nproc"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.lr is not None and not 0 < args.lr < float("inf") or (args.warmup or 0) < 0:
+        p.error("--lr must be a positive number and --warmup not negative")
+    if batch_size % args.nproc:
+        p.error(f"--nproc {args.nproc}: the paper's batch of {batch_size} examples "
+                "does not split over that many processes")
+    if min(args.limit, args.mrs, args.save_every) < 0:
+        p.error("--limit, --mrs and --save-every must not be negative")
 
 
 def open_experiment(folder: str, settings: dict) -> rundir.Claim:
@@ -117,10 +174,11 @@ def inputs(args, task, world) -> torch.device:
 
 def torchrun(nproc: int, script: str, argv: list[str]):
     """This same command under torchrun, with nproc processes on this machine: this process
-    becomes torchrun (PyTorch's launcher, without its own report: kit/launch.py), whose exit code
-    is the command's. script: the command's file."""
+    becomes torchrun (PyTorch's launcher, without its own report: plumbing/launch.py), whose exit
+    code is the command's. script: the command's file."""
     sys.stdout.flush()
-    launcher = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch.py")
+    launcher = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "plumbing", "launch.py")
     os.execv(sys.executable, [sys.executable, launcher, str(nproc), os.path.abspath(script),
                               *argv])
 
@@ -168,7 +226,7 @@ def undecoded(unit, folder: str) -> list[tuple[int, str]]:
 def unscored(settings: dict, units: list, exp: str) -> list[str]:
     """The decodes whose scores lack METEOR (scored where it could not run) though it was asked
     for and can run here now: their stems."""
-    if not settings["meteor"] or metrics.meteor_missing():
+    if not settings["meteor"] or meteor_missing():
         return []
     stems = [stem(run_folder(exp, u), e, split) for u in units
              for e in range(1, u.config.epochs + 1) for split in SPLITS]
@@ -308,8 +366,8 @@ def report(result: dict, model: str, unit: str, selections: dict, paper) -> str:
     scores = [split for r in result["runs"].values() for e in r["epochs"].values()
               for split in e.values()]
     if lacking := sum(None in split.values() for split in scores):
-        here = f", as here ({why})" if (why := metrics.meteor_missing()) else ""
-        out += ["", f"METEOR: {metrics.meteor_note(s['meteor'])}." if lacking == len(scores) else
+        here = f", as here ({why})" if (why := meteor_missing()) else ""
+        out += ["", f"METEOR: {meteor_note(s['meteor'])}." if lacking == len(scores) else
                 f"METEOR: n/a: {lacking} of the {len(scores)} decodes were scored where it "
                 f"could not run{here}; the same command, rerun where it can (pip install "
                 "pycocoevalcap), scores their saved predictions."]

@@ -29,7 +29,7 @@ try:
 except ImportError:  # Windows: no flock; one process per folder is then up to the user
     fcntl = None
 
-from kit.errors import UserError
+from plumbing.errors import UserError
 
 LOCK = ".lock"
 # what our writers leave when killed mid-write: NAME.tmp (ours), .tmpXXXXXX (safetensors')

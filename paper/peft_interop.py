@@ -1,4 +1,6 @@
-"""LoRA adapters in Hugging Face PEFT's format, both ways, with the same outputs.
+"""LoRA adapters in Hugging Face PEFT's format, both ways, with the same outputs. Not a section
+of the paper: its Sec. 4.1 promise that a task is a small file (A and B) is kept here in the format
+the ecosystem reads, so an adapter trained here loads in PEFT, and one of PEFT's loads here.
 
 PEFT adapts GPT-2's own modules: q, k, v share one fused c_attn (C -> 3C), and every module is a
 Conv1D (fan_in_fan_out). On disk: adapter_config.json + adapter_model.safetensors, with keys like
@@ -19,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 import lora
-from kit import checkpoint
 from model import GPT, PRESETS
+from plumbing import checkpoint
 
 _MODULES = {"o": "attn.c_proj", "fc": "mlp.c_fc", "proj": "mlp.c_proj"}  # q,k,v: attn.c_attn
 _KEY = re.compile(r"base_model\.model\.transformer\.h\.(\d+)\."

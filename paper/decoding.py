@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from data.task import EOT
-from kit import multitask
 from model import KVCache
+from paper import multitask
 
 STOP_TOKENS = (EOT, 628)  # <|endoftext|>, and "\n\n" (a blank line)
 CHECK_EVERY = 4  # steps between looks for prompts whose search is over

@@ -1,7 +1,7 @@
 """The one base class of the errors a user can cause: a bad flag, a missing or wrong file, no
 data, a download that fails, a folder another process owns. Each subsystem's own error
 (CheckpointError, DataError, FolderInUse, ...) subclasses UserError, so a command line turns
-exactly these into one line and exit code 2 (kit/cli.py) without importing any subsystem; every
+exactly these into one line and exit code 2 (plumbing/cli.py) without importing any subsystem; every
 other exception is a bug of ours and keeps its traceback. Beside it, WriteError: a write the
 operating system refused, one line too (exit code 1). This module imports nothing.
 """

@@ -39,15 +39,16 @@ import torch
 
 import lora
 from data.task import open_task
-from kit import cli, distributed, hardware, mfu, rundir
-from kit.checkpoint import (CheckpointError, load_metadata, load_tensors, read_hf_config,
-                            save_tensors, short_list, tensor_mismatch, write_atomic, writing)
-from kit.errors import UserError, WriteError
-from model import GPTConfig, PRESETS
+from model import PRESETS, GPTConfig
+from paper import mfu
+from plumbing import cli, distributed, hardware, rundir
+from plumbing.checkpoint import (CheckpointError, load_metadata, load_tensors, read_hf_config,
+                                 save_tensors, short_list, tensor_mismatch, write_atomic, writing)
+from plumbing.errors import UserError, WriteError
 
 # The route that ends in minutes on a CPU (docs/no-gpu.md): GPT-2 small, a few hundred steps
 QUICK_ROUTE = "python train.py --model gpt2 --max-steps 200 --warmup 20 --out runs/quick"
-# The MFU a CPU training run reaches against its measured fp32 matrix-product speed (kit/mfu.py):
+# The MFU a CPU training run reaches against its measured fp32 matrix-product speed (paper/mfu.py):
 # this machine's, GPT-2 small and medium shapes, LoRA (BENCHMARKS.md); what projects a CPU run's
 # time before its first step
 CPU_MFU = 0.75
@@ -358,7 +359,7 @@ class Log:
     """Progress on the terminal (a tqdm bar, or plain lines when stderr is not a terminal) and
     every value in metrics.jsonl; run_dir None: nothing at all (the ranks of torchrun but 0).
     It keeps the loss, tokens and FLOPs since the last log line (every rank's, summed when
-    logged), and the clock of training tokens/s and MFU (kit/mfu.py: the FLOPs the steps need
+    logged), and the clock of training tokens/s and MFU (paper/mfu.py: the FLOPs the steps need
     over their time, over the device's peak), which evaluations and saves (paused) do not
     count."""
 
@@ -625,7 +626,7 @@ class Run:
 
     def projected_seconds(self, steps: int) -> float:
         """How long `steps` steps take on a CPU (or MPS), before the first: the FLOPs of the
-        training set's batches (kit/mfu.py, over 32 drawn at random) at the device's measured
+        training set's batches (paper/mfu.py, over 32 drawn at random) at the device's measured
         matrix-product speed, at the MFU such runs reach (CPU_MFU)."""
         examples, rng = self.splits["train"], random.Random(0)
         draws = [[examples[i] for i in rng.sample(range(len(examples)),

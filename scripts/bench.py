@@ -1,10 +1,10 @@
 """Benchmarks: ours against transformers + peft, same weights, same E2E batches, same dtype.
-The one module of kit/ that imports an entry script: it times train.py's own loss, batches and
-optimizer.
+A script, not a package's module: it imports an entry script (it times train.py's own loss,
+batches and optimizer), which no package may do. Run it from the repository's root:
 
-    python -m kit.bench --small --device cpu   # all sections, CPU: a small GPT-2 shape (minutes)
-    python -m kit.bench --compile              # all sections, GPU: GPT-2 medium in bf16
-    python -m kit.bench train|memory|decode|latency|cache|profile|tasks [--small --device cpu]
+    python -m scripts.bench --small --device cpu  # all sections, CPU: a small GPT-2 shape (minutes)
+    python -m scripts.bench --compile             # all sections, GPU: GPT-2 medium in bf16
+    python -m scripts.bench train|memory|decode|latency|cache|profile|tasks [--small --device cpu]
 
 - train:   training-step throughput at batch 8 on train.py's own E2E batches: ours (LoRA r=4 on
            q,v; full fine-tuning) against transformers' GPT2LMHeadModel + peft LoRA (r=4 on
@@ -44,11 +44,12 @@ import torch.nn.functional as F
 import lora
 import train
 from data.e2e import prepare as e2e
-from kit import cli, hardware, latency, mfu, multitask
-from kit.checkpoint import write_atomic
-from kit.cli import HelpFormatter
-from kit.decoding import batches, beam_search, decode
 from model import GPT, GPTConfig
+from paper import latency, mfu, multitask
+from paper.decoding import batches, beam_search, decode
+from plumbing import cli, hardware
+from plumbing.checkpoint import write_atomic
+from plumbing.cli import HelpFormatter
 
 SMALL = dict(n_layer=4, n_head=4, n_embd=256)  # --small: GPT-2's vocabulary, a small body
 RECIPE_STEPS = 26_290  # 5 epochs of 5,258 steps at batch 8 (paper Table 11)
@@ -97,7 +98,7 @@ class Setup:
 
     def flops_models(self) -> dict:
         """This shape with LoRA r=4 on q,v and with every weight trained, on the meta device:
-        what kit/mfu.py counts a step's FLOPs on (every LoRA row, theirs too, needs the same
+        what paper/mfu.py counts a step's FLOPs on (every LoRA row, theirs too, needs the same
         FLOPs as ours; what a row runs beyond them, as an LM head at every position, is its own
         cost)."""
         with torch.device("meta"):
@@ -283,7 +284,7 @@ def bench_train(setup) -> dict:
               f"{r['steps_per_s']:.2f} | {utilization} | {ratio} |")
     peak, source = mfu.peak(setup.device, torch.bfloat16 if setup.device.type == "cuda"
                             else None)
-    print(f"\nMFU: the FLOPs each step needs (kit/mfu.py: LoRA's backward without W0's weight "
+    print(f"\nMFU: the FLOPs each step needs (paper/mfu.py: LoRA's backward without W0's weight "
           f"gradients, the LM head at the loss positions) over the peak: "
           f"{'n/a' if peak is None else f'{peak / 1e12:,.3g} TFLOP/s'} ({source})")
     result = {"rows": rows, "failed": failed}
@@ -335,7 +336,7 @@ def bench_memory(setup) -> dict:
     rows = {}
     args = setup.args
     for method in MEMORY_ROWS:
-        argv = [sys.executable, "-m", "kit.bench", "--peak-worker", method,
+        argv = [sys.executable, "-m", "scripts.bench", "--peak-worker", method,
                 "--device", str(setup.device), "--model", args.model, "--weights", setup.folder]
         argv += (["--small"] if args.small else []) + (["--bucket"] if args.bucket else [])
         argv += ["--data", args.data] if args.data else []

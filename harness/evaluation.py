@@ -26,12 +26,13 @@ import time
 import torch
 
 from data.e2e import metrics
+from data.scorers.meteor import meteor_note
 from data.task import Task, tokenizer
-from kit import cli, hardware
-from kit.checkpoint import write_atomic, writing
-from kit.cli import UserError
-from kit.decoding import decode, search_bytes
-from kit.distributed import ALONE
+from paper.decoding import decode, search_bytes
+from plumbing import cli, hardware
+from plumbing.checkpoint import write_atomic, writing
+from plumbing.cli import UserError
+from plumbing.distributed import ALONE
 
 
 @dataclasses.dataclass
@@ -229,7 +230,7 @@ def score_into(report: dict, task: Task, groups: list, outputs: list[str], meteo
     report.update(task.score(report["split"], groups, outputs, meteor=meteor))
     report.pop("meteor", None)
     if None in report["scores"].values():
-        report["meteor"] = metrics.meteor_note(meteor)
+        report["meteor"] = meteor_note(meteor)
 
 
 def evaluate(model, *, task: Task, split: str, limit: int, stem: str, decoding: Decoding,

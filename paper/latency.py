@@ -17,8 +17,8 @@ import time
 import torch
 
 import lora
-from kit import adapter
 from model import GPT, GPTConfig
+from paper import adapter
 
 # The cells timed by default: the paper's grid on a GPU; on a CPU, where one 1x128 forward pass
 # of GPT-2 medium takes over a second, two small ones.

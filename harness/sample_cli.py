@@ -20,12 +20,14 @@ import torch
 
 from data.e2e.prepare import FORMATS
 from data.task import open_task, tokenizer
-from kit import cli, distributed, evaluation, hardware, latency, multitask, rundir
-from kit.checkpoint import ADAPTER_FORMAT, load_metadata, write_atomic
-from kit.decoding import decode
-from kit.errors import UserError
-from kit.evaluation import Decoding
+from harness import evaluation
+from harness.evaluation import Decoding
 from model import GPT, GPTConfig
+from paper import latency, multitask
+from paper.decoding import decode
+from plumbing import cli, distributed, hardware, rundir
+from plumbing.checkpoint import ADAPTER_FORMAT, load_metadata, write_atomic
+from plumbing.errors import UserError
 
 # --- the adapter, the run, where the predictions go ------------------------------------------
 

@@ -8,7 +8,7 @@ that is where it is tested (autocast on MPS is not).
 
 import torch
 
-from kit.errors import UserError
+from plumbing.errors import UserError
 
 
 def pick_device(name: str) -> torch.device:

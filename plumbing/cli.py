@@ -1,7 +1,7 @@
-"""What the command lines (train.py, sample.py, reproduce.py, kit/analysis.py, kit/bench.py) share:
-one-line user errors, Ctrl-C, SIGTERM and SIGHUP, flags from a dataclass, --help that shows each
-default once, and output folders checked before any work (the device and mixed precision are
-kit/hardware.py's).
+"""What the command lines (train.py, sample.py, reproduce.py, paper/analysis.py, scripts/bench.py)
+share: one-line user errors, Ctrl-C, SIGTERM and SIGHUP, flags from a dataclass, --help that shows
+each default once, and output folders checked before any work (the device and mixed precision are
+plumbing/hardware.py's).
 
 A user error (a bad flag, a missing or wrong file, no data, a folder another process owns) ends
 with one line on stderr and exit code 2; Ctrl-C with one line saying what was kept, exit code 130;
@@ -19,9 +19,9 @@ import sys
 import tempfile
 import types
 
-from kit.errors import UserError, WriteError
+from plumbing.errors import UserError, WriteError
 
-# The errors a user can cause: every subsystem's subclasses UserError (kit/errors.py), and a
+# The errors a user can cause: every subsystem's subclasses UserError (plumbing/errors.py), and a
 # path given that does not exist. Scripts turn these, and only these, into one line.
 USER_ERRORS = (UserError, FileNotFoundError)
 

@@ -1,4 +1,5 @@
-"""Many tasks on one base model: several LoRA adapters served from one copy of GPT-2.
+"""Many tasks on one base model (Sec. 4.1, Sec. 4.2): several LoRA adapters served from one copy
+of GPT-2.
 
 The paper's deployment story (Sec. 4.1): the pretrained W0 is shared, and each task keeps only
 its A and B (1.6 MB for GPT-2 medium at r=4 on W_q, W_v). Two ways to serve the tasks:
@@ -41,8 +42,8 @@ import torch
 import torch.nn as nn
 
 import lora
-from kit import checkpoint
 from model import GPT
+from plumbing import checkpoint
 
 
 class Adapters:

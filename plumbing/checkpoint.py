@@ -20,7 +20,7 @@ import urllib.request
 
 import torch
 
-from kit.errors import UserError, WriteError
+from plumbing.errors import UserError, WriteError
 
 
 class CheckpointError(UserError):

@@ -40,10 +40,11 @@ import torch
 import lora
 from data.task import open_task
 from model import PRESETS, GPTConfig
-from paper import mfu
+from paper import adapter, mfu
 from plumbing import cli, distributed, hardware, rundir
-from plumbing.checkpoint import (CheckpointError, load_metadata, load_tensors, read_hf_config,
-                                 save_tensors, short_list, tensor_mismatch, write_atomic, writing)
+from plumbing.checkpoint import (CheckpointError, check_base, load_metadata, load_tensors,
+                                 read_hf_config, save_tensors, short_list, tensor_mismatch,
+                                 write_atomic, writing)
 from plumbing.errors import UserError, WriteError
 
 # The route that ends in minutes on a CPU (docs/no-gpu.md): GPT-2 small, a few hundred steps
@@ -534,9 +535,27 @@ class Run:
                                                                      save_result)
         self.params = [p for p in model.parameters() if p.requires_grad]
         if self.state:
+            self.check_same_base(model)
             self.position = load_state(self.state, model, optimizer, scaler)
         self.step = self.position["step"]
         return {k: self.position[k] for k in ("step", "epoch", "batch")}
+
+    def check_same_base(self, model):
+        """A resumed run goes on over the base it started from: the weights its adapter's
+        fingerprint was taken of (sample.py's check of the same file) are the ones --model holds
+        now. Full fine-tuning keeps every weight in its state: there, nothing else matters."""
+        path = result_path(self.cfg.method, self.folder)
+        if self.cfg.method == "full" or not os.path.isfile(path):
+            return
+        weights = (lora.base_weights(model, lora.settings(model)["targets"])
+                   if self.cfg.method == "lora" else adapter.base_weights(model))
+        try:
+            check_base(path, model, weights)
+        except CheckpointError:
+            raise CheckpointError(
+                f"{self.folder} was trained on other weights than {self.cfg.model} holds now (a "
+                "fingerprint of its W0 differs): put back the checkpoint it started from, or "
+                "start a new run; nothing was changed") from None
 
     @property
     def saved_at(self) -> int | None:

@@ -118,7 +118,7 @@ def _params(model: GPT) -> dict:
             for k, p in a.named_parameters()}
 
 
-def _base_weights(model: GPT) -> list:
+def base_weights(model: GPT) -> list:
     """The weights right before each adapter (its fingerprint's input): W_o and the MLP's output
     layer for Adapter^H, each block's MLP output layer for Adapter^L."""
     places = [m for m in model.modules() if isinstance(m, WithAdapter)]
@@ -130,7 +130,7 @@ def _base_weights(model: GPT) -> list:
 
 def save(model: GPT, path: str):
     """Save only the adapters' tensors, with kind and r, and the base's fingerprint."""
-    metadata = checkpoint.adapter_metadata(model, "adapter", _base_weights(model), **settings(model))
+    metadata = checkpoint.adapter_metadata(model, "adapter", base_weights(model), **settings(model))
     checkpoint.save_adapter_file(model, path, _params(model), metadata)
 
 
@@ -146,6 +146,6 @@ def load(model: GPT, path: str, check_base: bool = True) -> dict:
     if settings(model) != s:
         raise checkpoint.CheckpointError(f"{path} holds {s}, but this model has {settings(model)}")
     if check_base:
-        checkpoint.check_base(path, model, _base_weights(model))
+        checkpoint.check_base(path, model, base_weights(model))
     checkpoint.copy_tensors(path, _params(model))
     return s

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_main
+from conftest import REPO, random_gpt2, run_main
 from safetensors import safe_open
 
 import lora
@@ -411,6 +411,33 @@ def test_resume_takes_safe_flags_and_refuses_the_others(finished, tmp_path, caps
     assert code == 0 and err == "", err
     assert "has run all its 8 steps already: nothing to do" in out
     assert [step for step, _ in train_records(run_dir)] == [1, 2, 3, 4, 6, 8]
+
+
+def folder_bytes(folder) -> dict:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(Path(folder).rglob("*"))
+            if f.is_file()}
+
+
+@pytest.mark.parametrize("method", [(), ("--init", "pissa"), ("--dora",),
+                                    ("--method", "adapter_h")])
+def test_a_resume_refuses_a_base_replaced_since_and_goes_on_over_the_original(
+        data, tmp_path, capsys, method):
+    base = tmp_path / "base"
+    random_gpt2(n_positions=256).save_pretrained(base)
+    original = folder_bytes(base)
+    run_dir = finished_run(str(base), data, tmp_path / "run", *method)
+    before = folder_bytes(run_dir)
+    random_gpt2(seed=1, n_positions=256).save_pretrained(base)  # the same shape, other weights
+    code, out, err = main(capsys, "--resume", run_dir, "--max-steps", "4")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert f"{run_dir} was trained on other weights than {base} holds now" in err
+    assert "put back the checkpoint it started from" in err
+    assert folder_bytes(run_dir) == before  # nothing written
+    for name, content in original.items():  # the original put back: the run goes on
+        (base / name).write_bytes(content)
+    code, out, err = main(capsys, "--resume", run_dir, "--max-steps", "4")
+    assert code == 0, err
+    assert max(losses(run_dir)) == 4
 
 
 @pytest.mark.parametrize("saved, resumed", [(False, None), (True, "default")])

@@ -22,7 +22,9 @@ amplification factor ||Delta W||_F / ||U^T W V^T||_F of 21.5: Delta W amplifies 
 already has but does not emphasise.
 
 Both read adapters saved by train.py (lora.save) and PEFT adapter folders (through
-peft_interop.import_peft, which needs the base model: --model, else the adapter's own record).
+peft_interop.import_peft, which needs the base model: --model, else the adapter's own record;
+each matrix with the rank components its own B uses: peft_factors). DoRA's and PiSSA's own files
+are refused: their change to W0 is not s B A.
 """
 
 import json
@@ -52,12 +54,12 @@ def read_factors(path: str, model_name: str | None = None) -> tuple[dict, str]:
             raise UserError(f"{path} is neither a run folder of train.py's (adapter.safetensors) "
                             "nor a PEFT adapter folder (adapter_config.json)")
         with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
-            base = model_name or json.load(f).get("base_model_name_or_path", "")
-        model = peft_interop.import_peft(GPT.from_pretrained(base), path)
-        return {(int(name.split(".")[2]), target): (layer.A.detach(), layer.B.detach(),
-                                                    layer.scaling)
-                for name, layer in lora.lora_layers(model).items()
-                for target, module in lora.TARGETS.items() if name.endswith(module)}, base
+            config = json.load(f)
+        if config.get("use_dora"):  # (as our own DoRA files, below)
+            raise UserError(f"{path} is a DoRA adapter (use_dora): Section 7's analysis reads "
+                            "plain LoRA's Delta W = s B A, and DoRA's change to W0 is not that")
+        base = model_name or config.get("base_model_name_or_path", "")
+        return peft_factors(peft_interop.import_peft(GPT.from_pretrained(base), path), path), base
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such adapter file: {path}")
     meta = checkpoint.load_metadata(path)
@@ -83,6 +85,25 @@ def read_factors(path: str, model_name: str | None = None) -> tuple[dict, str]:
             target = next(t for t, m in lora.TARGETS.items() if m == ".".join(parts[3:5]))
             factors[(int(parts[2]), target)] = (A, tensors[key[:-1] + "B"], scaling)
     return factors, model_name or meta.get("base_model", "")
+
+
+def peft_factors(model, path: str) -> dict:
+    """The factors of a PEFT adapter imported onto our model, each matrix's own: PEFT's fused
+    c_attn gives W_q, W_k and W_v one A of every matrix's rank components stacked (our export of a
+    q,v adapter at r=4: rank 8, W_k's rows of B zero), so each matrix keeps the components its B
+    uses, and a matrix whose B is zero (W_k there) was not adapted. (A PiSSA adapter in PEFT's
+    conversion is a LoRA of rank 2r on the pretrained W0: it reads as that.)"""
+    factors = {}
+    for name, layer in lora.lora_layers(model).items():
+        A, B = layer.A.detach(), layer.B.detach()
+        used = B.abs().sum(0) != 0  # the rank components this matrix's B takes
+        if used.any():
+            target = next(t for t, m in lora.TARGETS.items() if name.endswith(m))
+            factors[(int(name.split(".")[2]), target)] = (A[used], B[:, used], layer.scaling)
+    if not factors:
+        raise UserError(f"{path}: every B is zero (an adapter that never trained): its Delta W "
+                        "is 0, there is nothing to analyse")
+    return factors
 
 
 def pick(factors: dict, target: str, layer: int | None, path: str) -> dict:

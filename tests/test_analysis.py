@@ -119,6 +119,73 @@ def test_a_peft_adapter_reads_as_its_import(two_adapters, hf_dir, tmp_path):
         torch.testing.assert_close(s2 * B2 @ A2, s * B @ A)
 
 
+def table_rows(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("| W_")]
+
+
+def test_a_peft_export_of_a_qv_adapter_reads_as_the_adapter_itself(two_adapters, hf_dir, tmp_path,
+                                                                    capsys):
+    # PEFT's fused c_attn holds W_q, W_k, W_v's rows: the export of a q,v adapter at r=2 is one
+    # rank-4 c_attn whose W_k rows of B are zero. Read as data, that gave r=4, a W_k row of zeros
+    # and W_q's amplification over the wrong rank.
+    from paper import peft_interop
+    native = two_adapters / "r2.safetensors"
+    model = GPT.from_pretrained(str(hf_dir))
+    lora.load(model, str(native))
+    peft_interop.export_peft(model, str(tmp_path / "peft"))
+    tables = []
+    for adapter in (native, tmp_path / "peft"):
+        code, out, err = run_main(analysis.main, capsys, "amplification", adapter, "--model",
+                                  hf_dir)
+        assert code == 0, err
+        tables.append(table_rows(out))
+    assert [row.split(" | ")[1] for row in tables[0]] == ["2", "2"]
+    assert [row.split(" (")[0] for row in tables[0]] == ["| W_q", "| W_v"]
+    assert tables[1] == tables[0]
+    grids = []
+    for adapter in (native, tmp_path / "peft"):
+        out = tmp_path / f"phi-{len(grids)}.csv"
+        code, _, err = run_main(analysis.main, capsys, "similarity", adapter,
+                                two_adapters / "r8.safetensors", "--model", hf_dir, "--out", out)
+        assert code == 0, err
+        grids.append(out.read_text())
+    assert grids[1] == grids[0]
+
+
+def test_a_peft_export_of_pissa_reads_as_its_change_to_the_pretrained_w0(hf_dir, tmp_path, capsys):
+    # PEFT's conversion of PiSSA: a LoRA of rank 2r on the pretrained W0 (each matrix its own
+    # [A; A0] and [B, -B0]); c_attn stacks q's and v's: 4r, of which each matrix uses 2r
+    from paper import peft_interop
+    model = trained(lora.apply(GPT.from_pretrained(str(hf_dir)), "q,v", r=2, alpha=4,
+                               init="pissa"), seed=3)
+    peft_interop.export_peft(model, str(tmp_path / "peft"))
+    code, out, err = run_main(analysis.main, capsys, "amplification", tmp_path / "peft",
+                              "--model", hf_dir)
+    assert code == 0, err
+    assert [row.split(" | ")[1] for row in table_rows(out)] == ["4", "4"]
+    assert [row.split(" (")[0] for row in table_rows(out)] == ["| W_q", "| W_v"]
+    factors, _ = analysis.read_factors(str(tmp_path / "peft"), str(hf_dir))
+    pretrained = GPT.from_pretrained(str(hf_dir))
+    for (i, target), (A, B, s) in factors.items():
+        name = f"transformer.h.{i}.{lora.TARGETS[target]}"
+        layer = model.get_submodule(name)
+        W = layer.base.weight + layer.delta_weight()  # what the trained PiSSA layer computes
+        torch.testing.assert_close(s * B @ A, (W - pretrained.get_submodule(name).weight).detach(),
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_a_dora_adapter_is_refused_in_our_file_and_in_peft_s(hf_dir, tmp_path, capsys):
+    from paper import peft_interop
+    model = trained(lora.apply(GPT.from_pretrained(str(hf_dir)), "q,v", r=2, alpha=4, dora=True))
+    lora.save(model, str(tmp_path / "dora.safetensors"))
+    peft_interop.export_peft(model, str(tmp_path / "peft"))
+    for adapter in (tmp_path / "dora.safetensors", tmp_path / "peft"):
+        code, out, err = run_main(analysis.main, capsys, "amplification", adapter, "--model",
+                                  hf_dir)
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert "is a DoRA adapter" in err and "reads plain LoRA's Delta W = s B A" in err
+
+
 def test_amplification_takes_the_target_and_layer_it_is_given(two_adapters, hf_dir, capsys):
     adapter = two_adapters / "r8.safetensors"  # (the command line, in this process)
     code, out, err = run_main(analysis.main, capsys, "amplification", adapter, "--target", "v",

@@ -68,9 +68,8 @@ def read_factors(path: str, model_name: str | None = None) -> tuple[dict, str]:
                                                                    "not a LoRA adapter")
         raise UserError(f"{path} is {kind}: Section 7's analysis reads LoRA's A and B")
     tensors = checkpoint.load_tensors(path)
+    s = checkpoint.adapter_settings(path, meta, "lora")  # (each of its type)
     try:  # a hand-edited file may record anything
-        s = {k: json.loads(meta[k]) for k in ("targets", "r", "alpha", "dropout")}
-        s.update({k: json.loads(meta[k]) for k in ("rslora", "dora", "init") if k in meta})
         lora.check_settings(s["targets"], s["r"], s["alpha"], s["dropout"], s.get("init", "lora"))
     except (KeyError, TypeError, ValueError) as e:
         raise checkpoint.invalid_settings(path, e) from None

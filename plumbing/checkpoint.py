@@ -339,6 +339,30 @@ def adapter_metadata(model, method: str, base_weights: list, **settings) -> dict
 
 
 ADAPTER_KEYS = ("format_version", "method", "base_model", "base_shape")
+# What each method's file records of its settings, by type (JSON's: true/false is no number, a
+# number in a string is a string): another type is refused, naming the field and its value.
+SETTINGS = {"lora": {"targets": "a list of target names", "r": "a whole number",
+                     "alpha": "a number", "dropout": "a number", "rslora": "true or false",
+                     "dora": "true or false", "init": "a string"},
+            "adapter": {"kind": "a string", "r": "a whole number"}}
+_IS = {"a list of target names": lambda v: isinstance(v, list) and all(isinstance(t, str)
+                                                                       for t in v),
+       "a whole number": lambda v: isinstance(v, int) and not isinstance(v, bool),
+       "a number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+       "true or false": lambda v: isinstance(v, bool), "a string": lambda v: isinstance(v, str)}
+
+
+def adapter_settings(path: str, meta: dict, method: str) -> dict:
+    """The settings a `method` adapter file records (those it has), each of the type it is
+    written with; a CheckpointError names the field and the value that is not."""
+    settings = {}
+    for key, kind in SETTINGS[method].items():
+        if key in meta:
+            value = settings[key] = _field(path, meta, key)
+            if not _IS[kind](value):
+                raise CheckpointError(f"{path}: its recorded {key} is {json.dumps(value)}, not "
+                                      f"{kind}; the file was edited or damaged")
+    return settings
 
 
 def read_adapter_metadata(path: str, method: str, model) -> dict:
@@ -368,8 +392,10 @@ def read_adapter_metadata(path: str, method: str, model) -> dict:
                               f"{meta['base_shape']}, but this model is "
                               f"{json.dumps(_base_shape(model))}; load the adapter onto its own "
                               "base model")
-    known = {"format", "format_version", "method", "base_model", "base_shape", "base_fingerprint"}
-    return {k: _field(path, meta, k) for k in meta if k not in known}
+    known = {"format", "format_version", "method", "base_model", "base_shape", "base_fingerprint",
+             *SETTINGS[method]}
+    return {**{k: _field(path, meta, k) for k in meta if k not in known},
+            **adapter_settings(path, meta, method)}
 
 
 def _field(path: str, meta: dict, key: str, default=None):

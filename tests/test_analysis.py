@@ -186,6 +186,23 @@ def test_a_dora_adapter_is_refused_in_our_file_and_in_peft_s(hf_dir, tmp_path, c
         assert "is a DoRA adapter" in err and "reads plain LoRA's Delta W = s B A" in err
 
 
+@pytest.mark.parametrize("field, value, kind", [("dora", "null", "true or false"),
+                                               ("dora", '"false"', "true or false"),
+                                               ("r", '"2"', "a whole number")])
+def test_a_hand_edited_setting_of_another_type_is_one_line(two_adapters, tmp_path, capsys, field,
+                                                           value, kind):
+    from safetensors.torch import load_file, save_file
+
+    from plumbing.checkpoint import load_metadata
+    src = str(two_adapters / "r2.safetensors")
+    meta = {**load_metadata(src), field: value}
+    save_file(load_file(src), str(tmp_path / "edited.safetensors"), metadata=meta)
+    code, out, err = run_main(analysis.main, capsys, "amplification",
+                              tmp_path / "edited.safetensors")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert f"its recorded {field} is {value}, not {kind}; the file was edited or damaged" in err
+
+
 def test_amplification_takes_the_target_and_layer_it_is_given(two_adapters, hf_dir, capsys):
     adapter = two_adapters / "r8.safetensors"  # (the command line, in this process)
     code, out, err = run_main(analysis.main, capsys, "amplification", adapter, "--target", "v",

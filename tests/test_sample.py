@@ -391,8 +391,17 @@ def test_more_user_errors_are_one_line(tiny_run, gpt2_vocab, tmp_path, capsys, a
 
 
 @pytest.mark.parametrize("edit, fragment", [
-    (lambda m: m.update(r="NaN"), "its recorded settings are not valid (rank r must be an "
-                                  "integer >= 1, got nan)"),
+    (lambda m: m.update(r="NaN"), "its recorded r is NaN, not a whole number"),
+    (lambda m: m.update(r='"2"'), 'its recorded r is "2", not a whole number'),
+    (lambda m: m.update(r="true"), "its recorded r is true, not a whole number"),
+    (lambda m: m.update(alpha="true"), "its recorded alpha is true, not a number"),
+    (lambda m: m.update(dora="null"), "its recorded dora is null, not true or false"),
+    (lambda m: m.update(dora='"false"'), 'its recorded dora is "false", not true or false'),
+    (lambda m: m.update(rslora="0"), "its recorded rslora is 0, not true or false"),
+    (lambda m: m.update(init="1"), "its recorded init is 1, not a string"),
+    (lambda m: m.update(targets='[1, 2]'), "its recorded targets is [1, 2], not a list of target "
+                                           "names"),
+    (lambda m: m.update(targets='"q,v"'), 'its recorded targets is "q,v", not a list of target'),
     (lambda m: m.update(alpha="NaN"), "its recorded settings are not valid (alpha must be > 0"),
     (lambda m: m.update(targets="q,v"), "its metadata targets='q,v' is not what lora.save / "
                                         "adapter.save write"),

@@ -42,7 +42,9 @@ def export_peft(model: GPT, directory: str):
     describe the whole file. The descendants: DoRA's m goes along (use_dora; on c_attn the rows
     of a matrix without LoRA keep ||W0||, which leaves them as they are); a PiSSA adapter goes
     as PEFT's own conversion writes it, a LoRA of rank 2r on the pretrained W0 (A = [A; A0],
-    B = [B, -B0]: s (B A - B0 A0) is all it changed).
+    B = [B, -B0]: s (B A - B0 A0) is all it changed). That is what ours computes, not what PEFT's
+    PiSSA on c_attn would: PEFT splits the fused 3d x d matrix by one SVD, we each d x d matrix
+    by its own (docs/variants.md).
     """
     s, layers = lora.settings(model), lora.lora_layers(model)
     C = model.config.n_embd

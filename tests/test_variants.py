@@ -3,7 +3,12 @@ implementation of it on the tiny GPT-2: the same model (PEFT's LoRA on the Conv1
 transformers' GPT2LMHeadModel, ours on the same matrices), then the logits, train.py's training
 loss, the gradient of every trainable tensor, one AdamW step and the merged weights. The
 matrices are W_o and the MLP's two (attn.c_proj, mlp.c_fc, mlp.c_proj: one module each on both
-sides; W_q and W_v share transformers' fused c_attn, where the variants compute the same)."""
+sides). W_q and W_v share transformers' fused c_attn: rsLoRA, DoRA (its norms are per row) and
+LoRA+ compute the same there, PiSSA does not (PEFT takes one SVD of the fused 3d x d matrix, we
+one of each d x d matrix: another residual, another start; paper/peft_interop.py exports ours
+as the plain LoRA its change to W0 is). The optimizers are compared with one set-up on both
+sides, said in each test: where PEFT's usual set-ups differ from ours (DoRA's m decayed), a test
+shows that too."""
 
 import json
 import signal
@@ -108,7 +113,7 @@ def test_outputs_loss_gradients_and_a_step_equal_pefts(hf_dir, name):
         layer_name, param = key.rsplit(".", 1)
         assert_close(p.grad, theirs_of(theirs, layer_name, param).grad)
     # one AdamW step: train.make_optimizer's groups (weight decay on matrices, not on DoRA's
-    # m), PEFT's parameters grouped alike
+    # m), PEFT's parameters grouped alike (its usual set-ups decay m: the test below)
     ours_opt = train.make_optimizer(ours, lr=1e-2, weight_decay=0.01)
     decayed = [p for n, p in theirs.named_parameters() if "lora_A" in n or "lora_B" in n]
     vectors = [p for n, p in theirs.named_parameters() if "lora_magnitude_vector" in n]
@@ -143,17 +148,31 @@ def test_the_merged_model_is_plain_gpt2_with_pefts_merged_weights(hf_dir, name):
 
 
 @pytest.mark.fast
-def test_lora_plus_groups_and_step_equal_pefts(hf_dir):
+@pytest.mark.parametrize("name", ["lora", "dora"])
+def test_lora_plus_groups_and_step_equal_pefts(hf_dir, name):
+    # PEFT's create_loraplus_optimizer with our set-up said explicitly: the weight decay given
+    # (its loraplus_weight_decay defaults to 0; ours is --weight-decay, Table 11's 0.01), and
+    # DoRA's m, which it decays with B, moved to its undecayed B group (make_optimizer decays no
+    # vector: docs/variants.md)
     from peft.optimizers import create_loraplus_optimizer
 
-    ours, theirs = pair(hf_dir, "lora")
+    ours, theirs = pair(hf_dir, name)
     ours_opt = train.make_optimizer(ours, lr=1e-3, weight_decay=0.01, lora_plus=16)
     theirs_opt = create_loraplus_optimizer(theirs, torch.optim.AdamW, lr=1e-3,
                                            loraplus_lr_ratio=16, loraplus_weight_decay=0.01,
                                            betas=(0.9, 0.999), eps=1e-6)
-    by_lr = {g["lr"]: len(g["params"]) for g in ours_opt.param_groups if g["params"]}
-    assert by_lr == {g["lr"]: len(g["params"]) for g in theirs_opt.param_groups if g["params"]}
-    assert by_lr == {1e-3: 6, 16e-3: 6}  # A at lr, B at 16 lr (2 layers x 3 matrices each)
+    magnitudes = {id(p) for n, p in theirs.named_parameters() if "lora_magnitude_vector" in n}
+    decayed_b, plain_b = [g for g in theirs_opt.param_groups if g["lr"] == 16e-3]
+    assert decayed_b["weight_decay"] == 0.01 and plain_b["weight_decay"] == 0.0
+    assert sum(id(p) in magnitudes for p in decayed_b["params"]) == len(magnitudes)  # (PEFT's)
+    plain_b["params"] += [p for p in decayed_b["params"] if id(p) in magnitudes]
+    decayed_b["params"] = [p for p in decayed_b["params"] if id(p) not in magnitudes]
+    groups = lambda opt: sorted((g["lr"], g["weight_decay"], len(g["params"]))  # noqa: E731
+                                for g in opt.param_groups if g["params"])
+    assert groups(ours_opt) == groups(theirs_opt)
+    # A at lr, B at 16 lr (2 layers x 3 matrices each), DoRA's m at 16 lr without decay
+    assert groups(ours_opt) == {"lora": [(1e-3, 0.01, 6), (16e-3, 0.01, 6)],
+                                "dora": [(1e-3, 0.01, 6), (16e-3, 0.0, 6), (16e-3, 0.01, 6)]}[name]
     for _ in range(2):  # two steps: Adam's moments carry the groups' rates
         mine, reference = losses(ours.eval(), theirs.eval())
         mine.backward()
@@ -165,6 +184,37 @@ def test_lora_plus_groups_and_step_equal_pefts(hf_dir):
     for key, p in lora._lora_params(ours).items():
         layer_name, param = key.rsplit(".", 1)
         assert_close(p, theirs_of(theirs, layer_name, param))
+
+
+@pytest.mark.fast
+def test_pefts_usual_optimizers_decay_doras_m_which_ours_does_not(hf_dir):
+    # where docs/variants.md says we differ: transformers' Trainer decays every parameter but
+    # biases and norms, DoRA's magnitude too; make_optimizer decays matrices only. Five AdamW
+    # steps (lr 1e-2, decay 0.01) with the two set-ups then move m apart
+    from transformers import Trainer
+
+    ours, theirs = pair(hf_dir, "dora")
+    decayed = set(Trainer.get_decay_parameter_names(None, theirs))
+    named = [(n, p) for n, p in theirs.named_parameters() if p.requires_grad]
+    assert {n for n, _ in named if "lora_magnitude_vector" in n} <= decayed
+    ours_opt = train.make_optimizer(ours, lr=1e-2, weight_decay=0.01)
+    assert all(g["weight_decay"] == 0.0 for g in ours_opt.param_groups
+               if any(p.dim() == 1 for p in g["params"]))
+    theirs_opt = torch.optim.AdamW([{"params": [p for n, p in named if n in decayed],
+                                     "weight_decay": 0.01},
+                                    {"params": [p for n, p in named if n not in decayed],
+                                     "weight_decay": 0.0}], lr=1e-2, betas=(0.9, 0.999), eps=1e-6)
+    for _ in range(5):
+        mine, reference = losses(ours.eval(), theirs.eval())
+        mine.backward()
+        reference.backward()
+        ours_opt.step()
+        theirs_opt.step()
+        ours_opt.zero_grad()
+        theirs_opt.zero_grad()
+    gap = max((p - theirs_of(theirs, key.rsplit(".", 1)[0], "m")).abs().max().item()
+              for key, p in lora._lora_params(ours).items() if key.endswith(".m"))
+    assert gap > 1e-5  # (decay alone: m x lr x 0.01 per step, m ~ ||W0|| ~ 1)
 
 
 @pytest.mark.fast

@@ -57,7 +57,7 @@ def export_peft(model: GPT, directory: str):
         prefix = f"base_model.model.transformer.h.{i}."
         if fused:
             names = [f"transformer.h.{i}.{lora.TARGETS[t]}" for t in fused]
-            B = torch.zeros(3 * C, R)
+            B = torch.zeros(3 * C, R, dtype=factors[names[0]][1].dtype)
             for j, (t, name) in enumerate(zip(fused, names)):
                 row = "qkv".index(t) * C
                 B[row:row + C, j * r:(j + 1) * r] = factors[name][1]
@@ -87,10 +87,16 @@ def export_peft(model: GPT, directory: str):
     }
     os.makedirs(directory, exist_ok=True)
     checkpoint.save_tensors(os.path.join(directory, "adapter_model.safetensors"),
-                            {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
+                            {k: _stored(v).cpu().contiguous() for k, v in tensors.items()},
                             {"format": "pt"})
     checkpoint.write_atomic(os.path.join(directory, "adapter_config.json"),
                             json.dumps(config, indent=2))
+
+
+def _stored(t: torch.Tensor) -> torch.Tensor:
+    """A tensor as the file holds it: fp32 (A, B and m train in fp32 whatever the compute dtype),
+    or float64 from a float64 model, whose numbers fp32 would round."""
+    return t.detach().to(torch.float64 if t.dtype == torch.float64 else torch.float32)
 
 
 def _factors(layer: lora.LoRALinear) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +153,7 @@ def _read(directory: str, n_layer: int) -> tuple[dict, dict]:
         if m is None or int(m[1]) >= n_layer:
             unknown.append(key)
         else:
-            factors.setdefault((int(m[1]), m[2]), {})[_PART[m[3]]] = t.float()
+            factors.setdefault((int(m[1]), m[2]), {})[_PART[m[3]]] = _stored(t)
     if unknown or not factors:
         raise checkpoint.CheckpointError(f"{directory}: cannot map {unknown[:4] or 'no tensors'} "
                                          "onto GPT-2's c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj")

@@ -12,9 +12,12 @@ comes from $E2E_LORA_DIR (set to ../shared/data/e2e-lora when that exists) or it
 import http.server
 import importlib.util
 import os
+import random
+import signal
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -319,3 +322,111 @@ def file_server():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server, FileServer
     server.shutdown()
+
+
+# Every fixture and every test starts from the same random state, so what one draws never depends
+# on what ran before it in the process (the test order, what pytest-xdist gave this worker): a
+# tolerance met once is met every time.
+
+
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(fixturedef, request):
+    _seed_everything()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item):
+    _seed_everything()
+
+
+# A signal at a moment of a run, sent by the process itself. Sending it from the test once the run
+# prints a line is a race: the run goes on while the test reads the line, further on a loaded
+# machine, and may finish first. A subprocess started with signal_on_line's environment sends the
+# signal from inside its own print of the line, before it goes on.
+_SIGNAL_ON_LINE = '''
+"""tests/conftest.py's signal_on_line: when this process (torchrun's rank 0, or a process that is
+no rank) writes a line to stdout that starts with SIGNAL_ON_LINE, it sends SIGNAL_SEND's signal
+to whom it names: self; parent (torchrun or reproduce.py's launcher, which pass it on to the
+ranks: this process then waits until its own copy arrives, as it would have had it been sent to
+it); parent-group, the parent's process group; or rank:N, the rank whose pid is in this folder.
+The line is written first."""
+import os
+import signal
+import sys
+import time
+
+FOLDER = os.path.dirname(os.path.abspath(__file__))
+if "RANK" in os.environ:  # (what rank:N finds)
+    with open(os.path.join(FOLDER, f"rank{os.environ['RANK']}.pid"), "w") as f:
+        f.write(str(os.getpid()))
+NAME, WHOM = os.environ["SIGNAL_SEND"].split()
+SIG = getattr(signal, NAME)
+
+
+def send():
+    if WHOM == "self":
+        os.kill(os.getpid(), SIG)
+    elif WHOM.startswith("rank:"):
+        with open(os.path.join(FOLDER, f"rank{WHOM[5:]}.pid")) as f:
+            os.kill(int(f.read()), SIG)
+    elif WHOM == "parent-group":  # (kill -9 to a launcher's process group)
+        os.killpg(os.getpgid(os.getppid()), SIG)
+    else:
+        got, previous = [], signal.getsignal(SIG)
+
+        def seen(number, frame):
+            got.append(number)
+            signal.signal(SIG, previous)
+            if callable(previous):
+                previous(number, frame)
+            elif previous == signal.SIG_DFL:
+                os.kill(os.getpid(), number)
+        signal.signal(SIG, seen)
+        os.kill(os.getppid(), SIG)
+        deadline = time.monotonic() + 600
+        while not got:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the parent did not pass {NAME} on within 600 s")
+            time.sleep(0.01)
+
+
+class Lines:
+    def __init__(self, stream):
+        self.stream, self.text, self.sent = stream, "", False
+
+    def write(self, text):
+        n = self.stream.write(text)
+        if not self.sent:
+            self.text += text
+            lines = self.text.split("\\n")
+            self.text = lines.pop()
+            if any(line.startswith(os.environ["SIGNAL_ON_LINE"]) for line in lines):
+                self.sent = True
+                self.stream.flush()
+                send()
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+if os.environ.get("RANK", "0") == "0":
+    sys.stdout = Lines(sys.stdout)
+'''
+
+
+def signal_on_line(folder, line: str, sig, whom: str = "self", env: dict | None = None) -> dict:
+    """The environment of a subprocess that sends sig to whom (self, parent, rank:N: above) as it
+    prints a line starting with line: its own sitecustomize in folder (new)."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(_SIGNAL_ON_LINE)
+    env = {**os.environ, **(env or {})}
+    path = os.pathsep.join([str(folder), *filter(None, [env.get("PYTHONPATH")])])
+    return {**env, "PYTHONPATH": path, "SIGNAL_ON_LINE": line,
+            "SIGNAL_SEND": f"{signal.Signals(sig).name} {whom}"}

@@ -23,7 +23,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, run_main
+from conftest import REPO, run_main, signal_on_line
 from safetensors.torch import load_file
 
 import reproduce
@@ -72,9 +72,9 @@ def one_process(argv) -> int:
     return train.train(cfg, given=given)
 
 
-def torchrun(script, *args):
+def torchrun(script, *args, env=None):
     return subprocess.Popen([*TORCHRUN, str(REPO / script), *map(str, args)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def by_hand(script, argvs, **env):
@@ -88,18 +88,6 @@ def by_hand(script, argvs, **env):
                                   "WORLD_SIZE": str(len(argvs)), "MASTER_ADDR": "127.0.0.1",
                                   "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", **env})
             for r, argv in enumerate(argvs)]
-
-
-def signal_at(proc, step, sig, target=None) -> str:
-    """Send sig to target (default proc) once proc prints step's log line; what proc printed
-    until then."""
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith(f"step {step}/"):
-            (target or proc).send_signal(sig)
-            break
-    return "".join(lines)
 
 
 def state_step(run_dir) -> int:
@@ -149,19 +137,18 @@ def test_two_ranks_train_what_one_process_trains(tiny, data, tmp_path, reference
 def test_a_run_stopped_under_torchrun_goes_on_with_one_process_then_two(tiny, data, tmp_path,
                                                                         reference):
     run_dir = tmp_path / "run"
-    proc = torchrun("train.py", *flags(tiny, data, run_dir, *METHODS["lora"]))
-    signal_at(proc, 6, signal.SIGTERM)  # to torchrun, which passes it to both ranks
-    out, err = proc.communicate()
+    proc = torchrun("train.py", *flags(tiny, data, run_dir, *METHODS["lora"]),  # SIGTERM to
+                    env=signal_on_line(tmp_path / "s1", "step 6/", signal.SIGTERM, "parent"))
+    out, err = proc.communicate()  # torchrun at step 6, which passes it to both ranks
     assert proc.returncode != 0  # (torchrun's own code after a signal)
-    stopped = state_step(run_dir)
-    assert 6 <= stopped < 20 and out.count(f"stopped at step {stopped};") == 1, out + err
+    assert state_step(run_dir) == 7 and out.count("stopped at step 7;") == 1, out + err
     one = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--resume", str(run_dir)],
-                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    before = signal_at(one, 15, signal.SIGTERM)
-    _, err = one.communicate()
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=signal_on_line(tmp_path / "s2", "step 15/", signal.SIGTERM))
+    out, err = one.communicate()
     assert one.returncode == 143, err
-    assert f"resuming at step {stopped}" in before
-    assert 15 <= state_step(run_dir) < 20
+    assert "resuming at step 7" in out
+    assert state_step(run_dir) == 16
     two = torchrun("train.py", "--resume", run_dir)
     out, err = two.communicate()
     assert two.returncode == 0, err
@@ -173,8 +160,8 @@ def test_a_run_stopped_under_torchrun_goes_on_with_one_process_then_two(tiny, da
 def test_a_signal_to_one_rank_stops_both_after_the_same_step(tiny, data, tmp_path):
     run_dir = tmp_path / "run"
     argv = flags(tiny, data, run_dir, *METHODS["lora"])
-    rank0, rank1 = by_hand("train.py", [argv, argv])
-    signal_at(rank0, 4, signal.SIGTERM, target=rank1)  # rank 0 is never signalled
+    rank0, rank1 = by_hand("train.py", [argv, argv], **signal_on_line(  # rank 0 is never
+        tmp_path / "signal", "step 4/", signal.SIGTERM, "rank:1", env={}))  # signalled
     out, err = rank0.communicate()
     _, err1 = rank1.communicate()
     assert (rank0.returncode, rank1.returncode) == (143, 143), err + err1
@@ -189,10 +176,11 @@ def test_a_rank_that_dies_or_hangs_ends_the_other_with_one_line(tiny, data, tmp_
     # a dead rank is found at once; a hung one when a collective times out, then the roll call
     run_dir = tmp_path / "run"
     argv = flags(tiny, data, run_dir, *METHODS["lora"], "--save-every", "5")
-    rank0, rank1 = by_hand("train.py", [argv, argv], LORA_DIST_TIMEOUT=timeout)
+    rank0, rank1 = by_hand("train.py", [argv, argv], LORA_DIST_TIMEOUT=timeout,
+                           **signal_on_line(tmp_path / "signal", "step 12/", sig, "rank:1",
+                                            env={}))
     try:
-        signal_at(rank0, 12, sig, target=rank1)
-        out, err = rank0.communicate(timeout=60)  # (a hang fails here: it never ends)
+        out, err = rank0.communicate(timeout=300)  # (a hang fails here: it never ends)
     finally:
         rank1.kill()
         rank1.communicate()
@@ -294,18 +282,14 @@ def test_ctrl_c_on_reproduce_over_two_processes_is_one_line(tiny, data, tmp_path
             "--max-new-tokens", "4", "--batch-size", "1", "--no-meteor", "--device", "cpu",
             "--out", tmp_path / "exp", "--nproc", "2"]
     proc = subprocess.Popen(list(map(str, argv)), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    before = ""
-    for line in proc.stdout:
-        before += line
-        if line.startswith("epoch 1: dev loss"):  # both ranks are in the loop
-            proc.send_signal(signal.SIGINT)
-            break
+                            stderr=subprocess.PIPE, text=True,  # rank 0, in the loop: Ctrl-C
+                            env=signal_on_line(tmp_path / "signal", "epoch 1: dev loss",
+                                               signal.SIGINT, "parent"))  # to the launcher
     out, err = proc.communicate()
     assert proc.returncode == 130, err
     assert err == "reproduce.py: lora-seed1 stopped: rerun the same command to go on\n"
-    assert "Ctrl-C: saving after this step" in before + out and "--resume" not in before + out
-    assert re.search(r"^saved \S+lora-seed1 \(interrupted, step \d\)$", before + out, re.M)
+    assert "Ctrl-C: saving after this step" in out and "--resume" not in out
+    assert re.search(r"^saved \S+lora-seed1 \(interrupted, step 5\)$", out, re.M), out
 
 
 def test_the_ranks_die_with_their_launcher_killed_by_kill_9(tiny, data, tmp_path):
@@ -317,12 +301,11 @@ def test_the_ranks_die_with_their_launcher_killed_by_kill_9(tiny, data, tmp_path
             "--max-new-tokens", "4", "--batch-size", "1", "--no-meteor", "--device", "cpu",
             "--out", exp, "--nproc", "2"]
     proc = subprocess.Popen(list(map(str, argv)), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    for line in proc.stdout:
-        if line.startswith("epoch 1: dev loss"):  # training, with an epoch to go
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-    proc.wait()
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+                            env=signal_on_line(tmp_path / "signal", "epoch 1: dev loss",
+                                               signal.SIGKILL, "parent-group"))
+    proc.communicate()  # (killed while training, with an epoch to go)
+    assert proc.returncode == -signal.SIGKILL
     deadline = time.monotonic() + 60
     while held(exp / rundir.LOCK):  # the folder is free once no rank holds its lock
         assert time.monotonic() < deadline, "a rank outlived its launcher by 60 s"

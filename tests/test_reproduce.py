@@ -12,7 +12,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import REPO, _plain_env, installed, run_main
+from conftest import REPO, _plain_env, installed, run_main, signal_on_line
 
 import reproduce
 from data.e2e import paper_results
@@ -147,12 +147,10 @@ def test_a_kill_mid_decode_then_the_same_command_gives_the_same_results(experime
         path.unlink()  # seed 2 trained, nothing of it decoded yet
     (copy / "results.json").unlink()
     proc = subprocess.Popen([sys.executable, str(REPO / "reproduce.py"),
-                             *flags(tiny, e2e_data, copy)], stdout=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith("decoded 2/3 MRs"):  # inside seed 2's first decode
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait()
+                             *flags(tiny, e2e_data, copy)], stdout=subprocess.PIPE, text=True,
+                            env=signal_on_line(tmp_path / "signal", "decoded 2/3 MRs",
+                                               signal.SIGKILL))  # (inside seed 2's first decode)
+    proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     assert (copy / "runs" / "lora-seed2" / "decode" / "epoch1-test.tsv.part").is_file()
     again = subprocess.run([sys.executable, str(REPO / "reproduce.py"),
@@ -178,11 +176,9 @@ def test_sighup_mid_decode_is_one_line_and_keeps_what_was_decoded(experiment, ti
     (copy / "results.json").unlink()
     proc = subprocess.Popen([sys.executable, str(REPO / "reproduce.py"),
                              *flags(tiny, e2e_data, copy)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith("decoded 2/3 MRs"):
-            proc.send_signal(signal.SIGHUP)
-            break
+                            stderr=subprocess.PIPE, text=True,
+                            env=signal_on_line(tmp_path / "signal", "decoded 2/3 MRs",
+                                               signal.SIGHUP))
     _, err = proc.communicate()
     assert proc.returncode == 129, err
     assert err == (f"reproduce.py: SIGHUP: stopped; what was done is kept in {copy}: rerun the "

@@ -40,10 +40,10 @@ def test_an_abandoned_claim_removes_only_the_folders_it_created(tmp_path):
 
 def test_the_lock_of_a_killed_process_is_free_at_once(tmp_path):
     # kill -9 runs no clean-up: the lock file stays, but the OS has dropped the lock itself
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from plumbing import rundir; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from plumbing import rundir; "
                                "rundir.claim(sys.argv[1], 'holder', ''); print('held', flush=True); "
-                               "time.sleep(60)", str(tmp_path / "run")], cwd=REPO,
-                              stdout=subprocess.PIPE, text=True)
+                               "sys.stdin.read()", str(tmp_path / "run")], cwd=REPO,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "held\n"
     with pytest.raises(rundir.FolderInUse, match=f"holder \\(pid {holder.pid}\\)"):
         rundir.claim(str(tmp_path / "run"), "me", "")

@@ -13,7 +13,7 @@ import types
 
 import pytest
 import torch
-from conftest import REPO, assert_close, random_gpt2, run_main
+from conftest import REPO, assert_close, random_gpt2, run_main, signal_on_line
 
 import lora
 from model import GPT
@@ -501,11 +501,8 @@ def test_sigterm_or_sighup_while_decoding_says_what_was_kept(tiny_run, e2e_data,
              "--limit", "3", "--beam", "2", "--max-new-tokens", "4", "--batch-size", "1",
              "--device", "cpu", "--no-meteor", "--out", tmp_path]
     proc = subprocess.Popen([sys.executable, str(REPO / "sample.py"), *map(str, flags)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith("decoded 1/3 MRs"):
-            proc.send_signal(sig)
-            break
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=signal_on_line(tmp_path / "signal", "decoded 1/3 MRs", sig))
     out, err = proc.communicate()
     part = tmp_path / "predictions-first3.tsv.part"
     assert proc.returncode == 128 + sig, err

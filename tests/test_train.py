@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, random_gpt2, run_main
+from conftest import REPO, random_gpt2, run_main, signal_on_line
 from safetensors import safe_open
 
 import lora
@@ -320,12 +320,12 @@ def uninterrupted(tiny, data, tmp_path_factory):
     return train_records(run_dir)
 
 
-def interrupt_after(proc, step, sig):
-    for line in proc.stdout:
-        if line.startswith(f"step {step}/"):
-            proc.send_signal(sig)
-            break
-    return proc.communicate()
+def interrupted(argv, step, sig, tmp_path):
+    """train.py with argv, sent sig by itself as it prints step's log line (conftest's
+    signal_on_line: the run stops after the next step, however loaded the machine): the process,
+    its output and errors."""
+    proc = cli(*argv, env=signal_on_line(tmp_path / "signal", f"step {step}/", sig))
+    return proc, *proc.communicate()
 
 
 @with_the_uninterrupted_run
@@ -334,13 +334,12 @@ def interrupt_after(proc, step, sig):
 def test_a_signal_saves_and_resume_equals_an_uninterrupted_run(tiny, data, tmp_path,
                                                                uninterrupted, sig, code, stop_at):
     run_dir = tmp_path / "run"
-    proc = cli(*quick(tiny, data, run_dir, *LONG))
-    out, err = interrupt_after(proc, stop_at, sig)
+    proc, out, err = interrupted(quick(tiny, data, run_dir, *LONG), stop_at, sig, tmp_path)
     assert proc.returncode == code, err
     name = "Ctrl-C" if sig == signal.SIGINT else sig.name
     assert f"{name}: saving after this step" in out and err == ""
     stopped = max(step for step, _ in train_records(run_dir))
-    assert stop_at <= stopped < 40 and f"stopped at step {stopped}" in out
+    assert stopped == stop_at + 1 and f"stopped at step {stopped}" in out  # (the step under way)
     assert f"python train.py --resume {run_dir}" in out
     resumed = cli("--resume", run_dir)
     out, err = resumed.communicate()
@@ -355,8 +354,7 @@ def test_sighup_saves_after_the_step_as_sigterm_does(tiny, data, tmp_path):
     # a closed terminal, a dropped ssh connection: the same stop as SIGTERM's (whose resume the
     # test above compares with an uninterrupted run), exit 128 + 1
     run_dir = tmp_path / "run"
-    proc = cli(*quick(tiny, data, run_dir, *LONG))
-    out, err = interrupt_after(proc, 5, signal.SIGHUP)
+    proc, out, err = interrupted(quick(tiny, data, run_dir, *LONG), 5, signal.SIGHUP, tmp_path)
     assert proc.returncode == 129 and err == "", err
     stopped = max(step for step, _ in train_records(run_dir))
     assert "SIGHUP: saving after this step" in out and f"stopped at step {stopped}" in out
@@ -368,8 +366,9 @@ def test_sighup_saves_after_the_step_as_sigterm_does(tiny, data, tmp_path):
 def test_kill_9_loses_only_the_steps_since_the_last_periodic_checkpoint(tiny, data, tmp_path,
                                                                         uninterrupted):
     run_dir = tmp_path / "run"
-    interrupt_after(cli(*quick(tiny, data, run_dir, *LONG)), 21, signal.SIGKILL)
-    assert max(step for step, _ in train_records(run_dir)) >= 21
+    proc, _, _ = interrupted(quick(tiny, data, run_dir, *LONG), 21, signal.SIGKILL, tmp_path)
+    assert proc.returncode == -signal.SIGKILL
+    assert max(step for step, _ in train_records(run_dir)) == 21
     with safe_open(str(run_dir / "state.safetensors"), "pt") as f:  # (epochs end at 8, 16, 24)
         assert json.loads(f.metadata()["state"])["step"] == 20  # the --save-every 10 checkpoint
     resumed = cli("--resume", run_dir)

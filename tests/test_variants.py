@@ -18,7 +18,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, assert_close, batch, run_main
+from conftest import REPO, assert_close, batch, run_main, signal_on_line
 from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
 from transformers import GPT2LMHeadModel
@@ -272,11 +272,8 @@ def test_train_records_them_sample_merges_them_and_a_resume_goes_on_exactly(
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"),
                              *map(str, quick(tiny, e2e_data, tmp_path / "again", "--max-steps",
                                              "4", *ALL))],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith("step 2/"):
-            proc.send_signal(signal.SIGTERM)
-            break
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=signal_on_line(tmp_path / "signal", "step 2/", signal.SIGTERM))
     assert proc.communicate() and proc.returncode == 143
     code, out, err = run_main(train.main, capsys, "--resume", tmp_path / "again")
     assert code == 0 and "resuming at step" in out, err

@@ -112,7 +112,9 @@ def check(cfg, given: tuple = (), world=distributed.ALONE) -> tuple[torch.device
     if cfg.random_init and cfg.method != "full":
         raise UserError(f"--random-init trains every weight from scratch, which is --method full; "
                         f"--method {cfg.method} adapts pretrained weights that it would lack")
-    if unused := [name for name in UNUSED[cfg.method] if name in given]:
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}  # (typed as the default, a
+    if unused := [name for name in UNUSED[cfg.method]  # flag changes nothing: taken)
+                  if name in given and getattr(cfg, name) != defaults[name]]:
         raise UserError(f"--method {cfg.method} does not use "
                         f"{', '.join('--' + n.replace('_', '-') for n in unused)}; drop "
                         f"{'it' if len(unused) == 1 else 'them'}")

@@ -203,6 +203,6 @@ def read_settings(model: GPT, path: str, check_base: bool = True) -> dict:
         raise checkpoint.CheckpointError(
             f"{path} is a {'DoRA' if s['dora'] else 'PiSSA'} adapter: it "
             + ("rescales W0's rows" if s["dora"] else "was trained on W0 minus its top singular "
-               "directions") + ", so it cannot share one W0 with other adapters here; decode it "
-            "alone")
+               "directions") + ", so it is not served from a shared, unmerged W0 (several "
+            "adapters on one base, or --mix); decode it alone, without --mix")
     return s

@@ -283,6 +283,30 @@ def test_train_records_them_sample_merges_them_and_a_resume_goes_on_exactly(
     assert [resumed[step] for step in range(1, 5)] == whole
 
 
+def test_a_descendants_flag_typed_as_its_default_is_taken_where_unused(tiny, e2e_data, gpt2_vocab,
+                                                                       tmp_path, capsys):
+    # --method full --init lora: lora is the default, so the run is the one without it (another
+    # value is refused, below)
+    code, out, err = run_main(train.main, capsys, *quick(tiny, e2e_data, tmp_path / "run",
+                                                         "--method", "full", "--init", "lora",
+                                                         "--lora-plus", "1", "--max-steps", "1"))
+    assert code == 0, err
+
+
+def test_mix_with_one_dora_adapter_says_why_without_naming_other_adapters(
+        tiny, e2e_data, gpt2_vocab, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, _, err = run_main(train.main, capsys, *quick(tiny, e2e_data, run, "--dora",
+                                                       "--max-steps", "1"))
+    assert code == 0, err
+    code, out, err = run_main(sample.main, capsys, "--adapter", run, "--mix", "--data", e2e_data,
+                              "--limit", "1", "--no-meteor", "--device", "cpu")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "is a DoRA adapter: it rescales W0's rows, so it is not served from a shared, " \
+        "unmerged W0 (several adapters on one base, or --mix); decode it alone, without --mix" \
+        in err and "other adapters" not in err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--method", "full", "--dora"], "--method full does not use --dora; drop it"),
     (["--method", "adapter_h", "--init", "pissa", "--lora-plus", "4"],

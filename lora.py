@@ -69,19 +69,20 @@ class LoRALinear(nn.Module):
         # Both paths read the same x and their outputs add (Figure 1): x -> A (down to r) -> B.
         return self.base(x) + self.scaling * F.linear(F.linear(self.dropout(x), self.A), self.B)
 
-    def delta_weight(self) -> torch.Tensor:
-        """Delta W = (alpha/r) B A: the d x k matrix this layer adds to W0."""
-        return self.scaling * (self.B @ self.A)
+    def delta_weight(self, dtype=None) -> torch.Tensor:
+        """Delta W = (alpha/r) B A: the d x k matrix this layer adds to W0 (in dtype, if given)."""
+        return self.scaling * (self.B.to(dtype or self.B.dtype) @ self.A.to(dtype or self.A.dtype))
 
     @torch.no_grad()
     def fold(self):
-        """W <- W0 + (alpha/r) B A: the update folded into the weight (merge)."""
-        self.base.weight += self.delta_weight().to(self.base.weight)
+        """W <- W0 + (alpha/r) B A: the update folded into the weight (merge), in fp32 then
+        rounded once to W's dtype (a bf16 W0 would round B A and the sum: docs/training.md)."""
+        self.base.weight.copy_(self.base.weight.float() + self.delta_weight(torch.float32))
 
     @torch.no_grad()
     def unfold(self):
         """W0 <- W - (alpha/r) B A: the pretrained weight again, up to float rounding (unmerge)."""
-        self.base.weight -= self.delta_weight().to(self.base.weight)
+        self.base.weight.copy_(self.base.weight.float() - self.delta_weight(torch.float32))
 
 
 def check_settings(targets, r, alpha: float, dropout: float, init: str = "lora") -> list[str]:
@@ -243,15 +244,15 @@ class DoRALinear(LoRALinear):
                 + scale * self.scaling * F.linear(F.linear(h, self.A), self.B))
 
     @torch.no_grad()
-    def fold(self):  # W <- W'; the norm is kept, to give W0 back
-        self.norm = (self.base.weight + self.delta_weight()).norm(dim=1)
-        self.base.weight.copy_((self.m / self.norm)[:, None]
-                               * (self.base.weight + self.delta_weight()))
+    def fold(self):  # W <- W' (in fp32, as LoRA's); the norm is kept, to give W0 back
+        W = self.base.weight.float() + self.delta_weight(torch.float32)
+        self.norm = W.norm(dim=1)
+        self.base.weight.copy_((self.m.float() / self.norm)[:, None] * W)
 
     @torch.no_grad()
     def unfold(self):
-        self.base.weight.copy_((self.norm / self.m)[:, None] * self.base.weight
-                               - self.delta_weight())
+        self.base.weight.copy_((self.norm / self.m.float())[:, None] * self.base.weight.float()
+                               - self.delta_weight(torch.float32))
 
 
 INITS = ("lora", "pissa")  # how A and B start: LoRA's (A random, B zero), or PiSSA's

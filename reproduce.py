@@ -17,24 +17,23 @@ three selections of the epoch (by BLEU; WebNLG's on all categories):
 - best epoch on dev: the honest one, the epoch chosen by dev BLEU, its test scores reported.
 - last epoch: what the released README does (one seed, the last checkpoint); the numbers users
   published that way (microsoft/LoRA issue #165: BLEU 68.65-68.87, with length penalty 0.8) are
-  not Table 3's protocol.
+  not Table 3's protocol. `table3 --penalties 0.8,0.9` decodes every kept epoch at both
+  penalties and tables penalty x selection: the gap, explained by the runs themselves.
 
 Everything goes into one experiment folder (default runs/<command>-<model>): the runs
 (runs/NAME/, as train.py writes them), each epoch's predictions and scores
-(runs/NAME/decode/epoch{N}-{split}.*), results.json (every run x epoch x split x metric, with the
-settings and versions) and results.md (the tables), and plots when matplotlib is installed.
-Rerunning the same command skips what is done and resumes what was interrupted (a run from its
-last checkpoint, a decode from its .part file), so a kill at any moment costs at most one
-checkpoint interval. The stages run one after another in this process: no scheduler of ours.
-With --nproc N the command starts itself again under torchrun (PyTorch's launcher) with N
-processes, and each stage runs data-parallel over them (plumbing/distributed.py): training as
-`torchrun train.py` does it, decoding as `torchrun sample.py`.
+(runs/NAME/decode/epoch{N}-{split}.*), results.json and results.md (the tables), and plots when
+matplotlib is installed. Rerunning the same command skips what is done and resumes what was
+interrupted (a run from its last checkpoint, a decode from its .part file): a kill costs at most
+one checkpoint interval. With --nproc N the command starts itself again under torchrun with N
+processes, each stage data-parallel (plumbing/distributed.py), as `torchrun train.py` and
+`torchrun sample.py` run.
 
 Read it top to bottom: the rows and their settings, the plan (rows x seeds), the two stages
 (train.train, the very loop train.py runs; each kept epoch merged into the base and decoded),
-the selections and the summary over seeds, then run(), which puts them together. The experiment
-folder's bookkeeping (its lock, what is left, the projected time, results.json and results.md,
-the plots, --nproc) and the flags every command shares are harness/experiment.py's.
+the selections and the summary over seeds, then run(). The experiment folder's bookkeeping (its
+lock, what is left, the projected time, results.md, the plots, --nproc) and the flags every
+command shares are harness/experiment.py's.
 """
 
 import contextlib
@@ -51,7 +50,6 @@ import lora
 import train
 from data.e2e import paper_results
 from data.task import open_task, size_of
-from data.triples import TriplesTask
 from harness import bookkeeping, evaluation, experiment
 from harness.evaluation import Decoding
 from model import GPT
@@ -183,7 +181,8 @@ def plan(args, task) -> tuple[dict, list[Unit]]:
                 "train": {name: s for name, _, s, _ in cells}, "seeds": seeds,
                 "epochs": args.epochs, "limit": args.limit, "mrs": args.mrs,
                 **({"recipe": recipe_flags(args)} if recipe_flags(args) else {}),
-                "decoding": decoding(args, task).recorded(), "meteor": not args.no_meteor}
+                "decoding": decoding(args, task).recorded(), "meteor": not args.no_meteor,
+                "penalties": experiment.parse_penalties(args.penalties)}
     return settings, units
 
 
@@ -224,9 +223,9 @@ def decode_run(unit: Unit, folder: str, settings: dict, search: Decoding, device
     """Decode and score every kept epoch of one run on test and dev (what is done is skipped);
     returns the MRs decoded. The base model is loaded once and the epochs' adapters switched on
     it: unmerge, load, merge (the paper's task switching, Sec. 4.1)."""
-    todo = world.broadcast(experiment.undecoded(unit, folder))  # (rank 0's view of the folder)
+    todo = world.broadcast(experiment.undecoded(unit, folder, settings))  # (rank 0's view)
     cfg, model, merged, decoded = unit.config, None, False, 0
-    for epoch in sorted({e for e, _ in todo}):
+    for epoch in sorted({e for e, _, _ in todo}):
         path = bookkeeping.result_path(cfg.method, folder, epoch)
         if cfg.method == "full":  # each epoch is a whole model
             model, what = GPT.from_pretrained(path).to(device).eval(), (path, None)
@@ -243,11 +242,13 @@ def decode_run(unit: Unit, folder: str, settings: dict, search: Decoding, device
                 adapter.load(model, path)
             model.to(device).eval()
             what = (cfg.model, path)
-        for split in [s for e, s in todo if e == epoch]:
-            stem = experiment.stem(folder, epoch, split)
+        for split, penalty in [(s, p) for e, s, p in todo if e == epoch]:
+            stem = experiment.stem(folder, epoch, split, penalty)  # (penalty: --penalties')
             before = evaluation.decoded_so_far(stem) or 0
             report = evaluation.evaluate(
-                model, task=task, split=split, limit=settings["mrs"], stem=stem, decoding=search,
+                model, task=task, split=split, limit=settings["mrs"], stem=stem,
+                decoding=search if penalty is None else dataclasses.replace(
+                    search, length_penalty=penalty),
                 what=evaluation.identity(*what), force=False, meteor=settings["meteor"],
                 device=device, world=world)
             decoded += report["mrs"] - before if report else 0
@@ -279,23 +280,34 @@ def summarize(scores: list[dict], metrics=paper_results.METRICS) -> dict:
     return out
 
 
-def results(settings: dict, units: list[Unit], exp: str, table) -> dict:
-    """Every run x epoch x split x metric, and each row's selections summarized over seeds
-    (table: the task's PaperTable, its columns and the score that picks the epoch)."""
-    runs = {u.name: experiment.read_run(u, experiment.run_folder(exp, u)) for u in units}
+def selected(runs: dict, table) -> dict:
+    """Each row's selections from its runs' records: the epoch each picks in each run, and the
+    test scores there summarized over seeds (table: the task's PaperTable, its columns and the
+    score that picks the epoch)."""
     rows = {}
-    for label in dict.fromkeys(u.label for u in units):
+    for label in dict.fromkeys(r["label"] for r in runs.values()):
         mine = {name: r for name, r in runs.items() if r["label"] == label}
         chosen = {name: select(r["epochs"], table.select_by) for name, r in mine.items()}
-        rows[label] = {"trainable": next(iter(mine.values()))["trainable"],
-                       "trained": next(u.note for u in units if u.label == label), "selections": {
-            sel: {"epochs": {name: c[sel] for name, c in chosen.items()},
-                  **summarize([mine[name]["epochs"][c[sel]]["test"] for name, c in chosen.items()],
-                              tuple(table.columns))}
-            for sel in SELECTIONS}}
+        rows[label] = {sel: {"epochs": {name: c[sel] for name, c in chosen.items()}, **summarize(
+            [mine[name]["epochs"][c[sel]]["test"] for name, c in chosen.items()],
+            tuple(table.columns))} for sel in SELECTIONS}
+    return rows
+
+
+def results(settings: dict, units: list[Unit], exp: str, table) -> dict:
+    """Every run x epoch x split x metric, each row's selections summarized over seeds, and the
+    same at each other length penalty of --penalties."""
+    runs = {u.name: experiment.read_run(u, experiment.run_folder(exp, u)) for u in units}
+    rows = {label: {"trainable": next(r["trainable"] for r in runs.values() if r["label"] == label),
+                    "trained": next(u.note for u in units if u.label == label), "selections": s}
+            for label, s in selected(runs, table).items()}
+    penalties = {lp: selected({u.name: experiment.read_run(u, experiment.run_folder(exp, u), lp)
+                               for u in units}, table)
+                 for lp in experiment.penalties(settings)[1:]}
     versions = {"torch": torch.__version__, "python": platform.python_version(),
                 "numpy": np.__version__}
-    return {"settings": settings, "versions": versions, "runs": runs, "rows": rows}
+    return {"settings": settings, "versions": versions, "runs": runs, "rows": rows,
+            **({"penalties": penalties} if penalties else {})}
 
 
 # --- the experiment ------------------------------------------------------------------------------
@@ -335,17 +347,6 @@ def run(settings: dict, units: list[Unit], exp: str, args, device, task,
     return 0
 
 
-def check_task(args, task):
-    """Each table's command runs on its task: table13 on DART, table14 on WebNLG, table3 on E2E
-    (or a JSONL task of your own)."""
-    ours = task.name if isinstance(task, TriplesTask) else "e2e"
-    if ours != TABLES.get(args.command, ours):
-        what = {"e2e": "E2E's or your own", "dart": "DART's", "webnlg": "WebNLG's"}[ours]
-        right = next(c for c, name in TABLES.items() if name == ours)
-        raise UserError(f"--data {args.data} is {what} data: run {right} on it, not "
-                        f"{args.command}")
-
-
 def parse_args(argv=None):
     p = cli.parser("reproduce.py", description="Whole experiments as the paper ran them: "
                    "seeds x epochs, the best epoch, mean +- std (see the module's docstring).")
@@ -378,7 +379,7 @@ def main(argv=None) -> int:
     try:
         world = distributed.ALONE if relaunch else distributed.start()  # torchrun's ranks join
         task = world.agree(open_task, args.data)  # E2E, WebNLG, DART, or a JSONL folder
-        check_task(args, task)
+        experiment.check_task(args, task, TABLES)  # (table13 on DART, ...)
         settings, units = world.agree(plan, args, task)
         device = world.agree(experiment.inputs, args, task, world, main_first=True)
         if relaunch:  # everything checked: now the same command over --nproc processes

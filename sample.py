@@ -138,7 +138,7 @@ def parse_args(argv=None):
     g.add_argument("--device", default="auto",
                    help="auto (cuda, else mps, else cpu), cuda, cuda:N, mps, cpu")
     g.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
-                   help="auto: fp32, as the released code decodes; bf16/fp16: autocast on CUDA")
+                   help="auto: fp32, as the released code decodes; bf16, fp16: autocast (CUDA, CPU)")
     g = p.add_argument_group("one input")
     g.add_argument("--mr", help="one E2E meaning representation, e.g. 'name[The Eagle], "
                                 "eatType[pub]'")

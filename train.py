@@ -98,8 +98,9 @@ class Recipe:
     # where it runs, how fast, how it reports
     device: str = flag("auto", "auto (cuda, else mps, else cpu), cuda, cuda:N, mps, cpu",
                        group="hardware and logging")
-    dtype: str = flag("auto", "autocast dtype on CUDA (auto: bf16); fp16 adds a GradScaler; CPU: "
-                      "fp32", choices=("auto", "bf16", "fp16", "fp32"))
+    dtype: str = flag("auto", "autocast dtype, the weights kept in fp32 (auto: bf16 on CUDA, fp32 "
+                      "on the CPU); fp16 adds a GradScaler", choices=("auto", "bf16", "fp16",
+                                                                       "fp32"))
     compile: str | None = flag(None, "torch.compile the loss function (with the model in it); "
                                "cuda-graphs also replays CUDA graphs, over batches padded to a "
                                "few shapes", nargs="?", const="default",
@@ -322,7 +323,7 @@ def train(cfg: Recipe, world: distributed.World = distributed.ALONE, given: tupl
                 chunks, weight = world.share(batch, cfg.batch_size // cfg.grad_accum)
                 world.seed_step(cfg.seed, step)  # dropout's masks (each rank its own)
                 for m, chunk in enumerate(chunks):
-                    # forward and loss under autocast: bf16 (or fp16) on CUDA, fp32 on the CPU
+                    # forward and loss under autocast: --dtype's (bf16 on CUDA by default)
                     with world.syncing(forward, now=m == len(chunks) - 1), \
                             hardware.autocast(device, amp_dtype):
                         loss = forward(*device_batch(chunk, device, multiple)) / n_targets
@@ -336,9 +337,10 @@ def train(cfg: Recipe, world: distributed.World = distributed.ALONE, given: tupl
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 scaler.step(optimizer)  # AdamW on A and B (fp16: skipped when inf or NaN)
-                scaler.update()
+                scaler.update()  # (fp16: after a skipped step, a lower loss scale)
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                log.scaled(step, scaler)  # (fp16: a skipped step said, with the scale)
                 where = {"step": step, "epoch": epoch, "batch": b + 1}  # where a resume goes on
                 # log, evaluate, save; Ctrl-C, SIGTERM or SIGHUP on any rank stops every rank here
                 stop = run.stop_requested(step)

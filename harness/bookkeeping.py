@@ -232,10 +232,10 @@ def run_directory(cfg) -> rundir.Claim:
     return owner
 
 
-def begin(cfg, run_dir: str, given: tuple = ()):
+def begin(cfg, run_dir: str, given: tuple = (), precision: str = "fp32"):
     """What a start writes, once every check has passed: the leftovers of interrupted writes
-    removed, and config.json: a new run's settings, or the flags a resume changed (so the next
-    resume keeps them), listed under "resumed"."""
+    removed, and config.json: a new run's settings and what it computes in (precision), or the
+    flags a resume changed (so the next resume keeps them), listed under "resumed"."""
     for name in rundir.remove_stale_files(run_dir):
         print(f"removed {name}, left behind by an interrupted write")
     path = os.path.join(run_dir, "config.json")
@@ -245,14 +245,16 @@ def begin(cfg, run_dir: str, given: tuple = ()):
                 config = json.load(f)
             config["args"].update(changed)
             config.setdefault("resumed", []).append(
-                {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changed": changed})
+                {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changed": changed,
+                 "precision": precision})
+            config["precision"] = precision
             write_atomic(path, json.dumps(config, indent=2))
         return
     if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):  # a run that never saved
         os.remove(os.path.join(run_dir, "metrics.jsonl"))
     write_atomic(path, json.dumps({
         "args": cfg.recorded(), "data_format": open_task(cfg.data, cfg.format).describe(),
-        "torch": torch.__version__,
+        "precision": precision, "torch": torch.__version__,
         "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
 
 
@@ -384,6 +386,7 @@ class Log:
         self.model, self.flops = model, 0
         self.peak = mfu.peak(device, amp_dtype)[0] if model is not None else None
         self.logged, self.clock = step, time.time()
+        self.scale = None  # fp16's loss scale after the last step (scaled)
 
     def write(self, record: dict, line: str | None = None, error: bool = False):
         if self.silent:
@@ -428,6 +431,19 @@ class Log:
                              if self.peak else None})
         self.running, self.tokens, self.flops = self.running * 0, 0, 0
         self.logged, self.clock = step, time.time()
+
+    def scaled(self, step: int, scaler):
+        """fp16: a step the GradScaler skipped (its gradients inf or NaN: the weights stay as
+        they were) said, with the scale it lowered; nothing without loss scaling. (It reads the
+        scale each step: one wait for the GPU, in fp16 runs only.)"""
+        if not scaler.is_enabled():
+            return
+        scale = scaler.get_scale()
+        if self.scale is not None and scale < self.scale:
+            self.write({"event": "skipped", "step": step, "scale": scale, "was": self.scale},
+                       f"step {step}: fp16 gradients inf or NaN, the step skipped (weights "
+                       f"unchanged); loss scale {self.scale:,.0f} -> {scale:,.0f}")
+        self.scale = scale
 
     def eval(self, step: int, epoch: int, loss: float, when: str):
         self.write({"event": "eval", "step": step, "epoch": epoch, "dev_loss": loss},
@@ -568,7 +584,7 @@ class Run:
         """A finished run resumed as it was: nothing to train (exit code 0)."""
         with self.owner or contextlib.nullcontext():
             if self.owner:
-                begin(self.cfg, self.folder, self.given)
+                begin(self.cfg, self.folder, self.given, hardware.precision(self.amp_dtype))
             print(f"{self.folder} has run all its {total:,} steps already: nothing to do (to "
                   "train it longer, resume with a larger --max-steps or --epochs)")
         return 0
@@ -586,10 +602,12 @@ class Run:
         try:
             with self.owner or contextlib.nullcontext():
                 if self.owner:
-                    begin(self.cfg, self.folder, self.given)
+                    begin(self.cfg, self.folder, self.given, hardware.precision(self.amp_dtype))
                     trim_log(self.folder, self.step)  # what ran after the checkpoint runs again
                 self.log = Log(self.folder if self.world.main else None, self.step, total,
                                self.world, self.device, self.model, self.amp_dtype)
+                if self.scaler.is_enabled():  # (a resumed run's, as its checkpoint had it)
+                    self.log.scale = self.scaler.get_scale()
                 self._started(what, examples, total)
                 try:
                     self.saving = False  # from here on a second signal quits (Stop, below)
@@ -622,9 +640,12 @@ class Run:
     def _started(self, what: str, examples: int, total: int):
         cfg, world, step = self.cfg, self.world, self.step
         self.log.write({"event": "start", "step": step, "total_steps": total,
-                        "trainable": sum(p.numel() for p in self.params), "processes": world.size},
+                        "trainable": sum(p.numel() for p in self.params), "processes": world.size,
+                        "precision": hardware.precision(self.amp_dtype)},
                        f"{what}; {examples:,} examples, "
                        f"{math.ceil(examples / cfg.batch_size):,} steps per epoch, {total:,} steps"
+                       + ("" if self.amp_dtype is None else
+                          f"; {hardware.precision(self.amp_dtype)}")
                        + (f", resuming at step {step}" if step else "")
                        + (f"; {world.size} processes (torchrun), "
                           f"{cfg.batch_size // world.size} examples of each batch apiece"

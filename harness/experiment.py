@@ -44,6 +44,15 @@ def parse_list(text: str, flag: str, kind=int) -> list:
     return values
 
 
+def parse_penalties(text: str | None) -> list[float]:
+    """--penalties: length penalties (positive numbers), none without the flag."""
+    values = parse_list(text, "--penalties", float) if text else []
+    if bad := [v for v in values if not 0 < v < float("inf")]:
+        raise UserError(f"--penalties {text}: a length penalty is a positive number, not "
+                        f"{bad[0]:g}")
+    return values
+
+
 def read_json(path: str, way_out: str, key: str | None = None, lines: bool = False):
     """A JSON file of the experiment's (lines: JSON Lines, each an object with an "event", as
     metrics.jsonl); with key, its value there. One that does not read so (edited by hand,
@@ -104,10 +113,26 @@ def add_flags(q, p, seeds: tuple):
     q.add_argument("--device", default="auto",
                    help="auto (cuda, else mps, else cpu), cuda, cuda:N, mps, cpu")
     q.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
-                   help="training's autocast dtype on CUDA (decoding is fp32)")
+                   help="training's autocast dtype (auto: bf16 on CUDA, fp32 on the CPU; decoding "
+                        "is fp32)")
+    q.add_argument("--penalties", help="also decode each kept epoch at these length penalties, "
+                   "e.g. 0.8,0.9: results.md's penalty x epoch table (microsoft/LoRA #165); "
+                   "they may change on a rerun")
     q.add_argument("--nproc", type=int, default=1,
                    help="processes (GPUs) per stage: N > 1 runs the command under torchrun "
                         "(--standalone, this machine), data-parallel")
+
+
+def check_task(args, task, tables: dict):
+    """Each table's command runs on its task (tables: command -> task): table13 on DART, table14
+    on WebNLG, table3 on E2E (or a JSONL task of your own)."""
+    from data.triples import TriplesTask
+    ours = task.name if isinstance(task, TriplesTask) else "e2e"
+    if ours != tables.get(args.command, ours):
+        what = {"e2e": "E2E's or your own", "dart": "DART's", "webnlg": "WebNLG's"}[ours]
+        right = next(c for c, name in tables.items() if name == ours)
+        raise UserError(f"--data {args.data} is {what} data: run {right} on it, not "
+                        f"{args.command}")
 
 
 def check_flags(p, args, batch_size: int):
@@ -138,6 +163,7 @@ def open_experiment(folder: str, settings: dict) -> rundir.Claim:
                               "the runs here cannot be matched to a command)", key="settings")
             differ = sorted(k for k in set(saved) | set(settings)
                             if saved.get(k) != settings.get(k))
+            differ = [k for k in differ if k != "penalties"]  # (they only add decodes)
             if differ and started(folder):
                 raise UserError(f"{folder} holds an experiment with other settings "
                                 f"({', '.join(differ)} differ{'s' if len(differ) == 1 else ''}); "
@@ -190,8 +216,18 @@ def run_folder(exp: str, unit) -> str:
     return os.path.join(exp, "runs", unit.name)
 
 
-def stem(folder: str, epoch: int, split: str) -> str:
-    return os.path.join(folder, "decode", f"epoch{epoch}-{split}")
+def stem(folder: str, epoch: int, split: str, penalty: float | None = None) -> str:
+    """Where an epoch's decode goes: at the experiment's own length penalty (None), or at one of
+    --penalties' others (epoch{N}-{split}-lp0.8)."""
+    return os.path.join(folder, "decode", f"epoch{epoch}-{split}"
+                        + ("" if penalty is None else f"-lp{penalty:g}"))
+
+
+def penalties(settings: dict) -> list[float | None]:
+    """The length penalties each kept epoch is decoded at: None, the experiment's own (its
+    decoding's), then those of --penalties it is not (the table of microsoft/LoRA #165)."""
+    own = settings["decoding"]["length_penalty"]
+    return [None, *(p for p in settings.get("penalties", []) if p != own)]
 
 
 def steps_done(folder: str) -> int:
@@ -217,10 +253,10 @@ def trained(folder: str, epochs: int, cfg) -> bool:
                         for e in range(1, epochs + 1))
 
 
-def undecoded(unit, folder: str) -> list[tuple[int, str]]:
-    """The (epoch, split) pairs of a run not scored yet."""
-    return [(e, split) for e in range(1, unit.config.epochs + 1) for split in SPLITS
-            if not os.path.exists(stem(folder, e, split) + ".scores.json")]
+def undecoded(unit, folder: str, settings: dict) -> list[tuple[int, str, float | None]]:
+    """The (epoch, split, length penalty) decodes of a run not scored yet (penalties)."""
+    return [(e, split, p) for e in range(1, unit.config.epochs + 1) for p in penalties(settings)
+            for split in SPLITS if not os.path.exists(stem(folder, e, split, p) + ".scores.json")]
 
 
 def unscored(settings: dict, units: list, exp: str) -> list[str]:
@@ -264,7 +300,8 @@ def stages(settings: dict, units: list, exp: str, task) -> tuple[list, dict, dic
     examples = len(task.examples("train")) if to_train else 0
     left = {u.name: steps_per_run(u, examples) - steps_done(run_folder(exp, u))
             for u in units if u.name in to_train}
-    to_decode = {u.name: sum(mrs[split] for _, split in undecoded(u, run_folder(exp, u)))
+    to_decode = {u.name: sum(mrs[split] for _, split, _ in undecoded(u, run_folder(exp, u),
+                                                                      settings))
                  for u in units}
     return to_train, left, {name: n for name, n in to_decode.items() if n}
 
@@ -305,8 +342,9 @@ def again(folder: str) -> str:
     return f"delete {folder}, and the same command trains that run again"
 
 
-def read_run(unit, folder: str) -> dict:
-    """One run's record: its settings, trainable parameters, dev loss and scores by epoch."""
+def read_run(unit, folder: str, penalty: float | None = None) -> dict:
+    """One run's record: its settings, trainable parameters, dev loss and scores by epoch (at a
+    length penalty of --penalties, if given)."""
     records = read_json(os.path.join(folder, "metrics.jsonl"), again(folder), lines=True)
     start = next(r for r in records if r["event"] == "start")
     dev_loss = {r["epoch"]: r["dev_loss"] for r in records
@@ -315,7 +353,8 @@ def read_run(unit, folder: str) -> dict:
     for e in range(1, unit.config.epochs + 1):
         epochs[e] = {}
         for split in SPLITS:
-            epochs[e][split] = read_json(stem(folder, e, split) + ".scores.json", "delete it, "
+            epochs[e][split] = read_json(stem(folder, e, split, penalty) + ".scores.json",
+                                         "delete it, "
                                          "and the same command decodes that epoch again",
                                          key="scores")
     return {"label": unit.label, "seed": unit.seed, "config": unit.config.recorded(),
@@ -343,6 +382,28 @@ def table(result: dict, selection: str, paper) -> str:
     return "\n".join(lines)
 
 
+def penalty_table(result: dict, paper, selections: dict) -> str:
+    """Each row at each length penalty decoded x each way to pick the epoch, mean +- std over
+    seeds: what separates the released README's numbers (lp 0.8, the last checkpoint) from the
+    paper's (lp 0.9, each seed's best epoch), microsoft/LoRA #165."""
+    own = result["settings"]["decoding"]["length_penalty"]
+    lines = ["## Length penalty x the epoch chosen (microsoft/LoRA #165)", "",
+             "| row | length penalty | epoch | " + " | ".join(
+                 c.header for c in paper.columns.values()) + " |",
+             "|---" * (len(paper.columns) + 3) + "|"]
+    for label, row in result["rows"].items():
+        by_penalty = {own: row["selections"], **{lp: rows[label] for lp, rows in
+                                                 result["penalties"].items()}}
+        for lp, chosen in sorted(by_penalty.items()):
+            for sel, s in chosen.items():
+                cells = ["n/a" if s[m]["mean"] is None else paper.cell(m, s[m]["mean"],
+                                                                       s[m]["std"])
+                         for m in paper.columns]
+                lines.append(f"| {label} | {lp:g} | {selections[sel][0].split(' (')[0]} | "
+                             + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def report(result: dict, model: str, unit: str, selections: dict, paper) -> str:
     """results.md: each selection's table (selections: name -> (what it is, ...); paper: the
     task's PaperTable), the epochs it chose, and how the rows were trained."""
@@ -360,6 +421,8 @@ def report(result: dict, model: str, unit: str, selections: dict, paper) -> str:
         chosen = ", ".join(f"{name} {e}" for row in result["rows"].values()
                            for name, e in row["selections"][sel]["epochs"].items())
         out += ["", f"## {what}", "", table(result, sel, paper), "", f"Epochs: {chosen}."]
+    if result.get("penalties"):
+        out += ["", penalty_table(result, paper, selections)]
     if s["command"] != "sweep":
         out += ["", "## How the rows were trained", ""]
         out += [f"- {label}: {row['trained']}" for label, row in result["rows"].items()]

@@ -144,13 +144,14 @@ def batch_flops(model, examples: list) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def measured_peak(device_type: str, size: int = 1024, seconds: float = 0.3) -> float:
-    """FLOP/s of fp32 matrix products of size x size on this device (a CPU's cores, as torch's
+def measured_peak(device_type: str, dtype: torch.dtype = torch.float32,
+                  size: int = 1024, seconds: float = 0.3) -> float:
+    """FLOP/s of matrix products of size x size in dtype on this device (a CPU's cores, as torch's
     threads use them; MPS), timed for about `seconds` after one untimed product. Once per
-    process."""
+    process and dtype."""
     device = torch.device(device_type)
     g = torch.Generator().manual_seed(0)  # (not torch's own: a resumed run's RNG stays as saved)
-    a, b = (torch.randn(size, size, generator=g).to(device) for _ in range(2))
+    a, b = (torch.randn(size, size, generator=g).to(device, dtype) for _ in range(2))
 
     def sync():
         if device.type == "mps":
@@ -169,8 +170,11 @@ def peak(device: torch.device, amp_dtype: torch.dtype | None) -> tuple[float | N
     """The device's peak FLOP/s for the dtype the run computes in, and where the figure comes
     from; None where it is not known (a GPU not in GPU_PEAKS, bf16 on one without it)."""
     dtype = DTYPES.get(amp_dtype, "fp32")
-    if device.type != "cuda":
-        return measured_peak(device.type), f"{device.type}: an fp32 matrix product measured here"
+    if device.type != "cuda":  # (bf16 and fp16 at 512: a CPU without bf16 instructions computes
+        value = (measured_peak(device.type) if amp_dtype is None  # them far slower)
+                 else measured_peak(device.type, amp_dtype, 512))
+        return value, f"{device.type}: {'a' if dtype == 'bf16' else 'an'} {dtype} matrix product " \
+                      "measured here"
     name = torch.cuda.get_device_name(device)
     for fragment, peaks in GPU_PEAKS.items():
         if fragment in name:

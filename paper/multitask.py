@@ -95,9 +95,9 @@ class Adapters:
         """W <- W + sign s_i B_i A_i in every matrix task i adapts (as LoRALinear.merge does)."""
         params = self.params(i)
         for name in {key.rsplit(".", 1)[0] for key in params}:
-            W = self.model.get_submodule(name).weight
-            delta = self.scaling[i] * (params[name + ".B"].contiguous() @ params[name + ".A"])
-            W += sign * delta.to(W)
+            W = self.model.get_submodule(name).weight  # (in fp32, as LoRALinear.fold)
+            delta = self.scaling[i] * (params[name + ".B"].float() @ params[name + ".A"].float())
+            W.copy_(W.float() + sign * delta)
 
     def switch(self, i: int | None) -> GPT:
         """Serve task i with its adapter merged: subtract the merged task's B A (W0 again, up to

@@ -2,8 +2,11 @@
 dtype, fp16's GradScaler in train.py), torch.compile (--compile), and the memory free for a
 search. train.py, sample.py, reproduce.py and bench share them.
 
-bf16 and fp16 are for CUDA only: on a CPU and on Apple's MPS everything runs in fp32, because
-that is where it is tested (autocast on MPS is not).
+Mixed precision runs where it is tested: on CUDA (bf16 by default) and on the CPU (--dtype bf16 or
+fp16: PyTorch's CPU autocast, fp16 with a GradScaler; `auto` stays fp32 there, the faster on a CPU
+without bf16 instructions). On Apple's MPS everything runs in fp32: no test has run autocast
+there. Under autocast the weights stay fp32 (LoRA's A and B, DoRA's m: the master weights the
+optimizer updates); the matrix products run in the autocast dtype, the loss and softmax in fp32.
 """
 
 import torch
@@ -36,15 +39,20 @@ def pick_device(name: str) -> torch.device:
 def amp_dtype(device: torch.device, dtype: str, what: str,
               auto: torch.dtype | None = torch.bfloat16):
     """--dtype: the autocast dtype, or None for fp32. 'auto' is `auto` on CUDA, fp32 elsewhere;
-    bf16 / fp16 are mixed precision for CUDA, refused on CPU and MPS ("there {what} runs in
-    fp32"): autocast and fp16's GradScaler are used only where they are tested (MPS is not)."""
-    if device.type != "cuda":
-        if dtype in ("bf16", "fp16"):
-            raise UserError(f"--dtype {dtype} is mixed precision for CUDA; on "
-                            f"{'CPU' if device.type == 'cpu' else 'MPS'} {what} runs in fp32 "
-                            "(drop --dtype)")
+    bf16 / fp16 run on CUDA and the CPU, and are refused on MPS ("there {what} runs in fp32"):
+    autocast and fp16's GradScaler are used only where they are tested."""
+    if device.type == "mps" and dtype in ("bf16", "fp16"):
+        raise UserError(f"--dtype {dtype}: on MPS {what} runs in fp32, where it is tested (drop "
+                        "--dtype)")
+    if device.type != "cuda" and dtype == "auto":
         return None
     return {"auto": auto, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[dtype]
+
+
+def precision(dtype: torch.dtype | None) -> str:
+    """What a run computes in, as its log and config.json say it."""
+    return {None: "fp32", torch.bfloat16: "bf16 autocast (weights in fp32)",
+            torch.float16: "fp16 autocast (weights in fp32, loss scaling)"}[dtype]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

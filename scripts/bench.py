@@ -66,8 +66,10 @@ def timed(fn, device) -> float:
     return time.perf_counter() - start
 
 
-def amp(device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def amp(device, dtype: torch.dtype | None = None):
+    """bf16 autocast on CUDA, fp32 elsewhere, unless dtype says (the CPU's bf16 row)."""
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else None)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 class Setup:
@@ -125,12 +127,12 @@ class Setup:
 
 
 def ours_trainer(setup, method: str, compile: str | None = None, every_position: bool = False,
-                 lora_dropout: float = 0.1, dora: bool = False):
+                 lora_dropout: float = 0.1, dora: bool = False, dtype: torch.dtype | None = None):
     """A train.py step: its model set-up, batches (train.device_batch), loss (train.token_loss:
     the LM head at the loss positions only) and AdamW (train.make_optimizer). compile: None
     (eager), or train.py's --compile: "default" or "cuda-graphs" (over shapes padded to
     hardware.CUDA_GRAPH_SHAPES); every_position ignores
-    it. Returns step(batch) -> loss."""
+    it. dtype: autocast's, where not the device's default (amp). Returns step(batch) -> loss."""
     device = setup.device
     model = GPT.from_pretrained(setup.folder)
     if method == "lora":
@@ -142,7 +144,7 @@ def ours_trainer(setup, method: str, compile: str | None = None, every_position:
 
     def step(batch):
         n_targets = sum(len(tokens) - prompt_length for tokens, prompt_length in batch)
-        with amp(device):
+        with amp(device, dtype):
             if every_position:
                 inputs, targets = e2e.collate(batch)
                 loss = every_position_loss(model(inputs.to(device)), targets.to(device))
@@ -197,6 +199,7 @@ def hf_peft_trainer(setup, compile: bool = False, lora_dropout: float = 0.1):
 
 
 REFERENCE = "transformers + peft, LoRA r=4 c_attn"
+BF16_CPU = "ours, LoRA r=4 q,v, bf16 autocast"  # (--cpu-bf16: its MFU against a bf16 product's)
 
 
 def train_variants(setup) -> dict:
@@ -211,6 +214,8 @@ def train_variants(setup) -> dict:
             variants["ours, LoRA, compiled with CUDA graphs"] = \
                 lambda: ours_trainer(setup, "lora", compile="cuda-graphs")
         variants[REFERENCE + ", compiled"] = lambda: hf_peft_trainer(setup, compile=True)
+    if setup.args.cpu_bf16 and setup.device.type == "cpu":
+        variants[BF16_CPU] = lambda: ours_trainer(setup, "lora", dtype=torch.bfloat16)
     variants["ours, DoRA r=4 q,v"] = lambda: ours_trainer(setup, "lora", dora=True)
     variants["ours, full fine-tuning"] = lambda: ours_trainer(setup, "full")
     return variants
@@ -237,6 +242,8 @@ def interleaved(setup, steps: dict, failed: dict) -> dict:
     seconds = {name: s for name, s in seconds.items() if name not in failed}
     tokens = [sum(len(t) for batch in batches for t, _ in batch) for batches in rounds]
     peak = mfu.peak(device, torch.bfloat16 if device.type == "cuda" else None)[0]
+    peaks = {name: mfu.peak(device, torch.bfloat16)[0] if name == BF16_CPU else peak
+             for name in seconds}
     needed = {method: sum(mfu.batch_flops(model, batch) for batch in timed_batches)
               for method, model in setup.flops_models().items()}
     return {name: {"steps_per_s": len(timed_batches) / sum(s),
@@ -244,7 +251,7 @@ def interleaved(setup, steps: dict, failed: dict) -> dict:
                    "tokens_per_s_range": [min(n / x for n, x in zip(tokens, s)),
                                           max(n / x for n, x in zip(tokens, s))],
                    "mfu": needed["full" if "full" in name else "dora" if "DoRA" in name
-                                 else "lora"] / sum(s) / peak if peak else None}
+                                 else "lora"] / sum(s) / peaks[name] if peaks[name] else None}
             for name, s in seconds.items()}
 
 
@@ -287,6 +294,9 @@ def bench_train(setup) -> dict:
     print(f"\nMFU: the FLOPs each step needs (paper/mfu.py: LoRA's backward without W0's weight "
           f"gradients, the LM head at the loss positions) over the peak: "
           f"{'n/a' if peak is None else f'{peak / 1e12:,.3g} TFLOP/s'} ({source})")
+    if BF16_CPU in rows:
+        peak, source = mfu.peak(setup.device, torch.bfloat16)
+        print(f"'{BF16_CPU}': over {peak / 1e12:,.3g} TFLOP/s ({source})")
     result = {"rows": rows, "failed": failed}
     ours = [name for name in ("ours, LoRA r=4 q,v", "ours, LoRA, compiled",
                               "ours, LoRA, compiled with CUDA graphs") if name in rows]
@@ -679,6 +689,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the timed steps")
     p.add_argument("--compile", action="store_true",
                    help="also time both sides under torch.compile")
+    p.add_argument("--cpu-bf16", action="store_true",
+                   help="train: on a CPU, also time LoRA under bf16 autocast (far slower on one "
+                        "without bf16 instructions), its MFU against a bf16 product's speed")
     p.add_argument("--bucket", action="store_true",
                    help="batches of similar lengths, as train.py --bucket (less padding)")
     p.add_argument("--mrs", type=int, default=0, help="test MRs decoded (default 630 CUDA, 16 CPU)")

@@ -5,7 +5,8 @@
 #
 #   make gpu-carry    # here, once: the E2E CSVs, the released text, the tiktoken vocabulary and
 #                     # pytest's wheels, copied into gpu_carry/ (git-ignored; the call carries it)
-#   scripts/gpu.sh a  # <= 5 min: tests/test_cuda.py; scripts/bench.py train at GPT-2 medium's shape, bf16,
+#   scripts/gpu.sh a  # <= 5 min: tests/test_cuda.py and test_amp.py's CUDA cases; scripts/bench.py
+#                     # train at GPT-2 medium's shape, bf16,
 #                     # ours eager / compiled / CUDA graphs against transformers + peft eager and
 #                     # compiled; memory (LoRA, full, peft); the Table 1 latency grid
 #   scripts/gpu.sh b  # <= 4.5 min: beam-10 decoding of the 630 test MRs against transformers'
@@ -68,7 +69,8 @@ a)
     environment
     $PY -c "import pytest" 2>/dev/null ||  # the device's python may lack it: the carried wheels
         $PY -m pip install -q --no-index --find-links "$CARRY/wheels" pytest 2>&1 | tee -a "$LOG"
-    stage cuda-tests 60 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
+    stage cuda-tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_amp.py \
+        -k "not test_amp or cuda"  # (test_amp.py's CUDA cases: bf16 and fp16 training there)
     if [ -n "$SMOKE" ]; then size=("${bench[@]}" --steps 2 --warmup 1 --rounds 1);
     else size=(--compile --steps 30 --warmup 10 --rounds 3); fi
     stage bench-train 150 $PY -m scripts.bench train "${size[@]}" --json "$OUT/bench-train.json"

@@ -138,6 +138,45 @@ def test_table3_keeps_decodes_and_scores_every_epoch_of_every_seed(experiment):
 
 
 @with_the_experiment
+def test_penalties_decode_the_kept_epochs_again_and_table_penalty_by_selection(
+        experiment, tiny, e2e_data, tmp_path, capsys):
+    # microsoft/LoRA #165: the released README decodes at length penalty 0.8 from the last
+    # checkpoint, the paper at 0.9 from each seed's best epoch; --penalties added to a finished
+    # experiment decodes each kept epoch at 0.8 too (0.9 is E2E's own) and tables both
+    out, _ = experiment
+    copy = tmp_path / "table3"
+    shutil.copytree(out, copy)
+    code, stdout, err = run_main(reproduce.main, capsys, *flags(tiny, e2e_data, copy,
+                                                                "--penalties", "0.8,0.9"))
+    assert code == 0, err
+    assert "] trained" not in stdout and "] decoded lora-seed2" in stdout
+    result = json.loads((copy / "results.json").read_text())
+    assert result["rows"] == json.loads((out / "results.json").read_text())["rows"]  # untouched
+    at = result["penalties"]["0.8"]["lora"]
+    for name in ("lora-seed1", "lora-seed2"):
+        decode = copy / "runs" / name / "decode"
+        epochs = {e: {split: json.loads((decode / f"epoch{e}-{split}-lp0.8.scores.json")
+                                        .read_text()) for split in ("test", "dev")}
+                  for e in (1, 2)}
+        assert {s["decoding"]["length_penalty"] for e in epochs.values() for s in e.values()} \
+            == {0.8}
+        best = max((1, 2), key=lambda e: epochs[e]["test"]["scores"]["BLEU"])
+        assert at["best_test"]["epochs"][name] == best and at["last"]["epochs"][name] == 2
+    md = (copy / "results.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| lora | 0.")]
+    assert [line.split(" | ")[1:3] for line in rows] == [
+        [lp, sel] for lp in ("0.8", "0.9")
+        for sel in ("best epoch on test", "best epoch on dev", "last epoch")]
+    code, stdout, err = run_main(reproduce.main, capsys, *flags(tiny, e2e_data, copy,
+                                                                "--penalties", "0.8,0.9"))
+    assert code == 0 and "] decoded" not in stdout and "] trained" not in stdout, err
+    code, _, err = run_main(reproduce.main, capsys, *flags(tiny, e2e_data, copy,
+                                                           "--penalties", "0.8,0"))
+    assert code == 2 and err == ("reproduce.py: --penalties 0.8,0: a length penalty is a "
+                                 "positive number, not 0\n")
+
+
+@with_the_experiment
 def test_a_kill_mid_decode_then_the_same_command_gives_the_same_results(experiment, tiny,
                                                                         e2e_data, tmp_path):
     out, _ = experiment

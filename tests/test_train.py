@@ -211,7 +211,6 @@ def main(capsys, *argv):
     (["--model", "/nowhere/gpt2"], "no such file or directory: /nowhere/gpt2"),
     (["--data", "/nowhere"], "/nowhere: no such folder"),
     (["--dropout", "1.5"], "dropout must be in [0, 1), got 1.5"),
-    (["--dtype", "bf16"], "--dtype bf16 is mixed precision for CUDA; on CPU training runs in fp32"),
     (["--method", "prefix"], "argument --method: invalid choice: 'prefix'"),
     (["--resume", "/nowhere"], "/nowhere holds no run to resume (no config.json)"),
     (["--random-init", None, "--method", "lora"], "--method lora adapts pretrained weights that it "
@@ -753,8 +752,8 @@ def test_what_a_run_shows_evaluations_projection_and_training_speed(tiny, data, 
 
 def test_device_auto_picks_cuda_then_mps_then_cpu_and_mps_runs_fp32(monkeypatch, tiny, data,
                                                                      tmp_path, capsys):
-    """Apple GPUs: auto takes MPS where there is no CUDA, and there (as on the CPU) no autocast
-    and no GradScaler is used (nothing here runs on MPS: this machine has none)."""
+    """Apple GPUs: auto takes MPS where there is no CUDA, and there no autocast and no
+    GradScaler is used (nothing here runs on MPS: this machine has none)."""
     from plumbing import cli
     for cuda, mps, picked in ((True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
@@ -762,8 +761,8 @@ def test_device_auto_picks_cuda_then_mps_then_cpu_and_mps_runs_fp32(monkeypatch,
         assert hardware.pick_device("auto").type == picked
     mps = torch.device("mps")
     assert hardware.amp_dtype(mps, "auto", "training") is None
-    with pytest.raises(cli.UserError, match="--dtype bf16 is mixed precision for CUDA; on MPS "
-                                            "training runs in fp32"):
+    with pytest.raises(cli.UserError, match="--dtype bf16: on MPS training runs in fp32, where "
+                                            "it is tested"):
         hardware.amp_dtype(mps, "bf16", "training")
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     argv = quick(tiny, data, tmp_path / "run")

@@ -279,6 +279,9 @@ def bench_train(setup) -> dict:
           f"{' with --bucket' if setup.args.bucket else ''})\n")
     print("| | tokens/s | range over rounds | steps/s | MFU | vs transformers + peft |\n"
           "|---|---|---|---|---|---|")
+    def rate(x, decimals=0):  # two significant figures where the decimals would show 0 (bf16 on a CPU)
+        return f"{x:,.{decimals}f}" if x >= 10 ** -decimals else f"{x:.2g}"
+
     for name in variants:
         if name in failed:
             print(f"| {name} | failed: {failed[name]} | | | | |")
@@ -287,8 +290,8 @@ def bench_train(setup) -> dict:
         low, high = r["tokens_per_s_range"]
         ratio = f"{r['tokens_per_s'] / reference:.2f}x" if reference else "n/a"
         utilization = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        print(f"| {name} | {r['tokens_per_s']:,.0f} | {low:,.0f}-{high:,.0f} | "
-              f"{r['steps_per_s']:.2f} | {utilization} | {ratio} |")
+        print(f"| {name} | {rate(r['tokens_per_s'])} | {rate(low)}-{rate(high)} | "
+              f"{rate(r['steps_per_s'], 2)} | {utilization} | {ratio} |")
     peak, source = mfu.peak(setup.device, torch.bfloat16 if setup.device.type == "cuda"
                             else None)
     print(f"\nMFU: the FLOPs each step needs (paper/mfu.py: LoRA's backward without W0's weight "

@@ -279,7 +279,7 @@ def bench_train(setup) -> dict:
           f"{' with --bucket' if setup.args.bucket else ''})\n")
     print("| | tokens/s | range over rounds | steps/s | MFU | vs transformers + peft |\n"
           "|---|---|---|---|---|---|")
-    def rate(x, decimals=0):  # two significant figures where the decimals would show 0 (bf16 on a CPU)
+    def rate(x, decimals=0):  # two significant figures where the decimals would show 0 (CPU bf16)
         return f"{x:,.{decimals}f}" if x >= 10 ** -decimals else f"{x:.2g}"
 
     for name in variants:

@@ -187,6 +187,10 @@ def merge(model: GPT) -> GPT:
     layers = lora_layers(model)
     if not layers:
         raise ValueError("this model has no LoRA layers to merge")
+    if quantized := [name for name, layer in layers.items() if type(layer.base) is not nn.Linear]:
+        raise ValueError(f"W0 of {quantized[0]} is a {type(layers[quantized[0]].base).__name__}, "
+                         "not an nn.Linear: B A cannot fold into QLoRA's 4-bit codes; "
+                         "qlora.dequantize the model first, then merge (docs/qlora.md)")
     for name, layer in layers.items():
         layer.fold()  # W <- W0 + (alpha/r) B A
         model.set_submodule(name, layer.base)
@@ -285,15 +289,18 @@ def pretrained_weight(layer: LoRALinear) -> torch.Tensor:
 
 
 def variant(layer: LoRALinear) -> dict:
-    """Which of the descendants a layer is: {"rslora", "dora", "init"}."""
+    """Which of the descendants a layer is: {"rslora", "dora", "init", "quantize"} (quantize:
+    QLoRA's "nf4" where W0 is kept in 4 bits, paper/qlora.py; else None)."""
     return dict(rslora=getattr(layer, "rslora", False), dora=isinstance(layer, DoRALinear),
-                init="pissa" if hasattr(layer, "B0") else "lora")
+                init="pissa" if hasattr(layer, "B0") else "lora",
+                quantize=getattr(layer.base, "quantized", None))
 
 
 def describe_variant(s: dict) -> str:
-    """', rsLoRA, DoRA, PiSSA init' for settings that have them."""
+    """', rsLoRA, DoRA, PiSSA init, W0 in NF4' for settings that have them."""
     return "".join([", rsLoRA"] * bool(s.get("rslora")) + [", DoRA"] * bool(s.get("dora"))
-                   + [", PiSSA init"] * (s.get("init", "lora") == "pissa"))
+                   + [", PiSSA init"] * (s.get("init", "lora") == "pissa")
+                   + [", W0 in NF4"] * (s.get("quantize") == "nf4"))
 
 
 # --- adapter-only checkpoints: A and B, a few MB instead of the whole model --------------------
@@ -325,10 +332,12 @@ def save(model: GPT, path: str):
 def read_settings(model: GPT, path: str, check_base: bool = True) -> dict:
     """The settings of an adapter file saved by save(), checked against the model: its shape, and
     the base weights' fingerprint unless check_base=False."""
-    s = {**dict(rslora=False, dora=False, init="lora"),  # (files written before the variants)
+    s = {**dict(rslora=False, dora=False, init="lora", quantize=None),  # (older files)
          **checkpoint.read_adapter_metadata(path, "lora", model)}
     try:  # a hand-edited file may record anything
         s["targets"] = check_settings(s["targets"], s["r"], s["alpha"], s["dropout"], s["init"])
+        if s["quantize"] not in (None, "nf4"):
+            raise ValueError(f"quantize {s['quantize']!r}: this code knows nf4 (or none)")
     except (KeyError, TypeError, ValueError) as e:
         raise checkpoint.invalid_settings(path, e) from None
     if check_base:
@@ -343,13 +352,17 @@ def load(model: GPT, path: str, check_base: bool = True) -> dict:
     if model in _MERGED:
         raise ValueError("LoRA is merged into this model: lora.unmerge it before loading another "
                          "adapter")
+    if s["quantize"] and not any(getattr(m, "quantized", None) for m in model.modules()):
+        raise checkpoint.CheckpointError(
+            f"{path} trained over W0 in NF4 (QLoRA, train.py --quantize nf4): load it with "
+            "paper/qlora.py's load, which quantizes W0 as training did (sample.py does)")
     if check_base:
         checkpoint.check_base(path, model, base_weights(model, s["targets"]))
     if not lora_layers(model):
         apply(model, s["targets"], s["r"], s["alpha"], s["dropout"], rslora=s["rslora"],
               dora=s["dora"], init=s["init"])  # (PiSSA: W0 split as it was for training)
     have = settings(model)
-    keys = ("targets", "r", "alpha", "rslora", "dora", "init")
+    keys = ("targets", "r", "alpha", "rslora", "dora", "init", "quantize")
     if [have[k] for k in keys] != [s[k] for k in keys]:
         raise checkpoint.CheckpointError(
             f"{path} adapts {','.join(s['targets'])} with r={s['r']}, alpha={s['alpha']}"

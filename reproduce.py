@@ -53,7 +53,7 @@ from data.task import open_task, size_of
 from harness import bookkeeping, evaluation, experiment
 from harness.evaluation import Decoding
 from model import GPT
-from paper import adapter
+from paper import adapter, qlora
 from plumbing import cli, distributed
 from plumbing.errors import UserError
 
@@ -96,8 +96,11 @@ ROWS = {
     "pissa": ({"method": "lora", "rank": 4, "targets": "q,v", "init": "pissa"},
               "PiSSA (arXiv 2404.02948): the paper's recipe, A and B from W0's top singular "
               "directions"),
+    "qlora": ({"method": "lora", "rank": 4, "targets": "q,v", "quantize": "nf4"},
+              "QLoRA (arXiv 2305.14314): the paper's recipe over W0 in 4-bit NormalFloat, each "
+              "epoch decoded merged into the dequantized W0 it trained over"),
 }
-VARIANT_ROWS = ("rslora", "lora_plus", "dora", "pissa")  # LoRA's descendants, as rows
+VARIANT_ROWS = ("rslora", "lora_plus", "dora", "pissa", "qlora")  # LoRA's descendants, as rows
 # Table 3's adapter rows that the paper ran or quotes: (row, GPT-2 size) -> trainable parameters
 ADAPTER_PARAMS = {("adapter_h", "gpt2-medium"): 11.09e6, ("adapter_l", "gpt2-medium"): 0.37e6,
                   ("adapter_l", "gpt2-large"): 0.88e6}
@@ -229,6 +232,10 @@ def decode_run(unit: Unit, folder: str, settings: dict, search: Decoding, device
         path = bookkeeping.result_path(cfg.method, folder, epoch)
         if cfg.method == "full":  # each epoch is a whole model
             model, what = GPT.from_pretrained(path).to(device).eval(), (path, None)
+        elif cfg.quantize:  # QLoRA: W0 quantized as it trained, then dequantized (paper/qlora.py)
+            qlora.load(model := GPT.from_pretrained(cfg.model), path, "dequantized")
+            model = lora.merge(model).to(device).eval()  # W = deq(NF4(W0)) + (alpha/r) B A
+            what = (cfg.model, path)
         else:  # one base, the epochs' adapters switched on it
             if model is None:
                 model = GPT.from_pretrained(cfg.model).to(device).eval()

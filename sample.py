@@ -37,7 +37,7 @@ from data.e2e.prepare import FORMATS
 from data.task import EOT, tokenizer
 from harness import evaluation, sample_cli
 from model import GPT, PRESETS
-from paper import adapter
+from paper import adapter, qlora
 from paper.decoding import decode
 from plumbing import cli, distributed, hardware
 
@@ -51,7 +51,13 @@ def load_model(args, device) -> tuple[GPT, str]:
     meta, base = sample_cli.adapter_base(args.adapter, args.model)
     model = GPT.from_pretrained(base)
     if meta["method"] == "lora":
-        lora.load(model, args.adapter, check_base=not args.any_base)
+        if not args.qlora_merge:
+            lora.load(model, args.adapter, check_base=not args.any_base)
+        else:  # QLoRA's: W0 in NF4 as it trained; kept, dequantized or full precision again
+            qlora.load(model, args.adapter, args.qlora_merge, check_base=not args.any_base)
+            print(f"trained over W0 in NF4 (QLoRA); decoded {qlora.WAYS[args.qlora_merge]}")
+            if args.qlora_merge == "nf4":  # (B A cannot fold into 4-bit codes: LoRA unmerged)
+                return model.to(device).eval(), "lora"
         lora.merge(model)  # W = W0 + (alpha/r) B A: plain Linear layers again (Sec. 4.1)
         print(f"merged LoRA ({lora.describe(model).split(':')[0]}) into {base}: the model now "
               "computes exactly what GPT-2 computes, at the same cost")
@@ -120,6 +126,10 @@ def parse_args(argv=None):
     p.add_argument("--any-base", action="store_true",
                    help="load the adapter even onto a base whose weights are not the ones it was "
                         "trained on (the check compares a fingerprint of those weights)")
+    p.add_argument("--qlora-merge", choices=("dequantized", "nf4", "base"),
+                   help="an adapter trained with --quantize nf4 (QLoRA): merge it into the "
+                        "dequantized NF4 W0 it trained over (the default), keep it unmerged over "
+                        "NF4, or merge it into the full-precision base (docs/qlora.md)")
     p.add_argument("--mix", action="store_true",
                    help="several adapters: decode in mixed batches, W0 unmerged and each row with "
                         "its own adapter, instead of merging one adapter at a time")

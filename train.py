@@ -16,7 +16,8 @@ What the paper leaves out comes from its released code (microsoft/LoRA, examples
 betas 0.9/0.999 and eps 1e-6, the schedule decaying to 0, dropout 0.1 on the LoRA path only (no
 dropout in the backbone), seed 110, and the released pre-tokenized E2E text (--format paper,
 data/e2e/paper_format.py). `--method full | adapter_h | adapter_l` trains Table 3's other rows;
-`--method full --random-init` the same shape from scratch (what pretraining buys).
+`--method full --random-init` the same shape from scratch (what pretraining buys); `--quantize nf4`
+is QLoRA, LoRA over a W0 kept in 4 bits (paper/qlora.py).
 
 A run folder holds config.json, metrics.jsonl, the result (adapter.safetensors, or model/ for full
 fine-tuning) and state.safetensors, saved atomically every --save-every steps, at each epoch end, at
@@ -37,7 +38,7 @@ from data.e2e.prepare import FORMATS
 from data.task import collate, loss_positions
 from harness import bookkeeping
 from model import GPT
-from paper import adapter
+from paper import adapter, qlora
 from plumbing import cli, distributed, hardware
 from plumbing.cli import flag
 
@@ -83,6 +84,8 @@ class Recipe:
                      "singular directions; W0 keeps the rest)", choices=("lora", "pissa"))
     lora_plus: float = flag(1.0, "LoRA+: B's learning rate over A's (1: LoRA; its paper "
                             "suggests 16)")
+    quantize: str | None = flag(None, "QLoRA: W0 of every Linear in the blocks kept in 4-bit "
+                                "NormalFloat (paper/qlora.py)", choices=("nf4",))
     # the optimization (Table 11)
     epochs: int = flag(5, "passes over the training set", group="optimization")
     max_steps: int = flag(0, "stop after this many optimizer steps (0: run all epochs)")
@@ -219,12 +222,11 @@ def dev_loss(model, loss_fn, examples, batch_size: int, device, amp_dtype,
 def build_model(cfg: Recipe, device) -> GPT:
     """GPT-2 with the method's trainable parameters, the rest frozen: LoRA's A and B on the
     chosen matrices (Sec. 4.2), an adapter's layers, or every weight (--method full). With
-    --random-init, --model's shape with GPT-2's random init instead of its weights."""
-    if cfg.random_init:
-        torch.manual_seed(cfg.seed)
-        model = GPT(bookkeeping.model_shape(cfg.model, cfg.dropout))
-    else:
-        model = GPT.from_pretrained(cfg.model, dropout=cfg.dropout)
+    --random-init, --model's shape with GPT-2's random init instead of its weights; with
+    --quantize nf4, the frozen Linear weights in 4 bits (QLoRA) once LoRA is applied."""
+    torch.manual_seed(cfg.seed)  # (--random-init: GPT-2's init, from the seed)
+    model = (GPT(bookkeeping.model_shape(cfg.model, cfg.dropout)) if cfg.random_init
+             else GPT.from_pretrained(cfg.model, dropout=cfg.dropout))
     torch.manual_seed(cfg.seed)  # LoRA's A (and the adapters) start from the seed
     try:  # what only the model's shape can refuse: a rank above its width
         if cfg.method == "lora":
@@ -234,7 +236,8 @@ def build_model(cfg: Recipe, device) -> GPT:
             adapter.apply(model, "houlsby" if cfg.method == "adapter_h" else "lin", r=cfg.rank)
     except ValueError as e:
         raise cli.UserError(f"{e} (--rank)") from None
-    return model.to(device)
+    model.to(device)  # (then quantized there: PiSSA's residual is what goes into NF4, QPiSSA)
+    return qlora.quantize(model) if cfg.quantize else model
 
 
 def describe(model: GPT, cfg: Recipe) -> str:

@@ -112,6 +112,14 @@ def check(cfg, given: tuple = (), world=distributed.ALONE) -> tuple[torch.device
     if cfg.random_init and cfg.method != "full":
         raise UserError(f"--random-init trains every weight from scratch, which is --method full; "
                         f"--method {cfg.method} adapts pretrained weights that it would lack")
+    if cfg.quantize and cfg.method != "lora":
+        raise UserError(f"--quantize {cfg.quantize} is QLoRA, LoRA over a frozen W0 kept in 4 "
+                        f"bits; --method {cfg.method} " + (
+                            "trains every weight, which 4-bit codes cannot hold" if cfg.method ==
+                            "full" else "is not built over a quantized W0 here") + ": drop one")
+    if cfg.quantize and cfg.compile:
+        raise UserError(f"--compile is untested with --quantize {cfg.quantize} (paper/qlora.py's "
+                        "dequantizing autograd.Function): drop one")
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}  # (typed as the default, a
     if unused := [name for name in UNUSED[cfg.method]  # flag changes nothing: taken)
                   if name in given and getattr(cfg, name) != defaults[name]]:
@@ -148,6 +156,7 @@ def resumed(cfg, given: tuple = ()):
     saved.setdefault("lora_dropout", saved["dropout"])
     saved.setdefault("save_every", 0)
     saved.setdefault("random_init", False)
+    saved.setdefault("quantize", None)
     if saved.get("compile") in (True, False):  # a switch before cuda-graphs existed
         saved["compile"] = "default" if saved["compile"] else None
     saved.update({name: getattr(cfg, name) for name in given if name in safe})

@@ -79,12 +79,15 @@ def base_name(args) -> str:
 
 
 def output_stem(args) -> str:
-    """Where the predictions go, named by what was decoded: e.g. RUN_DIR/predictions-dev-first5."""
+    """Where the predictions go, named by what was decoded: e.g. RUN_DIR/predictions-dev-first5
+    (a QLoRA adapter decoded over NF4 or the full-precision base: predictions-nf4, -base)."""
     where = args.adapter or (args.model if os.path.isdir(args.model) else None)
     folder = args.out or (os.path.dirname(os.path.abspath(where.rstrip("/"))) if where else ".")
     return os.path.join(folder, "predictions" + args.task.suffix
                         + ("" if args.split == "test" else f"-{args.split}")
-                        + (f"-first{args.limit}" if args.limit else ""))
+                        + (f"-first{args.limit}" if args.limit else "")
+                        + (f"-{args.qlora_merge}" if getattr(args, "qlora_merge", None)
+                           not in (None, "dequantized") else ""))
 
 
 def claim_outputs(stems: list[str], force: bool) -> list[rundir.Claim]:
@@ -124,7 +127,8 @@ def split_job(model, args, device, world, mixed: bool = False) -> evaluation.Job
     """The split to decode as the flags say (evaluation.Job): the task's, into output_stem."""
     return evaluation.Job(model, task=args.task, split=args.split, limit=args.limit,
                           stem=output_stem(args), decoding=decoding(args),
-                          what=evaluation.identity(base_name(args), args.adapter),
+                          what={**evaluation.identity(base_name(args), args.adapter),
+                                **({"qlora_merge": args.qlora_merge} if args.qlora_merge else {})},
                           force=args.force, device=device, world=world, mixed=mixed)
 
 
@@ -355,7 +359,7 @@ def check_latency(args, device):
 
 # What each way of running sample.py reads (besides --device and --dtype): a flag typed for
 # another one would do nothing, so it is refused instead of ignored.
-LOADS = {"model", "adapter", "any_base"}
+LOADS = {"model", "adapter", "any_base", "qlora_merge"}
 SERVES = {"mix"}  # several adapters
 BEAM = {"beam", "length_penalty", "no_repeat_ngram", "max_new_tokens", "no_cache"}
 READS = {
@@ -431,10 +435,26 @@ def check(args, world=distributed.ALONE) -> torch.device:
     elif args.several:
         if not args.adapters:
             raise UserError("--mix serves LoRA adapters: give them with --adapter")
+        if args.qlora_merge:
+            raise UserError("--qlora-merge is for one adapter trained over NF4, decoded alone: "
+                            "give that one --adapter (without --mix)")
         check_several(args)
-    elif args.prompt is None:
-        check_task(args)
+    else:
+        check_qlora(args)
+        if args.prompt is None:
+            check_task(args)
     return device
+
+
+def check_qlora(args):
+    """--qlora-merge is for one adapter trained over NF4 (train.py --quantize nf4), whose
+    default it has (dequantized); given for any other, it is refused."""
+    quantized = args.adapter and adapter_base(args.adapter, args.model)[0].get("quantize",
+                                                                               "null") != "null"
+    if args.qlora_merge and not quantized:
+        raise UserError(f"--qlora-merge is for an adapter trained with --quantize nf4 (QLoRA); "
+                        f"{args.adapter or args.model} is not one: drop it")
+    args.qlora_merge = args.qlora_merge or ("dequantized" if quantized else None)
 
 
 def check_task(args):

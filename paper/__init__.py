@@ -10,6 +10,7 @@ Each module opens with the section of the paper it serves, and reads top to bott
   (Table 7)
 - mfu: what a training step costs: no weight gradient for a frozen W0 (Sec. 4.2's speedup)
 - peft_interop: an adapter as Hugging Face PEFT stores it, both ways (Sec. 4.1's small task files)
+- qlora: QLoRA's 4-bit NormalFloat W0 under LoRA (the QLoRA paper's Sec. 3), equal to bitsandbytes
 
 They import model.py and lora.py, and the ground floor (plumbing/) below them; nothing of the
 harness or the entry scripts.

@@ -198,7 +198,13 @@ def read_settings(model: GPT, path: str, check_base: bool = True) -> dict:
             f"{path} is an {kind} file: only LoRA adapters can share one base here (their update "
             "W0 + s B A merges in and out, or adds per row beside the shared W0; an adapter is "
             "a layer of its own in the forward path); decode it alone")
-    s = lora.read_settings(model, path, check_base)
+    s = lora.read_settings(model, path, check_base=False)
+    if s["quantize"]:
+        raise checkpoint.CheckpointError(
+            f"{path} trained over W0 in NF4 (QLoRA): it is decoded alone, over the W0 it trained "
+            "with (sample.py --adapter it --qlora-merge ...), not from a shared full-precision W0")
+    if check_base:
+        checkpoint.check_base(path, model, lora.base_weights(model, s["targets"]))
     if s["dora"] or s["init"] == "pissa":
         raise checkpoint.CheckpointError(
             f"{path} is a {'DoRA' if s['dora'] else 'PiSSA'} adapter: it "

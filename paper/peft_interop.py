@@ -44,9 +44,15 @@ def export_peft(model: GPT, directory: str):
     as PEFT's own conversion writes it, a LoRA of rank 2r on the pretrained W0 (A = [A; A0],
     B = [B, -B0]: s (B A - B0 A0) is all it changed). That is what ours computes, not what PEFT's
     PiSSA on c_attn would: PEFT splits the fused 3d x d matrix by one SVD, we each d x d matrix
-    by its own (docs/variants.md).
+    by its own (docs/variants.md). QLoRA's (W0 in NF4) is the same file, for PEFT over
+    bitsandbytes' 4-bit GPT-2 (load_in_4bit, nf4); not QPiSSA's, whose NF4 W0 is a residual
+    that no PEFT file can name.
     """
     s, layers = lora.settings(model), lora.lora_layers(model)
+    if s["quantize"] and s["init"] == "pissa":
+        raise ValueError("a PiSSA adapter trained over NF4 (QPiSSA) adapts the NF4 of W0's "
+                         "residual, not of the pretrained W0 PEFT would quantize: no PEFT file "
+                         "holds it; decode it here (sample.py)")
     C = model.config.n_embd
     factors = {name: _factors(layer) for name, layer in layers.items()}
     r = next(iter(factors.values()))[0].shape[0]  # (PiSSA: 2r)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 import lora
 from model import GPT
+from plumbing import checkpoint
 
 BLOCK, BLOCK_ABSMAX = 64, 256  # weights per absmax; absmaxes per constant of the second level
 
@@ -87,7 +88,7 @@ def dequantize_blocks(codes: torch.Tensor, absmax: torch.Tensor, values: torch.T
                       block: int) -> torch.Tensor:
     """Each code's value times its block's absmax (fp32, flat)."""
     n = codes.numel()
-    x = F.pad(values.to(codes.device)[codes.long()], (0, -n % block)).reshape(-1, block)
+    x = F.pad(_on(values, codes.device)[codes.long()], (0, -n % block)).reshape(-1, block)
     return (x * absmax[:, None]).reshape(-1)[:n]
 
 
@@ -107,6 +108,16 @@ def quantize_nf4(W: torch.Tensor, block: int = BLOCK, double: bool = True) -> di
     return state
 
 
+_TABLES = {}  # (table, device) -> the table there: not copied to the GPU at every forward pass
+
+
+def _on(values: torch.Tensor, device) -> torch.Tensor:
+    key = (id(values), str(device))
+    if key not in _TABLES:
+        _TABLES[key] = values.to(device)
+    return _TABLES[key]
+
+
 def dequantize_nf4(state: dict, shape, block: int = BLOCK) -> torch.Tensor:
     """The fp32 matrix a quantize_nf4() state stands for: the absmaxes first (if they are quantized
     too), then each weight's NF4 value times its block's absmax."""
@@ -123,6 +134,7 @@ class NF4Linear(nn.Module):
     """A frozen nn.Linear with its weight kept in NF4 (4.127 bits a weight); its bias stays as it
     was. Each forward pass dequantizes the weight to the compute dtype, and the backward pass
     does so again (it keeps no 32-bit W0 between the two: that is the memory QLoRA saves)."""
+    quantized = "nf4"  # (what lora.py reads: a LoRA layer over this base records it)
 
     def __init__(self, linear: nn.Linear, block: int = BLOCK, double: bool = True):
         super().__init__()
@@ -133,6 +145,10 @@ class NF4Linear(nn.Module):
             self.register_buffer(name, tensor)
         self.state_names = list(state)
         self.bias = linear.bias  # frozen, as every weight but A and B
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, NF4, " \
+               f"block={self.block}, double quantization={'absmax_offset' in self.state_names}"
 
     @property
     def weight(self) -> torch.Tensor:
@@ -162,10 +178,16 @@ class _Dequantized(torch.autograd.Function):
 
 
 def quantize(model: GPT, block: int = BLOCK, double: bool = True) -> GPT:
-    """Every nn.Linear of the blocks (a LoRA layer's W0 included) in NF4; the rest as it was."""
+    """Every nn.Linear of the blocks (a LoRA layer's W0 included) in NF4; the rest as it was.
+    DoRA's magnitude m starts again at the norms of the W0 it now computes with (the dequantized
+    one: PEFT's QDoRA), so that the model still starts as its base."""
     for name, module in list(model.transformer.h.named_modules()):
         if type(module) is nn.Linear:
             model.transformer.h.set_submodule(name, NF4Linear(module, block, double))
+    with torch.no_grad():
+        for layer in lora.lora_layers(model).values():
+            if isinstance(layer, lora.DoRALinear):
+                layer.m.copy_(layer.base.weight.norm(dim=1))
     return model
 
 
@@ -180,3 +202,34 @@ def dequantize(model: GPT) -> GPT:
             linear.bias = module.bias
             model.transformer.h.set_submodule(name, linear)
     return model
+
+
+WAYS = {  # sample.py --qlora-merge: what an adapter trained over NF4 is decoded with
+    "dequantized": "merged into the dequantized NF4 W0: the function it trained, at GPT-2's cost "
+                   "(W in fp32)",
+    "nf4": "unmerged over W0 in NF4: 4.127 bits a frozen weight, dequantized at each forward pass",
+    "base": "merged into the full-precision W0 of the checkpoint: not the W0 it trained over",
+}
+
+
+def load(model: GPT, path: str, way: str = "dequantized", check_base: bool = True) -> dict:
+    """An adapter that trained over NF4 (train.py --quantize nf4) onto the full-precision model:
+    LoRA applied as the file says (PiSSA's split of the full-precision W0, as in training), W0
+    quantized, A and B loaded and the fingerprint checked against that quantized base; then, by
+    `way`, W0 left in NF4, dequantized, or put back in full precision. lora.merge then folds
+    B A in (but over NF4). Returns the adapter's settings."""
+    s = lora.read_settings(model, path, check_base=False)
+    if s["quantize"] != "nf4":
+        raise checkpoint.CheckpointError(f"{path} did not train over NF4 (no --quantize nf4): "
+                                         "load it with lora.load")
+    lora.apply(model, s["targets"], s["r"], s["alpha"], s["dropout"], rslora=s["rslora"],
+               dora=s["dora"], init=s["init"])
+    full = {name: m for name, m in model.transformer.h.named_modules() if type(m) is nn.Linear}
+    quantize(model)
+    lora.load(model, path, check_base=check_base)  # (the fingerprint of W0 as it trained)
+    if way == "base":
+        for name, module in full.items():
+            model.transformer.h.set_submodule(name, module)
+    elif way == "dequantized":
+        dequantize(model)
+    return s

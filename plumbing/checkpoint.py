@@ -343,13 +343,15 @@ ADAPTER_KEYS = ("format_version", "method", "base_model", "base_shape")
 # number in a string is a string): another type is refused, naming the field and its value.
 SETTINGS = {"lora": {"targets": "a list of target names", "r": "a whole number",
                      "alpha": "a number", "dropout": "a number", "rslora": "true or false",
-                     "dora": "true or false", "init": "a string"},
+                     "dora": "true or false", "init": "a string",
+                     "quantize": "a string or null"},
             "adapter": {"kind": "a string", "r": "a whole number"}}
 _IS = {"a list of target names": lambda v: isinstance(v, list) and all(isinstance(t, str)
                                                                        for t in v),
        "a whole number": lambda v: isinstance(v, int) and not isinstance(v, bool),
        "a number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-       "true or false": lambda v: isinstance(v, bool), "a string": lambda v: isinstance(v, str)}
+       "true or false": lambda v: isinstance(v, bool), "a string": lambda v: isinstance(v, str),
+       "a string or null": lambda v: v is None or isinstance(v, str)}
 
 
 def adapter_settings(path: str, meta: dict, method: str) -> dict:

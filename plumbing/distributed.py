@@ -154,13 +154,15 @@ class World:
         """DDP around module: its backward all-reduces the gradients (an average over ranks).
         No find_unused_parameters: every trainable tensor (LoRA's A and B, an adapter's, or all
         of them in full fine-tuning) takes part in every forward pass, and frozen ones have no
-        gradient for DDP to wait for."""
+        gradient for DDP to wait for. No forward_sync_buffers: the buffers never change (PiSSA's
+        B0 A0, QLoRA's NF4 codes), so they go from rank 0 once, at the start, not every step."""
         if not self.joined:
             return module
         device = next(module.parameters()).device
         with self.guard():  # (DDP starts by sending rank 0's weights to every rank)
             return torch.nn.parallel.DistributedDataParallel(
-                module, device_ids=[device.index] if device.type == "cuda" else None)
+                module, device_ids=[device.index] if device.type == "cuda" else None,
+                forward_sync_buffers=False)
 
     def syncing(self, module, now: bool):
         """Around one micro-batch's forward: DDP all-reduces the gradients in that forward's

@@ -50,6 +50,18 @@ MUTATIONS = [  # (file, a line of it, the line mutated, what that breaks)
      "PiSSA's factors without 1/s"),
     ("train.py", "lr_scale\": lora_plus})\n    return", "lr_scale\": 1.0})\n    return",
      "LoRA+'s B at A's learning rate"),
+    ("paper/qlora.py", "    absmax = blocks.abs().amax(dim=1)\n",
+     "    absmax = blocks.abs().amax().expand(len(blocks))\n", "QLoRA's absmax per tensor"),
+    ("paper/qlora.py", '    state = {"packed": codes[0::2] << 4 | codes[1::2]}',
+     '    state = {"packed": codes[1::2] << 4 | codes[0::2]}', "the NF4 nibbles swapped"),
+    ("paper/qlora.py", "        absmax = absmax + state[\"absmax_offset\"]",
+     "        absmax = absmax", "double quantization's offset forgotten"),
+    ("paper/qlora.py", "        return grad @ ctx.layer.weight.to(grad.dtype), None, None",
+     "        return grad @ ctx.layer.weight.to(grad.dtype) * 0.5, None, None",
+     "QLoRA's backward through the NF4 W0 wrong"),
+    ("paper/qlora.py", "    values = torch.cat([-quantiles(8), torch.zeros(1, dtype=torch.float64), "
+     "quantiles(9)])", "    values = torch.cat([-quantiles(9), torch.zeros(1, dtype=torch.float64), "
+     "quantiles(8)])", "the NF4 table's halves swapped (8 negative values, not 7)"),
 ]
 caught = 0
 for path, old, new, what in MUTATIONS:

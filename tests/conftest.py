@@ -276,7 +276,8 @@ def _plain_env(tmp_path, hidden: set[str]) -> dict:
 def user_env(tmp_path):
     """os.environ for a subprocess as a plain install sees it: no reference packages, no Java
     (PATH holds only an empty folder; scripts run as sys.executable, an absolute path)."""
-    return _plain_env(tmp_path, {"transformers", "peft", "pycocoevalcap", "pyter", "nltk"})
+    return _plain_env(tmp_path, {"transformers", "peft", "bitsandbytes", "pycocoevalcap", "pyter",
+                                "nltk"})
 
 
 @pytest.fixture
@@ -285,7 +286,7 @@ def meteor_env(tmp_path):
     still without Java. Skips where pycocoevalcap is not installed."""
     if not installed("pycocoevalcap"):
         pytest.skip("pycocoevalcap is not installed (METEOR's word lists come from it)")
-    return _plain_env(tmp_path, {"transformers", "peft", "pyter", "nltk"})
+    return _plain_env(tmp_path, {"transformers", "peft", "bitsandbytes", "pyter", "nltk"})
 
 
 # A local HTTP server standing in for the Hugging Face hub and the E2E release (no network here).

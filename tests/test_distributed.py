@@ -56,7 +56,8 @@ def flags(tiny, data, out, *extra):
 
 
 METHODS = {"lora": ["--lr", "1e-2", "--lora-dropout", "0"], "full": ["--method", "full", "--lr", "1e-3"],
-           "adapter_h": ["--method", "adapter_h", "--lr", "1e-2"]}
+           "adapter_h": ["--method", "adapter_h", "--lr", "1e-2"],
+           "qlora": ["--lr", "1e-2", "--lora-dropout", "0", "--quantize", "nf4"]}
 
 
 def assert_same_run(actual, expected):
@@ -111,7 +112,7 @@ def reference(tiny, data, tmp_path_factory):
 
 
 @pytest.mark.parametrize("method, grad_accum", [("lora", "1"), ("lora", "2"), ("full", "1"),
-                                                ("adapter_h", "1")])
+                                                ("adapter_h", "1"), ("qlora", "1")])
 def test_two_ranks_train_what_one_process_trains(tiny, data, tmp_path, reference, method,
                                                  grad_accum):
     # DDP without find_unused_parameters: a method leaving a trainable tensor unused fails here
@@ -125,7 +126,7 @@ def test_two_ranks_train_what_one_process_trains(tiny, data, tmp_path, reference
     assert mine.keys() == theirs.keys()
     for name, tensor in theirs.items():
         torch.testing.assert_close(mine[name], tensor, rtol=0, atol=1e-5, msg=name)
-    if method == "lora":  # (B starts at 0: the comparison is of trained values)
+    if method in ("lora", "qlora"):  # (B starts at 0: the comparison is of trained values)
         assert max(t.abs().max().item() for t in mine.values()) > 0.1
     # rank 0 alone speaks and writes
     assert out.count("2 processes (torchrun), 4 examples of each batch apiece") == 1

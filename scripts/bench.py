@@ -45,7 +45,7 @@ import lora
 import train
 from data.e2e import prepare as e2e
 from model import GPT, GPTConfig
-from paper import latency, mfu, multitask
+from paper import latency, mfu, multitask, qlora
 from paper.decoding import batches, beam_search, decode
 from plumbing import cli, hardware
 from plumbing.checkpoint import write_atomic
@@ -127,17 +127,21 @@ class Setup:
 
 
 def ours_trainer(setup, method: str, compile: str | None = None, every_position: bool = False,
-                 lora_dropout: float = 0.1, dora: bool = False, dtype: torch.dtype | None = None):
+                 lora_dropout: float = 0.1, dora: bool = False, dtype: torch.dtype | None = None,
+                 quantize: bool = False):
     """A train.py step: its model set-up, batches (train.device_batch), loss (train.token_loss:
     the LM head at the loss positions only) and AdamW (train.make_optimizer). compile: None
     (eager), or train.py's --compile: "default" or "cuda-graphs" (over shapes padded to
     hardware.CUDA_GRAPH_SHAPES); every_position ignores
-    it. dtype: autocast's, where not the device's default (amp). Returns step(batch) -> loss."""
+    it. dtype: autocast's, where not the device's default (amp). quantize: QLoRA's W0 in NF4
+    (train.py --quantize nf4). Returns step(batch) -> loss."""
     device = setup.device
     model = GPT.from_pretrained(setup.folder)
     if method == "lora":
         lora.apply(model, "q,v", r=4, alpha=32, dropout=lora_dropout, dora=dora)
     model.to(device).train()
+    if quantize:
+        qlora.quantize(model)
     optimizer = train.make_optimizer(model, lr=2e-4, weight_decay=0.01,
                                         fused=device.type == "cuda")
     loss_fn, multiple = hardware.compiled(train.token_loss, compile)
@@ -200,6 +204,7 @@ def hf_peft_trainer(setup, compile: bool = False, lora_dropout: float = 0.1):
 
 REFERENCE = "transformers + peft, LoRA r=4 c_attn"
 BF16_CPU = "ours, LoRA r=4 q,v, bf16 autocast"  # (--cpu-bf16: its MFU against a bf16 product's)
+QLORA = "ours, QLoRA r=4 q,v (W0 in NF4)"  # (its MFU counts LoRA's FLOPs, not the dequantizing)
 
 
 def train_variants(setup) -> dict:
@@ -217,6 +222,7 @@ def train_variants(setup) -> dict:
     if setup.args.cpu_bf16 and setup.device.type == "cpu":
         variants[BF16_CPU] = lambda: ours_trainer(setup, "lora", dtype=torch.bfloat16)
     variants["ours, DoRA r=4 q,v"] = lambda: ours_trainer(setup, "lora", dora=True)
+    variants[QLORA] = lambda: ours_trainer(setup, "lora", quantize=True)
     variants["ours, full fine-tuning"] = lambda: ours_trainer(setup, "full")
     return variants
 
@@ -315,8 +321,12 @@ def bench_train(setup) -> dict:
 
 
 def peak_memory_worker(setup, method: str) -> dict:
-    """In a fresh process: a few training steps, then the peak (GPU: allocated; CPU: RSS)."""
-    step = ours_trainer(setup, method) if method != "peft" else hf_peft_trainer(setup)
+    """In a fresh process: a few training steps, then the peak (GPU: allocated since the model
+    was built; CPU: RSS, the loading of the fp32 checkpoint included) and, on the CPU, the RSS
+    after the steps (QLoRA's fp32 W0 freed once quantized)."""
+    step = (hf_peft_trainer(setup) if method == "peft" else
+            ours_trainer(setup, "lora", quantize=True) if method == "qlora" else
+            ours_trainer(setup, method))
     if setup.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(setup.device)
     for batch in setup.batches[:3]:
@@ -324,24 +334,26 @@ def peak_memory_worker(setup, method: str) -> dict:
     if setup.device.type == "cuda":
         return {"peak_mb": torch.cuda.max_memory_allocated(setup.device) / 2 ** 20,
                 "what": "torch.cuda.max_memory_allocated"}
-    return {"peak_mb": peak_rss_mb(), "what": "peak RSS of the process"}
+    return {"peak_mb": peak_rss_mb(), "rss_mb": peak_rss_mb("VmRSS"),
+            "what": "peak RSS of the process"}
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. Linux's VmHWM starts afresh at exec; getrusage's
-    ru_maxrss does not (a child inherits its parent's peak), so it is only the fallback."""
+def peak_rss_mb(field: str = "VmHWM") -> float:
+    """This process's peak resident memory (field VmRSS: its resident memory now). Linux's VmHWM
+    starts afresh at exec; getrusage's ru_maxrss does not (a child inherits its parent's peak),
+    so it is only the fallback."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-MEMORY_ROWS = {"lora": "ours, LoRA r=4 on q,v", "full": "ours, full fine-tuning",
-               "peft": "transformers + peft, LoRA r=4 on c_attn"}
+MEMORY_ROWS = {"lora": "ours, LoRA r=4 on q,v", "qlora": "ours, QLoRA r=4 on q,v (W0 in NF4)",
+               "full": "ours, full fine-tuning", "peft": "transformers + peft, LoRA r=4 on c_attn"}
 
 
 def bench_memory(setup) -> dict:
@@ -357,11 +369,27 @@ def bench_memory(setup) -> dict:
         rows[method] = json.loads(out.strip().splitlines()[-1])
     print(f"\n### Peak memory of training at batch 8 ({setup.describe()}, {setup.device}; "
           f"{rows['lora']['what']}, each method in a fresh process)\n")
-    print("| | peak MB | vs full fine-tuning |\n|---|---|---|")
+    now = "rss_mb" in rows["lora"]  # (the CPU: also the RSS after the steps)
+    print("| | frozen weights MB | peak MB | vs full fine-tuning |" + " RSS after the steps MB |"
+          * now + "\n|---|---|---|---|" + "---|" * now)
+    frozen = frozen_mb(setup)
     for method, name in MEMORY_ROWS.items():
-        print(f"| {name} | {rows[method]['peak_mb']:,.0f} | "
-              f"{rows[method]['peak_mb'] / rows['full']['peak_mb']:.2f} |")
+        print(f"| {name} | {frozen.get(method, 'n/a')} | {rows[method]['peak_mb']:,.0f} | "
+              f"{rows[method]['peak_mb'] / rows['full']['peak_mb']:.2f} |"
+              + f" {rows[method].get('rss_mb', 0):,.0f} |" * now)
     return rows
+
+
+def frozen_mb(setup) -> dict:
+    """MB of what does not train (frozen parameters and buffers): LoRA's and QLoRA's."""
+    sizes = {}
+    for method in ("lora", "qlora"):
+        model = lora.apply(GPT.from_pretrained(setup.folder), "q,v", r=4, alpha=32)
+        if method == "qlora":
+            qlora.quantize(model)
+        tensors = [p for p in model.parameters() if not p.requires_grad] + list(model.buffers())
+        sizes[method] = f"{sum(t.numel() * t.element_size() for t in tensors) / 2 ** 20:,.0f}"
+    return sizes
 
 
 # --- where the time goes -------------------------------------------------------------------------

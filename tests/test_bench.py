@@ -29,7 +29,7 @@ def test_training_section_reports_what_it_measured(e2e_data, gpt2_vocab, tmp_pat
     rows = result["rows"]
     assert list(rows) == ["ours, LoRA r=4 q,v", "transformers + peft, LoRA r=4 c_attn",
                           "ours, LoRA, LM head at every position", "ours, DoRA r=4 q,v",
-                          "ours, full fine-tuning"]
+                          "ours, QLoRA r=4 q,v (W0 in NF4)", "ours, full fine-tuning"]
     assert result["failed"] == {}
     # every variant steps through the same timed batches, train.py's first ones: tokens per
     # step is theirs, exactly

@@ -23,25 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lora  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
 from paper import qlora  # noqa: E402
-
-
-def full_precision(seed: int = 0) -> GPT:
-    """GPT-2 small's shape, random init, and a LoRA update of 10% of each W0 (not yet in NF4)."""
-    torch.manual_seed(seed)
-    model = lora.apply(GPT(GPTConfig(n_layer=12, n_head=12, n_embd=768)).eval(), "q,v", r=4,
-                       alpha=32)
-    with torch.no_grad():
-        for layer in lora.lora_layers(model).values():
-            layer.B.normal_()
-            layer.B.mul_(0.1 * layer.base.weight.norm() / layer.delta_weight().norm())
-    return model
+from scripts.merge_precision import with_lora  # noqa: E402  (GPT-2 small, a 10% update)
 
 
 def main():
     idx = torch.randint(0, 50257, (4, 64), generator=torch.Generator().manual_seed(1))
-    full = full_precision()
+    full = with_lora()  # (not yet in NF4)
     trained = qlora.quantize(copy.deepcopy(full))  # QLoRA, unmerged over NF4: what trained
     ways = {
         "merged into the dequantized W0 (--qlora-merge dequantized)":

@@ -195,6 +195,30 @@ def trained(model, seed=0, std=0.3):
     return model
 
 
+def assert_grads_equal_peft(model, ref, r: int):
+    """Every LoRA layer's A and B gradient equal to PEFT's (ref, after backward) for an adapter
+    export_peft wrote: q, k, v inside c_attn as A = [A_q; A_v] stacked and B block-diagonal
+    (rank len(fused) x r), the other targets a module each."""
+    import lora
+    grads = {n: p.grad for n, p in ref.named_parameters() if "lora_" in n}
+    C, fused = model.config.n_embd, [t for t in "qkv" if t in lora.settings(model)["targets"]]
+    for name, layer in lora.lora_layers(model).items():
+        i, t = int(name.split(".")[2]), next(t for t, m in lora.TARGETS.items()
+                                             if name.endswith(m))
+        prefix = f"base_model.model.transformer.h.{i}."
+        if t in fused:  # A = [A_q; A_v], B block-diagonal (export_peft's layout)
+            j, row = fused.index(t), "qkv".index(t) * C
+            dA = grads[prefix + "attn.c_attn.lora_A.default.weight"][j * r:(j + 1) * r]
+            dB = grads[prefix + "attn.c_attn.lora_B.default.weight"][row:row + C,
+                                                                      j * r:(j + 1) * r]
+        else:
+            module = {"o": "attn.c_proj", "fc": "mlp.c_fc", "proj": "mlp.c_proj"}[t]
+            dA = grads[prefix + f"{module}.lora_A.default.weight"]
+            dB = grads[prefix + f"{module}.lora_B.default.weight"]
+        assert_close(layer.A.grad, dA)
+        assert_close(layer.B.grad, dB)
+
+
 def tiny_vocab_model(seed=0, vocab_size=6, block_size=16):
     """Our GPT with 6 tokens (5 is the stop token), weights large enough for peaked
     distributions: small enough to search every continuation exhaustively."""

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close, batch, max_diff, trained
+from conftest import assert_close, assert_grads_equal_peft, batch, max_diff, trained
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
 from transformers import GPT2LMHeadModel
@@ -138,23 +138,7 @@ def test_the_training_loss_and_gradients_of_a_and_b_equal_peft(base, hf_dir, tmp
     assert_close(ours, theirs)
     ours.backward()
     theirs.backward()
-    grads = {n: p.grad for n, p in ref.named_parameters() if "lora_" in n}
-    C, r, fused = base.config.n_embd, 3, [t for t in "qkv" if t in targets]
-    for name, layer in lora.lora_layers(base).items():
-        i, t = int(name.split(".")[2]), next(t for t, m in lora.TARGETS.items()
-                                             if name.endswith(m))
-        prefix = f"base_model.model.transformer.h.{i}."
-        if t in fused:  # A = [A_q; A_v], B block-diagonal (export_peft's layout)
-            j, row = fused.index(t), "qkv".index(t) * C
-            dA = grads[prefix + "attn.c_attn.lora_A.default.weight"][j * r:(j + 1) * r]
-            dB = grads[prefix + "attn.c_attn.lora_B.default.weight"][row:row + C,
-                                                                      j * r:(j + 1) * r]
-        else:
-            module = {"o": "attn.c_proj", "fc": "mlp.c_fc", "proj": "mlp.c_proj"}[t]
-            dA = grads[prefix + f"{module}.lora_A.default.weight"]
-            dB = grads[prefix + f"{module}.lora_B.default.weight"]
-        assert_close(layer.A.grad, dA)
-        assert_close(layer.B.grad, dB)
+    assert_grads_equal_peft(base, ref, r=3)
 
 
 @pytest.mark.parametrize("variant", [{"rslora": True}, {"dora": True}, {"init": "pissa"},

@@ -12,7 +12,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, assert_close, batch, max_diff, run_main, signal_on_line, trained
+from conftest import (REPO, assert_close, assert_grads_equal_peft, batch, max_diff, run_main,
+                      signal_on_line, trained)
 
 import lora
 import sample
@@ -144,22 +145,7 @@ def test_qlora_logits_loss_and_gradients_equal_peft_over_bitsandbytes(hf_dir, tm
     assert_close(loss, theirs)
     loss.backward()
     theirs.backward()
-    grads = {n: p.grad for n, p in ref.named_parameters() if "lora_" in n}
-    C, r = ours.config.n_embd, 3
-    for name, layer in lora.lora_layers(ours).items():
-        i, t = int(name.split(".")[2]), name.rsplit(".", 1)[1]
-        prefix = f"base_model.model.transformer.h.{i}."
-        if t in "qkv":  # A = [A_q; A_v], B block-diagonal (export_peft's layout)
-            j, row = "qv".index(t), "qkv".index(t) * C
-            dA = grads[prefix + "attn.c_attn.lora_A.default.weight"][j * r:(j + 1) * r]
-            dB = grads[prefix + "attn.c_attn.lora_B.default.weight"][row:row + C,
-                                                                      j * r:(j + 1) * r]
-        else:
-            module = {"o": "attn.c_proj", "fc": "mlp.c_fc", "proj": "mlp.c_proj"}[t]
-            dA = grads[prefix + f"{module}.lora_A.default.weight"]
-            dB = grads[prefix + f"{module}.lora_B.default.weight"]
-        assert_close(layer.A.grad, dA)
-        assert_close(layer.B.grad, dB)
+    assert_grads_equal_peft(ours, ref, r=3)
     with torch.no_grad():  # and 4 bits matter: the full-precision model is another function
         full = lora.apply(GPT.from_pretrained(str(hf_dir)).eval(), targets, r=3, alpha=6)
         assert max_diff(trained(full)(inputs), logits) > 1e-3

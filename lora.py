@@ -240,11 +240,12 @@ class DoRALinear(LoRALinear):
         self.m = nn.Parameter(base.weight.detach().norm(dim=1))  # W' = W0 at the start
 
     def forward(self, x):
-        scale = self.m / (self.base.weight + self.delta_weight()).norm(dim=1).detach()
+        W0 = self.base.weight  # (read once: QLoRA's NF4 W0 is dequantized at each read)
+        scale = self.m / (W0 + self.delta_weight()).norm(dim=1).detach()
         # scale (W0 x + s B A x) + bias, with LoRA's dropout on the input of the change
         # (W0 x computed again on the dropped-out x: PEFT's order of operations)
         h = self.dropout(x)
-        return (self.base(x) + (scale - 1) * F.linear(h, self.base.weight)
+        return (self.base(x) + (scale - 1) * F.linear(h, W0)
                 + scale * self.scaling * F.linear(F.linear(h, self.A), self.B))
 
     @torch.no_grad()
